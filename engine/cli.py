@@ -1,0 +1,173 @@
+"""``c2pg``: the command line. Parses arguments, configures logging, maps errors to exit codes.
+
+Exit codes: 0 success, 1 failure, 2 bad configuration or arguments, 3 local stack failure.
+Every subcommand's work lives in the library; this module only wires it to the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from engine import log
+from engine.errors import C2pgError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    log.configure(args.log_level)
+    try:
+        return int(args.func(args) or 0)
+    except C2pgError as exc:
+        print(f"c2pg: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="c2pg", description=__doc__.splitlines()[0])
+    p.add_argument("--log-level", default="INFO")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    stack = sub.add_parser("stack", help="the local stack of real servers").add_subparsers(
+        required=True, metavar="ACTION")
+    up = stack.add_parser("up", help="install (cached), start and wait for the servers")
+    up.add_argument("services", nargs="*", help="default: all")
+    up.set_defaults(func=_stack_up)
+    down = stack.add_parser("down", help="stop the servers this stack started")
+    down.add_argument("services", nargs="*")
+    down.set_defaults(func=_stack_down)
+    st = stack.add_parser("status", help="each service with port, pid, health, memory")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_stack_status)
+    lg = stack.add_parser("logs", help="print a service's log (or the list of logs)")
+    lg.add_argument("service", nargs="?")
+    lg.add_argument("-n", "--lines", type=int, default=50)
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.set_defaults(func=_stack_logs)
+    env = stack.add_parser("env", help="print shell exports for the stack (VAULT_ADDR, ...)")
+    env.set_defaults(func=_stack_env)
+
+    cfg = sub.add_parser("config", help="pipeline configuration").add_subparsers(
+        required=True, metavar="ACTION")
+    check = cfg.add_parser("check", help="validate a pipeline file; print it with secrets masked")
+    check.add_argument("file", type=Path)
+    check.add_argument("--no-secrets", action="store_true",
+                       help="validate without resolving secrets (no Vault round trip)")
+    check.set_defaults(func=_config_check)
+
+    hl = sub.add_parser("health", help="check every component a pipeline uses")
+    hl.add_argument("--config", type=Path, required=True)
+    hl.add_argument("--json", action="store_true")
+    hl.set_defaults(func=_health)
+    return p
+
+
+# --- stack ------------------------------------------------------------------------------
+
+
+def _stack(args: argparse.Namespace):
+    from engine.stack.launcher import Stack
+
+    return Stack()
+
+
+def _stack_up(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    rows = _stack(args).up(args.services or None, on_event=lambda m: print(f"  {m}", flush=True))
+    _print_status(rows)
+    print(f"stack up in {time.monotonic() - t0:.1f}s")
+    return 0 if all(r.healthy for r in rows) else 1
+
+
+def _stack_down(args: argparse.Namespace) -> int:
+    _stack(args).down(args.services or None, on_event=lambda m: print(f"  {m}", flush=True))
+    return 0
+
+
+def _stack_status(args: argparse.Namespace) -> int:
+    rows = _stack(args).status()
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+    else:
+        _print_status(rows)
+    return 0 if all(r.healthy for r in rows) else 1
+
+
+def _print_status(rows) -> None:
+    print(f"{'SERVICE':<10} {'PORT':>6} {'PID':>8} {'RSS MB':>8}  {'HEALTH':<9} DETAIL")
+    for r in rows:
+        print(f"{r.name:<10} {r.port:>6} {r.pid or '-':>8} {r.rss_mb or '-':>8}  "
+              f"{'healthy' if r.healthy else 'DOWN':<9} {r.detail}")
+
+
+def _stack_logs(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    if not args.service:
+        for name in stack.services:
+            print(f"{name:<10} {stack.log_path(name)}")
+        return 0
+    path = stack.log_path(args.service)
+    if not path.exists():
+        print(f"c2pg: no log yet at {path}", file=sys.stderr)
+        return 1
+    lines = path.read_text(errors="replace").splitlines()
+    print("\n".join(lines[-args.lines:]))
+    if args.follow:
+        with open(path, errors="replace") as fh:
+            fh.seek(0, 2)
+            while True:
+                line = fh.readline()
+                if line:
+                    print(line, end="", flush=True)
+                else:
+                    time.sleep(0.3)
+    return 0
+
+
+def _stack_env(args: argparse.Namespace) -> int:
+    from engine.stack import versions as v
+
+    stack = _stack(args)
+    vault = stack.services["vault"]
+    print(f"export VAULT_ADDR=http://{v.HOST}:{vault.port}")
+    print(f"export VAULT_TOKEN={vault.root_token}")  # type: ignore[attr-defined]
+    print(f"export C2PG_STACK_DIR={stack.paths.root}")
+    return 0
+
+
+# --- config / health --------------------------------------------------------------------
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from engine.config import load_config
+
+    cfg = load_config(args.file, resolve_secrets=not args.no_secrets)
+    print(cfg.masked_yaml(), end="")
+    print(f"# {args.file}: valid" + ("" if args.no_secrets else ", every secret resolved"),
+          file=sys.stderr)
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    from engine.config import load_config
+    from engine.pipeline_health import pipeline_health
+
+    cfg = load_config(args.config)
+    results = pipeline_health(cfg)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            state = "ok" if r.ok else "DOWN"
+            print(f"{r.name:<16} {state:<5} {r.latency_ms:>8.1f} ms  {r.detail or r.error}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Real health checks of every component c2pg talks to.
+
+One module, three callers: ``c2pg stack status`` / ``stack up`` (readiness of the local
+stack), the CLI's ``c2pg health`` and the Serve app's ``/readyz``. Each check is a plain
+function that talks to the real server and raises on failure; :func:`run_checks` runs a set
+of them concurrently, each bounded by a timeout, and turns outcomes into
+:class:`ComponentHealth` values. A check never reports healthy without a round trip.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+Check = Callable[[], "str | None"]
+
+_QUIET = logging.getLogger("c2pg.health.librdkafka")
+_QUIET.setLevel(logging.CRITICAL)
+_QUIET.propagate = False
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentHealth:
+    """Outcome of one check: ``ok``, how long the round trip took, and why it failed."""
+
+    name: str
+    ok: bool
+    latency_ms: float
+    detail: str | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def run_checks(checks: Mapping[str, Check], timeout_s: float = 5.0) -> list[ComponentHealth]:
+    """Run ``checks`` concurrently; a check still running after ``timeout_s`` is a failure.
+
+    The result keeps the order of ``checks``. The threads of checks that time out are left
+    to finish on their own (drivers have their own timeouts, set from the same budget).
+    """
+    pool = cf.ThreadPoolExecutor(max_workers=max(1, len(checks)), thread_name_prefix="health")
+    started = time.monotonic()
+    futures = {name: pool.submit(_timed, fn) for name, fn in checks.items()}
+    results = []
+    for name, fut in futures.items():
+        remaining = max(0.0, timeout_s - (time.monotonic() - started))
+        try:
+            ok, latency, detail, error = fut.result(timeout=remaining)
+        except cf.TimeoutError:
+            ok, latency, detail, error = False, timeout_s * 1000, None, f"timed out after {timeout_s:g}s"
+        results.append(ComponentHealth(name, ok, round(latency, 1), detail, error))
+    pool.shutdown(wait=False, cancel_futures=True)
+    return results
+
+
+def _timed(fn: Check) -> tuple[bool, float, str | None, str | None]:
+    t0 = time.perf_counter()
+    try:
+        detail = fn()
+    except Exception as exc:  # noqa: BLE001 - any failure of the peer is the answer here
+        return False, (time.perf_counter() - t0) * 1000, None, f"{type(exc).__name__}: {exc}"
+    return True, (time.perf_counter() - t0) * 1000, detail, None
+
+
+# --- the checks -------------------------------------------------------------------------
+
+
+def check_postgres(*, host: str, port: int, user: str, password: str | None, dbname: str,
+                   timeout_s: float = 3.0) -> str:
+    """``SELECT 1`` over a fresh connection; returns the server version."""
+    import psycopg2
+
+    conn = psycopg2.connect(host=host, port=port, user=user, password=password, dbname=dbname,
+                            connect_timeout=max(1, int(timeout_s)))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1, current_setting('server_version')")
+            row = cur.fetchone()
+            assert row is not None and row[0] == 1
+            return f"PostgreSQL {row[1]}"
+    finally:
+        conn.close()
+
+
+def check_cassandra(*, contact_points: list[str], port: int, username: str | None = None,
+                    password: str | None = None, timeout_s: float = 5.0) -> str:
+    """``SELECT release_version FROM system.local`` through the driver (now() proves a read)."""
+    from cassandra.auth import PlainTextAuthProvider
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+    from cassandra.policies import WhiteListRoundRobinPolicy
+
+    auth = PlainTextAuthProvider(username, password) if username else None
+    profile = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy(contact_points),
+                               request_timeout=timeout_s)
+    cluster = Cluster(contact_points, port=port, auth_provider=auth, connect_timeout=timeout_s,
+                      control_connection_timeout=timeout_s, protocol_version=5,
+                      execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+    try:
+        session = cluster.connect()
+        row = session.execute("SELECT now(), release_version FROM system.local",
+                              timeout=timeout_s).one()
+        return f"Cassandra {row.release_version}"
+    finally:
+        cluster.shutdown()
+
+
+def check_kafka(*, bootstrap_servers: str, topics: list[str] | None = None,
+                extra: Mapping[str, str] | None = None, timeout_s: float = 5.0) -> str:
+    """Cluster metadata; with ``topics``, each must exist and have partitions."""
+    from confluent_kafka.admin import AdminClient
+
+    # librdkafka's own connection errors go to a silenced logger: the exception below is
+    # the answer, and a probe of a stopped broker must not flood the caller's stderr.
+    conf: dict[str, object] = {"bootstrap.servers": bootstrap_servers,
+                               "socket.timeout.ms": int(timeout_s * 1000), "logger": _QUIET}
+    conf.update(extra or {})
+    admin = AdminClient(conf)
+    md = admin.list_topics(timeout=timeout_s)
+    missing = [t for t in topics or [] if t not in md.topics or md.topics[t].error is not None]
+    if missing:
+        raise RuntimeError(f"topics missing: {', '.join(missing)}")
+    return f"{len(md.brokers)} broker(s), {len(md.topics)} topic(s)"
+
+
+def check_http_json(url: str, *, timeout_s: float = 3.0, headers: Mapping[str, str] | None = None,
+                    ) -> object:
+    """GET ``url`` and parse the JSON body; non-2xx raises. Used by the registry/Vault checks."""
+    req = urllib.request.Request(url, headers=dict(headers or {}))
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - loopback/config URL
+        body = resp.read()
+    return json.loads(body) if body else None
+
+
+def check_registry(*, url: str, timeout_s: float = 3.0) -> str:
+    """``GET {url}/subjects`` of the Confluent-compatible API."""
+    subjects = check_http_json(url.rstrip("/") + "/subjects", timeout_s=timeout_s)
+    if not isinstance(subjects, list):
+        raise RuntimeError(f"unexpected /subjects answer: {subjects!r}")
+    return f"{len(subjects)} subject(s)"
+
+
+def check_vault(*, url: str, timeout_s: float = 3.0) -> str:
+    """``sys/health``: fails when Vault is sealed or not initialised (503/501 answers)."""
+    try:
+        health = check_http_json(url.rstrip("/") + "/v1/sys/health", timeout_s=timeout_s)
+    except urllib.error.HTTPError as exc:
+        states = {501: "not initialised", 503: "sealed", 429: "standby"}
+        raise RuntimeError(f"Vault is {states.get(exc.code, f'unhealthy (HTTP {exc.code})')}") from exc
+    assert isinstance(health, dict)
+    if health.get("sealed"):
+        raise RuntimeError("Vault is sealed")
+    return f"version {health.get('version')}"
+
+
+def check_debezium(*, url: str, timeout_s: float = 3.0) -> str:
+    """The standalone Debezium Cassandra connector's ``/health``: every check must be healthy.
+
+    The answer looks like ``{"cassandra-cdc-health-check": {"healthy": true, "message": ...}}``.
+    """
+    body = check_http_json(url.rstrip("/") + "/health", timeout_s=timeout_s)
+    if not isinstance(body, dict) or not body:
+        raise RuntimeError(f"unexpected /health answer: {body!r}")
+    sick = [name for name, res in body.items() if not (isinstance(res, dict) and res.get("healthy"))]
+    if sick:
+        raise RuntimeError(f"connector reports unhealthy: {', '.join(sick)}")
+    return "healthy"

@@ -1,0 +1,298 @@
+"""``c2pg stack up | down | status | logs``: the local stack's life cycle.
+
+The launcher starts each server as its own process group, records ``pid`` and a marker of
+its command line in ``<stack>/state.json``, and waits for a real answer from each (see
+:mod:`engine.health`). ``up`` is idempotent: a recorded process that is alive and still
+ours is reused. ``down`` stops only the processes recorded there, by pid, never by name.
+A file lock keeps two launchers (a test session and a shell) from racing.
+
+Failure means a :class:`~engine.errors.StackError` naming the service, the cause and the
+log file; services already started stay up so their logs can be read (``down`` stops them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from engine import health
+from engine.errors import StackError
+from engine.stack import versions as v
+from engine.stack.services import Service, StackPaths, all_services
+
+log = structlog.get_logger("c2pg.stack")
+
+EXTRA_PORTS = {"kafka": ["kafka_controller"], "cassandra": ["cassandra_storage", "cassandra_jmx"]}
+
+
+def default_root() -> Path:
+    """``$C2PG_STACK_DIR``, else ``.stack`` at the top of the checkout (git-ignored)."""
+    env = os.environ.get("C2PG_STACK_DIR")
+    if env:
+        return Path(env).resolve()
+    return Path(__file__).resolve().parents[2] / ".stack"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    """One row of ``c2pg stack status``."""
+
+    name: str
+    port: int
+    pid: int | None
+    running: bool
+    healthy: bool
+    detail: str
+    rss_mb: float | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+class Stack:
+    """The six servers under one directory. Cheap to construct; does nothing until called."""
+
+    def __init__(self, root: Path | None = None):
+        self.paths = StackPaths(root or default_root())
+        self.services: dict[str, Service] = {s.name: s for s in all_services(self.paths)}
+
+    # --- bookkeeping ---------------------------------------------------------------------
+
+    @property
+    def state_file(self) -> Path:
+        return self.paths.root / "state.json"
+
+    def _load_state(self) -> dict[str, dict]:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def _save_state(self, state: dict[str, dict]) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_file)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        with open(self.paths.root / "lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _pid_if_ours(self, svc: Service, entry: dict | None) -> int | None:
+        """The recorded pid, if that process is alive and its command line is still ours."""
+        if not entry:
+            return None
+        pid = int(entry["pid"])
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            return None
+        return pid if svc.cmd_marker() in cmdline else None
+
+    # --- up ------------------------------------------------------------------------------
+
+    def up(self, names: list[str] | None = None, on_event: Callable[[str], None] | None = None,
+           ) -> list[ServiceStatus]:
+        """Install, start and wait for ``names`` (default: all) and their dependencies."""
+        say = on_event or (lambda msg: log.info(msg))
+        wanted = self._with_dependencies(names or list(self.services))
+        with self._locked(), _driver_logs_silenced():
+            self.paths.logs.mkdir(parents=True, exist_ok=True)
+            state = self._load_state()
+            for name in wanted:
+                svc = self.services[name]
+                if self._pid_if_ours(svc, state.get(name)) is None:
+                    say(f"{name}: installing (cached after the first time)")
+                    svc.install()
+            started: dict[str, float] = {}
+            ready: set[str] = set()
+            procs: dict[str, subprocess.Popen] = {}
+            while len(ready) < len(wanted):
+                for name in wanted:
+                    svc = self.services[name]
+                    if name in started or not all(d in ready for d in svc.depends_on):
+                        continue
+                    pid = self._pid_if_ours(svc, state.get(name))
+                    if pid is not None:
+                        say(f"{name}: already running (pid {pid})")
+                    else:
+                        procs[name] = self._spawn(svc)
+                        state[name] = {"pid": procs[name].pid, "started_at": time.time()}
+                        self._save_state(state)
+                        say(f"{name}: started (pid {procs[name].pid}), waiting for it to answer")
+                    started[name] = time.monotonic()
+                for name in [n for n in started if n not in ready]:
+                    svc = self.services[name]
+                    if self._ready(svc, procs.get(name), started[name]):
+                        if name in procs:
+                            svc.after_ready()
+                        ready.add(name)
+                        say(f"{name}: ready on {v.HOST}:{svc.port} "
+                            f"({time.monotonic() - started[name]:.1f}s)")
+                if len(ready) < len(wanted):
+                    time.sleep(0.5)
+        return self.status(wanted)
+
+    def _with_dependencies(self, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in self.services]
+        if unknown:
+            raise StackError(", ".join(unknown), f"unknown service; known: {', '.join(self.services)}")
+        out: list[str] = []
+        for name in self.services:  # keeps the start order
+            if name in names or any(name in self.services[n].depends_on for n in names):
+                out.append(name)
+        return out
+
+    def _spawn(self, svc: Service) -> subprocess.Popen:
+        for port in [svc.port, *[v.PORTS[p] for p in EXTRA_PORTS.get(svc.name, [])]]:
+            if _port_open(port):
+                raise svc.fail(f"port {v.HOST}:{port} is already in use by a process this stack "
+                               "did not start (stop it, or change engine/stack/versions.py)")
+        svc.prepare()
+        out = open(svc.log_file, "ab")  # noqa: SIM115 - handed to the child
+        out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {svc.name}\n".encode())
+        out.flush()
+        try:
+            return subprocess.Popen(svc.command(), stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    cwd=svc.data_dir, user=svc.run_as,
+                                    env={**os.environ, **svc.env})
+        except OSError as exc:
+            raise svc.fail(f"could not start: {exc}") from exc
+        finally:
+            out.close()
+
+    def _ready(self, svc: Service, proc: subprocess.Popen | None, since: float) -> bool:
+        if proc is not None and proc.poll() is not None:
+            raise svc.fail(f"exited with code {proc.returncode} while starting; last lines:\n"
+                           + _tail(svc.log_file, 15))
+        try:
+            svc.probe()
+            return True
+        except Exception as exc:  # noqa: BLE001 - not ready yet, for any reason
+            if time.monotonic() - since > svc.start_timeout_s:
+                raise svc.fail(f"not ready after {svc.start_timeout_s:.0f}s ({exc}); last lines:\n"
+                               + _tail(svc.log_file, 15)) from exc
+            return False
+
+    # --- down ----------------------------------------------------------------------------
+
+    def down(self, names: list[str] | None = None, on_event: Callable[[str], None] | None = None,
+             timeout_s: float = 30.0) -> None:
+        """Stop the recorded processes (reverse start order): SIGTERM, then SIGKILL."""
+        say = on_event or (lambda msg: log.info(msg))
+        with self._locked():
+            state = self._load_state()
+            for name in reversed(list(self.services)):
+                if names and name not in names:
+                    continue
+                svc = self.services[name]
+                pid = self._pid_if_ours(svc, state.get(name))
+                state.pop(name, None)
+                if pid is None:
+                    continue
+                _terminate(pid, timeout_s)
+                say(f"{name}: stopped (pid {pid})")
+            self._save_state(state)
+
+    # --- status / logs -------------------------------------------------------------------
+
+    def status(self, names: list[str] | None = None) -> list[ServiceStatus]:
+        """Every service with its port, pid, and a real health check."""
+        state = self._load_state()
+        selected = [self.services[n] for n in (names or list(self.services))]
+        checks = {s.name: s.probe for s in selected}
+        results = {h.name: h for h in health.run_checks(checks, timeout_s=8)}
+        rows = []
+        for svc in selected:
+            pid = self._pid_if_ours(svc, state.get(svc.name))
+            h = results[svc.name]
+            rows.append(ServiceStatus(svc.name, svc.port, pid, pid is not None, h.ok,
+                                      (h.detail or "") if h.ok else (h.error or ""),
+                                      _rss_mb(pid) if pid else None))
+        return rows
+
+    def log_path(self, name: str) -> Path:
+        if name not in self.services:
+            raise StackError(name, f"unknown service; known: {', '.join(self.services)}")
+        return self.services[name].log_file
+
+
+@contextlib.contextmanager
+def _driver_logs_silenced() -> Iterator[None]:
+    """While servers start, refused connections are expected: keep the driver quiet."""
+    driver = logging.getLogger("cassandra")
+    before = driver.level
+    driver.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        driver.setLevel(before)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((v.HOST, port)) == 0
+
+
+def _terminate(pid: int, timeout_s: float) -> None:
+    """SIGTERM the process group the launcher created; SIGKILL what is left at the deadline."""
+    try:
+        pgid = os.getpgid(pid)
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap our own child, if it is one
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _rss_mb(pid: int) -> float | None:
+    """Resident memory of the process and its children (a JVM or postgres and its workers)."""
+    total = 0
+    try:
+        out = subprocess.run(["ps", "-o", "rss=", "--ppid", str(pid), "-p", str(pid)],
+                             capture_output=True, text=True, check=False).stdout
+        total = sum(int(x) for x in out.split())
+    except (OSError, ValueError):
+        return None
+    return round(total / 1024, 1)
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log yet)"

