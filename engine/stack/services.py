@@ -548,6 +548,16 @@ write_request_timeout: 5000ms
     def probe(self) -> str | None:
         return health.check_cassandra(contact_points=[v.HOST], port=self.port, timeout_s=3)
 
+    def nodetool(self, *args: str, timeout_s: float = 120) -> str:
+        """Run Cassandra's nodetool (over JMX on loopback) from the same classpath."""
+        cmd = [java_bin(self.name), "-Xmx256m", *JAVA17_OPENS, "-cp", f"{self.lib}/*",
+               "org.apache.cassandra.tools.NodeTool", "-h", v.HOST, "-p", str(v.PORTS["cassandra_jmx"]),
+               *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        if proc.returncode != 0:
+            raise self.fail(f"nodetool {' '.join(args)} failed: {(proc.stderr or proc.stdout)[-500:]}")
+        return proc.stdout
+
 
 LOGBACK_XML = """<configuration scan="false">
   <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">

@@ -1,0 +1,59 @@
+"""Shared fixtures. Integration tests (marker ``stack``) run against the real local stack.
+
+``stack`` brings the stack up once per session, or reuses the one already running (as
+``.ci/run`` and ``scripts/test.sh`` start it first); it never stops it, so a developer's
+running stack survives a test run. ``ray_cluster`` starts a local Ray instance once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_PIPELINE = ROOT / "examples" / "pipeline.local.yaml"
+
+
+@pytest.fixture(scope="session")
+def stack():
+    from engine.stack.launcher import Stack
+
+    s = Stack()
+    rows = s.up(on_event=lambda msg: None)
+    unhealthy = [f"{r.name}: {r.detail}" for r in rows if not r.healthy]
+    assert not unhealthy, f"local stack not healthy: {unhealthy}"
+    return s
+
+
+@pytest.fixture(scope="session")
+def example_pipeline_path(stack) -> Path:
+    return EXAMPLE_PIPELINE
+
+
+@pytest.fixture(scope="session")
+def pipeline(example_pipeline_path):
+    """The example pipeline with every secret resolved from the stack's OpenBao."""
+    from engine.config import load_config
+
+    return load_config(example_pipeline_path)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, namespace="c2pg-tests",
+             runtime_env={"env_vars": {"C2PG_LOG_FORMAT": "json"}},
+             logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/integration needs the stack: mark it so -m "not stack" skips it."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.stack)
