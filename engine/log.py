@@ -46,7 +46,9 @@ def configure(level: str | None = None, *, json: bool | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-        foreign_pre_chain=shared,
+        # format_exc_info here too: a stdlib record's exc_info would otherwise reach the
+        # JSON renderer as a repr'd tuple, losing the traceback of a driver's exception.
+        foreign_pre_chain=[*shared, structlog.processors.format_exc_info],
     ))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -166,6 +166,7 @@ class Stack:
                 raise svc.fail(f"port {v.HOST}:{port} is already in use by a process this stack "
                                "did not start (stop it, or change engine/stack/versions.py)")
         svc.prepare()
+        svc.data_dir.mkdir(parents=True, exist_ok=True)  # the child's cwd, even if prepare() is a no-op
         out = open(svc.log_file, "ab")  # noqa: SIM115 - handed to the child
         out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {svc.name}\n".encode())
         out.flush()

@@ -11,6 +11,7 @@ What had to change from the upstream start scripts is said next to the code doin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -245,14 +246,34 @@ class Postgres(Service):
         if self.run_as:
             shutil.chown(path, self.run_as, self.run_as)
 
+    def _reachable_by_server_user(self, path: Path) -> bool:
+        if not self.run_as:
+            return True
+        probe = subprocess.run(["runuser", "-u", self.run_as, "--", "test", "-w", str(path)],
+                               capture_output=True, check=False)
+        return probe.returncode == 0
+
     def prepare(self) -> None:
         pgdata = self.data_dir
         if (pgdata / "PG_VERSION").exists():
             return
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        if not self._reachable_by_server_user(pgdata.parent):
+            # The checkout sits where the `postgres` user cannot reach (a 0700 temporary
+            # directory, say): keep the cluster in /var/tmp and link it into the stack dir.
+            digest = hashlib.sha1(str(self.paths.root).encode()).hexdigest()[:12]
+            elsewhere = Path("/var/tmp") / f"c2pg-stack-{digest}" / "postgres"
+            shutil.rmtree(elsewhere, ignore_errors=True)
+            elsewhere.mkdir(parents=True)
+            self._chown(elsewhere.parent)
+            if pgdata.is_symlink() or pgdata.exists():
+                pgdata.unlink() if pgdata.is_symlink() else shutil.rmtree(pgdata)
+            pgdata.symlink_to(elsewhere)
         pgdata.mkdir(parents=True, exist_ok=True)
         self._chown(pgdata)
         os.chmod(pgdata, 0o700)
-        pwfile = pgdata.parent / ".pg-superuser-pw"
+        pwfile = pgdata.resolve().parent / ".pg-superuser-pw"
+        pwfile.touch(mode=0o600)
         pwfile.write_text(read_or_create_secret(self.paths, "postgres-superuser-password") + "\n")
         self._chown(pwfile)
         cmd = [str(self.bindir / "initdb"), "-D", str(pgdata), "-U", "postgres", "-E", "UTF8",
@@ -269,7 +290,7 @@ class Postgres(Service):
             conf.write(
                 "\n# c2pg local stack\n"
                 f"listen_addresses = '{v.HOST}'\nport = {self.port}\n"
-                f"unix_socket_directories = '{pgdata}'\n"
+                "unix_socket_directories = ''\n"  # TCP only: socket paths have a length limit
                 "max_connections = 200\nshared_buffers = 256MB\nwork_mem = 16MB\n"
                 "maintenance_work_mem = 256MB\nmax_wal_size = 2GB\n"
                 "logging_collector = off\nlog_min_messages = warning\n"
@@ -288,8 +309,8 @@ class Postgres(Service):
         import psycopg2
         from psycopg2 import sql
 
-        conn = psycopg2.connect(host=str(self.data_dir), port=self.port, user="postgres",
-                                dbname="postgres")
+        conn = psycopg2.connect(host=v.HOST, port=self.port, user="postgres", dbname="postgres",
+                                password=read_or_create_secret(self.paths, "postgres-superuser-password"))
         conn.autocommit = True
         try:
             with conn.cursor() as cur:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from cassandra.cluster import Cluster, Session
-from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+
+from engine.topic_tail import TailedEvent, TopicTail
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "debezium"
 KEYSPACE = "c2pg_fixtures"
@@ -124,52 +124,18 @@ def create_schema(session: Session) -> None:
         session.execute(stmt)
 
 
-class TopicTail:
-    """Reads a topic from its current end, all partitions, without a consumer group."""
-
-    def __init__(self, topic: str, bootstrap: str = "127.0.0.1:9092"):
-        self.topic = topic
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"c2pg-tail-{uuid.uuid4()}",
-                                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-        md = self.consumer.list_topics(topic, timeout=10)
-        parts = md.topics[topic].partitions if topic in md.topics else {}
-        self.consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in parts] or
-                             [TopicPartition(topic, 0, OFFSET_END)])
-
-    def read(self, want: int, timeout_s: float, key_filter=None, settle_s: float = 0.0) -> list[dict]:
-        """Up to ``want`` events matching ``key_filter`` within ``timeout_s``; then ``settle_s``
-        more to catch duplicates or extra events."""
-        out: list[dict] = []
-        deadline = time.monotonic() + timeout_s
-        settle_until = None
-        while time.monotonic() < (settle_until or deadline):
-            msg = self.consumer.poll(0.2)
-            if msg is None or msg.error():
-                continue
-            event = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
-                     "raw_key": msg.key().decode() if msg.key() else None,
-                     "raw_value": msg.value().decode() if msg.value() else None}
-            key = json.loads(event["raw_key"]) if event["raw_key"] else None
-            if key_filter and not key_filter(key):
-                continue
-            event["received_monotonic"] = time.monotonic()
-            out.append(event)
-            if len(out) >= want and settle_until is None:
-                settle_until = time.monotonic() + settle_s
-        return out
-
-    def close(self) -> None:
-        self.consumer.close()
+def open_tail() -> TopicTail:
+    return TopicTail(TOPIC, {"bootstrap.servers": "127.0.0.1:9092"})
 
 
 def wait_until_captured(session: Session, timeout_s: float = 60.0) -> None:
     """Write a sentinel row until its event shows up: the connector now knows the table."""
-    tail = TopicTail(TOPIC)
+    tail = open_tail()
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             session.execute(f"INSERT INTO {T} (pk, ck, t) VALUES (-1, 0, 'sentinel')")
-            if tail.read(1, 3.0, key_filter=lambda k: k and k.get("pk") == -1):
+            if tail.read(1, 3.0, key_filter=lambda k: isinstance(k, dict) and k.get("pk") == -1):
                 return
         raise TimeoutError(f"no Debezium event for {T} within {timeout_s}s")
     finally:
@@ -198,19 +164,16 @@ def ensure_captured(session: Session, stack=None) -> None:
     wait_until_captured(session, timeout_s=60)
 
 
-def run_scenario(session: Session, scenario: Scenario, timeout_s: float = 20.0) -> list[dict]:
+def run_scenario(session: Session, scenario: Scenario, timeout_s: float = 20.0) -> list[TailedEvent]:
     """Execute the scenario's statements (each after the previous one's write time) and
     return its events, in Kafka order."""
-    session.execute(f"DELETE FROM {T} USING TIMESTAMP 1 WHERE pk = {scenario.pk}")  # no-op marker-free reset
-    tail = TopicTail(TOPIC)
+    tail = open_tail()
     try:
-        # Drop the reset's own event before the scenario starts.
-        tail.read(1, 5.0, key_filter=lambda k: k and k.get("pk") == scenario.pk)
         for stmt in scenario.statements:
             session.execute(stmt)
             time.sleep(0.002)  # distinct microsecond write times, in statement order
         return tail.read(len(scenario.statements), timeout_s,
-                         key_filter=lambda k: k and k.get("pk") == scenario.pk, settle_s=2.0)
+                         key_filter=lambda k: isinstance(k, dict) and k.get("pk") == scenario.pk, settle_s=2.0)
     finally:
         tail.close()
 
@@ -222,9 +185,8 @@ def record(into: Path = FIXTURES) -> None:
         ensure_captured(session)
         into.mkdir(parents=True, exist_ok=True)
         for sc in SCENARIOS:
-            events = run_scenario(session, sc)
-            for e in events:
-                e.pop("received_monotonic", None)
+            events = [{"topic": e.topic, "partition": e.partition, "offset": e.offset,
+                       "raw_key": e.raw_key, "raw_value": e.raw_value} for e in run_scenario(session, sc)]
             doc = {"scenario": sc.name, "table": T, "schema": SCHEMA, "statements": list(sc.statements),
                    "expected_ops": list(sc.expected_ops), "events": events}
             (into / f"{sc.name}.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")

@@ -1,0 +1,36 @@
+"""Cassandra sessions built from the pipeline's ``cassandra`` settings.
+
+Every c2pg process that reads Cassandra (snapshot read tasks, reconcile, the demo, health
+checks) opens its session here, where the work runs: settings travel to Ray workers, live
+sessions never do. Reads go to the configured data center only, token-aware, so a token
+range read lands on a replica.
+"""
+
+from __future__ import annotations
+
+from cassandra import ConsistencyLevel
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+
+from engine.config import CassandraConfig
+
+
+def consistency_level(name: str) -> int:
+    """``"LOCAL_QUORUM"`` → the driver's constant (names are validated by the config)."""
+    return getattr(ConsistencyLevel, name)
+
+
+def connect(cfg: CassandraConfig, *, keyspace: str | None = None) -> tuple[Cluster, Session]:
+    """A new cluster object and session; the caller owns both (``cluster.shutdown()``)."""
+    auth = (PlainTextAuthProvider(cfg.username, cfg.password.get() if cfg.password else None)
+            if cfg.username else None)
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=cfg.local_dc)),
+        consistency_level=consistency_level(cfg.consistency),
+        request_timeout=cfg.request_timeout.total_seconds(),
+    )
+    cluster = Cluster(list(cfg.contact_points), port=cfg.port, auth_provider=auth,
+                      protocol_version=cfg.protocol_version,
+                      execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+    return cluster, cluster.connect(keyspace)

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what c2pg needs on a fresh machine, and nothing twice:
+#   - Debian packages: PostgreSQL 15 (the local stack's target), OpenJDK 17 and Maven
+#     (Cassandra, Kafka and the Debezium connector come from Maven Central at `stack up`);
+#   - a virtual environment .venv with the project and its test extra.
+# Java 21+ for the schema registry (Apicurio 3.3) is the Temurin JDK under /usr/lib/jvm on
+# our machines; see docs/local-stack.md when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=()
+[ -x /usr/lib/postgresql/15/bin/postgres ] || packages+=(postgresql-15)
+[ -x /usr/lib/jvm/java-17-openjdk-amd64/bin/java ] || packages+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || packages+=(maven)
+if ((${#packages[@]})); then
+  echo "bootstrap: installing ${packages[*]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+
+python=$(command -v python3.11 || command -v python3)
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv with $python"
+  "$python" -m venv .venv
+fi
+stamp=.venv/.c2pg-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "bootstrap: installing the project into .venv (pip's cache makes reruns fast)"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+  touch "$stamp"
+fi
