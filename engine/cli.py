@@ -156,10 +156,10 @@ def _config_check(args: argparse.Namespace) -> int:
 
 def _health(args: argparse.Namespace) -> int:
     from engine.config import load_config
-    from engine.pipeline_health import pipeline_health
+    from engine.health import pipeline_checks, run_checks
 
     cfg = load_config(args.config)
-    results = pipeline_health(cfg)
+    results = run_checks(pipeline_checks(cfg), timeout_s=6)
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
     else:

@@ -112,8 +112,10 @@ def check_cassandra(*, contact_points: list[str], port: int, username: str | Non
 
 
 def check_kafka(*, bootstrap_servers: str, topics: list[str] | None = None,
-                extra: Mapping[str, str] | None = None, timeout_s: float = 5.0) -> str:
-    """Cluster metadata; with ``topics``, each must exist and have partitions."""
+                extra: Mapping[str, object] | None = None, require_topics: bool = True,
+                timeout_s: float = 5.0) -> str:
+    """Cluster metadata; each of ``topics`` must exist (or, with ``require_topics=False``,
+    missing ones are only named in the detail)."""
     from confluent_kafka.admin import AdminClient
 
     # librdkafka's own connection errors go to a silenced logger: the exception below is
@@ -123,10 +125,13 @@ def check_kafka(*, bootstrap_servers: str, topics: list[str] | None = None,
     conf.update(extra or {})
     admin = AdminClient(conf)
     md = admin.list_topics(timeout=timeout_s)
+    detail = f"{len(md.brokers)} broker(s), {len(md.topics)} topic(s)"
     missing = [t for t in topics or [] if t not in md.topics or md.topics[t].error is not None]
-    if missing:
+    if missing and require_topics:
         raise RuntimeError(f"topics missing: {', '.join(missing)}")
-    return f"{len(md.brokers)} broker(s), {len(md.topics)} topic(s)"
+    if missing:
+        detail += f"; no topic yet for {', '.join(missing)} (created by the first change event)"
+    return detail
 
 
 def check_http_json(url: str, *, timeout_s: float = 3.0, headers: Mapping[str, str] | None = None,
@@ -171,3 +176,34 @@ def check_debezium(*, url: str, timeout_s: float = 3.0) -> str:
     if sick:
         raise RuntimeError(f"connector reports unhealthy: {', '.join(sick)}")
     return "healthy"
+
+
+def pipeline_checks(cfg, *, timeout_s: float = 3.0) -> dict[str, Check]:
+    """The checks of every component a pipeline uses, built from its (resolved) config.
+
+    Callers: ``c2pg health`` and the Serve app's ``/readyz``. Kafka is checked for cluster
+    metadata only: a table's topic appears with its first change event, so a missing topic
+    is reported in the detail, not as a failure.
+    """
+    pg = cfg.postgres.connect_kwargs(application_name="c2pg-health")
+    checks: dict[str, Check] = {
+        "postgres": lambda: check_postgres(host=pg["host"], port=pg["port"], user=pg["user"],
+                                           password=pg["password"], dbname=pg["dbname"],
+                                           timeout_s=timeout_s),
+        "cassandra": lambda: check_cassandra(
+            contact_points=list(cfg.cassandra.contact_points), port=cfg.cassandra.port,
+            username=cfg.cassandra.username,
+            password=cfg.cassandra.password.get() if cfg.cassandra.password else None,
+            timeout_s=timeout_s),
+        "kafka": lambda: check_kafka(
+            bootstrap_servers=cfg.kafka.bootstrap_servers, extra=cfg.kafka.client_conf(),
+            topics=[cfg.kafka.topic_for(t.keyspace, t.table) for t in cfg.tables],
+            require_topics=False, timeout_s=timeout_s),
+    }
+    if cfg.schema_registry.url:
+        checks["schema_registry"] = lambda: check_registry(url=str(cfg.schema_registry.url),
+                                                           timeout_s=timeout_s)
+    if cfg.vault is not None:
+        checks["vault"] = lambda: check_vault(url=str(cfg.vault.url), timeout_s=timeout_s)
+    return checks
+
