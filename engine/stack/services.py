@@ -173,8 +173,12 @@ def maven(service: str, args: list[str], log: Path) -> None:
     with open(log, "ab") as out:
         out.write(f"\n$ mvn {' '.join(args)}\n".encode())
         out.flush()
+        # A scratch working directory: Maven leaves a literal "${project.basedir}" folder
+        # in its working directory when resolving some parent POMs.
+        scratch = log.parent.parent / "dist" / ".maven-work"
+        scratch.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run([mvn, "-B", "-q", *args], stdout=out, stderr=subprocess.STDOUT,
-                              cwd=log.parent, check=False)
+                              cwd=scratch, check=False)
     if proc.returncode != 0:
         raise StackError(service, f"Maven could not fetch the artifacts (exit {proc.returncode})",
                          str(log))
@@ -276,15 +280,15 @@ class Postgres(Service):
         pwfile.touch(mode=0o600)
         pwfile.write_text(read_or_create_secret(self.paths, "postgres-superuser-password") + "\n")
         self._chown(pwfile)
-        cmd = [str(self.bindir / "initdb"), "-D", str(pgdata), "-U", "postgres", "-E", "UTF8",
+        cmd = [str(self.bindir / "initdb"), "-D", str(pgdata.resolve()), "-U", "postgres", "-E", "UTF8",
                "--locale=C.UTF-8", "--auth-local=trust", "--auth-host=scram-sha-256",
                f"--pwfile={pwfile}"]
         with open(self.log_file, "ab") as out:
             proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, user=self.run_as,
-                                  check=False)
+                                  cwd="/", check=False)
         pwfile.unlink()
         if proc.returncode != 0:
-            shutil.rmtree(pgdata, ignore_errors=True)
+            shutil.rmtree(pgdata.resolve(), ignore_errors=True)
             raise self.fail(f"initdb failed (exit {proc.returncode})")
         with open(pgdata / "postgresql.conf", "a") as conf:
             conf.write(
@@ -297,7 +301,11 @@ class Postgres(Service):
             )
 
     def command(self) -> list[str]:
-        return [str(self.bindir / "postgres"), "-D", str(self.data_dir)]
+        # The resolved path: the server user may not be able to walk the link's own path.
+        return [str(self.bindir / "postgres"), "-D", str(self.data_dir.resolve())]
+
+    def cmd_marker(self) -> str:
+        return str(self.data_dir.resolve())
 
     def probe(self) -> str | None:
         return health.check_postgres(host=v.HOST, port=self.port, user="postgres",
