@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="validate without resolving secrets (no Vault round trip)")
     check.set_defaults(func=_config_check)
 
+    from jobs import snapshot as snapshot_job
+
+    snap = sub.add_parser("snapshot", help="copy a Cassandra table into PostgreSQL (Ray Data)")
+    snapshot_job.add_arguments(snap)
+    snap.set_defaults(func=snapshot_job.run)
+
     hl = sub.add_parser("health", help="check every component a pipeline uses")
     hl.add_argument("--config", type=Path, required=True)
     hl.add_argument("--json", action="store_true")

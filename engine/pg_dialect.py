@@ -1,0 +1,276 @@
+"""Every SQL statement c2pg sends to PostgreSQL is composed here, and nowhere else.
+
+Identifiers always go through :class:`psycopg2.sql.Identifier`; values are parameters.
+Callers (the snapshot Datasink, the sync writer, reconcile) get :class:`psycopg2.sql.Composed`
+objects and run them in their own transactions (:mod:`engine.pg_writer`).
+
+The merge statement is the heart of the replication contract (DESIGN.md, "What equal
+means"): a staged cell replaces the stored one only when its write time is newer, with ties
+broken deterministically (a deletion beats a live value; otherwise the greater value, by
+its text form); a cell written at or before a recorded row or partition deletion is
+dropped. The statement is idempotent and commutative: applying the same staged rows twice,
+or batches in any order, leaves the same table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from psycopg2 import sql
+
+from engine.schema import META_EXP, META_ROW_TS, META_TOKEN, META_WT, TableSchema
+
+STATE_SCHEMA = "_c2pg"
+STAGE = "_c2pg_stage"
+
+STATE_DDL = [
+    "CREATE SCHEMA IF NOT EXISTS _c2pg",
+    """CREATE TABLE IF NOT EXISTS _c2pg.catalog (
+        target_schema text NOT NULL,
+        target_table text NOT NULL,
+        keyspace text NOT NULL,
+        source_table text NOT NULL,
+        columns jsonb NOT NULL,
+        fingerprint text NOT NULL,
+        tombstone_table text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (target_schema, target_table))""",
+    """CREATE TABLE IF NOT EXISTS _c2pg.runs (
+        run_id uuid PRIMARY KEY,
+        kind text NOT NULL,
+        pipeline text NOT NULL,
+        keyspace text NOT NULL,
+        source_table text NOT NULL,
+        target text NOT NULL,
+        status text NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        finished_at timestamptz,
+        args jsonb NOT NULL DEFAULT '{}',
+        stats jsonb NOT NULL DEFAULT '{}',
+        error text)""",
+    """CREATE TABLE IF NOT EXISTS _c2pg.run_splits (
+        run_id uuid NOT NULL REFERENCES _c2pg.runs ON DELETE CASCADE,
+        split_index int NOT NULL,
+        start_token bigint NOT NULL,
+        end_token bigint NOT NULL,
+        status text NOT NULL DEFAULT 'pending',
+        rows bigint NOT NULL DEFAULT 0,
+        parts_total int,
+        retries int NOT NULL DEFAULT 0,
+        finished_at timestamptz,
+        PRIMARY KEY (run_id, split_index))""",
+    """CREATE TABLE IF NOT EXISTS _c2pg.run_parts (
+        run_id uuid NOT NULL,
+        split_index int NOT NULL,
+        part int NOT NULL,
+        rows bigint NOT NULL,
+        PRIMARY KEY (run_id, split_index, part))""",
+    """CREATE TABLE IF NOT EXISTS _c2pg.dead_letters (
+        id bigserial PRIMARY KEY,
+        pipeline text NOT NULL,
+        origin text NOT NULL,
+        run_id uuid,
+        keyspace text,
+        source_table text,
+        topic text,
+        kafka_partition int,
+        kafka_offset bigint,
+        row_key text,
+        raw_key text,
+        raw_value text,
+        error_class text NOT NULL,
+        error text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        replayed_at timestamptz)""",
+    "CREATE INDEX IF NOT EXISTS dead_letters_run ON _c2pg.dead_letters (run_id)",
+]
+
+
+def ident(*parts: str) -> sql.Identifier:
+    return sql.Identifier(*parts)
+
+
+def tombstone_table_name(target_schema: str, target_table: str) -> str:
+    """``tomb_<hash>``: stable, short (PostgreSQL truncates names past 63 bytes), unique."""
+    return "tomb_" + hashlib.sha1(f"{target_schema}.{target_table}".encode()).hexdigest()[:16]
+
+
+def _cols(names) -> sql.Composed:
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+def target_columns(schema: TableSchema) -> list[str]:
+    """The target's columns in COPY order: Cassandra's, then the metadata columns."""
+    return [c.name for c in schema.columns] + [META_TOKEN, META_WT, META_EXP, META_ROW_TS]
+
+
+def create_target(schema: TableSchema, target_schema: str, target_table: str,
+                  *, with_token_index: bool = True) -> list[sql.Composed]:
+    """The target table (and its schema) with Cassandra's primary key and c2pg's metadata."""
+    defs = [sql.SQL("{} {}{}").format(ident(c.name), sql.SQL(c.pg_sql_type),
+                                      sql.SQL(" NOT NULL") if c in schema.primary_key else sql.SQL(""))
+            for c in schema.columns]
+    defs += [sql.SQL("{} bigint NOT NULL").format(ident(META_TOKEN)),
+             sql.SQL("{} bigint[] NOT NULL").format(ident(META_WT)),
+             sql.SQL("{} bigint[]").format(ident(META_EXP)),
+             sql.SQL("{} bigint").format(ident(META_ROW_TS))]
+    defs.append(sql.SQL("PRIMARY KEY ({})").format(_cols(c.name for c in schema.primary_key)))
+    stmts = [sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident(target_schema)),
+             sql.SQL("CREATE TABLE {} ({})").format(ident(target_schema, target_table),
+                                                    sql.SQL(", ").join(defs))]
+    if with_token_index:
+        stmts.append(token_index(target_schema, target_table))
+    return stmts
+
+
+def token_index(target_schema: str, target_table: str) -> sql.Composed:
+    return sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+        ident(f"{target_table[:40]}__c2pg_token"), ident(target_schema, target_table), ident(META_TOKEN))
+
+
+def create_tombstones(schema: TableSchema, tomb_table: str) -> sql.Composed:
+    """Row, partition and range deletions kept beside the table (retention: sync's sweep).
+
+    ``kind`` is ``row`` (clustering columns set), ``partition`` (clustering columns NULL) or
+    ``range`` (bounds in ``range_start``/``range_end``, Debezium's form).
+    """
+    pk = [sql.SQL("{} {} NOT NULL").format(ident(c.name), sql.SQL(c.pg_sql_type))
+          for c in schema.partition_key]
+    ck = [sql.SQL("{} {}").format(ident(c.name), sql.SQL(c.pg_sql_type)) for c in schema.clustering]
+    cols = pk + ck + [sql.SQL("kind text NOT NULL"), sql.SQL("range_start jsonb"),
+                      sql.SQL("range_end jsonb"), sql.SQL("deleted_at bigint NOT NULL"),
+                      sql.SQL("recorded_at timestamptz NOT NULL DEFAULT now()")]
+    return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}); CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+        ident(STATE_SCHEMA, tomb_table), sql.SQL(", ").join(cols), ident(f"{tomb_table}_pk"),
+        ident(STATE_SCHEMA, tomb_table), _cols(c.name for c in schema.partition_key))
+
+
+def describe_target(target_schema: str, target_table: str) -> tuple[sql.Composed, tuple]:
+    """Columns and types of an existing table (empty result when it does not exist)."""
+    return (sql.SQL("SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                    "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped "
+                    "ORDER BY a.attnum"), (target_schema, target_table))
+
+
+def add_column(target_schema: str, target_table: str, name: str, pg_sql_type: str) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+        ident(target_schema, target_table), ident(name), sql.SQL(pg_sql_type))
+
+
+def create_stage(target_schema: str, target_table: str) -> sql.Composed:
+    """A session-private staging table shaped like the target, dropped at commit."""
+    return sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
+        ident(STAGE), ident(target_schema, target_table))
+
+
+def copy_into(qualified: sql.Composable, columns: list[str]) -> sql.Composed:
+    return sql.SQL("COPY {} ({}) FROM STDIN").format(qualified, _cols(columns))
+
+
+def copy_target(target_schema: str, target_table: str, columns: list[str]) -> sql.Composed:
+    return copy_into(ident(target_schema, target_table), columns)
+
+
+def copy_stage(columns: list[str]) -> sql.Composed:
+    return copy_into(ident(STAGE), columns)
+
+
+def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table: str) -> sql.Composed:
+    """Apply the staged rows to the target with per-cell last-write-wins.
+
+    Steps, all in this one statement:
+    1. each staged row is joined to the newest row or partition deletion recorded for it
+       (``kill``); a staged cell (and row marker) written at or before it is dropped, so an
+       older write arriving after a delete cannot resurrect data;
+    2. new keys are inserted as they are;
+    3. for existing keys, each regular column takes the staged cell only when it wins
+       (:func:`_wins`), and ``_c2pg_wt``/``_c2pg_exp`` follow the winner per position;
+       the row marker keeps the greater time;
+    4. rows where nothing wins are left untouched (no dead tuple).
+    """
+    target = ident(target_schema, target_table)
+    pk = [c.name for c in schema.primary_key]
+    n = len(schema.regular)
+    s, t, x = sql.Identifier("s"), sql.Identifier("t"), sql.SQL("EXCLUDED")
+
+    def at(alias, meta, i):
+        return sql.SQL("{}.{}[{}]").format(alias, ident(meta), sql.Literal(i))
+
+    kill = sql.SQL("k.kill_ts")
+    select_cols = [sql.SQL("{}.{}").format(s, ident(name)) for name in pk]
+    wt_items, exp_items = [], []
+    for i, col in enumerate(schema.regular, start=1):
+        alive = sql.SQL("({kill} IS NULL OR {wt} > {kill})").format(kill=kill, wt=at(s, META_WT, i))
+        select_cols.append(sql.SQL("CASE WHEN {alive} THEN {s}.{c} END").format(
+            alive=alive, s=s, c=ident(col.name)))
+        wt_items.append(sql.SQL("CASE WHEN {alive} THEN {wt} END").format(alive=alive, wt=at(s, META_WT, i)))
+        exp_items.append(sql.SQL("CASE WHEN {alive} THEN {e} END").format(alive=alive, e=at(s, META_EXP, i)))
+    select_cols.append(sql.SQL("{}.{}").format(s, ident(META_TOKEN)))
+    select_cols.append(sql.SQL("ARRAY[{}]::bigint[]").format(sql.SQL(", ").join(wt_items))
+                       if n else sql.SQL("'{}'::bigint[]"))
+    select_cols.append(sql.SQL("ARRAY[{}]::bigint[]").format(sql.SQL(", ").join(exp_items))
+                       if n else sql.SQL("NULL::bigint[]"))
+    select_cols.append(sql.SQL("CASE WHEN {kill} IS NULL OR {s}.{rt} > {kill} THEN {s}.{rt} END").format(
+        kill=kill, s=s, rt=ident(META_ROW_TS)))
+
+    sets, wins_any, new_wt, new_exp = [], [], [], []
+    for i, col in enumerate(schema.regular, start=1):
+        wins = _wins(x, t, col.name, i)
+        wins_any.append(wins)
+        sets.append(sql.SQL("{c} = CASE WHEN {w} THEN {x}.{c} ELSE {t}.{c} END").format(
+            c=ident(col.name), w=wins, x=x, t=t))
+        new_wt.append(sql.SQL("CASE WHEN {w} THEN {xw} ELSE {tw} END").format(
+            w=wins, xw=at(x, META_WT, i), tw=at(t, META_WT, i)))
+        new_exp.append(sql.SQL("CASE WHEN {w} THEN {xe} ELSE {te} END").format(
+            w=wins, xe=at(x, META_EXP, i), te=at(t, META_EXP, i)))
+    if n:
+        sets.append(sql.SQL("{} = ARRAY[{}]::bigint[]").format(ident(META_WT), sql.SQL(", ").join(new_wt)))
+        sets.append(sql.SQL("{} = ARRAY[{}]::bigint[]").format(ident(META_EXP), sql.SQL(", ").join(new_exp)))
+    marker_wins = sql.SQL("({x}.{rt} IS NOT NULL AND ({t}.{rt} IS NULL OR {x}.{rt} > {t}.{rt}))").format(
+        x=x, t=t, rt=ident(META_ROW_TS))
+    sets.append(sql.SQL("{rt} = GREATEST({t}.{rt}, {x}.{rt})").format(rt=ident(META_ROW_TS), t=t, x=x))
+    wins_any.append(marker_wins)
+
+    tomb_where = [sql.SQL("d.{c} = {s}.{c}").format(c=ident(c.name), s=s) for c in schema.partition_key]
+    row_match = sql.SQL(" AND ").join(
+        [sql.SQL("d.{c} = {s}.{c}").format(c=ident(c.name), s=s) for c in schema.clustering]
+        or [sql.SQL("true")])
+    return sql.SQL(
+        "INSERT INTO {target} AS t ({cols}) "
+        "SELECT {select} FROM {stage} AS s "
+        "LEFT JOIN LATERAL (SELECT max(d.deleted_at) AS kill_ts FROM {tomb} AS d "
+        "WHERE {tomb_where} AND (d.kind = 'partition' OR (d.kind = 'row' AND {row_match}))) AS k ON true "
+        "ON CONFLICT ({pk}) DO UPDATE SET {sets} WHERE {any_wins}"
+    ).format(
+        target=target, cols=_cols(target_columns(schema)), select=sql.SQL(", ").join(select_cols),
+        stage=ident(STAGE), tomb=ident(STATE_SCHEMA, tomb_table),
+        tomb_where=sql.SQL(" AND ").join(tomb_where), row_match=row_match,
+        pk=_cols(pk), sets=sql.SQL(", ").join(sets), any_wins=sql.SQL(" OR ").join(wins_any),
+    )
+
+
+def _wins(x: sql.Composable, t: sql.Composable, column: str, i: int) -> sql.Composed:
+    """Does the staged cell (``EXCLUDED``) beat the stored one (``t``) at position ``i``?
+
+    Newer write time wins. At equal time a deletion (NULL value) beats a live value, and
+    between two live values the greater text form wins: a deterministic order, so every
+    replica of the same events converges (Cassandra compares serialized bytes instead; the
+    two can differ only for different values written at the same microsecond, and
+    reconcile reports it).
+    """
+    return sql.SQL(
+        "({xw} IS NOT NULL AND ({tw} IS NULL OR {xw} > {tw} OR ({xw} = {tw} AND ("
+        "({x}.{c} IS NULL AND {t}.{c} IS NOT NULL) OR "
+        "({x}.{c} IS NOT NULL AND {t}.{c} IS NOT NULL AND {x}.{c}::text > {t}.{c}::text)))))"
+    ).format(xw=sql.SQL("{}.{}[{}]").format(x, ident(META_WT), sql.Literal(i)),
+             tw=sql.SQL("{}.{}[{}]").format(t, ident(META_WT), sql.Literal(i)),
+             x=x, t=t, c=ident(column))
+
+
+def insert_dead_letters() -> sql.SQL:
+    return sql.SQL(
+        "INSERT INTO _c2pg.dead_letters (pipeline, origin, run_id, keyspace, source_table, topic, "
+        "kafka_partition, kafka_offset, row_key, raw_key, raw_value, error_class, error) "
+        "VALUES %s")

@@ -1,0 +1,179 @@
+"""Snapshot: copy a whole Cassandra table into PostgreSQL in parallel, on Ray Data.
+
+Called by ``python -m jobs.snapshot`` (locally or under ``ray job submit``) and by
+``c2pg snapshot``. The driver reads the table definition, prepares the target (see
+:mod:`engine.target`), plans token-range splits, records the run in ``_c2pg.runs`` with
+one ``_c2pg.run_splits`` row per split, then streams
+``CassandraDatasource → PostgresDatasink``. Ray Data's progress bars show the work.
+
+Resume: ``resume=<run_id>`` reloads that run's splits and reads only those not ``done``
+(a split is marked done in the same transaction that commits its last rows).
+
+Outcome: a :class:`SnapshotResult`; ``ok`` is false when some rows could not be converted
+(they are in ``_c2pg.dead_letters`` with the run id) or some splits did not finish.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass
+
+import psycopg2
+
+from engine import cql, log
+from engine.cassandra_source import CassandraDatasource, ReadSettings
+from engine.config import PipelineConfig, TableConfig
+from engine.errors import C2pgError
+from engine.pg_sink import PostgresDatasink, SinkSettings
+from engine.schema import read_table
+from engine.target import create_token_index, ensure_state, ensure_target
+from engine.token_ranges import TokenSplit, plan_splits
+
+logger = log.get("c2pg.snapshot")
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotResult:
+    run_id: str
+    table: str
+    target: str
+    rows: int
+    dead_letters: int
+    bytes: int
+    seconds: float
+    splits: int
+    splits_done: int
+    retries: int
+    mode: str
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.dead_letters == 0 and self.splits_done == self.splits
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "rows_per_s": round(self.rows_per_s, 1), "ok": self.ok}
+
+
+def find_table(cfg: PipelineConfig, qualified: str) -> TableConfig:
+    """``ks.table`` as configured in the pipeline, or a bare one with default targets."""
+    keyspace, _, table = qualified.partition(".")
+    if not keyspace or not table:
+        raise C2pgError(f"--table must be KEYSPACE.TABLE, got {qualified!r}")
+    for t in cfg.tables:
+        if (t.keyspace, t.table) == (keyspace, table):
+            return t
+    return TableConfig(keyspace=keyspace, table=table, target_schema=cfg.postgres.schema, target_table=table)
+
+
+def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | None = None,
+                 consistency: str | None = None, resume: str | None = None, evolve: bool = False,
+                 concurrency: int | None = None) -> SnapshotResult:
+    import ray
+
+    started = time.monotonic()
+    read_started_us = int(time.time() * 1_000_000)
+    consistency = consistency or cfg.snapshot.consistency
+    cluster, session = cql.connect(cfg.cassandra)
+    conn = psycopg2.connect(**cfg.postgres.connect_kwargs(application_name="c2pg-snapshot"))
+    try:
+        schema = read_table(session, table_cfg.keyspace, table_cfg.table)
+        for note in schema.unsupported_by_cdc():
+            logger.warning("cdc limitation", table=schema.qualified, note=note)
+        ensure_state(conn)
+        target = ensure_target(conn, schema, table_cfg.target_schema, table_cfg.target_table, evolve=evolve)
+        if resume:
+            run_id, plan = _load_resume(conn, resume, schema.qualified)
+            mode = "merge"
+        else:
+            run_id = str(uuid.uuid4())
+            mode = "direct" if target.created else "merge"
+            if not ray.is_initialized():
+                ray.init(ignore_reinit_error=True, log_to_driver=True)
+            min_splits = max(4, 2 * int(ray.cluster_resources().get("CPU", 2)))
+            plan = plan_splits(cluster, schema.keyspace, schema.table, split_size_mb=cfg.snapshot.split_size_mb,
+                               min_splits=min_splits, splits=splits)
+            _record_run(conn, run_id, cfg, schema.qualified, target, plan, mode, splits, consistency)
+        log.bind(pipeline=cfg.name, table=schema.qualified, run_id=run_id)
+        logger.info("snapshot starting", splits=len(plan), mode=mode,
+                    target=f"{target.target_schema}.{target.target_table}")
+    finally:
+        cluster.shutdown()
+
+    try:
+        if not ray.is_initialized():
+            ray.init(ignore_reinit_error=True, log_to_driver=True)
+        source = CassandraDatasource(ReadSettings(cfg.cassandra, target.schema, consistency,
+                                                  cfg.snapshot.page_size, cfg.snapshot.max_retries,
+                                                  read_started_us), plan)
+        sink = PostgresDatasink(SinkSettings(cfg.postgres, target.schema, target.target_schema,
+                                             target.target_table, target.tomb_table, run_id, cfg.name, mode))
+        # One block per read task output: a split's part must reach the sink whole (it is
+        # committed with its run_parts row), so Ray Data must not split blocks here.
+        ds = ray.data.read_datasource(source, concurrency=concurrency, override_num_blocks=len(plan))
+        ds.write_datasink(sink, concurrency=concurrency)
+        if target.created:
+            create_token_index(conn, target)
+        result = _finish(conn, run_id, schema.qualified, target, sink, time.monotonic() - started, mode, None)
+    except Exception as exc:
+        _finish(conn, run_id, schema.qualified, target, None, time.monotonic() - started, mode, exc)
+        raise
+    finally:
+        conn.close()
+    return result
+
+
+def _record_run(conn, run_id: str, cfg: PipelineConfig, qualified: str, target, plan: list[TokenSplit],
+                mode: str, splits: int | None, consistency: str) -> None:
+    with conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO _c2pg.runs (run_id, kind, pipeline, keyspace, source_table, target, status, "
+                    "args) VALUES (%s, 'snapshot', %s, %s, %s, %s, 'running', %s)",
+                    (run_id, cfg.name, target.schema.keyspace, target.schema.table,
+                     f"{target.target_schema}.{target.target_table}",
+                     json.dumps({"splits": splits, "consistency": consistency, "mode": mode})))
+        cur.executemany("INSERT INTO _c2pg.run_splits (run_id, split_index, start_token, end_token) "
+                        "VALUES (%s, %s, %s, %s)", [(run_id, s.index, s.start, s.end) for s in plan])
+
+
+def _load_resume(conn, run_id: str, qualified: str) -> tuple[str, list[TokenSplit]]:
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT keyspace || '.' || source_table, status FROM _c2pg.runs "
+                    "WHERE run_id::text = %s AND kind = 'snapshot'", (run_id,))
+        row = cur.fetchone()
+        if row is None:
+            raise C2pgError(f"--resume {run_id}: no such snapshot run in _c2pg.runs")
+        if row[0] != qualified:
+            raise C2pgError(f"--resume {run_id}: that run copied {row[0]}, not {qualified}")
+        cur.execute("SELECT split_index, start_token, end_token FROM _c2pg.run_splits "
+                    "WHERE run_id = %s AND status <> 'done' ORDER BY split_index", (run_id,))
+        plan = [TokenSplit(i, a, b) for i, a, b in cur.fetchall()]
+        # Parts of unfinished splits are re-sent whole; forget the ones already counted.
+        cur.execute("DELETE FROM _c2pg.run_parts p USING _c2pg.run_splits s WHERE p.run_id = s.run_id "
+                    "AND p.split_index = s.split_index AND s.run_id = %s AND s.status <> 'done'", (run_id,))
+        cur.execute("UPDATE _c2pg.runs SET status = 'running', finished_at = NULL, error = NULL "
+                    "WHERE run_id = %s", (run_id,))
+    return run_id, plan
+
+
+def _finish(conn, run_id: str, qualified: str, target, sink: PostgresDatasink | None, seconds: float,
+            mode: str, error: Exception | None) -> SnapshotResult:
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*), count(*) FILTER (WHERE status = 'done'), COALESCE(sum(rows), 0), "
+                    "COALESCE(sum(retries), 0) FROM _c2pg.run_splits WHERE run_id = %s", (run_id,))
+        n_splits, done, rows, retries = cur.fetchone()
+        cur.execute("SELECT count(*) FROM _c2pg.dead_letters WHERE run_id = %s", (run_id,))
+        dead = cur.fetchone()[0]
+        written = sink.total if sink else None
+        result = SnapshotResult(run_id, qualified, f"{target.target_schema}.{target.target_table}", int(rows),
+                                int(dead), written.bytes if written else 0, round(seconds, 2), n_splits, done,
+                                int(retries), mode)
+        status = "failed" if error or done < n_splits else "succeeded"
+        cur.execute("UPDATE _c2pg.runs SET status = %s, finished_at = now(), stats = %s, error = %s "
+                    "WHERE run_id = %s", (status, json.dumps(result.as_dict()),
+                                          f"{type(error).__name__}: {error}" if error else None, run_id))
+    return result

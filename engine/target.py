@@ -1,0 +1,130 @@
+"""The PostgreSQL side of a replicated table: engine state, the target table, its catalog row.
+
+Callers: the snapshot job on the driver before any task runs (and later sync and
+reconcile when they attach to a table). :func:`ensure_target` creates what is missing,
+checks what exists, and returns the schema in the *catalog's* column order — the order
+``_c2pg_wt`` positions follow — so a column added later is appended, never inserted.
+
+Failure: :class:`TargetMismatch` lists every difference between the Cassandra table and
+an existing target (exit code 2); ``evolve=True`` adds missing columns instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+
+from engine import pg_dialect as d
+from engine.errors import C2pgError
+from engine.schema import META_COLUMNS, TableSchema
+
+
+class TargetMismatch(C2pgError):
+    """An existing PostgreSQL table does not match the Cassandra table."""
+
+    exit_code = 2
+
+    def __init__(self, target: str, differences: list[str]):
+        self.differences = differences
+        lines = "\n".join(f"  - {x}" for x in differences)
+        super().__init__(f"target {target} differs from the Cassandra table "
+                         f"(use --evolve to add missing columns):\n{lines}")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    schema: TableSchema  # in catalog order
+    target_schema: str
+    target_table: str
+    tomb_table: str
+    created: bool  # this call created the table (so it is empty: a direct load is safe)
+
+
+def ensure_state(conn) -> None:
+    """Create schema ``_c2pg`` and its tables if missing (idempotent; any caller may run it)."""
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('_c2pg.ddl'))")
+        for stmt in d.STATE_DDL:
+            cur.execute(stmt)
+
+
+def ensure_target(conn, schema: TableSchema, target_schema: str, target_table: str, *,
+                  evolve: bool = False, defer_token_index: bool = True) -> Target:
+    """Create or check the target table, its tombstone table and its catalog row."""
+    tomb = d.tombstone_table_name(target_schema, target_table)
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{target_schema}.{target_table}",))
+        cur.execute("SELECT columns FROM _c2pg.catalog WHERE target_schema = %s AND target_table = %s",
+                    (target_schema, target_table))
+        row = cur.fetchone()
+        if row is not None:
+            schema = _in_catalog_order(schema, row[0])
+        cur.execute(*d.describe_target(target_schema, target_table))
+        existing = dict(cur.fetchall())
+        created = not existing
+        if created:
+            for stmt in d.create_target(schema, target_schema, target_table,
+                                        with_token_index=not defer_token_index):
+                cur.execute(stmt)
+        else:
+            _check_or_evolve(cur, schema, target_schema, target_table, existing, evolve)
+        cur.execute(d.create_tombstones(schema, tomb))
+        cur.execute(
+            "INSERT INTO _c2pg.catalog (target_schema, target_table, keyspace, source_table, columns, "
+            "fingerprint, tombstone_table) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (target_schema, target_table) DO UPDATE SET columns = EXCLUDED.columns, "
+            "fingerprint = EXCLUDED.fingerprint, updated_at = now()",
+            (target_schema, target_table, schema.keyspace, schema.table, json.dumps(catalog_columns(schema)),
+             schema.fingerprint(), tomb))
+    return Target(schema, target_schema, target_table, tomb, created)
+
+
+def create_token_index(conn, target: Target) -> None:
+    """The ``_c2pg_token`` index, built after an initial load (faster than maintaining it)."""
+    old = conn.autocommit
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(d.token_index(target.target_schema, target.target_table))
+            cur.execute(d.sql.SQL("ANALYZE {}").format(d.ident(target.target_schema, target.target_table)))
+    finally:
+        conn.autocommit = old
+
+
+def _canonical(cur, pg_sql_type: str) -> str:
+    """PostgreSQL's own spelling of a type (``time`` → ``time without time zone``)."""
+    cur.execute("SELECT %s::regtype::text", (pg_sql_type,))
+    return cur.fetchone()[0]
+
+
+def catalog_columns(schema: TableSchema) -> list[dict]:
+    return [{"name": c.name, "kind": c.kind, "cql": c.cql_type.cql(), "pg": c.pg_sql_type}
+            for c in schema.columns]
+
+
+def _in_catalog_order(schema: TableSchema, catalog: list[dict]) -> TableSchema:
+    """Regular columns in the catalog's order, new ones appended (wt positions never move)."""
+    order = {c["name"]: i for i, c in enumerate(x for x in catalog if x["kind"] in ("regular", "static"))}
+    known = sorted((c for c in schema.regular if c.name in order), key=lambda c: order[c.name])
+    new = [c for c in schema.regular if c.name not in order]
+    return replace(schema, regular=tuple(known + new))
+
+
+def _check_or_evolve(cur, schema: TableSchema, target_schema: str, target_table: str,
+                     existing: dict[str, str], evolve: bool) -> None:
+    differences, missing = [], []
+    for c in schema.columns:
+        have = existing.get(c.name)
+        if have is None:
+            missing.append(c)
+            differences.append(f"column {c.name!r} ({c.cql_type.cql()} → {c.pg_sql_type}) is missing")
+        elif have != _canonical(cur, c.pg_sql_type):
+            differences.append(f"column {c.name!r} is {have}, expected {c.pg_sql_type} for {c.cql_type.cql()}")
+    for meta in META_COLUMNS:
+        if meta not in existing:
+            differences.append(f"metadata column {meta!r} is missing (not a table c2pg created?)")
+    only_missing = len(differences) == len(missing) and all(c.kind in ("regular", "static") for c in missing)
+    if differences and not (evolve and only_missing):
+        raise TargetMismatch(f"{target_schema}.{target_table}", differences)
+    for c in missing:
+        cur.execute(d.add_column(target_schema, target_table, c.name, c.pg_sql_type))
