@@ -88,17 +88,26 @@ def select_statement(schema: TableSchema) -> str:
     """
     q = _cql_ident
     pk = ", ".join(q(c.name) for c in schema.partition_key)
-    parts = [f"token({pk})"] + [q(c.name) for c in schema.primary_key]
+    parts = [f"token({pk})"] + [_value(c) for c in schema.primary_key]
     for c in schema.regular:
         if _multi_cell(c.cql_type):
             # WRITETIME/TTL of a multi-cell column are lists with null elements, which the
             # Python driver cannot decode; MAXWRITETIME (Cassandra 5) gives the newest
             # element's time. Element TTLs are not read (docs/types.md).
-            parts += [q(c.name), f"MAXWRITETIME({q(c.name)})"]
+            parts += [_value(c), f"MAXWRITETIME({q(c.name)})"]
         else:
-            parts += [q(c.name), f"WRITETIME({q(c.name)})", f"TTL({q(c.name)})"]
+            parts += [_value(c), f"WRITETIME({q(c.name)})", f"TTL({q(c.name)})"]
     return (f"SELECT {', '.join(parts)} FROM {q(schema.keyspace)}.{q(schema.table)} "
             f"WHERE token({pk}) > ? AND token({pk}) <= ?")
+
+
+def _value(c) -> str:
+    """The selector of a column's value. A top-level timestamp is read as epoch
+    milliseconds: the driver cannot build a datetime outside years 1..9999 and would fail
+    the whole page (the codec takes the integer exactly)."""
+    if c.cql_type.kind == "timestamp":
+        return f"toUnixTimestamp({_cql_ident(c.name)})"
+    return _cql_ident(c.name)
 
 
 def _multi_cell(t) -> bool:

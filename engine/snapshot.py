@@ -16,6 +16,7 @@ Outcome: a :class:`SnapshotResult`; ``ok`` is false when some rows could not be 
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -115,8 +116,10 @@ def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | N
                                              target.target_table, target.tomb_table, run_id, cfg.name, mode))
         # One block per read task output: a split's part must reach the sink whole (it is
         # committed with its run_parts row), so Ray Data must not split blocks here.
-        ds = ray.data.read_datasource(source, concurrency=concurrency, override_num_blocks=len(plan))
-        ds.write_datasink(sink, concurrency=concurrency)
+        remote_args = _fault_env()
+        ds = ray.data.read_datasource(source, concurrency=concurrency, override_num_blocks=len(plan),
+                                      ray_remote_args=remote_args)
+        ds.write_datasink(sink, concurrency=concurrency, ray_remote_args=remote_args)
         if target.created:
             create_token_index(conn, target)
         result = _finish(conn, run_id, schema.qualified, target, sink, time.monotonic() - started, mode, None)
@@ -126,6 +129,13 @@ def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | N
     finally:
         conn.close()
     return result
+
+
+def _fault_env() -> dict:
+    """Hand the driver's fault-injection settings (tests only, :mod:`engine.faults`) to the
+    tasks: workers started before the test set them would not see them otherwise."""
+    env = {k: os.environ[k] for k in ("C2PG_FAULTS", "C2PG_FAULTS_DIR") if k in os.environ}
+    return {"runtime_env": {"env_vars": env}} if env else {}
 
 
 def _record_run(conn, run_id: str, cfg: PipelineConfig, qualified: str, target, plan: list[TokenSplit],

@@ -136,7 +136,8 @@ _TOKEN = re.compile(r"""\s*(?:(?P<q>"(?:[^"]|"")*")|(?P<s>'(?:[^']|'')*')|(?P<n>
 
 
 class _TypeParser:
-    def __init__(self, text: str, udts: Mapping[str, tuple[tuple[str, str], ...]], resolving: tuple[str, ...]):
+    def __init__(self, text: str, udts: Mapping[str, tuple[tuple[str, str], ...]],
+                 resolving: tuple[str, ...]):
         self.text = text
         self.udts = udts
         self.resolving = resolving
@@ -664,6 +665,19 @@ def _ts_core_drv(v: Any) -> int:
     return ((us + 500) // 1000) * 1000
 
 
+def _ts_text_drv(v: Any) -> str:
+    """Driver datetime → canonical text. Fast path for the usual case: a naive datetime of
+    whole milliseconds has no float drift (drift would leave stray µs) and, being within
+    years 1..9999, is inside PostgreSQL's range; format its fields directly."""
+    if v.__class__ is datetime and v.tzinfo is None:
+        us = v.microsecond
+        if us == 0:
+            return v.isoformat(" ", "seconds") + "+00"
+        if us % 1000 == 0:                        # the fraction has a non-zero digit to stop at
+            return v.isoformat(" ", "milliseconds").rstrip("0") + "+00"
+    return _ts_text(_ts_core_drv(v))
+
+
 def _ts_core_dbz(v: Any) -> int:
     return _int_core(v) * 1000
 
@@ -699,6 +713,16 @@ def _date_text(days: int) -> str:
                                    f"(4714-11-24 BC .. 5874897-12-31 AD)")
     dpart, bc = _pg_date_part(days)
     return dpart + " BC" if bc else dpart
+
+
+_PY_DATE_MIN_DAYS = date.min.toordinal() - 719_163     # 0001-01-01
+_PY_DATE_MAX_DAYS = date.max.toordinal() - 719_163     # 9999-12-31
+
+
+def _date_text_days(days: int) -> str:
+    if _PY_DATE_MIN_DAYS <= days <= _PY_DATE_MAX_DAYS:   # fast path: Python's own calendar
+        return date.fromordinal(days + 719_163).isoformat()
+    return _date_text(days)
 
 
 def _date_core_drv(v: Any) -> int:
@@ -761,6 +785,8 @@ def _time_core_pg(v: Any) -> int:
         return _time_core_drv(v)
     if v.__class__ is int:                        # time_as='bigint'
         return v
+    if v.isdigit():                               # time_as='bigint', element of an array literal
+        return int(v)
     m = _PG_TIME.match(v)
     if not m:
         raise ValueConversionError(f"not a PostgreSQL time text: {v[:60]!r}")
@@ -848,6 +874,7 @@ class _Scalar:
     json: Callable[[Any], str]       # core → JSON fragment
     key: Callable[[Any], str]        # core → JSON object key (map keys)
     pgjson: Callable[[Any], str]     # value inside jsonb (parsed, numbers as Decimal) → JSON fragment
+    text_drv: Callable[[Any], str] | None = None   # driver value → canonical text, when faster
     sort: Callable[[Any], Any] | None = None   # sort key for set elements; None: the core itself
     escape: bool = False             # canonical text may hold COPY specials (\\, tab, LF, CR)
     quote: bool = True               # canonical text may need quoting as an array element
@@ -915,8 +942,9 @@ _KINDS: dict[str, _Scalar] = {
     "inet": _Scalar(drv=_inet_core_drv, dbz=_inet_core_dbz, dbzkey=_inet_core_dbz, pg=_inet_core_pg,
                     text=_ident, json=_jstr, key=_ident, pgjson=_pgjson_str, quote=False),
     "timestamp": _Scalar(drv=_ts_core_drv, dbz=_ts_core_dbz, dbzkey=_ts_core_dbz, pg=_ts_core_pg,
-                         text=_ts_text, json=lambda us: _jstr(_ts_iso(us)), key=_ts_iso, pgjson=_pgjson_str),
-    "date": _Scalar(drv=_date_core_drv, dbz=_int_core, dbzkey=int, pg=_date_core_pg, text=_date_text,
+                         text=_ts_text, json=lambda us: _jstr(_ts_iso(us)), key=_ts_iso, pgjson=_pgjson_str,
+                         text_drv=_ts_text_drv),
+    "date": _Scalar(drv=_date_core_drv, dbz=_int_core, dbzkey=int, pg=_date_core_pg, text=_date_text_days,
                     json=lambda d: _jstr(_iso_date_part(d)), key=_iso_date_part, pgjson=_pgjson_str),
     "time": _Scalar(drv=_time_core_drv, dbz=_int_core, dbzkey=int, pg=_time_core_pg, text=_time_text,
                     json=lambda ns: _jstr(_time_iso(ns)), key=_time_iso, pgjson=_pgjson_str, quote=False),
@@ -1015,10 +1043,6 @@ def _node(t: CqlType) -> _Node:
     raise TypeMappingError(f"CQL type {t.cql()!r} cannot be mapped")
 
 
-def _complex_key(j: Callable[[Any], str]) -> Callable[[Any], str]:
-    return j            # a frozen collection/UDT/tuple as a map key: its canonical JSON text
-
-
 def _no_dbzkey(v: Any) -> str:
     raise ValueConversionError("a collection-typed map key cannot arrive as a JSON object key")
 
@@ -1061,8 +1085,8 @@ def _seq_node(t: CqlType) -> _Node:
     def j_pg(v: Any) -> str:
         return "[" + ",".join([ep(x) for x in v]) + "]"
 
-    return _Node(_nullable(j_drv), _nullable(j_dbz), _nullable(j_pg), _complex_key(j_drv),
-                 _complex_key(j_dbz), _no_dbzkey)
+    # As a map key (frozen, never null) a collection/UDT/tuple is its canonical JSON text.
+    return _Node(_nullable(j_drv), _nullable(j_dbz), _nullable(j_pg), j_drv, j_dbz, _no_dbzkey)
 
 
 def _map_node(t: CqlType) -> _Node:
@@ -1081,8 +1105,8 @@ def _map_node(t: CqlType) -> _Node:
     def j_pg(v: Any) -> str:
         return _object([(a, vp(b)) for a, b in v.items()])
 
-    return _Node(_nullable(j_drv), _nullable(j_dbz), _nullable(j_pg), _complex_key(j_drv),
-                 _complex_key(j_dbz), _no_dbzkey)
+    # As a map key (frozen, never null) a collection/UDT/tuple is its canonical JSON text.
+    return _Node(_nullable(j_drv), _nullable(j_dbz), _nullable(j_pg), j_drv, j_dbz, _no_dbzkey)
 
 
 def _tuple_node(t: CqlType) -> _Node:
@@ -1107,8 +1131,8 @@ def _tuple_node(t: CqlType) -> _Node:
             return _dump_any(v)
         return "[" + ",".join([f(x) for f, x in zip(ps, v)]) + "]"
 
-    return _Node(_nullable(j_drv), _nullable(j_dbz), _nullable(j_pg), _complex_key(j_drv),
-                 _complex_key(j_dbz), _no_dbzkey)
+    # As a map key (frozen, never null) a collection/UDT/tuple is its canonical JSON text.
+    return _Node(_nullable(j_drv), _nullable(j_dbz), _nullable(j_pg), j_drv, j_dbz, _no_dbzkey)
 
 
 def _dump_any(v: Any) -> str:
@@ -1143,8 +1167,8 @@ def _udt_node(t: CqlType) -> _Node:
         body += [_enc(x) + ":" + _dump_any(v[x]) for x in v if x not in known]   # surface drift
         return "{" + ",".join(body) + "}"
 
-    return _Node(_nullable(j_drv), _nullable(j_dbz), _nullable(j_pg), _complex_key(j_drv),
-                 _complex_key(j_dbz), _no_dbzkey)
+    # As a map key (frozen, never null) a collection/UDT/tuple is its canonical JSON text.
+    return _Node(_nullable(j_drv), _nullable(j_dbz), _nullable(j_pg), j_drv, j_dbz, _no_dbzkey)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1172,10 +1196,10 @@ class Codec:
 
     cql_type: CqlType
     pg: PgType
+    _drv: Callable[[Any], str] = field(repr=False, compare=False)
+    _dbz: Callable[[Any], str | None] = field(repr=False, compare=False)
+    _pgv: Callable[[Any], str] = field(repr=False, compare=False)
     time_as: str = "time"
-    _drv: Callable[[Any], str | None] = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
-    _dbz: Callable[[Any], str | None] = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
-    _pgv: Callable[[Any], str | None] = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
 
     def __reduce__(self):
         # The composed functions are closures: pickle the type, rebuild on the other side.
@@ -1243,8 +1267,12 @@ class Codec:
 
     def same(self, cassandra_copy_text: str | None, pg_value: Any) -> bool:
         """True when a value's canonical COPY text (``from_driver``) equals a PostgreSQL
-        value (as psycopg2 returns it). Strict: texts must match exactly."""
-        return cassandra_copy_text == self.from_pg(pg_value)
+        value (as psycopg2 returns it). Strict: the texts must match exactly. A PostgreSQL
+        value that cannot be read back (``from_pg`` raises) equals nothing c2pg writes."""
+        try:
+            return cassandra_copy_text == self.from_pg(pg_value)
+        except ValueConversionError:
+            return False
 
 
 def _rebuild_codec(t: CqlType, time_as: str) -> Codec:
@@ -1253,6 +1281,9 @@ def _rebuild_codec(t: CqlType, time_as: str) -> Codec:
 
 def _scalar_fns(s: _Scalar) -> tuple[Callable, Callable, Callable]:
     text, drv, dbz, pg = s.text, s.drv, s.dbz, s.pg
+    if s.text_drv is not None:
+        assert not s.escape
+        return s.text_drv, lambda v: text(dbz(v)), lambda v: text(pg(v))
     if s.escape:
         def f_drv(v: Any) -> str:
             return _copy_escape(text(drv(v)))
@@ -1351,4 +1382,4 @@ def codec(t: CqlType, *, time_as: Literal["time", "bigint"] = "time") -> Codec:
         fns = _array_fns(t, s)
     else:
         fns = _json_fns(t)
-    return Codec(t, pg, time_as, *fns)
+    return Codec(t, pg, *fns, time_as=time_as)

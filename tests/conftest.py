@@ -52,6 +52,14 @@ def ray_cluster():
     ray.shutdown()
 
 
+def pytest_configure(config):
+    """Route c2pg's structlog output through stdlib logging, as every c2pg process does,
+    so tests can read it with caplog."""
+    from engine import log
+
+    log.configure("INFO", json=True)
+
+
 def pytest_collection_modifyitems(config, items):
     """Everything under tests/integration needs the stack: mark it so -m "not stack" skips it."""
     for item in items:

@@ -124,3 +124,93 @@ def test_unknown_table_exits_2_and_names_it(pipeline, example_pipeline_path, cap
     code = snapshot_job.main(["--config", str(example_pipeline_path), "--table", f"{KS}.no_such_table"])
     assert code == 2
     assert "no_such_table" in capsys.readouterr().err
+
+
+def _faults(monkeypatch, tmp_path, spec: str) -> None:
+    """Turn on a fault point for this test (Ray workers inherit the environment)."""
+    monkeypatch.setenv("C2PG_FAULTS", spec)
+    monkeypatch.setenv("C2PG_FAULTS_DIR", str(tmp_path / "faults"))
+
+
+def _small_table(cass, pg, name: str, rows: int = 3000) -> list[tuple]:
+    _drop_target(pg, name)
+    cass.execute(f"CREATE TABLE {KS}.{name} (pk int, ck int, v text, PRIMARY KEY (pk, ck)) WITH cdc = true")
+    stmt = cass.prepare(f"INSERT INTO {KS}.{name} (pk, ck, v) VALUES (?, ?, ?)")
+    args = [(i % 300, i, f"v{i}") for i in range(rows)]
+    execute_concurrent_with_args(cass, stmt, args, concurrency=100, raise_on_first_error=True)
+    return sorted(args)
+
+
+def _pg_rows(pg, name: str) -> list[tuple]:
+    with pg.cursor() as cur:
+        cur.execute(f'SELECT pk, ck, v FROM snap_test."{name}" ORDER BY pk, ck')
+        return cur.fetchall()
+
+
+def test_a_read_task_whose_worker_dies_mid_split_still_ends_complete(cass, pg, pipeline, ray_cluster,
+                                                                       monkeypatch, tmp_path):
+    expected = _small_table(cass, pg, "crash")
+    _faults(monkeypatch, tmp_path, "snapshot.read:split=1,after=100,action=crash,times=1")
+    result = run_snapshot(pipeline, _target(pipeline, "crash"), splits=4)
+    assert len(list((tmp_path / "faults" / "snapshot.read").iterdir())) == 1, "the worker did die once"
+    assert result.ok and result.rows == len(expected)
+    assert _pg_rows(pg, "crash") == expected
+
+
+def test_a_cassandra_timeout_mid_split_is_retried_from_the_last_partition(cass, pg, pipeline, ray_cluster,
+                                                                         monkeypatch, tmp_path):
+    expected = _small_table(cass, pg, "timeout")
+    _faults(monkeypatch, tmp_path, "snapshot.read:split=0,after=150,action=timeout,times=2")
+    result = run_snapshot(pipeline, _target(pipeline, "timeout"), splits=4)
+    assert result.retries == 2
+    assert result.ok and result.rows == len(expected)
+    assert _pg_rows(pg, "timeout") == expected
+
+
+def test_resume_redoes_only_the_unfinished_splits(cass, pg, pipeline, ray_cluster, monkeypatch, tmp_path):
+    expected = _small_table(cass, pg, "resume")
+    _faults(monkeypatch, tmp_path, "snapshot.read:split=2,action=error,times=-1")
+    with pytest.raises(Exception, match="injected fault"):
+        run_snapshot(pipeline, _target(pipeline, "resume"), splits=4)
+    with pg.cursor() as cur:
+        cur.execute("SELECT run_id, status FROM _c2pg.runs WHERE source_table = 'resume' "
+                    "ORDER BY started_at DESC LIMIT 1")
+        run_id, status = cur.fetchone()
+        cur.execute("SELECT split_index FROM _c2pg.run_splits WHERE run_id = %s AND status = 'done'", (run_id,))
+        done_before = {i for (i,) in cur.fetchall()}
+    assert status == "failed" and 2 not in done_before
+    monkeypatch.delenv("C2PG_FAULTS")
+    resumed = run_snapshot(pipeline, _target(pipeline, "resume"), resume=str(run_id))
+    assert resumed.run_id == str(run_id) and resumed.ok
+    with pg.cursor() as cur:
+        cur.execute("SELECT count(*) FILTER (WHERE status = 'done'), count(*) FROM _c2pg.run_splits "
+                    "WHERE run_id = %s", (run_id,))
+        assert cur.fetchone() == (4, 4)
+    assert _pg_rows(pg, "resume") == expected
+
+
+def test_unconvertible_values_go_to_dead_letters_and_the_rest_is_copied(cass, pg, pipeline, ray_cluster):
+    _drop_target(pg, "poison")
+    cass.execute(f"CREATE TABLE {KS}.poison (id int PRIMARY KEY, t text) WITH cdc = true")
+    for i in range(50):
+        cass.execute(f"INSERT INTO {KS}.poison (id, t) VALUES (%s, %s)", (i, "nul\x00byte" if i in (7, 8) else f"t{i}"))
+    result = run_snapshot(pipeline, _target(pipeline, "poison"), splits=4)
+    assert not result.ok and result.dead_letters == 2 and result.rows == 48
+    with pg.cursor() as cur:
+        cur.execute("SELECT row_key, error_class, error FROM _c2pg.dead_letters WHERE run_id = %s ORDER BY row_key",
+                    (result.run_id,))
+        dead = cur.fetchall()
+        cur.execute("SELECT count(*) FROM snap_test.poison")
+        assert cur.fetchone()[0] == 48
+    assert [k for k, _, _ in dead] == ["id=7", "id=8"]
+    assert all(cls == "ValueConversionError" and "NUL" in err for _, cls, err in dead)
+
+
+def test_a_table_without_cdc_is_copied_with_a_warning(cass, pg, pipeline, ray_cluster, caplog):
+    _drop_target(pg, "nocdc")
+    cass.execute(f"CREATE TABLE {KS}.nocdc (id int PRIMARY KEY, t text)")
+    cass.execute(f"INSERT INTO {KS}.nocdc (id, t) VALUES (1, 'x')")
+    with caplog.at_level("WARNING", logger="c2pg.snapshot"):
+        result = run_snapshot(pipeline, _target(pipeline, "nocdc"), splits=4)
+    assert result.ok and result.rows == 1
+    assert "sync will not see its changes" in caplog.text

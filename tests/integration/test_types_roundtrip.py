@@ -60,7 +60,8 @@ ROWS: list[dict] = [
          l=[1, 2, 3], lt=["a b", 'c"d', "", "NULL", "x\\y", "tab\tnl\ncr\r"], s={"b", "a"},
          sts={TS_1969, TS_1900}, lb=[b"\xca\xfe", b""], ldu=[Duration(1, 2, 3000), Duration(0, 0, 1)],
          sd={1.5, -0.0, 2.0}, sip={"10.0.0.1", "9.0.0.1", "::1"},
-         su={uuid.UUID("00000000-0000-0000-0000-00000000000a"), uuid.UUID("f0000000-0000-0000-0000-000000000000")},
+         su={uuid.UUID("00000000-0000-0000-0000-00000000000a"),
+             uuid.UUID("f0000000-0000-0000-0000-000000000000")},
          ldt=[Date(0), Date(-25567)], ltm=[Time(0), Time(1_000_001)],
          ldc=[Decimal("1.50"), Decimal("1E+3"), Decimal("-0.00")],
          m={"k1": 1, "k2": 2, "a": 3}, mi={10: "ten", 9: "nine"}, mts={TS_1969: b"\x00\x01"},
@@ -72,8 +73,9 @@ ROWS: list[dict] = [
     dict(pk=1, ck=2, t="", a="", vc="\\N", ti=-128, si=-32768, i=-2147483648, bi=-9223372036854775808,
          vi=-(10 ** 40), dc=Decimal("1.000000000000000000000000000001"), f=float("nan"), d=float("inf"),
          bo=False, b=b"", u=uuid.UUID(int=0), tu=uuid.UUID("00000000-0000-1000-8000-000000000000"),
-         ip="::ffff:1.2.3.4", ts=TS_1900, dt=Date(-800_000), tm=Time(0), du=Duration(-14, -3, -14706000007000),
-         l=None, lt=["\U0001F30D", "日本"], s=None, sts={TS_9999}, lb=None, ldu=None, sd={float("nan"), float("-inf")},
+         ip="::ffff:1.2.3.4", ts=TS_1900, dt=Date(-800_000), tm=Time(0),
+         du=Duration(-14, -3, -14706000007000), l=None, lt=["\U0001F30D", "日本"], s=None, sts={TS_9999},
+         lb=None, ldu=None, sd={float("nan"), float("-inf")},
          m=None, mi={-1: ""}, fl=[], fs=set(), fm={}, nested=[], ln=None,
          addr=(None, None), naddr=None, laddr=None, tup=(None, None), tup2=(None, None, None, None, None),
          v=[float("nan"), float("inf"), -0.0]),
@@ -136,13 +138,15 @@ def schema_codecs(session, keyspace: str, table: str) -> dict[str, Codec]:
 
 def insert(session, table: str, row: dict) -> None:
     cols = list(row)
-    stmt = session.prepare(f"INSERT INTO {KS}.{table} ({', '.join(cols)}) VALUES ({', '.join(['?'] * len(cols))})")
+    marks = ", ".join(["?"] * len(cols))
+    stmt = session.prepare(f"INSERT INTO {KS}.{table} ({', '.join(cols)}) VALUES ({marks})")
     session.execute(stmt, [row[c] for c in cols])
 
 
 def copy_into(pg, table: str, codecs: dict[str, Codec], lines: list[str]) -> None:
     with pg.cursor() as cur:
-        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}.{}").format(sql.Identifier(SCHEMA), sql.Identifier(table)))
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}.{}").format(sql.Identifier(SCHEMA),
+                                                                  sql.Identifier(table)))
         cur.execute(sql.SQL("CREATE TABLE {}.{} ({})").format(
             sql.Identifier(SCHEMA), sql.Identifier(table),
             sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(c.pg.sql))
@@ -264,7 +268,8 @@ def test_far_timestamps_via_to_unix_timestamp(cass, pg):
     got = [(r.ck, r.ms) for r in cass.execute(
         f"SELECT ck, toUnixTimestamp(ts) AS ms FROM {KS}.all_types WHERE pk = 2")]
     texts = [c.from_driver(ms) for _, ms in got]
-    assert texts == ["10000-01-01 00:00:00+00", "294276-12-31 23:59:59.999+00", "0001-12-31 23:59:59.999+00 BC"]
+    assert texts == ["10000-01-01 00:00:00+00", "294276-12-31 23:59:59.999+00",
+                     "0001-12-31 23:59:59.999+00 BC"]
     with pg.cursor() as cur:
         cur.execute(sql.SQL("CREATE TABLE {}.far (ts timestamptz)").format(sql.Identifier(SCHEMA)))
         cur.copy_expert(sql.SQL("COPY {}.far FROM STDIN").format(sql.Identifier(SCHEMA)).as_string(cur),
@@ -390,3 +395,42 @@ def test_debezium_duration_months_and_days_are_folded(pg):
     with pg.cursor() as cur:
         cur.execute("SELECT %s::interval = %s::interval", (c.from_driver(value), c.from_debezium(folded)))
         assert cur.fetchone()[0] is True                          # equal under PostgreSQL's '='
+
+
+def test_canonical_text_is_postgres_output_text(pg):
+    """Random values of the types whose canonical text is PostgreSQL's own output: COPY them
+    in, COPY them out (TimeZone UTC), and require the very same COPY text."""
+    import random
+
+    rnd = random.Random(20240229)
+    us_ms = lambda: rnd.randint(-210866803200000, 9224318015999999)  # noqa: E731
+    cases = {
+        "timestamp": [us_ms() for _ in range(300)],
+        "date": [Date(rnd.randint(-2440588, 2145042905)) for _ in range(300)],
+        "time": [Time(rnd.randint(0, 86399999999999)) for _ in range(300)],
+        "duration": [Duration(*(s * rnd.choice([0, rnd.randint(0, 2**31 - 1), rnd.randint(0, 99)])
+                                for _ in range(2)), s * rnd.choice([0, rnd.randint(0, 2**63 - 1),
+                                                                    rnd.randint(0, 10**12)]))
+                     for s in (rnd.choice([1, -1]) for _ in range(300))],
+        "decimal": [Decimal(rnd.randint(-10**40, 10**40)).scaleb(rnd.randint(-60, 30)) for _ in range(300)],
+        "list<text>": [[rnd.choice(["", "NULL", "a b", 'q"', "\\", "{,}", "é🌍", "x\ty"])
+                        for _ in range(3)] for _ in range(100)],
+        "boolean": [True, False], "blob": [rnd.randbytes(rnd.randint(0, 20)) for _ in range(50)],
+        "uuid": [uuid.uuid4() for _ in range(50)],
+        "bigint": [rnd.randint(-2**63, 2**63 - 1) for _ in range(50)],
+    }
+    with pg.cursor() as cur:
+        cur.execute("SET TimeZone = 'UTC'")
+        for i, (typ, values) in enumerate(cases.items()):
+            c = codec(parse_cql_type(typ))
+            texts = [c.from_driver(v) for v in values]
+            table = sql.Identifier(f"canon_{i}")
+            cur.execute(sql.SQL("CREATE TABLE {}.{} (n serial, v {})").format(
+                sql.Identifier(SCHEMA), table, sql.SQL(c.pg.sql)))
+            cur.copy_expert(sql.SQL("COPY {}.{} (v) FROM STDIN").format(sql.Identifier(SCHEMA), table)
+                            .as_string(cur), io.StringIO("".join(copy_line([t]) for t in texts)))
+            out = io.StringIO()
+            cur.copy_expert(sql.SQL("COPY (SELECT v FROM {}.{} ORDER BY n) TO STDOUT").format(
+                sql.Identifier(SCHEMA), table).as_string(cur), out)
+            assert out.getvalue() == "".join(copy_line([t]) for t in texts), typ
+        cur.execute("RESET TimeZone")

@@ -91,7 +91,8 @@ def test_parse_scalars(text, kind):
 
 def test_parse_nested_frozen_collections_freeze_everything_inside():
     t = parse_cql_type("frozen<list<map<text, int>>>")
-    assert t == CqlType("list", (CqlType("map", (CqlType("text"), CqlType("int")), frozen=True),), frozen=True)
+    inner = CqlType("map", (CqlType("text"), CqlType("int")), frozen=True)
+    assert t == CqlType("list", (inner,), frozen=True)
     assert t.cql() == "frozen<list<frozen<map<text, int>>>>"
     assert parse_cql_type("frozen<list<frozen<map<text, int>>>>") == t
 
@@ -115,8 +116,9 @@ def test_parse_vector_tuple_and_udts():
     assert parse_cql_type('ks."Person"', udts) == parse_cql_type('"Person"', udts)
 
 
-@pytest.mark.parametrize("text", ["nosuchtype", "frozen<nosuch>", "'org.apache.cassandra.db.marshal.DateType'",
-                                  "list<int", "map<int>", "vector<float, 0>", "int int", "list<>"])
+@pytest.mark.parametrize("text", ["nosuchtype", "frozen<nosuch>",
+                                  "'org.apache.cassandra.db.marshal.DateType'", "list<int", "map<int>",
+                                  "vector<float, 0>", "int int", "list<>"])
 def test_unknown_or_malformed_types_raise_naming_the_text(text):
     with pytest.raises(TypeMappingError) as e:
         parse_cql_type(text)
@@ -172,7 +174,8 @@ def test_text_with_nul_is_a_value_conversion_error():
     for codec_ in (c("text"), c("ascii"), c("list<text>"), c("map<text, int>"), c("frozen<address>")):
         value = {"text": "a\x00b", "ascii": "\x00", "list": ["ok", "\x00"], "map": {"\x00": 1},
                  "udt": ("\x00", 1)}[codec_.cql_type.kind]
-        with pytest.raises(ValueConversionError, match=r"NUL byte \(0x00\), which PostgreSQL text cannot store"):
+        with pytest.raises(ValueConversionError,
+                           match=r"NUL byte \(0x00\), which PostgreSQL text cannot store"):
             codec_.from_driver(value)
 
 
@@ -186,10 +189,12 @@ def test_text_with_nul_is_a_value_conversion_error():
     ("decimal", Decimal("-12345.678901234567890123"), "-12345.678901234567890123"),
     ("decimal", Decimal("1E-10"), "0.0000000001"), ("decimal", Decimal("0E+5"), "0"),
     ("float", 1.5, "1.5"), ("float", struct.unpack("f", struct.pack("f", 0.1))[0], "0.1"),
-    ("float", float("nan"), "NaN"), ("float", float("inf"), "Infinity"), ("float", float("-inf"), "-Infinity"),
+    ("float", float("nan"), "NaN"), ("float", float("inf"), "Infinity"),
+    ("float", float("-inf"), "-Infinity"),
     ("float", 3.4028234663852886e38, "3.4028235e+38"), ("float", -0.0, "-0.0"),
     ("double", -2.25e300, "-2.25e+300"), ("double", 0.1, "0.1"), ("double", 5e-324, "5e-324"),
-    ("double", float("nan"), "NaN"), ("double", float("inf"), "Infinity"), ("double", float("-inf"), "-Infinity"),
+    ("double", float("nan"), "NaN"), ("double", float("inf"), "Infinity"),
+    ("double", float("-inf"), "-Infinity"),
     ("boolean", True, "t"), ("boolean", False, "f"),
     ("blob", b"\xca\xfe", "\\\\xcafe"), ("blob", b"", "\\\\x"),
     ("uuid", uuid.UUID("6F1C6D2C-5B3C-4D1E-9F7A-0123456789AB"), "6f1c6d2c-5b3c-4d1e-9f7a-0123456789ab"),
@@ -203,7 +208,8 @@ def test_text_with_nul_is_a_value_conversion_error():
      "2024-02-29 10:00:00.12+00"),
     ("timestamp", 253402300800000, "10000-01-01 00:00:00+00"),          # epoch ms (toUnixTimestamp)
     ("timestamp", -62135596800001, "0001-12-31 23:59:59.999+00 BC"),
-    ("date", Date(-25567), "1900-01-01"), ("date", Date(0), "1970-01-01"), ("date", date(2024, 2, 29), "2024-02-29"),
+    ("date", Date(-25567), "1900-01-01"), ("date", Date(0), "1970-01-01"),
+    ("date", date(2024, 2, 29), "2024-02-29"),
     ("date", Date(-719163), "0001-12-31 BC"), ("date", Date(-2440588), "4714-11-24 BC"),
     ("date", Date(2145042905), "5874897-12-31"), ("date", Date(2932897), "10000-01-01"),
     ("time", Time(86399123456789), "23:59:59.123456"), ("time", Time(0), "00:00:00"),
@@ -229,7 +235,8 @@ def test_timestamp_datetime_float_error_is_rounded_away():
 
 
 @pytest.mark.parametrize("text,value,match", [
-    ("timestamp", 9224318016000000, "timestamptz range"), ("timestamp", -210866803200001, "timestamptz range"),
+    ("timestamp", 9224318016000000, "timestamptz range"),
+    ("timestamp", -210866803200001, "timestamptz range"),
     ("date", Date(-2440589), "date range"), ("date", Date(2145042906), "date range"),
     ("date", Date(2**31 - 1), "date range"), ("date", Date(-(2**31)), "date range"),
     ("decimal", Decimal((0, (1,), -16384)), "16383"), ("decimal", Decimal("1E+131072"), "numeric's range"),
@@ -281,8 +288,10 @@ def test_empty_collections_frozen_vs_not():
 
 def test_sets_are_in_value_order():
     assert c("set<int>").from_driver([3, 1, 2]) == "{1,2,3}"
-    assert c("set<double>").from_driver([float("nan"), 0.0, -0.0, float("-inf")]) == "{-Infinity,-0.0,0.0,NaN}"
-    assert c("set<inet>").from_debezium(["/9.0.0.1", "/10.0.0.1"]) == "{10.0.0.1,9.0.0.1}"  # as the driver's str sort
+    assert c("set<double>").from_driver([float("nan"), 0.0, -0.0, float("-inf")]) == \
+        "{-Infinity,-0.0,0.0,NaN}"
+    # inet addresses sort as text, like the driver's SortedSet of str
+    assert c("set<inet>").from_debezium(["/9.0.0.1", "/10.0.0.1"]) == "{10.0.0.1,9.0.0.1}"
     assert c("set<frozen<list<int>>>").from_driver([[2], [1, 5]]) == "[[1,5],[2]]"
 
 
@@ -290,7 +299,8 @@ def test_maps_as_jsonb_objects_in_jsonb_key_order():
     m = c("map<text, int>")
     assert m.pg.is_json
     assert m.from_driver({"k2": 2, "bb": 3, "a": 1, "é": 4}) == '{"a":1,"bb":3,"k2":2,"é":4}'
-    assert c("map<int, text>").from_driver({10: "ten", 9: "nine", -1: ""}) == '{"9":"nine","-1":"","10":"ten"}'
+    assert c("map<int, text>").from_driver({10: "ten", 9: "nine", -1: ""}) == \
+        '{"9":"nine","-1":"","10":"ten"}'
     assert c("map<timestamp, blob>").from_driver({datetime(1969, 7, 20, 20, 17, 40, 123000): b"\x00"}) == \
         '{"1969-07-20T20:17:40.123Z":"\\\\\\\\x00"}'
     assert copy_unescape(c("map<text, text>").from_driver({"a\tb": 'q"\\'})) == '{"a\\tb":"q\\"\\\\"}'
@@ -356,7 +366,8 @@ def _fixture_cells(name: str) -> list[dict]:
 
 
 KITCHEN_SINK = {
-    "t": ("text", "héllo 🌍"), "big": ("bigint", 9223372036854775807), "i": ("int", -42), "sm": ("smallint", 7),
+    "t": ("text", "héllo 🌍"), "big": ("bigint", 9223372036854775807), "i": ("int", -42),
+    "sm": ("smallint", 7),
     "ti": ("tinyint", -3), "vi": ("varint", 123456789012345678901234567890),
     "dec": ("decimal", Decimal("-12345.678901234567890123")), "f": ("float", 1.5), "d": ("double", -2.25e300),
     "bo": ("boolean", True), "b": ("blob", b"\xca\xfe"), "ip": ("inet", "192.168.0.1"),
@@ -394,7 +405,8 @@ def test_debezium_forms():
     assert c("inet").from_debezium("/0:0:0:0:0:0:0:1") == "::1"
     assert c("inet").from_debezium("host.example/10.0.0.1") == "10.0.0.1"
     assert c("inet").from_debezium("/0:0:0:0:0:ffff:102:304") == "::ffff:1.2.3.4"
-    assert c("uuid").from_debezium("6F1C6D2C-5B3C-4D1E-9F7A-0123456789AB") == "6f1c6d2c-5b3c-4d1e-9f7a-0123456789ab"
+    assert c("uuid").from_debezium("6F1C6D2C-5B3C-4D1E-9F7A-0123456789AB") == \
+        "6f1c6d2c-5b3c-4d1e-9f7a-0123456789ab"
     assert c("float").from_debezium("NaN") == "NaN" and c("double").from_debezium("-Infinity") == "-Infinity"
     assert c("float").from_debezium(0.1) == "0.1"
     assert c("decimal").from_debezium("1E+3") == "1000" and c("decimal").from_debezium("-0.00") == "0.00"
@@ -423,7 +435,8 @@ def test_debezium_duration_months_and_days_are_folded():
     assert k.from_debezium(folded) == "768:00:01.000004"                # documented loss
     assert k.from_debezium(-3723004005006) == "-01:02:03.004005"
     assert c("frozen<tuple<duration>>").from_debezium({"field1": 3723004005006}) == '["PT1H2M3.004005006S"]'
-    assert c("frozen<tuple<duration>>").from_driver((Duration(0, 0, 3723004005006),)) == '["PT1H2M3.004005006S"]'
+    assert c("frozen<tuple<duration>>").from_driver((Duration(0, 0, 3723004005006),)) == \
+        '["PT1H2M3.004005006S"]'
 
 
 @pytest.mark.parametrize("typ,value", [
@@ -442,11 +455,14 @@ def test_from_pg_psycopg2_objects():
     utc = timezone.utc
     cases = [
         ("int", -42, -42), ("varint", Decimal("1" + "0" * 40), 10**40),
-        ("decimal", Decimal("0.00"), Decimal("-0.00")), ("float", 0.1, struct.unpack("f", struct.pack("f", 0.1))[0]),
-        ("double", float("nan"), float("nan")), ("boolean", True, True), ("blob", memoryview(b"\xca\xfe"), b"\xca\xfe"),
+        ("decimal", Decimal("0.00"), Decimal("-0.00")),
+        ("float", 0.1, struct.unpack("f", struct.pack("f", 0.1))[0]),
+        ("double", float("nan"), float("nan")), ("boolean", True, True),
+        ("blob", memoryview(b"\xca\xfe"), b"\xca\xfe"),
         ("uuid", "6f1c6d2c-5b3c-4d1e-9f7a-0123456789ab", uuid.UUID("6f1c6d2c-5b3c-4d1e-9f7a-0123456789ab")),
         ("inet", "2001:db8:0:1::1", "2001:db8:0:1::1"),
-        ("timestamp", datetime(1969, 7, 20, 20, 17, 40, 123000, tzinfo=utc), datetime(1969, 7, 20, 20, 17, 40, 123000)),
+        ("timestamp", datetime(1969, 7, 20, 20, 17, 40, 123000, tzinfo=utc),
+         datetime(1969, 7, 20, 20, 17, 40, 123000)),
         ("timestamp", datetime(1969, 7, 20, 22, 17, 40, 123000, tzinfo=timezone(timedelta(hours=2))),
          datetime(1969, 7, 20, 20, 17, 40, 123000)),
         ("date", date(1900, 1, 1), Date(-25567)), ("time", time(23, 59, 59, 123456), Time(86399123456789)),
@@ -472,14 +488,17 @@ def test_from_pg_text_output():
         ("duration", "-1 years -2 mons -3 days -04:05:06.000007", Duration(-14, -3, -14706000007000)),
         ("duration", "1 mon 2 days 00:00:01.000004", Duration(1, 2, 1000004006)),
         ("duration", "00:00:00", Duration(0, 0, 0)),
-        ("blob", "\\xcafe", b"\xca\xfe"), ("float", "NaN", float("nan")), ("double", "-Infinity", float("-inf")),
-        ("list<timestamp>", ["1900-01-01 00:00:00.001+00", None], [datetime(1900, 1, 1, 0, 0, 0, 1000), None]),
+        ("blob", "\\xcafe", b"\xca\xfe"), ("float", "NaN", float("nan")),
+        ("double", "-Infinity", float("-inf")),
+        ("list<timestamp>", ["1900-01-01 00:00:00.001+00", None],
+         [datetime(1900, 1, 1, 0, 0, 0, 1000), None]),
         ("list<inet>", "{10.0.0.1,::1}", ["10.0.0.1", "::1"]),
         ("list<text>", '{"a b","c\\"d",NULL,"\\\\"}', ["a b", 'c"d', None, "\\"]),
         ("list<duration>", ['1 mon', '00:00:00'], [Duration(1, 0, 0), Duration(0, 0, 0)]),
         ("map<text, decimal>", '{"a": 1.50, "bb": 1000000000000000000000000000000}',
          {"bb": Decimal("1E+30"), "a": Decimal("1.50")}),
-        ("frozen<tuple<double, float, varint, timestamp>>", '[1000000000000000000000, "NaN", 12, "1970-01-01T00:00:00.000Z"]',
+        ("frozen<tuple<double, float, varint, timestamp>>",
+         '[1000000000000000000000, "NaN", 12, "1970-01-01T00:00:00.000Z"]',
          (1e21, float("nan"), 12, datetime(1970, 1, 1))),
         ("frozen<address>", '{"zip": null, "street": "A"}', ("A", None)),
     ]
@@ -498,6 +517,11 @@ def test_from_pg_shows_differences():
 
 
 # -- property tests -------------------------------------------------------------------------------
+
+def same_float(x: float, y: float) -> bool:
+    """Equal bits, as far as a float can say: NaN equals NaN, -0.0 differs from 0.0."""
+    return (math.isnan(x) and math.isnan(y)) or (x == y and math.copysign(1, x) == math.copysign(1, y))
+
 
 text_no_nul = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
 
@@ -520,17 +544,17 @@ def test_prop_ints_round_trip(typ, lo, hi, data):
 @given(st.floats(allow_nan=True, allow_infinity=True))
 def test_prop_double_round_trips(x):
     back = float(copy_unescape(c("double").from_driver(x)))
-    assert (math.isnan(x) and math.isnan(back)) or (back == x and math.copysign(1, back) == math.copysign(1, x))
+    assert same_float(x, back)
 
 
 @given(st.floats(width=32, allow_nan=True, allow_infinity=True))
 def test_prop_float32_round_trips_through_float32(x):
     text = copy_unescape(c("float").from_driver(x))
     back = struct.unpack("f", struct.pack("f", float(text)))[0]
-    assert (math.isnan(x) and math.isnan(back)) or (back == x and math.copysign(1, back) == math.copysign(1, x))
+    assert same_float(x, back)
     # and it is the shortest such text: one digit fewer no longer round-trips
     if not math.isnan(x) and not math.isinf(x) and x != 0:
-        digits = len(Decimal(text).as_tuple().digits)
+        digits = len(Decimal(text).normalize().as_tuple().digits)     # "1.0" has one
         if digits > 1:
             shorter = f"{x:.{digits - 2}e}"
             assert struct.unpack("f", struct.pack("f", float(shorter)))[0] != x
@@ -624,3 +648,30 @@ def test_prop_cql_round_trips_through_parse(text):
     t = parse_cql_type(text, ADDRESS)
     assert parse_cql_type(t.cql(), ADDRESS) == t
     assert codec(parse_cql_type(t.cql(), ADDRESS)).pg == pg_type(t)
+
+
+@given(st.integers(-62135596800000, 253402300799999))
+def test_prop_driver_timestamps_come_back_to_the_stored_millisecond(ms):
+    # The driver's own deserializer (ms / 1000.0 → datetime) drifts by µs far from 1970.
+    from cassandra.cqltypes import DateType
+    dt = DateType.deserialize(struct.pack(">q", ms), 4)
+    assert c("timestamp").from_driver(dt) == c("timestamp").from_driver(ms)
+
+
+def test_error_messages_name_type_source_and_reason():
+    with pytest.raises(ValueConversionError) as e:
+        c("list<text>").from_driver(["\x00"])
+    assert str(e.value) == ("list<text> value from cassandra-driver: text contains a NUL byte (0x00), "
+                            "which PostgreSQL text cannot store")
+    with pytest.raises(ValueConversionError, match=r"^int value 'x' from Debezium cannot be converted: "):
+        c("int").from_debezium("x")
+
+
+def test_same_is_false_for_unreadable_postgres_values():
+    assert not c("timestamp").same("2000-01-01 00:00:00+00", "not a timestamp")
+    assert c("timestamp").same("2000-01-01 00:00:00+00", "2000-01-01 00:00:00+00")
+
+
+def test_codec_is_built_by_codec_only():
+    with pytest.raises(TypeError):
+        Codec(CqlType("int"), pg_type(CqlType("int")))  # type: ignore[call-arg]
