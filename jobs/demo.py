@@ -1,12 +1,13 @@
-"""The README's demo: real changes moving from Cassandra to Kafka through Debezium.
+"""The README's demo: changes through Debezium to Kafka, and a snapshot into PostgreSQL.
 
     python -m jobs.demo --config examples/pipeline.local.yaml [--rows 20]
 
 It creates the pipeline's first table (``demo.users``) with ``cdc = true``, writes a stream
 of inserts, partial updates, column deletes and row deletes, and prints every Debezium
 change event as it arrives on Kafka, with its delay from the write, then a summary that
-compares what Cassandra holds with what the events say. The demo grows with each
-capability (snapshot, sync, reconcile): each will add its step here.
+snapshots the table into PostgreSQL with Ray Data and shows the row counts and the same
+rows on both sides. The demo grows with each capability (sync, reconcile): each adds its
+step here.
 
 Exit codes: 0 when every write produced its event, 1 when some did not arrive in time,
 2 for a bad configuration.
@@ -26,6 +27,7 @@ from pathlib import Path
 from engine import cql, log
 from engine.config import PipelineConfig, load_config
 from engine.errors import C2pgError
+from engine.snapshot import run_snapshot
 from engine.topic_tail import TopicTail
 
 DDL_KEYSPACE = ("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
@@ -40,17 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--rows", type=int, default=20, help="users to insert (then update/delete some)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the demo table's earlier rows (default: start from an empty table)")
     args = p.parse_args(argv)
     log.configure("ERROR")
     try:
         cfg = load_config(args.config)
-        return run(cfg, args.rows)
+        return run(cfg, args.rows, args.keep)
     except C2pgError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return exc.exit_code
 
 
-def run(cfg: PipelineConfig, rows: int) -> int:
+def run(cfg: PipelineConfig, rows: int, keep: bool = False) -> int:
     table = cfg.tables[0]
     ks, t = table.keyspace, table.table
     topic = cfg.kafka.topic_for(ks, t)
@@ -59,9 +63,10 @@ def run(cfg: PipelineConfig, rows: int) -> int:
         _banner(f"1. Cassandra: table {ks}.{t} WITH cdc = true")
         session.execute(DDL_KEYSPACE.format(ks=ks))
         time.sleep(2)  # the connector misses a table created in its keyspace's refresh window
+        if not keep:
+            _reset(cfg, session, table)
         session.execute(DDL_TABLE.format(ks=ks, t=t))
-        before = _count(session, ks, t)
-        print(f"   {before} row(s) there already; topic {topic}")
+        print(f"   {_count(session, ks, t)} row(s) there already; topic {topic}")
 
         with TopicTail(topic, cfg.kafka.client_conf()) as tail:
             _wait_for_capture(session, tail, ks, t)
@@ -71,16 +76,21 @@ def run(cfg: PipelineConfig, rows: int) -> int:
                                key_filter=lambda k: isinstance(k, dict) and k.get("id") in writes.ids)
             _print_events(events, writes)
 
-        _banner("3. Summary")
-        after = _count(session, ks, t)
         ops = Counter(e.value["op"] for e in events)
-        print(f"   Cassandra rows: {before} before, {after} after")
         print(f"   writes made: {len(writes)}  events received: {len(events)}  by op: {dict(ops)}")
         if events:
             delays = sorted(writes.delay_ms(e) for e in events)
             print(f"   write → Kafka delay: p50 {delays[len(delays) // 2]:.0f} ms, max {delays[-1]:.0f} ms")
-        print("   next: snapshot, sync and reconcile into PostgreSQL (see the README's roadmap)")
-        return 0 if len(events) >= len(writes) else 1
+
+        _banner(f"3. Snapshot {ks}.{t} into PostgreSQL {table.target_schema}.{table.target_table} (Ray Data)")
+        result = run_snapshot(cfg, table)
+        print(f"   {result.rows} rows in {result.seconds:.1f} s over {result.splits} token-range splits "
+              f"({result.mode} load), {result.dead_letters} dead letters, run {result.run_id}")
+        _compare(cfg, session, table)
+        ok = len(events) >= len(writes) and result.ok
+        _banner("Done" if ok else "Done, with problems (see above)")
+        print("   next: live sync and reconcile (see the README's roadmap)")
+        return 0 if ok else 1
     finally:
         cluster.shutdown()
 
@@ -153,6 +163,46 @@ def _print_events(events, writes: Writes) -> None:
         shown = ", ".join(f"{k}={val!r}" for k, val in sorted(cells.items()))
         print(f"   {e.partition:>3}/{e.offset:<13} {v['op']:<3} {v['after']['id']['value']:<36} "
               f"{writes.delay_ms(e):>5.0f}ms  {shown[:70]}")
+
+
+def _reset(cfg: PipelineConfig, session, table) -> None:
+    """The demo owns its table: drop it on both sides (and its catalog row) for a clean run."""
+    import psycopg2
+    from psycopg2 import sql
+
+    session.execute(f"DROP TABLE IF EXISTS {table.keyspace}.{table.table}")
+    with psycopg2.connect(**cfg.postgres.connect_kwargs(application_name="c2pg-demo")) as conn:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
+                sql.Identifier(table.target_schema, table.target_table)))
+            cur.execute("SELECT to_regclass('_c2pg.catalog') IS NOT NULL")
+            if cur.fetchone()[0]:
+                cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = %s AND target_table = %s",
+                            (table.target_schema, table.target_table))
+    time.sleep(1)
+
+
+def _compare(cfg: PipelineConfig, session, table) -> None:
+    """Row counts on both sides and the same three rows from each."""
+    import psycopg2
+    from psycopg2 import sql
+
+    ks, t = table.keyspace, table.table
+    cass_rows = {str(r.id): r for r in session.execute(f"SELECT id, name, email, score, tags FROM {ks}.{t}")}
+    with psycopg2.connect(**cfg.postgres.connect_kwargs(application_name="c2pg-demo")) as conn:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT id::text, name, email, score::text, tags FROM {} ORDER BY name").format(
+                sql.Identifier(table.target_schema, table.target_table)))
+            pg_rows = cur.fetchall()
+    print(f"   rows: Cassandra {len(cass_rows)}, PostgreSQL {len(pg_rows)}")
+    print(f"   {'side':<10} {'id':<36}  {'name':<12} {'email':<26} {'score':>9}  tags")
+    for pid, name, email, score, tags in pg_rows[:3]:
+        c = cass_rows.get(pid)
+        if c is not None:
+            print(f"   {'Cassandra':<10} {pid:<36}  {c.name or '':<12} {c.email or '-':<26} "
+                  f"{str(c.score) if c.score is not None else '-':>9}  {sorted(c.tags or [])}")
+        print(f"   {'PostgreSQL':<10} {pid:<36}  {name or '':<12} {email or '-':<26} {score or '-':>9}  "
+              f"{sorted(tags or [])}")
 
 
 def _count(session, ks: str, t: str) -> int:
