@@ -18,13 +18,16 @@ its row goes out as a dead letter (``_c2pg_dead_*`` columns) and the run goes on
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
@@ -128,10 +131,12 @@ class _ReadSplit:
         self.retries = 0
 
     def __call__(self) -> Iterator[pa.Table]:
+        from cassandra.query import tuple_factory
+
         from engine import cql
 
         s = self.settings
-        cluster, session = cql.connect(s.cassandra)
+        cluster, session = cql.connect(s.cassandra, row_factory=tuple_factory)
         try:
             stmt = session.prepare(select_statement(s.schema))
             stmt.consistency_level = cql.consistency_level(s.consistency)
@@ -196,104 +201,185 @@ def _resume_stmt(session, stmt, settings: ReadSettings):
 
 
 class _BlockBuilder:
-    """Accumulates converted rows column-wise and cuts them into Arrow tables."""
+    """Collects raw rows and converts them column by column into an Arrow table.
+
+    Column-wise conversion is the hot path of the snapshot: the common scalar types are
+    converted by Arrow's C++ casts (:func:`_column_converter`), the rest by the column's
+    codec in one comprehension; only a column holding a value that does not convert is
+    walked value by value, to find the rows to send to the dead letters.
+    """
 
     def __init__(self, settings: ReadSettings, split_index: int):
         self.schema = settings.schema
         self.read_started_us = settings.read_started_us
-        self.codecs = self.schema.codecs()
+        codecs = self.schema.codecs()
+        self.converters = [_column_converter(c) for c in codecs]
         self.n_key = len(self.schema.primary_key)
-        self.n_reg = len(self.schema.regular)
-        # Where each regular column's value starts in a row, and whether a TTL follows
-        # (see select_statement: value, WRITETIME[, TTL]).
-        self.layout, at = [], 1 + self.n_key
+        # Where each column's value sits in a row (see select_statement: token, key
+        # columns, then per regular column value, WRITETIME[, TTL]).
+        self.value_at = [1 + i for i in range(self.n_key)]
+        self.wt_at, self.ttl_at = [], []
+        at = 1 + self.n_key
         for c in self.schema.regular:
             has_ttl = not _multi_cell(c.cql_type)
-            self.layout.append((at, has_ttl))
+            self.value_at.append(at)
+            self.wt_at.append(at + 1)
+            self.ttl_at.append(at + 2 if has_ttl else None)
             at += 3 if has_ttl else 2
+        self.width = at
         self.split_index = split_index
         self.part = 0
         self.retries = 0  # set by the read function before the final flush
         self.arrow_schema = arrow_schema(self.schema)
-        self._reset()
+        self.raw: list[tuple] = []
 
-    def _reset(self) -> None:
-        self.cols: list[list] = [[] for _ in self.schema.columns]
-        self.tokens: list[int] = []
-        self.wts: list[list] = []
-        self.exps: list[list | None] = []
-        self.row_ts: list[int | None] = []
-        self.dead_key: list[str | None] = []
-        self.dead_error: list[str | None] = []
-        self.rows = 0
+    @property
+    def rows(self) -> int:
+        return len(self.raw)
 
     def add(self, row: tuple) -> None:
-        now_us = None
-        try:
-            values = []
-            for i in range(self.n_key):
-                values.append(self.codecs[i].from_driver(row[1 + i]))
-            wt, exp = [], []
-            for j, (at, has_ttl) in enumerate(self.layout):
-                value, writetime = row[at], row[at + 1]
-                ttl = row[at + 2] if has_ttl else None
-                values.append(self.codecs[self.n_key + j].from_driver(value))
-                wt.append(writetime if value is not None else None)
-                if ttl:
-                    now_us = now_us or int(time.time() * 1_000_000)
-                    exp.append(now_us + int(ttl) * 1_000_000)
-                else:
-                    exp.append(None)
-        except ValueConversionError as exc:
-            self._dead(row, exc)
-            return
-        for i, v in enumerate(values):
-            self.cols[i].append(v)
-        self.tokens.append(row[0])
-        self.wts.append(wt)
-        self.exps.append(exp if any(e is not None for e in exp) else None)
-        # A row with no live regular cell exists through its row marker, whose time CQL
-        # does not expose: the read's start time stands in (ADR 0002).
-        self.row_ts.append(None if any(w is not None for w in wt) else self.read_started_us)
-        self.dead_key.append(None)
-        self.dead_error.append(None)
-        self.rows += 1
-
-    def _dead(self, row: tuple, exc: Exception) -> None:
-        key = ", ".join(f"{c.name}={row[1 + i]!r}" for i, c in enumerate(self.schema.primary_key))
-        for col in self.cols:
-            col.append(None)
-        self.tokens.append(row[0])
-        self.wts.append([])
-        self.exps.append(None)
-        self.row_ts.append(None)
-        self.dead_key.append(key)
-        self.dead_error.append(f"{type(exc).__name__}: {exc}")
-        self.rows += 1
+        self.raw.append(row)
 
     def flush(self, final: bool) -> pa.Table:
-        if final and self.rows == 0:
+        rows, self.raw = self.raw, []
+        n = len(rows)
+        if final and n == 0:
             # An empty last part still has to tell the sink the split is finished: one
             # marker row (no token, no values) that the sink counts but never writes.
-            for col in self.cols:
-                col.append(None)
-            self.tokens.append(None)
-            self.wts.append(None)
-            self.exps.append(None)
-            self.row_ts.append(None)
-            self.dead_key.append(None)
-            self.dead_error.append(None)
-            self.rows = 1
-        n = self.rows
-        arrays = [pa.array(col, pa.string()) for col in self.cols]
-        arrays += [pa.array(self.tokens, pa.int64()), pa.array(self.wts, pa.list_(pa.int64())),
-                   pa.array(self.exps, pa.list_(pa.int64())), pa.array(self.row_ts, pa.int64()),
-                   pa.array([self.split_index] * n, pa.int32()), pa.array([self.part] * n, pa.int32()),
-                   pa.array([self.part + 1 if final else None] * n, pa.int32()),
-                   pa.array([self.retries if final else None] * n, pa.int32()),
-                   pa.array([n] * n, pa.int32()),
-                   pa.array(self.dead_key, pa.string()), pa.array(self.dead_error, pa.string())]
-        table = pa.Table.from_arrays(arrays, schema=self.arrow_schema)
+            return self._table(1, [pa.nulls(1, pa.string())] * len(self.converters), pa.nulls(1, pa.int64()),
+                               pa.nulls(1, pa.list_(pa.int64())), pa.nulls(1, pa.list_(pa.int64())),
+                               pa.nulls(1, pa.int64()), [None], [None], final)
+        cols = list(zip(*rows))
+        values, dead = [], {}
+        for conv, at in zip(self.converters, self.value_at, strict=True):
+            array, errors = conv(cols[at])
+            values.append(array)
+            for i, exc in errors.items():
+                dead.setdefault(i, exc)
+        wts, no_cell = _list_column([cols[at] for at in self.wt_at], n)
+        exps = self._expiries(cols, n)
+        # A row with no live regular cell exists through its row marker, whose time CQL
+        # does not expose: the read's start time stands in (ADR 0002).
+        row_ts = pa.array(np.where(no_cell, self.read_started_us, 0), pa.int64(), mask=~no_cell)
+        dead_key, dead_error = [None] * n, [None] * n
+        for i, exc in dead.items():
+            dead_key[i] = ", ".join(f"{c.name}={rows[i][1 + k]!r}" for k, c in enumerate(self.schema.primary_key))
+            dead_error[i] = f"{type(exc).__name__}: {exc}"
+        return self._table(n, values, pa.array(cols[0], pa.int64()), wts, exps, row_ts, dead_key, dead_error,
+                           final)
+
+    def _expiries(self, cols: list[tuple], n: int) -> pa.Array:
+        """Per row, the cells' expiry (µs) from their remaining TTL; NULL when none has one."""
+        ttl_cols = [cols[at] if at is not None else (None,) * n for at in self.ttl_at]
+        if not any(any(c) for c in ttl_cols):
+            return pa.nulls(n, pa.list_(pa.int64()))
+        now_us = int(time.time() * 1_000_000)
+        out = []
+        for ttls in zip(*ttl_cols):
+            out.append([now_us + t * 1_000_000 if t else None for t in ttls] if any(ttls) else None)
+        return pa.array(out, pa.list_(pa.int64()))
+
+    def _table(self, n: int, values: list, tokens, wts, exps, row_ts, dead_key, dead_error,
+               final: bool) -> pa.Table:
+        arrays = [*values, tokens, wts, exps, row_ts,
+                  pa.array([self.split_index] * n, pa.int32()), pa.array([self.part] * n, pa.int32()),
+                  pa.array([self.part + 1 if final else None] * n, pa.int32()),
+                  pa.array([self.retries if final else None] * n, pa.int32()),
+                  pa.array([n] * n, pa.int32()),
+                  pa.array(dead_key, pa.string()), pa.array(dead_error, pa.string())]
         self.part += 1
-        self._reset()
-        return table
+        return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
+
+
+def _list_column(columns: list[tuple], n: int) -> tuple[pa.Array, np.ndarray]:
+    """``n`` lists of ``len(columns)`` int64 each (row i = the i-th value of every column),
+    and per row whether every value is null. Built with numpy, not per value in Python."""
+    width = len(columns)
+    if width == 0:
+        return pa.array([[]] * n, pa.list_(pa.int64())), np.ones(n, dtype=bool)
+    arrays = [pa.array(c, pa.int64()) for c in columns]
+    values = np.stack([a.fill_null(0).to_numpy() for a in arrays], axis=1).ravel()
+    nulls = np.stack([a.is_null().to_numpy(zero_copy_only=False) for a in arrays], axis=1)
+    offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
+    flat = pa.array(values, pa.int64(), mask=nulls.ravel())
+    return pa.ListArray.from_arrays(offsets, flat), nulls.all(axis=1)
+
+
+_INT_KINDS = {"tinyint", "smallint", "int", "bigint", "counter"}
+_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
+
+
+def _column_converter(codec):
+    """A function: a column's driver values → (Arrow string array of COPY text, {row: error}).
+
+    Fast paths (Arrow casts) for integers, booleans, finite floats and text give the same
+    values PostgreSQL parses from the codec's text; everything else, and any column where
+    a fast path does not apply (non-finite floats, a NUL in text), goes through the codec.
+    """
+    kind = codec.cql_type.kind
+    from_driver = codec.from_driver
+
+    def generic(vals):
+        try:
+            return pa.array([from_driver(v) for v in vals], pa.string()), {}
+        except ValueConversionError:
+            out, errors = [], {}
+            for i, v in enumerate(vals):
+                try:
+                    out.append(from_driver(v))
+                except ValueConversionError as exc:
+                    out.append(None)
+                    errors[i] = exc
+            return pa.array(out, pa.string()), errors
+
+    if kind in _INT_KINDS:
+        return lambda vals: (pa.array(vals, pa.int64()).cast(pa.string()), {})
+    if kind == "boolean":
+        return lambda vals: (pa.array(vals, pa.bool_()).cast(pa.string()), {})
+    if kind in ("double", "float"):
+        arrow_type = pa.float64() if kind == "double" else pa.float32()
+
+        def floats(vals):
+            arr = pa.array(vals, arrow_type)
+            if not pc.all(pc.or_kleene(pc.is_finite(arr), pc.is_null(arr))).as_py():
+                return generic(vals)  # NaN/Infinity: the codec spells them PostgreSQL's way
+            return arr.cast(pa.string()), {}
+        return floats
+    if kind in ("text", "ascii"):
+        def texts(vals):
+            arr = pa.array(vals, pa.string())
+            if pc.any(pc.match_substring(arr, "\x00")).as_py():
+                return generic(vals)  # find the rows with a NUL: they become dead letters
+            for old, new in _ESCAPES:
+                arr = pc.replace_substring(arr, old, new)
+            return arr, {}
+        return texts
+    if kind == "timestamp":
+        # Read as epoch ms (see _value). Years 1..9999 format in C++; others via the codec.
+        lo, hi = -62135596800000, 253402300799999
+
+        def timestamps(vals):
+            arr = pa.array(vals, pa.int64())
+            bounds = pc.min_max(arr).as_py()
+            if bounds["min"] is not None and (bounds["min"] < lo or bounds["max"] > hi):
+                return generic(vals)
+            return arr.cast(pa.timestamp("ms", tz="UTC")).cast(pa.string()), {}
+        return timestamps
+    if (kind == "map" and codec.cql_type.params[0].kind in ("text", "ascii")
+            and codec.cql_type.params[1].kind in _INT_KINDS | {"boolean", "text", "ascii"}):
+        dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+        def text_maps(vals):
+            # The driver gives an empty non-frozen map as None already; a frozen empty map
+            # is {} in both forms.
+            docs = [None if v is None else dumps(dict(v)) for v in vals]
+            if any(d is not None and "\\u0000" in d for d in docs):
+                return generic(vals)  # jsonb cannot hold NUL: the codec makes dead letters
+            arr = pa.array(docs, pa.string())
+            for old, new in _ESCAPES:
+                arr = pc.replace_substring(arr, old, new)
+            return arr, {}
+        return text_maps
+    if kind in ("uuid", "timeuuid"):
+        return lambda vals: (pa.array([None if v is None else str(v) for v in vals], pa.string()), {})
+    return generic

@@ -363,6 +363,9 @@ class SnapshotConfig(_Section):
     consistency: Consistency = "LOCAL_QUORUM"
     page_size: PositiveInt = 5000
     max_retries: Annotated[int, Field(ge=0)] = 5
+    # Ray CPUs reserved per read/write task. Tasks mostly wait on Cassandra and PostgreSQL,
+    # so a fraction of a CPU lets more run at once than there are cores.
+    task_cpus: Annotated[float, Field(gt=0, le=16)] = 0.5
 
 
 class ReconcileConfig(_Section):

@@ -21,14 +21,20 @@ def consistency_level(name: str) -> int:
     return getattr(ConsistencyLevel, name)
 
 
-def connect(cfg: CassandraConfig, *, keyspace: str | None = None) -> tuple[Cluster, Session]:
-    """A new cluster object and session; the caller owns both (``cluster.shutdown()``)."""
+def connect(cfg: CassandraConfig, *, keyspace: str | None = None,
+            row_factory=None) -> tuple[Cluster, Session]:
+    """A new cluster object and session; the caller owns both (``cluster.shutdown()``).
+
+    ``row_factory`` (e.g. ``cassandra.query.tuple_factory`` for bulk reads, which skips
+    building a named tuple per row) defaults to the driver's named tuples.
+    """
     auth = (PlainTextAuthProvider(cfg.username, cfg.password.get() if cfg.password else None)
             if cfg.username else None)
     profile = ExecutionProfile(
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=cfg.local_dc)),
         consistency_level=consistency_level(cfg.consistency),
         request_timeout=cfg.request_timeout.total_seconds(),
+        **({"row_factory": row_factory} if row_factory else {}),
     )
     cluster = Cluster(list(cfg.contact_points), port=cfg.port, auth_provider=auth,
                       protocol_version=cfg.protocol_version,

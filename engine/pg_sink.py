@@ -173,21 +173,29 @@ class _PartWriter:
 
 
 def copy_buffer(table: pa.Table, schema: TableSchema) -> str:
-    """COPY TEXT lines for the rows of ``table`` (values arrive already COPY-escaped)."""
-    fields = [pc.fill_null(table[c.name], d_null()) for c in schema.columns]
+    """COPY TEXT lines for the rows of ``table`` (values arrive already COPY-escaped).
+
+    Built column-wise with Arrow's string kernels: this runs for every snapshot block.
+    """
+    fields = [pc.fill_null(table[c.name], NULL) for c in schema.columns]
     fields.append(pc.cast(table[META_TOKEN], pa.string()))
-    fields.append(pa.array(_pg_arrays(table[META_WT].to_pylist()), pa.string()))
-    fields.append(pa.array(_pg_arrays(table[META_EXP].to_pylist()), pa.string()))
-    fields.append(pc.fill_null(pc.cast(table[META_ROW_TS], pa.string()), d_null()))
+    fields.append(pg_int_arrays(table[META_WT]))
+    fields.append(pg_int_arrays(table[META_EXP]))
+    fields.append(pc.fill_null(pc.cast(table[META_ROW_TS], pa.string()), NULL))
     lines = pc.binary_join_element_wise(*fields, "\t")
     return "\n".join(lines.to_pylist()) + "\n"
 
 
-def d_null() -> str:
-    return "\\N"
+NULL = "\\N"
 
 
-def _pg_arrays(lists: list[list[int | None] | None]) -> list[str]:
-    """``[1, None]`` → ``{1,NULL}``; ``None`` → COPY NULL."""
-    return ["\\N" if lst is None else "{" + ",".join("NULL" if v is None else str(v) for v in lst) + "}"
-            for lst in lists]
+def pg_int_arrays(column) -> pa.Array:
+    """A list<int64> column as PostgreSQL array literals: ``[1, None]`` → ``{1,NULL}``,
+    a null list → COPY NULL."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = arr.offsets
+    offsets = pc.subtract(offsets, offsets[0]) if len(offsets) and offsets[0].as_py() else offsets
+    items = pc.fill_null(pc.cast(arr.flatten(), pa.string()), "NULL")
+    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, items), ",")
+    literal = pc.binary_join_element_wise("{", joined, "}", "")
+    return pc.if_else(arr.is_null(), NULL, literal)

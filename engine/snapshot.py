@@ -96,7 +96,9 @@ def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | N
             mode = "direct" if target.created else "merge"
             if not ray.is_initialized():
                 ray.init(ignore_reinit_error=True, log_to_driver=True)
-            min_splits = max(4, 2 * int(ray.cluster_resources().get("CPU", 2)))
+            # Enough splits that every concurrent task has work and stragglers are short.
+            slots = int(ray.cluster_resources().get("CPU", 2) / cfg.snapshot.task_cpus)
+            min_splits = max(8, 4 * slots)
             plan = plan_splits(cluster, schema.keyspace, schema.table, split_size_mb=cfg.snapshot.split_size_mb,
                                min_splits=min_splits, splits=splits)
             _record_run(conn, run_id, cfg, schema.qualified, target, plan, mode, splits, consistency)
@@ -116,7 +118,7 @@ def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | N
                                              target.target_table, target.tomb_table, run_id, cfg.name, mode))
         # One block per read task output: a split's part must reach the sink whole (it is
         # committed with its run_parts row), so Ray Data must not split blocks here.
-        remote_args = _fault_env()
+        remote_args = {"num_cpus": cfg.snapshot.task_cpus, **_fault_env()}
         ds = ray.data.read_datasource(source, concurrency=concurrency, override_num_blocks=len(plan),
                                       ray_remote_args=remote_args)
         ds.write_datasink(sink, concurrency=concurrency, ray_remote_args=remote_args)
