@@ -144,6 +144,9 @@ def _stack_env(args: argparse.Namespace) -> int:
     print(f"export VAULT_ADDR=http://{v.HOST}:{vault.port}")
     print(f"export VAULT_TOKEN={vault.root_token}")  # type: ignore[attr-defined]
     print(f"export C2PG_STACK_DIR={stack.paths.root}")
+    ray = stack.services["ray"]
+    print(f"export RAY_ADDRESS={ray.dashboard_url}")  # type: ignore[attr-defined]
+    print("export RAY_AUTH_MODE=token")
     return 0
 
 

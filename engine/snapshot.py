@@ -118,10 +118,11 @@ def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | N
                                              target.target_table, target.tomb_table, run_id, cfg.name, mode))
         # One block per read task output: a split's part must reach the sink whole (it is
         # committed with its run_parts row), so Ray Data must not split blocks here.
-        remote_args = {"num_cpus": cfg.snapshot.task_cpus, **_fault_env()}
+        env = _fault_env()
         ds = ray.data.read_datasource(source, concurrency=concurrency, override_num_blocks=len(plan),
-                                      ray_remote_args=remote_args)
-        ds.write_datasink(sink, concurrency=concurrency, ray_remote_args=remote_args)
+                                      num_cpus=cfg.snapshot.task_cpus, **env)
+        ds.write_datasink(sink, concurrency=concurrency,
+                          ray_remote_args={"num_cpus": cfg.snapshot.task_cpus, **env})
         if target.created:
             create_token_index(conn, target)
         result = _finish(conn, run_id, schema.qualified, target, sink, time.monotonic() - started, mode, None)
@@ -137,7 +138,7 @@ def _fault_env() -> dict:
     """Hand the driver's fault-injection settings (tests only, :mod:`engine.faults`) to the
     tasks: workers started before the test set them would not see them otherwise."""
     env = {k: os.environ[k] for k in ("C2PG_FAULTS", "C2PG_FAULTS_DIR") if k in os.environ}
-    return {"runtime_env": {"env_vars": env}} if env else {}
+    return {"runtime_env": {"env_vars": env}} if env else {}  # read_datasource/remote args key
 
 
 def _record_run(conn, run_id: str, cfg: PipelineConfig, qualified: str, target, plan: list[TokenSplit],

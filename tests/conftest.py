@@ -2,7 +2,8 @@
 
 ``stack`` brings the stack up once per session, or reuses the one already running (as
 ``.ci/run`` and ``scripts/test.sh`` start it first); it never stops it, so a developer's
-running stack survives a test run. ``ray_cluster`` starts a local Ray instance once.
+running stack survives a test run. ``ray_cluster`` connects the test process, as a Ray
+driver, to the stack's Ray head.
 """
 
 from __future__ import annotations
@@ -41,22 +42,24 @@ def pipeline(example_pipeline_path):
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_cluster(stack):
+    """The driver of this test session, connected to the stack's Ray head (token auth on)."""
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=False, namespace="c2pg-tests",
-             runtime_env={"env_vars": {"C2PG_LOG_FORMAT": "json"}},
-             logging_level="WARNING")
+    ray.init(address=stack.services["ray"].gcs_address, namespace="c2pg-tests",
+             runtime_env={"env_vars": {"C2PG_LOG_FORMAT": "json"}}, logging_level="WARNING")
     yield ray
     ray.shutdown()
 
 
 def pytest_configure(config):
     """Route c2pg's structlog output through stdlib logging, as every c2pg process does,
-    so tests can read it with caplog."""
+    so tests can read it with caplog; speak Ray's token authentication (Ray reads the mode
+    once, when first imported, so it is set before any test module imports ray)."""
     from engine import log
 
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     log.configure("INFO", json=True)
 
 

@@ -209,7 +209,7 @@ class Stack:
                 state.pop(name, None)
                 if pid is None:
                     continue
-                _terminate(pid, timeout_s)
+                _terminate(pid, min(timeout_s, svc.stop_timeout_s))
                 say(f"{name}: stopped (pid {pid})")
             self._save_state(state)
 

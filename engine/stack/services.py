@@ -102,6 +102,7 @@ class Service:
     start_timeout_s: float = 90.0
     run_as: str | None = None  # a user name when the server refuses to run as root
     env: dict[str, str] = field(default_factory=dict)
+    stop_timeout_s: float = 30.0  # SIGTERM, then SIGKILL of the process group after this
 
     @property
     def log_file(self) -> Path:
@@ -721,8 +722,71 @@ class Registry(Service):
         return health.check_registry(url=self.ccompat_url)
 
 
+# --- Ray ------------------------------------------------------------------------------------
+
+
+class RayHead(Service):
+    """A Ray head node for ``ray job submit``, the dashboard and the tests' Ray workloads.
+
+    ``ray start --block`` keeps a foreground process the launcher can own. Ray's own token
+    authentication stays on: Ray writes the token to ``~/.ray/auth_token`` and clients need
+    ``RAY_AUTH_MODE=token`` (``c2pg stack env`` prints it). The session directory is short
+    and under /tmp because Ray's socket paths must stay under the 107-byte limit. ``ray
+    start --block`` ignores SIGTERM once its children exit, hence a short stop timeout:
+    the process group is killed after it (Ray's state is disposable).
+    """
+
+    def __init__(self, paths: StackPaths):
+        super().__init__("ray", v.PORTS["ray_dashboard"], paths, start_timeout_s=120, stop_timeout_s=8)
+        bindir = str(Path(sys.executable).parent)
+        self.env = {"PATH": f"{bindir}:{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
+                    "RAY_AUTH_MODE": "token"}
+
+    @property
+    def temp_dir(self) -> Path:
+        digest = hashlib.sha1(str(self.paths.root).encode()).hexdigest()[:10]
+        return Path("/tmp") / f"c2pg-ray-{digest}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{v.HOST}:{self.port}"
+
+    @property
+    def gcs_address(self) -> str:
+        return f"{v.HOST}:{v.PORTS['ray_gcs']}"
+
+    def prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        ray = str(Path(sys.executable).with_name("ray"))
+        return [ray, "start", "--head", "--block", f"--num-cpus={os.cpu_count() or 2}",
+                f"--node-ip-address={v.HOST}", f"--port={v.PORTS['ray_gcs']}",
+                f"--ray-client-server-port={v.PORTS['ray_client']}", "--include-dashboard=true",
+                f"--dashboard-host={v.HOST}", f"--dashboard-port={self.port}", "--disable-usage-stats",
+                f"--temp-dir={self.temp_dir}"]
+
+    def cmd_marker(self) -> str:
+        return f"--temp-dir={self.temp_dir}"
+
+    def probe(self) -> str | None:
+        version = health.check_http_json(self.dashboard_url + "/api/version", timeout_s=3,
+                                          headers=ray_auth_headers())
+        assert isinstance(version, dict)
+        return f"Ray {version.get('ray_version')}"
+
+
+def ray_auth_headers() -> dict[str, str]:
+    """The bearer token Ray's dashboard expects (``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``)."""
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if not token and path.exists():
+        token = path.read_text().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def all_services(paths: StackPaths) -> list[Service]:
     """The stack in start order; the launcher starts those without dependencies together."""
     return [Postgres(paths), Vault(paths), Kafka(paths), Cassandra(paths), Registry(paths),
-            Debezium(paths)]
+            Debezium(paths), RayHead(paths)]
 

