@@ -92,7 +92,7 @@ def select_statement(schema: TableSchema) -> str:
     q = _cql_ident
     pk = ", ".join(q(c.name) for c in schema.partition_key)
     parts = [f"token({pk})"] + [_value(c) for c in schema.primary_key]
-    for c in schema.regular:
+    for c in schema.live_regular:
         if _multi_cell(c.cql_type):
             # WRITETIME/TTL of a multi-cell column are lists with null elements, which the
             # Python driver cannot decode; MAXWRITETIME (Cassandra 5) gives the newest
@@ -129,6 +129,7 @@ class _ReadSplit:
         self.settings = settings
         self.split = split
         self.retries = 0
+        self.host = None
 
     def __call__(self) -> Iterator[pa.Table]:
         from cassandra.query import tuple_factory
@@ -142,6 +143,7 @@ class _ReadSplit:
             stmt.consistency_level = cql.consistency_level(s.consistency)
             stmt.fetch_size = s.page_size
             builder = _BlockBuilder(s, self.split.index)
+            self.host = _replica(cluster, self.split)
             for row in self._rows(session, stmt, self.split, depth=0):
                 builder.add(row)
                 if builder.rows >= PART_ROWS:
@@ -164,7 +166,7 @@ class _ReadSplit:
                 # the rows of it already emitted.
                 bound = (stmt.bind((start, split.end)) if last_token is None else
                          _resume_stmt(session, stmt, self.settings).bind((last_token, split.end)))
-                for n, row in enumerate(session.execute(bound)):
+                for n, row in enumerate(session.execute(bound, host=self.host)):
                     faults.hit("snapshot.read", split=split.index, rows=n)
                     token = row[0]
                     if token == last_token:
@@ -192,6 +194,15 @@ class _ReadSplit:
                 time.sleep(delay)
 
 
+def _replica(cluster, split: TokenSplit):
+    """A live replica of the split to send its reads to (a range query has no routing key
+    for the token-aware policy to use), spread over replicas by split index; ``None`` lets
+    the load-balancing policy choose when no replica is known or up."""
+    hosts = sorted((h for h in cluster.metadata.all_hosts()
+                    if str(h.address) in split.replicas and h.is_up is not False), key=lambda h: str(h.address))
+    return hosts[split.index % len(hosts)] if hosts else None
+
+
 def _resume_stmt(session, stmt, settings: ReadSettings):
     text = stmt.query_string.replace(") > ? AND token(", ") >= ? AND token(", 1)
     resumed = session.prepare(text)
@@ -217,10 +228,16 @@ class _BlockBuilder:
         self.n_key = len(self.schema.primary_key)
         # Where each column's value sits in a row (see select_statement: token, key
         # columns, then per regular column value, WRITETIME[, TTL]).
-        self.value_at = [1 + i for i in range(self.n_key)]
-        self.wt_at, self.ttl_at = [], []
+        self.value_at: list[int | None] = [1 + i for i in range(self.n_key)]
+        self.wt_at: list[int | None] = []
+        self.ttl_at: list[int | None] = []
         at = 1 + self.n_key
         for c in self.schema.regular:
+            if c.dropped:  # not selected: NULL value, no write time (never wins a merge)
+                self.value_at.append(None)
+                self.wt_at.append(None)
+                self.ttl_at.append(None)
+                continue
             has_ttl = not _multi_cell(c.cql_type)
             self.value_at.append(at)
             self.wt_at.append(at + 1)
@@ -251,26 +268,36 @@ class _BlockBuilder:
                                pa.nulls(1, pa.int64()), [None], [None], final)
         cols = list(zip(*rows))
         values, dead = [], {}
-        for conv, at in zip(self.converters, self.value_at, strict=True):
+        for conv, at, column in zip(self.converters, self.value_at, self.schema.columns, strict=True):
+            if at is None:
+                values.append(pa.nulls(n, pa.string()))
+                continue
             array, errors = conv(cols[at])
             values.append(array)
             for i, exc in errors.items():
-                dead.setdefault(i, exc)
-        wts, no_cell = _list_column([cols[at] for at in self.wt_at], n)
+                dead.setdefault(i, (column.name, exc))
+            if column.kind == "clustering" and array.null_count:
+                # A partition holding only static values comes back as one row with null
+                # clustering columns: no PostgreSQL row can hold it (primary key NOT NULL).
+                for i in np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False)):
+                    dead.setdefault(int(i), (column.name, ValueConversionError(
+                        "a partition with static values but no rows has no primary key in PostgreSQL")))
+        absent = (None,) * n
+        wts, no_cell = _list_column([absent if at is None else cols[at] for at in self.wt_at], n)
         exps = self._expiries(cols, n)
         # A row with no live regular cell exists through its row marker, whose time CQL
         # does not expose: the read's start time stands in (ADR 0002).
         row_ts = pa.array(np.where(no_cell, self.read_started_us, 0), pa.int64(), mask=~no_cell)
         dead_key, dead_error = [None] * n, [None] * n
-        for i, exc in dead.items():
+        for i, (column, exc) in dead.items():
             dead_key[i] = ", ".join(f"{c.name}={rows[i][1 + k]!r}" for k, c in enumerate(self.schema.primary_key))
-            dead_error[i] = f"{type(exc).__name__}: {exc}"
+            dead_error[i] = f"{type(exc).__name__}: column {column}: {exc}"
         return self._table(n, values, pa.array(cols[0], pa.int64()), wts, exps, row_ts, dead_key, dead_error,
                            final)
 
     def _expiries(self, cols: list[tuple], n: int) -> pa.Array:
         """Per row, the cells' expiry (µs) from their remaining TTL; NULL when none has one."""
-        ttl_cols = [cols[at] if at is not None else (None,) * n for at in self.ttl_at]
+        ttl_cols = [cols[at] if at is not None else (None,) * n for at in self.ttl_at]  # dropped/multi-cell: none
         if not any(any(c) for c in ttl_cols):
             return pa.nulls(n, pa.list_(pa.int64()))
         now_us = int(time.time() * 1_000_000)

@@ -255,7 +255,8 @@ def _wins(x: sql.Composable, t: sql.Composable, column: str, i: int) -> sql.Comp
     """Does the staged cell (``EXCLUDED``) beat the stored one (``t``) at position ``i``?
 
     Newer write time wins. At equal time a deletion (NULL value) beats a live value, and
-    between two live values the greater text form wins: a deterministic order, so every
+    between two live values the greater text form wins (byte order, ``COLLATE "C"``, so the
+    database's locale cannot change the outcome): a deterministic order, so every
     replica of the same events converges (Cassandra compares serialized bytes instead; the
     two can differ only for different values written at the same microsecond, and
     reconcile reports it).
@@ -263,7 +264,8 @@ def _wins(x: sql.Composable, t: sql.Composable, column: str, i: int) -> sql.Comp
     return sql.SQL(
         "({xw} IS NOT NULL AND ({tw} IS NULL OR {xw} > {tw} OR ({xw} = {tw} AND ("
         "({x}.{c} IS NULL AND {t}.{c} IS NOT NULL) OR "
-        "({x}.{c} IS NOT NULL AND {t}.{c} IS NOT NULL AND {x}.{c}::text > {t}.{c}::text)))))"
+        "({x}.{c} IS NOT NULL AND {t}.{c} IS NOT NULL AND "
+        "{x}.{c}::text COLLATE \"C\" > {t}.{c}::text COLLATE \"C\")))))"
     ).format(xw=sql.SQL("{}.{}[{}]").format(x, ident(META_WT), sql.Literal(i)),
              tw=sql.SQL("{}.{}[{}]").format(t, ident(META_WT), sql.Literal(i)),
              x=x, t=t, c=ident(column))

@@ -152,6 +152,9 @@ class _PartWriter:
                     cur.copy_expert(self.copy_stage, io.StringIO(buffer))
                     cur.execute(self.merge_sql)
             if dead.num_rows:
+                # A part sent again (Ray's retry, --resume) must not record its rows twice.
+                cur.execute("DELETE FROM _c2pg.dead_letters WHERE run_id = %s AND origin = 'snapshot' "
+                            "AND row_key = ANY(%s)", (s.run_id, dead.column(DEAD_KEY).to_pylist()))
                 execute_values(cur, d.insert_dead_letters().as_string(cur), [
                     (s.pipeline, "snapshot", s.run_id, s.schema.keyspace, s.schema.table, None, None,
                      None, key, None, None, err.split(":", 1)[0], err)

@@ -46,6 +46,9 @@ class Column:
     position: int
     cql_type: CqlType
     descending: bool = False
+    # Dropped in Cassandra but kept in PostgreSQL (and in the catalog, so write-time
+    # positions never move): never read, never written again.
+    dropped: bool = False
 
     @property
     def pg_sql_type(self) -> str:
@@ -76,13 +79,18 @@ class TableSchema:
     def columns(self) -> tuple[Column, ...]:
         return self.primary_key + self.regular
 
+    @property
+    def live_regular(self) -> tuple[Column, ...]:
+        """Regular columns that still exist in Cassandra."""
+        return tuple(c for c in self.regular if not c.dropped)
+
     def codecs(self):
         """One codec per column, in :attr:`columns` order (built where the work runs)."""
         return [codec(c.cql_type) for c in self.columns]
 
     def fingerprint(self) -> str:
         """A stable hash of names, kinds and types: the catalog records it to notice changes."""
-        text = "|".join(f"{c.name}:{c.kind}:{c.cql_type.cql()}" for c in self.columns)
+        text = "|".join(f"{c.name}:{c.kind}:{c.cql_type.cql()}" for c in self.columns if not c.dropped)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def unsupported_by_cdc(self) -> list[str]:

@@ -15,6 +15,7 @@ Outcome: a :class:`SnapshotResult`; ``ok`` is false when some rows could not be 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -22,6 +23,7 @@ import uuid
 from dataclasses import asdict, dataclass
 
 import psycopg2
+from cassandra import ConsistencyLevel
 
 from engine import cql, log
 from engine.cassandra_source import CassandraDatasource, ReadSettings
@@ -48,10 +50,11 @@ class SnapshotResult:
     splits_done: int
     retries: int
     mode: str
+    rows_this_run: int  # rows written by this invocation (less than ``rows`` after --resume)
 
     @property
     def rows_per_s(self) -> float:
-        return self.rows / self.seconds if self.seconds else 0.0
+        return self.rows_this_run / self.seconds if self.seconds else 0.0
 
     @property
     def ok(self) -> bool:
@@ -65,37 +68,55 @@ def find_table(cfg: PipelineConfig, qualified: str) -> TableConfig:
     """``ks.table`` as configured in the pipeline, or a bare one with default targets."""
     keyspace, _, table = qualified.partition(".")
     if not keyspace or not table:
-        raise C2pgError(f"--table must be KEYSPACE.TABLE, got {qualified!r}")
+        raise SnapshotUsageError(f"--table must be KEYSPACE.TABLE, got {qualified!r}")
     for t in cfg.tables:
         if (t.keyspace, t.table) == (keyspace, table):
             return t
     return TableConfig(keyspace=keyspace, table=table, target_schema=cfg.postgres.schema, target_table=table)
 
 
+class SnapshotUsageError(C2pgError):
+    """A bad ``--table``, ``--consistency`` or ``--resume`` value (exit code 2)."""
+
+    exit_code = 2
+
+
+class SnapshotFailed(C2pgError):
+    """The run stopped before every split was copied; ``--resume run_id`` finishes it."""
+
+    def __init__(self, run_id: str, cause: BaseException):
+        self.run_id = run_id
+        super().__init__(f"snapshot run {run_id} failed ({type(cause).__name__}: {cause}); "
+                         f"rerun with --resume {run_id} to copy the unfinished splits")
+
+
 def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | None = None,
                  consistency: str | None = None, resume: str | None = None, evolve: bool = False,
                  concurrency: int | None = None) -> SnapshotResult:
+    """Copy ``table_cfg``'s table; see the module docstring. Raises :class:`SnapshotFailed`
+    (with the run id) when splits fail, after recording the run as failed."""
     import ray
 
     started = time.monotonic()
     read_started_us = int(time.time() * 1_000_000)
-    consistency = consistency or cfg.snapshot.consistency
-    cluster, session = cql.connect(cfg.cassandra)
-    conn = psycopg2.connect(**cfg.postgres.connect_kwargs(application_name="c2pg-snapshot"))
-    try:
+    consistency = (consistency or cfg.snapshot.consistency).upper()
+    if not hasattr(ConsistencyLevel, consistency) or consistency == "ANY":
+        raise SnapshotUsageError(f"--consistency {consistency!r} is not a read consistency level")
+    splits = splits or cfg.snapshot.splits
+    with _connections(cfg) as (cluster, session, conn):
         schema = read_table(session, table_cfg.keyspace, table_cfg.table)
         for note in schema.unsupported_by_cdc():
             logger.warning("cdc limitation", table=schema.qualified, note=note)
         ensure_state(conn)
         target = ensure_target(conn, schema, table_cfg.target_schema, table_cfg.target_table, evolve=evolve)
+        if not ray.is_initialized():
+            ray.init(ignore_reinit_error=True, log_to_driver=True)
         if resume:
             run_id, plan = _load_resume(conn, resume, schema.qualified)
             mode = "merge"
         else:
             run_id = str(uuid.uuid4())
             mode = "direct" if target.created else "merge"
-            if not ray.is_initialized():
-                ray.init(ignore_reinit_error=True, log_to_driver=True)
             # Enough splits that every concurrent task has work and stragglers are short.
             slots = int(ray.cluster_resources().get("CPU", 2) / cfg.snapshot.task_cpus)
             min_splits = max(8, 4 * slots)
@@ -105,33 +126,53 @@ def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | N
         log.bind(pipeline=cfg.name, table=schema.qualified, run_id=run_id)
         logger.info("snapshot starting", splits=len(plan), mode=mode,
                     target=f"{target.target_schema}.{target.target_table}")
-    finally:
-        cluster.shutdown()
-
-    try:
-        if not ray.is_initialized():
-            ray.init(ignore_reinit_error=True, log_to_driver=True)
-        source = CassandraDatasource(ReadSettings(cfg.cassandra, target.schema, consistency,
-                                                  cfg.snapshot.page_size, cfg.snapshot.max_retries,
-                                                  read_started_us), plan)
         sink = PostgresDatasink(SinkSettings(cfg.postgres, target.schema, target.target_schema,
                                              target.target_table, target.tomb_table, run_id, cfg.name, mode))
-        # One block per read task output: a split's part must reach the sink whole (it is
-        # committed with its run_parts row), so Ray Data must not split blocks here.
-        env = _fault_env()
-        ds = ray.data.read_datasource(source, concurrency=concurrency, override_num_blocks=len(plan),
-                                      num_cpus=cfg.snapshot.task_cpus, **env)
-        ds.write_datasink(sink, concurrency=concurrency,
-                          ray_remote_args={"num_cpus": cfg.snapshot.task_cpus, **env})
-        if target.created:
+        try:
+            if plan:
+                _copy(cfg, target, plan, sink, consistency, read_started_us, concurrency)
+            # Built after an initial load, and by any later run if that load never finished.
             create_token_index(conn, target)
-        result = _finish(conn, run_id, schema.qualified, target, sink, time.monotonic() - started, mode, None)
-    except Exception as exc:
-        _finish(conn, run_id, schema.qualified, target, None, time.monotonic() - started, mode, exc)
+        except BaseException as exc:  # Ctrl-C included: the run record must not stay 'running'
+            try:
+                _finish(conn, run_id, schema.qualified, target, sink, time.monotonic() - started, mode, exc)
+            except Exception:  # noqa: BLE001 - keep the original failure; this one only loses the record
+                logger.exception("could not record the failed run", run_id=run_id)
+            if isinstance(exc, Exception):
+                raise SnapshotFailed(run_id, exc) from exc
+            raise
+        return _finish(conn, run_id, schema.qualified, target, sink, time.monotonic() - started, mode, None)
+
+
+@contextlib.contextmanager
+def _connections(cfg: PipelineConfig):
+    cluster, session = cql.connect(cfg.cassandra)
+    try:
+        conn = psycopg2.connect(**cfg.postgres.connect_kwargs(application_name="c2pg-snapshot"))
+    except BaseException:
+        cluster.shutdown()
         raise
+    try:
+        yield cluster, session, conn
     finally:
+        cluster.shutdown()
         conn.close()
-    return result
+
+
+def _copy(cfg: PipelineConfig, target, plan: list[TokenSplit], sink: PostgresDatasink, consistency: str,
+          read_started_us: int, concurrency: int | None) -> None:
+    """The Ray Data pipeline: one read task per split, the sink's write tasks fused to them."""
+    import ray
+
+    source = CassandraDatasource(ReadSettings(cfg.cassandra, target.schema, consistency, cfg.snapshot.page_size,
+                                              cfg.snapshot.max_retries, read_started_us), plan)
+    env = _fault_env()
+    # One block per read task output: a split's part must reach the sink whole (it is
+    # committed with its run_parts row), so Ray Data must not split blocks here.
+    ds = ray.data.read_datasource(source, concurrency=concurrency, override_num_blocks=len(plan),
+                                  num_cpus=cfg.snapshot.task_cpus, **env)
+    ds.write_datasink(sink, concurrency=concurrency,
+                      ray_remote_args={"num_cpus": cfg.snapshot.task_cpus, **env})
 
 
 def _fault_env() -> dict:
@@ -159,22 +200,25 @@ def _load_resume(conn, run_id: str, qualified: str) -> tuple[str, list[TokenSpli
                     "WHERE run_id::text = %s AND kind = 'snapshot'", (run_id,))
         row = cur.fetchone()
         if row is None:
-            raise C2pgError(f"--resume {run_id}: no such snapshot run in _c2pg.runs")
+            raise SnapshotUsageError(f"--resume {run_id}: no such snapshot run in _c2pg.runs")
         if row[0] != qualified:
-            raise C2pgError(f"--resume {run_id}: that run copied {row[0]}, not {qualified}")
+            raise SnapshotUsageError(f"--resume {run_id}: that run copied {row[0]}, not {qualified}")
         cur.execute("SELECT split_index, start_token, end_token FROM _c2pg.run_splits "
                     "WHERE run_id = %s AND status <> 'done' ORDER BY split_index", (run_id,))
         plan = [TokenSplit(i, a, b) for i, a, b in cur.fetchall()]
         # Parts of unfinished splits are re-sent whole; forget the ones already counted.
         cur.execute("DELETE FROM _c2pg.run_parts p USING _c2pg.run_splits s WHERE p.run_id = s.run_id "
                     "AND p.split_index = s.split_index AND s.run_id = %s AND s.status <> 'done'", (run_id,))
+        # A re-read may cut the split into a different number of parts.
+        cur.execute("UPDATE _c2pg.run_splits SET parts_total = NULL, rows = 0 "
+                    "WHERE run_id = %s AND status <> 'done'", (run_id,))
         cur.execute("UPDATE _c2pg.runs SET status = 'running', finished_at = NULL, error = NULL "
                     "WHERE run_id = %s", (run_id,))
     return run_id, plan
 
 
 def _finish(conn, run_id: str, qualified: str, target, sink: PostgresDatasink | None, seconds: float,
-            mode: str, error: Exception | None) -> SnapshotResult:
+            mode: str, error: BaseException | None) -> SnapshotResult:
     with conn, conn.cursor() as cur:
         cur.execute("SELECT count(*), count(*) FILTER (WHERE status = 'done'), COALESCE(sum(rows), 0), "
                     "COALESCE(sum(retries), 0) FROM _c2pg.run_splits WHERE run_id = %s", (run_id,))
@@ -184,7 +228,7 @@ def _finish(conn, run_id: str, qualified: str, target, sink: PostgresDatasink | 
         written = sink.total if sink else None
         result = SnapshotResult(run_id, qualified, f"{target.target_schema}.{target.target_table}", int(rows),
                                 int(dead), written.bytes if written else 0, round(seconds, 2), n_splits, done,
-                                int(retries), mode)
+                                int(retries), mode, written.rows if written else 0)
         status = "failed" if error or done < n_splits else "succeeded"
         cur.execute("UPDATE _c2pg.runs SET status = %s, finished_at = now(), stats = %s, error = %s "
                     "WHERE run_id = %s", (status, json.dumps(result.as_dict()),

@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 
 from engine import pg_dialect as d
 from engine.errors import C2pgError
-from engine.schema import META_COLUMNS, TableSchema
+from engine.schema import META_COLUMNS, Column, TableSchema
+from engine.types import CqlType, TypeMappingError, parse_cql_type
 
 
 class TargetMismatch(C2pgError):
@@ -57,8 +58,9 @@ def ensure_target(conn, schema: TableSchema, target_schema: str, target_table: s
         cur.execute("SELECT columns FROM _c2pg.catalog WHERE target_schema = %s AND target_table = %s",
                     (target_schema, target_table))
         row = cur.fetchone()
-        if row is not None:
-            schema = _in_catalog_order(schema, row[0])
+        previous = row[0] if row is not None else None
+        if previous is not None:
+            schema = _in_catalog_order(schema, previous)
         cur.execute(*d.describe_target(target_schema, target_table))
         existing = dict(cur.fetchall())
         created = not existing
@@ -74,7 +76,8 @@ def ensure_target(conn, schema: TableSchema, target_schema: str, target_table: s
             "fingerprint, tombstone_table) VALUES (%s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (target_schema, target_table) DO UPDATE SET columns = EXCLUDED.columns, "
             "fingerprint = EXCLUDED.fingerprint, updated_at = now()",
-            (target_schema, target_table, schema.keyspace, schema.table, json.dumps(catalog_columns(schema)),
+            (target_schema, target_table, schema.keyspace, schema.table,
+             json.dumps(catalog_columns(schema, previous)),
              schema.fingerprint(), tomb))
     return Target(schema, target_schema, target_table, tomb, created)
 
@@ -97,23 +100,42 @@ def _canonical(cur, pg_sql_type: str) -> str:
     return cur.fetchone()[0]
 
 
-def catalog_columns(schema: TableSchema) -> list[dict]:
-    return [{"name": c.name, "kind": c.kind, "cql": c.cql_type.cql(), "pg": c.pg_sql_type}
+def catalog_columns(schema: TableSchema, previous: list[dict] | None = None) -> list[dict]:
+    """The catalog's column list; a dropped column keeps its recorded entry, marked."""
+    before = {c["name"]: c for c in previous or []}
+    return [{**before.get(c.name, {}), "dropped": True} if c.dropped else
+            {"name": c.name, "kind": c.kind, "cql": c.cql_type.cql(), "pg": c.pg_sql_type}
             for c in schema.columns]
 
 
 def _in_catalog_order(schema: TableSchema, catalog: list[dict]) -> TableSchema:
-    """Regular columns in the catalog's order, new ones appended (wt positions never move)."""
-    order = {c["name"]: i for i, c in enumerate(x for x in catalog if x["kind"] in ("regular", "static"))}
-    known = sorted((c for c in schema.regular if c.name in order), key=lambda c: order[c.name])
-    new = [c for c in schema.regular if c.name not in order]
-    return replace(schema, regular=tuple(known + new))
+    """Regular columns in the catalog's order, new ones appended, dropped ones kept as
+    ``dropped`` placeholders: a ``_c2pg_wt`` position never moves."""
+    live = {c.name: c for c in schema.regular}
+    ordered = []
+    for entry in (x for x in catalog if x["kind"] in ("regular", "static")):
+        if entry["name"] in live:
+            ordered.append(live.pop(entry["name"]))
+        else:
+            ordered.append(Column(entry["name"], entry["kind"], -1, _catalog_type(entry), dropped=True))
+    return replace(schema, regular=tuple(ordered + list(live.values())))
+
+
+def _catalog_type(entry: dict) -> CqlType:
+    """The recorded type of a dropped column; its UDT definitions may be gone, and the type
+    only matters for its (unused) codec, so an unparseable one stands in as ``blob``."""
+    try:
+        return parse_cql_type(entry["cql"])
+    except TypeMappingError:
+        return parse_cql_type("blob")
 
 
 def _check_or_evolve(cur, schema: TableSchema, target_schema: str, target_table: str,
                      existing: dict[str, str], evolve: bool) -> None:
     differences, missing = [], []
     for c in schema.columns:
+        if c.dropped:
+            continue  # kept as it is: no longer written
         have = existing.get(c.name)
         if have is None:
             missing.append(c)

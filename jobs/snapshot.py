@@ -1,15 +1,16 @@
 """Snapshot a Cassandra table into PostgreSQL (Ray Data, token ranges, COPY + LWW merge).
 
     python -m jobs.snapshot --config pipeline.yaml --table ks.table [--splits N]
-        [--consistency LEVEL] [--resume RUN_ID] [--evolve] [--output result.json]
+        [--consistency LEVEL] [--resume RUN_ID] [--evolve] [--concurrency N] [--output result.json]
 
 Usable as-is under ``ray job submit --working-dir . -- python -m jobs.snapshot ...`` (it
 joins the job's cluster) or locally (it starts a local Ray). Ends with a summary line and
 a run record in ``_c2pg.runs``.
 
 Exit codes: 0 copied completely; 1 some rows could not be converted (see
-``_c2pg.dead_letters`` for the run id) or splits did not finish (``--resume RUN_ID``);
-2 bad configuration, unknown keyspace/table, or a target that differs.
+``_c2pg.dead_letters`` for the run id) or splits failed (the message names the run to
+``--resume``); 2 bad configuration or arguments (``--table``, ``--consistency``,
+``--resume``), unknown keyspace/table, or a target that differs.
 """
 
 from __future__ import annotations

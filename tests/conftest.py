@@ -52,6 +52,19 @@ def ray_cluster(stack):
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Entry points under test (``main()``) configure logging onto the test's captured
+    stderr; put the session's handlers back so later lines never hit a closed stream."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 def pytest_configure(config):
     """Route c2pg's structlog output through stdlib logging, as every c2pg process does,
     so tests can read it with caplog; speak Ray's token authentication (Ray reads the mode

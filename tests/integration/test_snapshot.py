@@ -214,3 +214,71 @@ def test_a_table_without_cdc_is_copied_with_a_warning(cass, pg, pipeline, ray_cl
         result = run_snapshot(pipeline, _target(pipeline, "nocdc"), splits=4)
     assert result.ok and result.rows == 1
     assert "sync will not see its changes" in caplog.text
+
+
+def test_a_target_that_differs_is_refused_and_evolve_adds_the_missing_column(cass, pg, pipeline, ray_cluster):
+    from engine.target import TargetMismatch
+
+    _drop_target(pg, "evolving")
+    cass.execute(f"CREATE TABLE {KS}.evolving (id int PRIMARY KEY, a text) WITH cdc = true")
+    cass.execute(f"INSERT INTO {KS}.evolving (id, a) VALUES (1, 'one')")
+    assert run_snapshot(pipeline, _target(pipeline, "evolving"), splits=4).ok
+    cass.execute(f"ALTER TABLE {KS}.evolving ADD (b bigint, c set<text>)")
+    cass.execute(f"UPDATE {KS}.evolving SET b = 7, c = {{'x'}} WHERE id = 1")
+    with pytest.raises(TargetMismatch) as err:
+        run_snapshot(pipeline, _target(pipeline, "evolving"), splits=4)
+    assert "'b' (bigint → bigint) is missing" in str(err.value) and "'c'" in str(err.value)
+    assert "--evolve" in str(err.value) and err.value.exit_code == 2
+    assert run_snapshot(pipeline, _target(pipeline, "evolving"), splits=4, evolve=True).ok
+    with pg.cursor() as cur:
+        cur.execute("SELECT id, a, b, c FROM snap_test.evolving")
+        assert cur.fetchall() == [(1, "one", 7, ["x"])]
+
+
+def test_a_dropped_cassandra_column_is_kept_and_write_time_positions_do_not_move(cass, pg, pipeline, ray_cluster):
+    _drop_target(pg, "dropping")
+    cass.execute(f"CREATE TABLE {KS}.dropping (id int PRIMARY KEY, a text, b text, c text) WITH cdc = true")
+    cass.execute(f"INSERT INTO {KS}.dropping (id, a, b, c) VALUES (1, 'a1', 'b1', 'c1')")
+    assert run_snapshot(pipeline, _target(pipeline, "dropping"), splits=4).ok
+    with pg.cursor() as cur:
+        cur.execute("SELECT _c2pg_wt FROM snap_test.dropping")
+        (wt_before,) = cur.fetchone()
+    cass.execute(f"ALTER TABLE {KS}.dropping DROP b")
+    cass.execute(f"UPDATE {KS}.dropping SET c = 'c2' WHERE id = 1")
+    second = run_snapshot(pipeline, _target(pipeline, "dropping"), splits=4)
+    assert second.ok
+    with pg.cursor() as cur:
+        cur.execute("SELECT a, b, c, _c2pg_wt FROM snap_test.dropping")
+        a, b, c, wt_after = cur.fetchone()
+        cur.execute("SELECT columns FROM _c2pg.catalog WHERE target_schema = 'snap_test' AND target_table = 'dropping'")
+        catalog = {col["name"]: col for col in cur.fetchone()[0]}
+    assert (a, b, c) == ("a1", "b1", "c2"), "b kept as it was, c updated"
+    assert wt_after[0] == wt_before[0] and wt_after[1] == wt_before[1] and wt_after[2] > wt_before[2]
+    assert catalog["b"].get("dropped") is True and catalog["b"]["cql"] == "text"
+
+
+def test_bad_arguments_exit_2_and_name_the_argument(pipeline, example_pipeline_path, capsys, ray_cluster):
+    assert snapshot_job.main(["--config", str(example_pipeline_path), "--table", "no_dot"]) == 2
+    assert "--table must be KEYSPACE.TABLE" in capsys.readouterr().err
+    assert snapshot_job.main(["--config", str(example_pipeline_path), "--table", "demo.users",
+                              "--consistency", "SOMETIMES"]) == 2
+    assert "--consistency 'SOMETIMES'" in capsys.readouterr().err
+    assert snapshot_job.main(["--config", str(example_pipeline_path), "--table", "demo.users",
+                              "--resume", "00000000-0000-0000-0000-000000000000"]) == 2
+    assert "no such snapshot run" in capsys.readouterr().err
+
+
+def test_static_columns_are_copied_per_row_and_a_rowless_partition_is_a_dead_letter(cass, pg, pipeline, ray_cluster):
+    _drop_target(pg, "statics")
+    cass.execute(f"CREATE TABLE {KS}.statics (pk int, ck int, s text static, v text, PRIMARY KEY (pk, ck))")
+    cass.execute(f"INSERT INTO {KS}.statics (pk, ck, s, v) VALUES (1, 1, 'shared', 'v1')")
+    cass.execute(f"INSERT INTO {KS}.statics (pk, ck, v) VALUES (1, 2, 'v2')")
+    cass.execute(f"INSERT INTO {KS}.statics (pk, s) VALUES (2, 'alone')")  # static only, no row
+    result = run_snapshot(pipeline, _target(pipeline, "statics"), splits=4)
+    assert result.rows == 2 and result.dead_letters == 1 and not result.ok
+    with pg.cursor() as cur:
+        cur.execute("SELECT pk, ck, s, v FROM snap_test.statics ORDER BY pk, ck")
+        assert cur.fetchall() == [(1, 1, "shared", "v1"), (1, 2, "shared", "v2")]
+        cur.execute("SELECT row_key, error FROM _c2pg.dead_letters WHERE run_id = %s", (result.run_id,))
+        key, error = cur.fetchone()
+    assert key.startswith("pk=2") and "static values but no rows" in error
