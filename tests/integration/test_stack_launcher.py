@@ -269,8 +269,8 @@ def test_cli_status_json_on_an_empty_stack_is_all_down(tmp_path, ports, monkeypa
     assert time.monotonic() - t0 < 15
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows] == ["postgres", "vault", "kafka", "cassandra", "registry",
-                                         "debezium"]
+                                         "debezium", "ray"]
     for r in rows:
-        assert r["port"] == ports[r["name"]]
+        assert r["port"] == ports["ray_dashboard" if r["name"] == "ray" else r["name"]]
         assert (r["pid"], r["running"], r["healthy"], r["rss_mb"]) == (None, False, False, None), r
         assert r["detail"], r  # why it is down
