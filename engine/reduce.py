@@ -1,0 +1,172 @@
+"""Reduce a batch of change events per primary key with Cassandra's last-write-wins rules.
+
+Called by the sync worker on each closed batch, before staging: every key is written once
+per batch, and the merge (:func:`engine.pg_dialect.merge`) applies the result against what
+PostgreSQL already holds. A pure function of its input: the same events, in any order and
+with any duplicates, reduce to the same result (tested against a reference model with
+hypothesis in ``tests/unit/test_reduce.py``).
+
+The rules (DESIGN.md, "What equal means"), per cell:
+
+- the write with the greater timestamp wins;
+- at equal timestamps a deletion (null value) beats a live value, and between two live
+  values the greater value (by its text, byte order) wins — the same tie rule as the merge;
+- a row deletion at T kills every cell and the row marker of that row written at or before
+  T; a partition deletion does so for every row of the partition; a range deletion for the
+  rows whose clustering values fall in the range.
+
+Deletions are kept as :class:`Tombstone` values: the merge records them (so an older write
+arriving in a later batch cannot resurrect data) and applies them to rows already stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from engine.events import Bound, Cell, ChangeEvent, Op
+
+TombstoneKind = Literal["row", "partition", "range"]
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """A deletion at ``ts``: of the row ``key`` (row), of the partition ``key`` (partition),
+    or of the clustering range ``start``..``end`` of the partition ``key`` (range; an
+    absent bound is open)."""
+
+    kind: TombstoneKind
+    key: tuple[str, ...]
+    ts: int
+    start: Bound | None = None
+    end: Bound | None = None
+
+    def identity(self) -> tuple:
+        return (self.kind, self.key, self.start, self.end)
+
+
+@dataclass(slots=True)
+class RowWrite:
+    """The winning writes of one primary key in a batch."""
+
+    key: tuple[str, ...]
+    cells: dict[str, Cell] = field(default_factory=dict)
+    row_ts: int | None = None  # the newest row marker (INSERT), if any
+
+
+@dataclass(slots=True)
+class Reduced:
+    rows: dict[tuple[str, ...], RowWrite]
+    tombstones: list[Tombstone]
+
+    @property
+    def empty(self) -> bool:
+        return not self.rows and not self.tombstones
+
+
+def wins(new: Cell, old: Cell | None) -> bool:
+    """Does ``new`` replace ``old``? Newer time; at a tie a deletion, then the greater text."""
+    if old is None:
+        return True
+    if new.ts != old.ts:
+        return new.ts > old.ts
+    if new.value is None or old.value is None:
+        return new.value is None and old.value is not None
+    return new.value.encode() > old.value.encode()
+
+
+def reduce_events(events: Iterable[ChangeEvent], n_partition_key: int, compare=None) -> Reduced:
+    """Fold ``events`` (one table) into one :class:`RowWrite` per key and the deletions.
+
+    ``n_partition_key`` says how many leading ``key`` values are the partition key (the rest
+    are clustering values), to match rows against partition and range deletions;
+    ``compare`` orders clustering values (see :func:`kill_ts`).
+    """
+    rows: dict[tuple[str, ...], RowWrite] = {}
+    tombs: dict[tuple, Tombstone] = {}
+    for ev in events:
+        if ev.op is Op.UPSERT:
+            row = rows.get(ev.key)
+            if row is None:
+                row = rows[ev.key] = RowWrite(ev.key)
+            for name, cell in ev.cells:
+                if wins(cell, row.cells.get(name)):
+                    row.cells[name] = cell
+            if ev.row_marker and (row.row_ts is None or ev.ts > row.row_ts):
+                row.row_ts = ev.ts
+        else:
+            t = _tombstone(ev)
+            old = tombs.get(t.identity())
+            if old is None or t.ts > old.ts:
+                tombs[t.identity()] = t
+    tombstones = sorted(tombs.values(), key=lambda t: (t.kind, t.key, t.ts))
+    if tombstones:
+        for row in list(rows.values()):
+            kill = kill_ts(row.key, tombstones, n_partition_key, compare)
+            if kill is not None:
+                _shadow(row, kill)
+                if not row.cells and row.row_ts is None:
+                    del rows[row.key]
+    return Reduced(rows, tombstones)
+
+
+def _tombstone(ev: ChangeEvent) -> Tombstone:
+    if ev.op is Op.ROW_DELETE:
+        return Tombstone("row", ev.key, ev.ts)
+    if ev.op is Op.PARTITION_DELETE:
+        return Tombstone("partition", ev.key, ev.ts)
+    return Tombstone("range", ev.key, ev.ts, ev.range_start, ev.range_end)
+
+
+def _shadow(row: RowWrite, kill: int) -> None:
+    """Drop the writes at or before ``kill`` (a deletion covering the row)."""
+    row.cells = {n: c for n, c in row.cells.items() if c.ts > kill}
+    if row.row_ts is not None and row.row_ts <= kill:
+        row.row_ts = None
+
+
+def kill_ts(key: tuple[str, ...], tombstones: Sequence[Tombstone], n_partition_key: int,
+            compare=None) -> int | None:
+    """The newest deletion covering the row ``key``, if any.
+
+    ``compare(a, b)`` orders two clustering values of one position (negative, zero,
+    positive); without it they compare as text, which is right for text columns only —
+    callers pass the table's typed comparison (:func:`engine.reduce.typed_compare`).
+    """
+    partition, clustering = key[:n_partition_key], key[n_partition_key:]
+    best = None
+    for t in tombstones:
+        if t.key[:n_partition_key] != partition:
+            continue
+        if (t.kind == "partition" or (t.kind == "row" and t.key == key)
+                or (t.kind == "range" and in_range(clustering, t.start, t.end, compare))):
+            best = t.ts if best is None else max(best, t.ts)
+    return best
+
+
+def in_range(clustering: tuple[str, ...], start: Bound | None, end: Bound | None, compare=None) -> bool:
+    """Is the row with these clustering values inside ``start``..``end``? A bound is a prefix
+    of the clustering columns: a row matches it when its first values equal the prefix."""
+    cmp = compare or _text_compare
+
+    def prefix_cmp(bound: Bound) -> int:
+        for i, v in enumerate(bound.values):
+            c = cmp(i, clustering[i], v)
+            if c:
+                return c
+        return 0
+
+    if start is not None:
+        c = prefix_cmp(start)
+        if c < 0 or (c == 0 and not start.inclusive):
+            return False
+    if end is not None:
+        c = prefix_cmp(end)
+        if c > 0 or (c == 0 and not end.inclusive):
+            return False
+    return True
+
+
+def _text_compare(_: int, a: str, b: str) -> int:
+    return (a > b) - (a < b)

@@ -1,0 +1,134 @@
+"""Two models for the replication contract's property tests.
+
+``Cassandra`` is the reference: it keeps, per cell, the winning write (deletions included)
+and every deletion, and materializes rows the way a read at ALL would. Events can be
+applied in any order, any number of times: it is order-free by construction.
+
+``Target`` is what PostgreSQL holds under c2pg's layout (ADR 0002), in Python: rows with one
+cell (value, write time) per column and a row-marker time, plus the tombstone table. It
+applies :class:`~engine.reduce.Reduced` batches the way the sync writer must, step by step:
+
+1. record the batch's deletions (row, partition, range, and cell deletions of rows that
+   become empty — see 4);
+2. shadow the stored rows the new deletions cover: cells written at or before become a
+   deletion at that time, an older row marker goes;
+3. merge each reduced row: drop what a recorded deletion covers, then per cell
+   last-write-wins (:func:`engine.reduce.wins`), the row marker keeps the newest;
+4. remove rows left with no live cell and no marker — Cassandra has no such row — and keep
+   their cell deletions as ``cell`` tombstones, so an older write arriving later still loses.
+
+The property: any events, batched in any way, applied in any order and repeated, leave
+``Target.materialize() == Cassandra.materialize()``. The SQL of the sync writer is then
+checked against ``Target`` on real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.events import Cell, ChangeEvent, Op
+from engine.reduce import Reduced, Tombstone, in_range, reduce_events, wins
+
+
+def _int_compare(_: int, a: str, b: str) -> int:
+    return (int(a) > int(b)) - (int(a) < int(b))
+
+
+def covering_kill(key: tuple[str, ...], tombs, n_pk: int) -> int | None:
+    best = None
+    for t in tombs:
+        if t.kind == "cell" or t.key[:n_pk] != key[:n_pk]:
+            continue
+        if (t.kind == "partition" or (t.kind == "row" and t.key == key)
+                or (t.kind == "range" and in_range(key[n_pk:], t.start, t.end, _int_compare))):
+            best = t.ts if best is None else max(best, t.ts)
+    return best
+
+
+@dataclass
+class Cassandra:
+    n_pk: int
+    cells: dict[tuple, Cell] = field(default_factory=dict)  # (key, column) → winning write
+    markers: dict[tuple, int] = field(default_factory=dict)
+    tombs: list[Tombstone] = field(default_factory=list)
+
+    def apply(self, ev: ChangeEvent) -> None:
+        if ev.op is Op.UPSERT:
+            for name, cell in ev.cells:
+                if wins(cell, self.cells.get((ev.key, name))):
+                    self.cells[(ev.key, name)] = cell
+            if ev.row_marker:
+                self.markers[ev.key] = max(ev.ts, self.markers.get(ev.key, ev.ts))
+        else:
+            kind = {Op.ROW_DELETE: "row", Op.PARTITION_DELETE: "partition", Op.RANGE_DELETE: "range"}[ev.op]
+            self.tombs.append(Tombstone(kind, ev.key, ev.ts, ev.range_start, ev.range_end))
+
+    def materialize(self) -> dict[tuple, dict[str, str]]:
+        keys = {k for k, _ in self.cells} | set(self.markers)
+        out = {}
+        for key in keys:
+            kill = covering_kill(key, self.tombs, self.n_pk)
+            live = {name: c.value for (k, name), c in self.cells.items()
+                    if k == key and c.value is not None and (kill is None or c.ts > kill)}
+            marker = self.markers.get(key)
+            if live or (marker is not None and (kill is None or marker > kill)):
+                out[key] = live
+        return out
+
+
+@dataclass
+class StoredRow:
+    cells: dict[str, Cell] = field(default_factory=dict)
+    row_ts: int | None = None
+
+
+@dataclass
+class Target:
+    n_pk: int
+    rows: dict[tuple, StoredRow] = field(default_factory=dict)
+    tombs: list = field(default_factory=list)  # Tombstone, or ("cell", key, column, ts)
+
+    def apply(self, batch: Reduced) -> None:
+        # 1. record the deletions
+        self.tombs.extend(batch.tombstones)
+        # 2. shadow stored rows covered by the new deletions
+        for key, row in self.rows.items():
+            kill = covering_kill(key, batch.tombstones, self.n_pk)
+            if kill is not None:
+                row.cells = {n: (c if c.ts > kill else Cell(None, kill)) for n, c in row.cells.items()}
+                if row.row_ts is not None and row.row_ts <= kill:
+                    row.row_ts = None
+        # 3. merge the reduced rows
+        for key, write in batch.rows.items():
+            kill = covering_kill(key, [t for t in self.tombs if isinstance(t, Tombstone)], self.n_pk)
+            row = self.rows.setdefault(key, StoredRow())
+            for name, cell in write.cells.items():
+                cell_kill = self._cell_kill(key, name)
+                if (kill is not None and cell.ts <= kill) or (cell_kill is not None and cell.ts <= cell_kill):
+                    continue
+                if wins(cell, row.cells.get(name)):
+                    row.cells[name] = cell
+            if write.row_ts is not None and (kill is None or write.row_ts > kill):
+                row.row_ts = max(write.row_ts, row.row_ts or write.row_ts)
+        # 4. remove rows Cassandra does not have; keep their cell deletions
+        for key in [k for k, r in self.rows.items()
+                    if r.row_ts is None and all(c.value is None for c in r.cells.values())]:
+            for name, cell in self.rows.pop(key).cells.items():
+                self.tombs.append(("cell", key, name, cell.ts))
+
+    def _cell_kill(self, key: tuple, name: str) -> int | None:
+        times = [t[3] for t in self.tombs if isinstance(t, tuple) and t[1] == key and t[2] == name]
+        return max(times) if times else None
+
+    def materialize(self) -> dict[tuple, dict[str, str]]:
+        return {key: {n: c.value for n, c in row.cells.items() if c.value is not None}
+                for key, row in self.rows.items()}
+
+
+def apply_in_batches(events: list[ChangeEvent], cuts: list[int], n_pk: int) -> Target:
+    target = Target(n_pk)
+    bounds = [0, *sorted(set(c % (len(events) + 1) for c in cuts)), len(events)]
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        if b > a:
+            target.apply(reduce_events(events[a:b], n_pk, _int_compare))
+    return target
