@@ -129,21 +129,81 @@ def token_index(target_schema: str, target_table: str) -> sql.Composed:
         ident(f"{target_table[:40]}__c2pg_token"), ident(target_schema, target_table), ident(META_TOKEN))
 
 
-def create_tombstones(schema: TableSchema, tomb_table: str) -> sql.Composed:
-    """Row, partition and range deletions kept beside the table (retention: sync's sweep).
+END_PREFIX = "_c2pg_end_"  # range deletions: the end bound's clustering values
+T_KIND, T_COLUMN, T_DELETED_AT = "_c2pg_kind", "_c2pg_column", "_c2pg_deleted_at"
+T_START_LEN, T_START_INCL, T_END_LEN, T_END_INCL = ("_c2pg_start_len", "_c2pg_start_incl",
+                                                    "_c2pg_end_len", "_c2pg_end_incl")
 
-    ``kind`` is ``row`` (clustering columns set), ``partition`` (clustering columns NULL) or
-    ``range`` (bounds in ``range_start``/``range_end``, Debezium's form).
+
+def tombstone_columns(schema: TableSchema) -> list[str]:
+    """The tombstone table's columns that sync writes, in COPY order."""
+    return ([c.name for c in schema.primary_key] + [END_PREFIX + c.name for c in schema.clustering]
+            + [T_KIND, T_START_LEN, T_START_INCL, T_END_LEN, T_END_INCL, T_COLUMN, T_DELETED_AT])
+
+
+def create_tombstones(schema: TableSchema, tomb_table: str) -> sql.Composed:
+    """Deletions kept beside the table, so an older write arriving later cannot resurrect
+    data (purged after ``sync.tombstone_retention``). One row per deletion, by ``kind``:
+
+    - ``row``: the clustering columns hold the row's key;
+    - ``partition``: clustering columns NULL;
+    - ``range``: the clustering columns hold the start bound's prefix (``_c2pg_start_len``
+      values, ``_c2pg_start_incl``), the ``_c2pg_end_*`` columns the end's; a length of 0 is
+      open-ended;
+    - ``cell``: the deletion of one column (``_c2pg_column``) of a row that no longer exists
+      (ADR 0002, addendum).
+
+    Its own columns are prefixed ``_c2pg_`` so no Cassandra column name can collide.
     """
     pk = [sql.SQL("{} {} NOT NULL").format(ident(c.name), sql.SQL(c.pg_sql_type))
           for c in schema.partition_key]
     ck = [sql.SQL("{} {}").format(ident(c.name), sql.SQL(c.pg_sql_type)) for c in schema.clustering]
-    cols = pk + ck + [sql.SQL("kind text NOT NULL"), sql.SQL("range_start jsonb"),
-                      sql.SQL("range_end jsonb"), sql.SQL("deleted_at bigint NOT NULL"),
-                      sql.SQL("recorded_at timestamptz NOT NULL DEFAULT now()")]
+    ends = [sql.SQL("{} {}").format(ident(END_PREFIX + c.name), sql.SQL(c.pg_sql_type)) for c in schema.clustering]
+    cols = [sql.SQL("_c2pg_id bigserial PRIMARY KEY"), *pk, *ck, *ends,
+            sql.SQL("_c2pg_kind text NOT NULL CHECK (_c2pg_kind IN ('row', 'partition', 'range', 'cell'))"),
+            sql.SQL("_c2pg_start_len smallint NOT NULL DEFAULT 0"), sql.SQL("_c2pg_start_incl boolean"),
+            sql.SQL("_c2pg_end_len smallint NOT NULL DEFAULT 0"), sql.SQL("_c2pg_end_incl boolean"),
+            sql.SQL("_c2pg_column text"), sql.SQL("_c2pg_deleted_at bigint NOT NULL"),
+            sql.SQL("_c2pg_recorded_at timestamptz NOT NULL DEFAULT now()")]
     return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}); CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
         ident(STATE_SCHEMA, tomb_table), sql.SQL(", ").join(cols), ident(f"{tomb_table}_pk"),
         ident(STATE_SCHEMA, tomb_table), _cols(c.name for c in schema.partition_key))
+
+
+def covers(schema: TableSchema, row: str, tomb: str) -> sql.Composed:
+    """SQL: does the row/partition/range deletion ``tomb`` (alias) cover the row ``row``?"""
+    r, d = sql.Identifier(row), sql.Identifier(tomb)
+    same_partition = sql.SQL(" AND ").join(
+        sql.SQL("{d}.{c} = {r}.{c}").format(d=d, r=r, c=ident(c.name)) for c in schema.partition_key)
+    cks = [c.name for c in schema.clustering]
+    if not cks:
+        return sql.SQL("({same} AND {d}._c2pg_kind IN ('row', 'partition', 'range'))").format(same=same_partition, d=d)
+    same_row = sql.SQL(" AND ").join(sql.SQL("{d}.{c} = {r}.{c}").format(d=d, r=r, c=ident(c)) for c in cks)
+
+    def bound(prefix: str, length: str, incl: str, op: str) -> sql.Composed:
+        alts = [sql.SQL("{d}.{len} = 0").format(d=d, len=sql.Identifier(length))]
+        for k in range(1, len(cks) + 1):
+            rv = sql.SQL(", ").join(sql.SQL("{r}.{c}").format(r=r, c=ident(c)) for c in cks[:k])
+            dv = sql.SQL(", ").join(sql.SQL("{d}.{c}").format(d=d, c=ident(prefix + c)) for c in cks[:k])
+            alts.append(sql.SQL("({d}.{len} = {k} AND (ROW({rv}) {op} ROW({dv}) OR "
+                                "({d}.{incl} AND ROW({rv}) = ROW({dv}))))").format(
+                d=d, len=sql.Identifier(length), k=sql.Literal(k), rv=rv, dv=dv, op=sql.SQL(op),
+                incl=sql.Identifier(incl)))
+        return sql.SQL("({})").format(sql.SQL(" OR ").join(alts))
+
+    return sql.SQL("({same} AND ({d}._c2pg_kind = 'partition' OR ({d}._c2pg_kind = 'row' AND {same_row}) OR "
+                   "({d}._c2pg_kind = 'range' AND {start} AND {end})))").format(
+        same=same_partition, d=d, same_row=same_row,
+        start=bound("", T_START_LEN, T_START_INCL, ">"), end=bound(END_PREFIX, T_END_LEN, T_END_INCL, "<"))
+
+
+def cell_killed(schema: TableSchema, row: str, tomb: str, column: str) -> sql.Composed:
+    """SQL: is ``tomb`` a deletion of ``column`` of the row ``row`` (kind ``cell``)?"""
+    r, d = sql.Identifier(row), sql.Identifier(tomb)
+    same = sql.SQL(" AND ").join(sql.SQL("{d}.{c} = {r}.{c}").format(d=d, r=r, c=ident(c.name))
+                                 for c in schema.primary_key)
+    return sql.SQL("({d}._c2pg_kind = 'cell' AND {d}._c2pg_column = {col} AND {same})").format(
+        d=d, col=sql.Literal(column), same=same)
 
 
 def describe_target(target_schema: str, target_table: str) -> tuple[sql.Composed, tuple]:
@@ -202,7 +262,9 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
     select_cols = [sql.SQL("{}.{}").format(s, ident(name)) for name in pk]
     wt_items, exp_items = [], []
     for i, col in enumerate(schema.regular, start=1):
-        alive = sql.SQL("({kill} IS NULL OR {wt} > {kill})").format(kill=kill, wt=at(s, META_WT, i))
+        ckill = sql.Identifier(f"kill_{i}")
+        alive = sql.SQL("(({kill} IS NULL OR {wt} > {kill}) AND (k.{ck} IS NULL OR {wt} > k.{ck}))").format(
+            kill=kill, wt=at(s, META_WT, i), ck=ckill)
         select_cols.append(sql.SQL("CASE WHEN {alive} THEN {s}.{c} END").format(
             alive=alive, s=s, c=ident(col.name)))
         wt_items.append(sql.SQL("CASE WHEN {alive} THEN {wt} END").format(alive=alive, wt=at(s, META_WT, i)))
@@ -233,20 +295,21 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
     sets.append(sql.SQL("{rt} = GREATEST({t}.{rt}, {x}.{rt})").format(rt=ident(META_ROW_TS), t=t, x=x))
     wins_any.append(marker_wins)
 
-    tomb_where = [sql.SQL("d.{c} = {s}.{c}").format(c=ident(c.name), s=s) for c in schema.partition_key]
-    row_match = sql.SQL(" AND ").join(
-        [sql.SQL("d.{c} = {s}.{c}").format(c=ident(c.name), s=s) for c in schema.clustering]
-        or [sql.SQL("true")])
+    cell_kills = [sql.SQL("max(d._c2pg_deleted_at) FILTER (WHERE {}) AS {}").format(
+        cell_killed(schema, "s", "d", col.name), sql.Identifier(f"kill_{i}"))
+        for i, col in enumerate(schema.regular, start=1)]
+    same_partition = sql.SQL(" AND ").join(sql.SQL("d.{c} = s.{c}").format(c=ident(c.name))
+                                           for c in schema.partition_key)
     return sql.SQL(
         "INSERT INTO {target} AS t ({cols}) "
         "SELECT {select} FROM {stage} AS s "
-        "LEFT JOIN LATERAL (SELECT max(d.deleted_at) AS kill_ts FROM {tomb} AS d "
-        "WHERE {tomb_where} AND (d.kind = 'partition' OR (d.kind = 'row' AND {row_match}))) AS k ON true "
+        "LEFT JOIN LATERAL (SELECT max(d._c2pg_deleted_at) FILTER (WHERE {covers}) AS kill_ts{cell_kills} "
+        "FROM {tomb} AS d WHERE {same_partition}) AS k ON true "
         "ON CONFLICT ({pk}) DO UPDATE SET {sets} WHERE {any_wins}"
     ).format(
         target=target, cols=_cols(target_columns(schema)), select=sql.SQL(", ").join(select_cols),
-        stage=ident(STAGE), tomb=ident(STATE_SCHEMA, tomb_table),
-        tomb_where=sql.SQL(" AND ").join(tomb_where), row_match=row_match,
+        stage=ident(STAGE), tomb=ident(STATE_SCHEMA, tomb_table), covers=covers(schema, "s", "d"),
+        cell_kills=sql.SQL("").join(sql.SQL(", ") + c for c in cell_kills), same_partition=same_partition,
         pk=_cols(pk), sets=sql.SQL(", ").join(sets), any_wins=sql.SQL(" OR ").join(wins_any),
     )
 

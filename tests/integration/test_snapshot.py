@@ -47,8 +47,12 @@ def _drop_target(pg, table: str) -> None:
     with pg.cursor() as cur:
         cur.execute("CREATE SCHEMA IF NOT EXISTS snap_test")
         cur.execute(f'DROP TABLE IF EXISTS snap_test."{table}"')
-        cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = 'snap_test' AND target_table = %s", (table,)) \
-            if _has_state(cur) else None
+        if _has_state(cur):
+            from engine.pg_dialect import tombstone_table_name
+
+            cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = 'snap_test' AND target_table = %s",
+                        (table,))
+            cur.execute(f"DROP TABLE IF EXISTS _c2pg.{tombstone_table_name('snap_test', table)}")
 
 
 def _has_state(cur) -> bool:
