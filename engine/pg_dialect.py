@@ -84,6 +84,13 @@ STATE_DDL = [
         created_at timestamptz NOT NULL DEFAULT now(),
         replayed_at timestamptz)""",
     "CREATE INDEX IF NOT EXISTS dead_letters_run ON _c2pg.dead_letters (run_id)",
+    """CREATE TABLE IF NOT EXISTS _c2pg.offsets (
+        pipeline text NOT NULL,
+        topic text NOT NULL,
+        kafka_partition int NOT NULL,
+        next_offset bigint NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (pipeline, topic, kafka_partition))""",
 ]
 
 
@@ -339,3 +346,90 @@ def insert_dead_letters() -> sql.SQL:
         "INSERT INTO _c2pg.dead_letters (pipeline, origin, run_id, keyspace, source_table, topic, "
         "kafka_partition, kafka_offset, row_key, raw_key, raw_value, error_class, error) "
         "VALUES %s")
+
+
+# --- the sync writer's statements (engine.pg_writer) ------------------------------------------
+
+TSTAGE = "_c2pg_tstage"
+
+
+def create_tombstone_stage(tomb_table: str) -> sql.Composed:
+    return sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
+        ident(TSTAGE), ident(STATE_SCHEMA, tomb_table))
+
+
+def copy_tombstone_stage(schema: TableSchema) -> sql.Composed:
+    return copy_into(ident(TSTAGE), tombstone_columns(schema))
+
+
+def record_tombstones(schema: TableSchema, tomb_table: str) -> sql.Composed:
+    cols = _cols(tombstone_columns(schema))
+    return sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+        ident(STATE_SCHEMA, tomb_table), cols, cols, ident(TSTAGE))
+
+
+def shadow_rows(schema: TableSchema, target_schema: str, target_table: str) -> sql.Composed:
+    """Apply the batch's deletions to the rows already stored: a cell written at or before
+    the newest covering deletion becomes NULL with that deletion's time; an older row marker
+    goes. Rows the deletions do not cover are not touched."""
+    target = ident(target_schema, target_table)
+    pk = [c.name for c in schema.primary_key]
+    t = sql.Identifier("t")
+    sets, wts, exps = [], [], []
+    for i, col in enumerate(schema.regular, start=1):
+        dead = sql.SQL("t.{wt}[{i}] <= k.kill").format(wt=ident(META_WT), i=sql.Literal(i))
+        sets.append(sql.SQL("{c} = CASE WHEN {dead} THEN NULL ELSE t.{c} END").format(c=ident(col.name), dead=dead))
+        wts.append(sql.SQL("CASE WHEN {dead} THEN k.kill ELSE t.{wt}[{i}] END").format(
+            dead=dead, wt=ident(META_WT), i=sql.Literal(i)))
+        exps.append(sql.SQL("CASE WHEN {dead} THEN NULL ELSE t.{e}[{i}] END").format(
+            dead=dead, e=ident(META_EXP), i=sql.Literal(i)))
+    if schema.regular:
+        sets.append(sql.SQL("{} = ARRAY[{}]::bigint[]").format(ident(META_WT), sql.SQL(", ").join(wts)))
+        sets.append(sql.SQL("{} = ARRAY[{}]::bigint[]").format(ident(META_EXP), sql.SQL(", ").join(exps)))
+    sets.append(sql.SQL("{rt} = CASE WHEN t.{rt} <= k.kill THEN NULL ELSE t.{rt} END").format(rt=ident(META_ROW_TS)))
+    key_cols = sql.SQL(", ").join(sql.SQL("r.{}").format(ident(c)) for c in pk)
+    join_key = sql.SQL(" AND ").join(sql.SQL("t.{c} = k.{c}").format(c=ident(c)) for c in pk)
+    return sql.SQL(
+        "UPDATE {target} AS t SET {sets} FROM ("
+        "SELECT {key_cols}, max(d.{deleted}) AS kill FROM {target} AS r JOIN {tstage} AS d ON {covers} "
+        "GROUP BY {key_cols}) AS k WHERE {join_key}"
+    ).format(target=target, sets=sql.SQL(", ").join(sets), key_cols=key_cols, deleted=ident(T_DELETED_AT),
+             tstage=ident(TSTAGE), covers=covers(schema, "r", "d"), join_key=join_key)
+
+
+def remove_empty_rows(schema: TableSchema, target_schema: str, target_table: str, tomb_table: str) -> sql.Composed:
+    """Delete the rows of the touched partitions that have no live cell and no row marker
+    (Cassandra has no such row), keeping their cell deletions as ``cell`` tombstones."""
+    target = ident(target_schema, target_table)
+    pk = [c.name for c in schema.partition_key]
+    keys = [c.name for c in schema.primary_key]
+    part = sql.SQL(", ").join(map(ident, pk))
+    empty = [sql.SQL("t.{} IS NULL").format(ident(c.name)) for c in schema.regular if not c.dropped]
+    empty.append(sql.SQL("t.{} IS NULL").format(ident(META_ROW_TS)))
+    regular = [(i, c.name) for i, c in enumerate(schema.regular, start=1)]
+    columns = (sql.SQL("(VALUES {}) AS c(name, pos)").format(sql.SQL(", ").join(
+        sql.SQL("({}, {})").format(sql.Literal(n), sql.Literal(i)) for i, n in regular))
+        if regular else None)
+    gone_cols = sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in keys)
+    deleted = sql.SQL(
+        "DELETE FROM {target} AS t WHERE ({t_part}) IN (SELECT {part} FROM {stage} UNION SELECT {part} FROM {tstage}) "
+        "AND {empty} RETURNING {gone_cols}, t.{wt}"
+    ).format(target=target, t_part=sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in pk),
+             part=part, stage=ident(STAGE), tstage=ident(TSTAGE), empty=sql.SQL(" AND ").join(empty),
+             gone_cols=gone_cols, wt=ident(META_WT))
+    if columns is None:
+        return sql.SQL("WITH gone AS ({}) SELECT count(*) FROM gone").format(deleted)
+    return sql.SQL(
+        "WITH gone AS ({deleted}) INSERT INTO {tomb} ({key_cols}, {kind}, {column}, {at}) "
+        "SELECT {gone_keys}, 'cell', c.name, (g.{wt})[c.pos] FROM gone AS g CROSS JOIN {columns} "
+        "WHERE (g.{wt})[c.pos] IS NOT NULL"
+    ).format(deleted=deleted, tomb=ident(STATE_SCHEMA, tomb_table), key_cols=_cols(keys), kind=ident(T_KIND),
+             column=ident(T_COLUMN), at=ident(T_DELETED_AT),
+             gone_keys=sql.SQL(", ").join(sql.SQL("g.{}").format(ident(c)) for c in keys),
+             wt=ident(META_WT), columns=columns)
+
+
+SAVE_OFFSETS = sql.SQL(
+    "INSERT INTO _c2pg.offsets (pipeline, topic, kafka_partition, next_offset) VALUES %s "
+    "ON CONFLICT (pipeline, topic, kafka_partition) DO UPDATE SET "
+    "next_offset = GREATEST(_c2pg.offsets.next_offset, EXCLUDED.next_offset), updated_at = now()")

@@ -794,7 +794,10 @@ def mutated_events(draw) -> tuple[bytes | None, bytes]:
     raw_key, raw_value = draw(st.sampled_from(RAW))
     doc = {"key": json.loads(raw_key), "value": json.loads(raw_value)}
     for _ in range(draw(st.integers(min_value=1, max_value=3))):
-        path = draw(st.sampled_from(_paths(doc)[1:]))
+        paths = _paths(doc)[1:]
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
         parent = doc
         for p in path[:-1]:
             parent = parent[p]
