@@ -276,7 +276,8 @@ def _stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
 
 def run_jdbc_sink(bootstrap: str, topic: str, pg: dict[str, Any], table: str, expected_events: int,
                   *, timeout_s: float, batch_size: int = 2000, tasks_max: int | None = None,
-                  reduction_buffer: bool = False, fresh_table: bool = True,
+                  reduction_buffer: bool = False, unnest_insert: bool = False,
+                  rewrite_batched_inserts: bool = False, fresh_table: bool = True,
                   stack_root: Path | None = None, poll_s: float = 0.05) -> dict[str, Any]:
     """Apply ``topic`` to ``table`` with the Debezium JDBC sink in Kafka Connect standalone.
 
@@ -326,6 +327,9 @@ def run_jdbc_sink(bootstrap: str, topic: str, pg: dict[str, Any], table: str, ex
         "rest.advertised.host.name": v.HOST,
         "rest.advertised.port": port,
         "plugin.path": plugins,
+        # Connect's own advice in its log: every plugin here has ServiceLoader manifests, and
+        # the default (hybrid_warn) spends ~7 s more on a reflective scan at start-up.
+        "plugin.discovery": "service_load",
         "consumer.auto.offset.reset": "earliest",
         "consumer.max.poll.records": batch_size,
     }))
@@ -334,7 +338,8 @@ def run_jdbc_sink(bootstrap: str, topic: str, pg: dict[str, Any], table: str, ex
         "connector.class": CONNECTOR_CLASS,
         "tasks.max": tasks,
         "topics": topic,
-        "connection.url": f"jdbc:postgresql://{pg['host']}:{pg['port']}/{pg['dbname']}",
+        "connection.url": f"jdbc:postgresql://{pg['host']}:{pg['port']}/{pg['dbname']}"
+                          + ("?reWriteBatchedInserts=true" if rewrite_batched_inserts else ""),
         "connection.username": pg["user"],
         "connection.password": pg["password"],
         "insert.mode": "upsert",
@@ -344,6 +349,7 @@ def run_jdbc_sink(bootstrap: str, topic: str, pg: dict[str, Any], table: str, ex
         "collection.name.format": table,
         "batch.size": batch_size,
         "use.reduction.buffer": str(reduction_buffer).lower(),
+        "dialect.postgres.unnest.insert.enabled": str(unnest_insert).lower(),
     }))
     os.chmod(tmp / "connector.properties", 0o600)
 
@@ -436,6 +442,8 @@ def run_jdbc_sink(bootstrap: str, topic: str, pg: dict[str, Any], table: str, ex
         "tasks_max": tasks,
         "batch_size": batch_size,
         "reduction_buffer": reduction_buffer,
+        "unnest_insert": unnest_insert,
+        "rewrite_batched_inserts": rewrite_batched_inserts,
         # Seconds from launching the JVM: REST answering, all tasks RUNNING, first row seen, caught up.
         "startup": {"rest_s": _rel(t_rest, t_launch), "running_s": _rel(t_running, t_launch),
                     "first_row_s": _rel(t_first, t_launch), "done_s": _rel(t_done, t_launch)},
@@ -539,6 +547,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=2000)
     p.add_argument("--tasks", type=int, default=None, help="tasks.max (default: the topic's partitions)")
     p.add_argument("--reduction-buffer", action="store_true", help="use.reduction.buffer=true")
+    p.add_argument("--unnest", action="store_true", help="dialect.postgres.unnest.insert.enabled=true")
+    p.add_argument("--rewrite-batched-inserts", action="store_true",
+                   help="the PostgreSQL driver's reWriteBatchedInserts=true")
     p.add_argument("--keep", action="store_true", help="keep the topic and the table afterwards")
     p.add_argument("--install-only", action="store_true", help="resolve the artifacts and stop")
     args = p.parse_args(argv)
@@ -549,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.selftest:
         p.error("nothing to do: pass --selftest (or --install-only); benchmarks/sync.py uses the API")
     result = selftest(args.events, keep=args.keep, batch_size=args.batch_size, tasks_max=args.tasks,
-                      reduction_buffer=args.reduction_buffer)
+                      reduction_buffer=args.reduction_buffer, unnest_insert=args.unnest,
+                      rewrite_batched_inserts=args.rewrite_batched_inserts)
     print(json.dumps(result, indent=2))
     print(f"{'OK' if result['ok'] else 'MISMATCH'}: {result['events']:,} events in {result['seconds']:.2f} s "
           f"= {result['events_per_s']:,.0f} events/s (Debezium JDBC sink {result['connector_version']}, "

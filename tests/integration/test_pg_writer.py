@@ -74,6 +74,9 @@ def test_sql_writer_equals_the_reference_for_any_batches(conn, evs, rnd, cuts):
 
 def test_offsets_move_with_the_data_and_dead_letters_are_kept(conn):
     target = _fresh_target(conn)
+    with conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM _c2pg.offsets WHERE pipeline = 'test-offsets'")
+        cur.execute("DELETE FROM _c2pg.dead_letters WHERE pipeline = 'test-offsets'")
     writer = SyncWriter(conn, target, "test-offsets")
     ev = ChangeEvent("ks", "writer_model", Op.UPSERT, 5, ("1", "1"), (("a", Cell("x", 5)),), row_marker=True)
     dead = DeadLetter("t", 0, 41, '{"pk":1}', "{not json", "DecodeError", "malformed JSON")
