@@ -170,3 +170,39 @@ def in_range(clustering: tuple[str, ...], start: Bound | None, end: Bound | None
 
 def _text_compare(_: int, a: str, b: str) -> int:
     return (a > b) - (a < b)
+
+
+def typed_compare(schema):
+    """``compare(i, a, b)`` for the table's clustering column ``i``, on canonical COPY text,
+    in Cassandra's order for the common types (numbers by value, text by UTF-8 bytes, a
+    timeuuid by its time). Used for range deletions inside one batch; the stored rows are
+    compared by PostgreSQL's own ordering (docs/adr/0002, addendum, on timeuuid)."""
+    import uuid
+    from decimal import Decimal
+
+    from engine.murmur import _unescape
+
+    def key_fn(kind: str):
+        if kind in ("tinyint", "smallint", "int", "bigint", "varint", "counter"):
+            return int
+        if kind == "decimal":
+            return Decimal
+        if kind in ("float", "double"):
+            return float
+        if kind in ("text", "ascii"):
+            return lambda t: _unescape(t).encode()
+        if kind == "timeuuid":
+            return lambda t: (uuid.UUID(t).time, uuid.UUID(t).bytes)
+        if kind == "uuid":
+            return lambda t: uuid.UUID(t).bytes
+        if kind == "boolean":
+            return lambda t: t in ("t", "true")
+        return lambda t: t  # timestamp, date, time, blob (hex), inet: text order fits
+
+    keys = [key_fn(c.cql_type.kind) for c in schema.clustering]
+
+    def compare(i: int, a: str, b: str) -> int:
+        ka, kb = keys[i](a), keys[i](b)
+        return (ka > kb) - (ka < kb)
+
+    return compare

@@ -1,0 +1,322 @@
+"""``PartitionWorker``: a Ray actor that owns Kafka partitions and applies their events.
+
+Created and supervised by :class:`engine.sync_supervisor.SyncSupervisor`, which gives each
+worker its partitions (``assign()``, no consumer-group rebalancing). Everything the worker
+holds is derived from resume state: it reads its starting offsets from ``_c2pg.offsets``
+(where the writer commits them with the data), so a restarted worker — or another worker
+given the same partitions — continues exactly after the last committed batch.
+
+Concurrency: the loop runs in the ``loop`` concurrency group (one thread); ``status``,
+``pause``, ``resume`` and ``stop`` run in ``control``, so they answer while a batch is being
+applied. A batch closes on ``sync.batch_max_events``, ``sync.batch_max_bytes`` or
+``sync.batch_max_wait``, whichever comes first.
+
+Failure: a batch that cannot be committed (PostgreSQL down, a bug) is not acknowledged:
+the worker seeks its partitions back to the committed offsets and retries with backoff,
+reporting ``state = "retrying"`` and the error in its status. An exception that escapes
+the loop ends ``run()`` with that exception; the supervisor restarts the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import ray
+
+from engine.config import PipelineConfig, TableConfig
+
+log = logging.getLogger("c2pg.sync.worker")
+
+
+@dataclass
+class PartitionState:
+    topic: str
+    partition: int
+    next_offset: int | None = None  # committed: the next offset to apply
+    high_watermark: int | None = None
+    last_write_ts_us: int | None = None
+    events: int = 0
+    rate: float = 0.0  # events/s, smoothed
+
+    @property
+    def lag(self) -> int | None:
+        if self.high_watermark is None:
+            return None
+        return max(0, self.high_watermark - (self.next_offset or 0))
+
+
+@dataclass
+class WorkerState:
+    state: str = "starting"  # starting | running | paused | retrying | stopped | failed
+    error: str | None = None
+    batches: int = 0
+    paused_tables: set[str] = field(default_factory=set)
+    paused_all: bool = False
+
+
+@ray.remote(concurrency_groups={"loop": 1, "control": 4})
+class PartitionWorker:
+    def __init__(self, cfg: PipelineConfig, worker_id: int, partitions: list[tuple[str, int]],
+                 paused_tables: list[str] | None = None, paused_all: bool = False):
+        from engine import log as c2pg_log
+
+        c2pg_log.configure()
+        c2pg_log.bind(pipeline=cfg.name)
+        self.cfg = cfg
+        self.worker_id = worker_id
+        self.partitions = [tuple(p) for p in partitions]
+        self.state = WorkerState(paused_tables=set(paused_tables or []), paused_all=paused_all)
+        self.parts = {p: PartitionState(*p) for p in self.partitions}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.tables: dict[str, TableConfig] = {cfg.kafka.topic_for(t.keyspace, t.table): t for t in cfg.tables}
+
+    # --- control -----------------------------------------------------------------------
+
+    @ray.method(concurrency_group="control")
+    def status(self) -> dict:
+        with self._lock:
+            return {"worker": self.worker_id, "state": self.state.state, "error": self.state.error,
+                    "batches": self.state.batches, "paused_all": self.state.paused_all,
+                    "paused_tables": sorted(self.state.paused_tables),
+                    "partitions": [{"topic": p.topic, "partition": p.partition, "table": self._table_name(p.topic),
+                                    "offset": p.next_offset, "high_watermark": p.high_watermark, "lag": p.lag,
+                                    "last_write_ts_us": p.last_write_ts_us, "events": p.events,
+                                    "events_per_s": round(p.rate, 1)} for p in self.parts.values()]}
+
+    @ray.method(concurrency_group="control")
+    def pause(self, table: str | None = None) -> None:
+        with self._lock:
+            if table is None:
+                self.state.paused_all = True
+            else:
+                self.state.paused_tables.add(table)
+
+    @ray.method(concurrency_group="control")
+    def resume(self, table: str | None = None) -> None:
+        with self._lock:
+            if table is None:
+                self.state.paused_all = False
+                self.state.paused_tables.clear()
+            else:
+                self.state.paused_tables.discard(table)
+
+    @ray.method(concurrency_group="control")
+    def stop(self) -> None:
+        """Finish the batch in flight, then leave the loop (``run()`` returns)."""
+        self._stop.set()
+
+    # --- the loop ------------------------------------------------------------------------
+
+    @ray.method(concurrency_group="loop")
+    def run(self) -> str:
+        import psycopg2
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        from engine import cql
+        from engine.sync_apply import Record, TableApplier
+
+        cfg = self.cfg
+        conn = psycopg2.connect(**cfg.postgres.connect_kwargs(application_name=f"c2pg-sync-{self.worker_id}"))
+        cluster, session = cql.connect(cfg.cassandra)
+        consumer = Consumer({**cfg.kafka.client_conf(), "group.id": f"c2pg-{cfg.name}",
+                             "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                             "enable.partition.eof": False})
+        try:
+            registry = None
+            if cfg.kafka.value_format == "avro":
+                from confluent_kafka.schema_registry import SchemaRegistryClient
+
+                registry = SchemaRegistryClient(cfg.schema_registry.client_conf())
+            appliers = {topic: TableApplier(cfg, self.tables[topic], conn, session, registry)
+                        for topic in {t for t, _ in self.partitions}}
+            committed = self._committed_offsets(conn)
+            consumer.assign([TopicPartition(t, p, committed.get((t, p), OFFSET_BEGINNING))
+                             for t, p in self.partitions])
+            with self._lock:
+                for key, off in committed.items():
+                    if key in self.parts:
+                        self.parts[key].next_offset = off
+                self.state.state = "running"
+            backoff = 1.0
+            while not self._stop.is_set():
+                self._apply_pauses(consumer)
+                batch = self._poll_batch(consumer)
+                self._refresh_watermarks(consumer)
+                if not batch:
+                    continue
+                try:
+                    self._apply(batch, appliers)
+                    backoff = 1.0
+                except Exception as exc:  # noqa: BLE001 - not committed: rewind, report, retry
+                    log.warning("batch not applied (%s: %s); retrying in %.0fs", type(exc).__name__, exc, backoff)
+                    with self._lock:
+                        self.state.state, self.state.error = "retrying", f"{type(exc).__name__}: {exc}"
+                    self._rewind(consumer, conn)
+                    self._stop.wait(backoff)
+                    backoff = min(30.0, backoff * 2)
+                    conn = self._reconnect(conn, appliers)
+            with self._lock:
+                self.state.state = "stopped"
+            return "stopped"
+        finally:
+            consumer.close()
+            cluster.shutdown()
+            conn.close()
+
+    def _table_name(self, topic: str) -> str:
+        t = self.tables.get(topic)
+        return f"{t.keyspace}.{t.table}" if t else topic
+
+    def _committed_offsets(self, conn) -> dict[tuple[str, int], int]:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT topic, kafka_partition, next_offset FROM _c2pg.offsets WHERE pipeline = %s",
+                        (self.cfg.name,))
+            return {(t, p): o for t, p, o in cur.fetchall()}
+
+    def _apply_pauses(self, consumer) -> None:
+        from confluent_kafka import TopicPartition
+
+        with self._lock:
+            paused = {p for p in self.partitions
+                      if self.state.paused_all or self._table_name(p[0]) in self.state.paused_tables}
+            if self.state.state in ("running", "paused"):
+                self.state.state = "paused" if paused and len(paused) == len(self.partitions) else "running"
+        running = [p for p in self.partitions if p not in paused]
+        if paused:
+            consumer.pause([TopicPartition(t, p) for t, p in paused])
+        if running:
+            consumer.resume([TopicPartition(t, p) for t, p in running])
+
+    def _poll_batch(self, consumer) -> list:
+        from engine.sync_apply import Record
+
+        s = self.cfg.sync
+        deadline = time.monotonic() + s.batch_max_wait.total_seconds()
+        batch, size = [], 0
+        while len(batch) < s.batch_max_events and size < s.batch_max_bytes:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stop.is_set():
+                break
+            for m in consumer.consume(num_messages=min(1000, s.batch_max_events - len(batch)),
+                                      timeout=min(remaining, s.poll_timeout.total_seconds())):
+                if m.error():
+                    log.warning("kafka: %s", m.error())
+                    continue
+                batch.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value()))
+                size += len(m.value() or b"") + len(m.key() or b"")
+        return batch
+
+    def _apply(self, batch: list, appliers: dict) -> None:
+        by_topic: dict[str, list] = defaultdict(list)
+        for rec in batch:
+            by_topic[rec.topic].append(rec)
+        for topic, records in by_topic.items():
+            next_offsets: dict[tuple[str, int], int] = {}
+            for r in records:
+                next_offsets[(r.topic, r.partition)] = max(next_offsets.get((r.topic, r.partition), 0), r.offset + 1)
+            t0 = time.monotonic()
+            result = appliers[topic].apply(records, next_offsets)
+            _metrics().record(self.cfg.name, self._table_name(topic), result, time.monotonic() - t0)
+            with self._lock:
+                self.state.batches += 1
+                self.state.error = None
+                for (t, p), nxt in next_offsets.items():
+                    st = self.parts[(t, p)]
+                    n = sum(1 for r in records if r.partition == p)
+                    st.events += n
+                    st.next_offset = nxt
+                    if result.max_write_ts_us:
+                        st.last_write_ts_us = max(st.last_write_ts_us or 0, result.max_write_ts_us)
+                    elapsed = max(1e-3, time.monotonic() - t0)
+                    st.rate = 0.8 * st.rate + 0.2 * (n / elapsed) if st.rate else n / elapsed
+
+    def _refresh_watermarks(self, consumer) -> None:
+        from confluent_kafka import TopicPartition
+
+        for (t, p), st in self.parts.items():
+            try:
+                _, high = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=0.5, cached=False)
+            except Exception:  # noqa: BLE001 - a transient metadata error only delays the lag figure
+                continue
+            st.high_watermark = high
+            _metrics().lag(self.cfg.name, t, p, st.lag)
+
+    def _rewind(self, consumer, conn) -> None:
+        """Seek every partition back to its committed offset (the failed batch is re-read)."""
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        with self._lock:
+            positions = {k: st.next_offset for k, st in self.parts.items()}
+        for (t, p), off in positions.items():
+            try:
+                consumer.seek(TopicPartition(t, p, off if off is not None else OFFSET_BEGINNING))
+            except Exception:  # noqa: BLE001 - seek fails for a partition not fetched yet: it starts there anyway
+                pass
+
+    def _reconnect(self, conn, appliers: dict):
+        """A new connection when the old one is closed (PostgreSQL restarted)."""
+        import psycopg2
+
+        if not conn.closed:
+            return conn
+        try:
+            new = psycopg2.connect(**self.cfg.postgres.connect_kwargs(application_name=f"c2pg-sync-{self.worker_id}"))
+        except psycopg2.OperationalError:
+            return conn
+        for applier in appliers.values():
+            applier.conn = new
+            applier.writer.conn = new
+        return new
+
+
+class _Metrics:
+    """c2pg's sync metrics in the Ray dashboard / Prometheus (``ray_`` prefix added by Ray)."""
+
+    def __init__(self) -> None:
+        from ray.util import metrics
+
+        self.events = metrics.Counter("c2pg_sync_events", "change events consumed",
+                                      tag_keys=("pipeline", "table"))
+        self.applied = metrics.Counter("c2pg_sync_rows_applied", "reduced rows merged",
+                                       tag_keys=("pipeline", "table"))
+        self.dead = metrics.Counter("c2pg_sync_dead_letters", "events sent to the dead letters",
+                                    tag_keys=("pipeline", "table"))
+        self.latency = metrics.Histogram("c2pg_sync_apply_seconds", "seconds to apply one batch",
+                                         boundaries=[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+                                         tag_keys=("pipeline", "table"))
+        self.batch = metrics.Histogram("c2pg_sync_batch_events", "events per batch",
+                                       boundaries=[10, 100, 500, 1000, 5000, 10000], tag_keys=("pipeline", "table"))
+        self.delay = metrics.Gauge("c2pg_sync_delay_seconds", "now minus the newest write time applied",
+                                   tag_keys=("pipeline", "table"))
+        self.lag_gauge = metrics.Gauge("c2pg_sync_lag", "records not yet applied, per partition",
+                                       tag_keys=("pipeline", "topic", "partition"))
+
+    def record(self, pipeline: str, table: str, result, seconds: float) -> None:
+        tags = {"pipeline": pipeline, "table": table}
+        self.events.inc(result.events, tags)
+        self.applied.inc(result.applied_rows, tags)
+        if result.dead_letters:
+            self.dead.inc(result.dead_letters, tags)
+        self.latency.observe(seconds, tags)
+        self.batch.observe(result.events, tags)
+        if result.max_write_ts_us:
+            self.delay.set(max(0.0, time.time() - result.max_write_ts_us / 1e6), tags)
+
+    def lag(self, pipeline: str, topic: str, partition: int, lag: int | None) -> None:
+        if lag is not None:
+            self.lag_gauge.set(lag, {"pipeline": pipeline, "topic": topic, "partition": str(partition)})
+
+
+_METRICS: _Metrics | None = None
+
+
+def _metrics() -> _Metrics:
+    global _METRICS
+    if _METRICS is None:
+        _METRICS = _Metrics()
+    return _METRICS
