@@ -17,6 +17,7 @@ from engine.errors import C2pgError
 
 
 def main(argv: list[str] | None = None) -> int:
+    ray_token_auth()
     parser = _parser()
     args = parser.parse_args(argv)
     log.configure(args.log_level)
@@ -27,6 +28,16 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def ray_token_auth() -> None:
+    """Speak Ray's token authentication when a token is present (the local stack's Ray head
+    has it on); Ray reads the mode once, at import, so this runs first."""
+    import os
+
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or
+                                             Path.home().joinpath(".ray", "auth_token").exists()):
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,6 +77,21 @@ def _parser() -> argparse.ArgumentParser:
     snap = sub.add_parser("snapshot", help="copy a Cassandra table into PostgreSQL (Ray Data)")
     snapshot_job.add_arguments(snap)
     snap.set_defaults(func=snapshot_job.run)
+
+    sync = sub.add_parser("sync", help="continuous sync (Ray actors)").add_subparsers(
+        required=True, metavar="ACTION")
+    for action, help_text in (("start", "start the pipeline's supervisor (detached) and return"),
+                              ("stop", "drain the workers and remove the supervisor"),
+                              ("status", "per partition: offset, lag, last write applied, events/s"),
+                              ("pause", "stop applying (the whole pipeline, or --table KS.TABLE)"),
+                              ("resume", "apply again")):
+        sp = sync.add_parser(action, help=help_text)
+        sp.add_argument("--config", type=Path, required=True)
+        if action in ("pause", "resume"):
+            sp.add_argument("--table", help="KEYSPACE.TABLE (default: every table)")
+        if action == "status":
+            sp.add_argument("--json", action="store_true")
+        sp.set_defaults(func=_sync, action=action)
 
     hl = sub.add_parser("health", help="check every component a pipeline uses")
     hl.add_argument("--config", type=Path, required=True)
@@ -147,6 +173,54 @@ def _stack_env(args: argparse.Namespace) -> int:
     ray = stack.services["ray"]
     print(f"export RAY_ADDRESS={ray.dashboard_url}")  # type: ignore[attr-defined]
     print("export RAY_AUTH_MODE=token")
+    return 0
+
+
+# --- sync -------------------------------------------------------------------------------
+
+
+def _sync(args: argparse.Namespace) -> int:
+    import ray
+
+    from engine.config import load_config
+    from engine.sync_supervisor import find, get_or_start
+    from jobs.sync import progress
+
+    cfg = load_config(args.config)
+    ray.init(address="auto", ignore_reinit_error=True, log_to_driver=False, logging_level="WARNING")
+    if args.action == "start":
+        sup = get_or_start(cfg)
+        ray.get(sup.ping.remote())
+        print(f"sync {cfg.name}: supervisor running ({len(cfg.tables)} table(s), {cfg.sync.workers} worker(s))")
+        return 0
+    sup = find(cfg.name)
+    if sup is None:
+        print(f"c2pg: no sync running for pipeline {cfg.name!r} (c2pg sync start --config ...)", file=sys.stderr)
+        return 1
+    if args.action == "stop":
+        ray.get(sup.stop.remote(), timeout=120)
+        ray.kill(sup, no_restart=True)
+        print(f"sync {cfg.name}: stopped; offsets committed")
+    elif args.action in ("pause", "resume"):
+        ray.get(getattr(sup, args.action).remote(args.table))
+        print(f"sync {cfg.name}: {args.action}d {args.table or 'every table'}")
+    else:
+        status = ray.get(sup.status.remote(), timeout=30)
+        if args.json:
+            print(json.dumps(status, indent=2, default=str))
+            return 0
+        print(progress(status)[2])
+        print(f"{'WORKER':<7} {'STATE':<10} {'TABLE':<28} {'PART':>4} {'OFFSET':>9} {'LAG':>7} "
+              f"{'EVENTS/S':>9}  LAST WRITE APPLIED")
+        for w in status["workers"]:
+            for p in w.get("partitions", []):
+                ts = p.get("last_write_ts_us")
+                last = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts / 1e6)) if ts else "-"
+                print(f"{w['worker']:<7} {w['state']:<10} {p.get('table', p['topic']):<28} {p['partition']:>4} "
+                      f"{str(p.get('offset', '-')):>9} {str(p.get('lag', '-')):>7} "
+                      f"{p.get('events_per_s', 0):>9}  {last}")
+            if w.get("error"):
+                print(f"        error: {w['error']}")
     return 0
 
 

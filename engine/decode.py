@@ -66,7 +66,12 @@ from engine.events import Bound, Cell, ChangeEvent, Op, Origin
 from engine.schema import Column, TableSchema
 from engine.types import ValueConversionError, codec
 
-try:  # orjson parses the connector's JSON about 3x faster than json; both give the same values
+# orjson parses the connector's JSON in about 3.4 µs per event where json takes 8.9 (the
+# fixture events). Where they differ, nothing is stored wrong: orjson turns integers beyond
+# 64 bits into floats, which every integer codec refuses (the connector never sends them:
+# varint and decimal arrive as strings), and rejects lone surrogate escapes, which no
+# Cassandra text holds.
+try:
     import orjson as _orjson
 
     _loads: Callable[[Any], Any] = _orjson.loads
@@ -469,30 +474,36 @@ class EventDecoder:
         return tuple(out)
 
     def _cells(self, after: dict, ts: int) -> tuple[tuple[str, Cell], ...]:
-        out = []
+        out: list[tuple[str, Cell]] = []
+        append = out.append
+        null_cell = None                            # one shared Cell(None, ts): it is immutable
         for name, conv in self._regular:
             cell = after.get(name)
             if cell is None:                        # not touched by this mutation
                 continue
             if cell.__class__ is not dict:
                 raise _Bad(f"cell is {_kind(cell)}, not a cell record", name)
-            if "value" not in cell:
-                raise _Bad("cell has no field 'value'", name)
-            v = cell["value"]
-            if v is None:                           # set to null, or the column deleted
-                out.append((name, Cell(None, ts)))
-                continue
             try:
-                text = conv(v)
-            except ValueConversionError as exc:
-                raise _Bad(str(exc), name) from exc
-            if text is None:                        # e.g. [] in a non-frozen collection: null in Cassandra
-                out.append((name, Cell(None, ts)))
-                continue
-            expires = cell.get("deletion_ts")
-            if expires is not None and expires.__class__ is not int:
-                raise _Bad(f"deletion_ts must be an integer (µs) or null, not {_kind(expires)}", name)
-            out.append((name, Cell(text, ts, expires)))
+                v = cell["value"]
+            except KeyError:
+                raise _Bad("cell has no field 'value'", name) from None
+            if v is not None:
+                try:
+                    text = conv(v)
+                except ValueConversionError as exc:
+                    raise _Bad(str(exc), name) from exc
+                if text is not None:
+                    expires = cell.get("deletion_ts")
+                    if expires is not None and expires.__class__ is not int:
+                        raise _Bad(f"deletion_ts must be an integer (µs) or null, not {_kind(expires)}",
+                                   name)
+                    append((name, Cell(text, ts, expires)))
+                    continue
+                # else: e.g. [] in a non-frozen collection, which is null in Cassandra
+            # Set to null, or the column deleted: a deletion of the cell at ts.
+            if null_cell is None:
+                null_cell = Cell(None, ts)
+            append((name, null_cell))
         return tuple(out)
 
     def _deletes_one_row(self, raw_key: Any, after: dict) -> bool:

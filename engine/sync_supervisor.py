@@ -151,6 +151,11 @@ class SyncSupervisor:
     def ping(self) -> str:
         return "ok"
 
+    def workers(self) -> dict[int, object]:
+        """The worker actors by slot (operators and the crash tests kill one with ray.kill)."""
+        with self._lock:
+            return {slot: s["actor"] for slot, s in self.slots.items()}
+
     # --- supervision ---------------------------------------------------------------------
 
     def _supervise(self) -> None:

@@ -84,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine.cli import ray_token_auth
+
+    ray_token_auth()
     p = argparse.ArgumentParser(prog="python -m jobs.sync", description=__doc__.splitlines()[0])
     add_arguments(p)
     args = p.parse_args(argv)

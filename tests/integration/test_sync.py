@@ -15,7 +15,7 @@ import ray
 
 from engine import cql
 from engine.config import TableConfig
-from engine.sync_supervisor import get_or_start
+from engine.sync_supervisor import find, get_or_start
 from tests.integration.cdc_scenarios import TopicTail
 from tests.integration.equality import wait_equal
 
@@ -65,10 +65,12 @@ def sync_table(cass, pg, pipeline, ray_cluster, request):
     tail.close()
     sup = get_or_start(cfg)
     yield cfg, name, sup
-    try:
-        ray.get(sup.stop.remote(), timeout=60)
-    finally:
-        ray.kill(sup, no_restart=True)
+    current = find(cfg.name)  # a test may have replaced the supervisor
+    if current is not None:
+        try:
+            ray.get(current.stop.remote(), timeout=60)
+        finally:
+            ray.kill(current, no_restart=True)
 
 
 def test_every_kind_of_write_reaches_postgres_and_the_tables_end_equal(cass, pg, sync_table):
@@ -113,3 +115,143 @@ def test_a_late_older_write_after_a_delete_does_not_resurrect_and_a_newer_one_do
     with pg, pg.cursor() as cur:
         cur.execute(f'SELECT a FROM sync_test."{t}" WHERE pk = 1')
         assert cur.fetchall() == [("newer",)]
+
+
+class _Writer:
+    """Writes rows to the table in a background thread (a steady stream while we break things)."""
+
+    def __init__(self, cass, table: str, rows: int, start: int = 100):
+        import threading
+
+        self.stmt = cass.prepare(f"INSERT INTO {KS}.{table} (pk, ck, a, b) VALUES (?, ?, ?, ?)")
+        self.cass, self.rows, self.start = cass, rows, start
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for i in range(self.start, self.start + self.rows):
+            self.cass.execute(self.stmt, (i % 50, i, f"v{i}", i))
+            time.sleep(0.005)
+
+    def join(self) -> None:
+        self.thread.join(timeout=120)
+
+
+def _offsets(pg, pipeline: str) -> dict:
+    with pg, pg.cursor() as cur:
+        cur.execute("SELECT topic, kafka_partition, next_offset FROM _c2pg.offsets WHERE pipeline = %s", (pipeline,))
+        return {(t, p): o for t, p, o in cur.fetchall()}
+
+
+def test_pause_stops_applying_and_resume_catches_up(cass, pg, sync_table):
+    cfg, t, sup = sync_table
+    cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (1, 1, 'before pause')")
+    assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
+    ray.get(sup.pause.remote())
+    time.sleep(1)
+    before = _offsets(pg, cfg.name)
+    for i in range(20):
+        cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (2, %s, 'while paused')", (i,))
+    time.sleep(6)  # the events reach Kafka (~1 s) and would have been applied by now
+    assert _offsets(pg, cfg.name) == before, "offsets stay while paused"
+    status = ray.get(sup.status.remote())
+    assert {w["state"] for w in status["workers"]} == {"paused"}
+    assert sum(p["lag"] or 0 for w in status["workers"] for p in w["partitions"]) >= 20
+    ray.get(sup.resume.remote())
+    assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
+
+
+def test_killing_a_worker_mid_stream_loses_nothing(cass, pg, sync_table):
+    cfg, t, sup = sync_table
+    writer = _Writer(cass, t, rows=400)
+    time.sleep(2)
+    victims = ray.get(sup.workers.remote())
+    for actor in victims.values():
+        ray.kill(actor, no_restart=True)
+    writer.join()
+    assert wait_equal(cass, pg, KS, t, "sync_test", t, timeout_s=120) == []
+    status = ray.get(sup.status.remote())
+    assert sum(w["restarts"] for w in status["workers"]) >= 1
+
+
+def test_killing_the_supervisor_mid_stream_loses_nothing(cass, pg, sync_table):
+    cfg, t, sup = sync_table
+    writer = _Writer(cass, t, rows=300)
+    time.sleep(2)
+    ray.kill(sup, no_restart=False)  # Ray restarts it (max_restarts=-1); its workers die with it
+    writer.join()
+    assert wait_equal(cass, pg, KS, t, "sync_test", t, timeout_s=120) == []
+    assert ray.get(sup.ping.remote()) == "ok"
+
+
+def test_a_postgres_restart_mid_stream_loses_nothing(cass, pg, sync_table, stack):
+    cfg, t, sup = sync_table
+    writer = _Writer(cass, t, rows=300)
+    time.sleep(2)
+    stack.down(["postgres"], on_event=lambda m: None)
+    time.sleep(3)
+    stack.up(["postgres"], on_event=lambda m: None)
+    writer.join()
+    fresh = psycopg2.connect(**cfg.postgres.connect_kwargs())
+    try:
+        assert wait_equal(cass, fresh, KS, t, "sync_test", t, timeout_s=120) == []
+    finally:
+        fresh.close()
+
+
+def test_replaying_the_topic_and_shuffled_duplicates_end_equal(cass, pg, sync_table, pipeline):
+    import random
+
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    cfg, t, sup = sync_table
+    for i in range(60):
+        cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a, b) VALUES (%s, %s, %s, %s)", (i % 7, i % 5, f"v{i}", i))
+        if i % 4 == 0:
+            cass.execute(f"DELETE a FROM {KS}.{t} WHERE pk = %s AND ck = %s", (i % 7, (i + 1) % 5))
+        if i % 9 == 0:
+            cass.execute(f"DELETE FROM {KS}.{t} WHERE pk = %s", ((i + 3) % 7,))
+    assert wait_equal(cass, pg, KS, t, "sync_test", t, timeout_s=90) == []
+    ray.get(sup.stop.remote(), timeout=60)
+    ray.kill(sup, no_restart=True)
+
+    topic = f"c2pg.{KS}.{t}"
+    consumer = Consumer({"bootstrap.servers": "127.0.0.1:9092", "group.id": f"copy-{t}", "enable.auto.commit": False})
+    parts = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    records = []
+    while len(records) < sum(ends.values()):
+        m = consumer.poll(5)
+        assert m is not None, "could not read the topic back"
+        if not m.error():
+            records.append((m.partition(), m.key(), m.value()))
+    consumer.close()
+
+    # 1. Replay the whole topic from the start into an empty table: equal again.
+    with pg, pg.cursor() as cur:
+        cur.execute(f'TRUNCATE sync_test."{t}"')
+        cur.execute("DELETE FROM _c2pg.offsets WHERE pipeline = %s", (cfg.name,))
+    sup = get_or_start(cfg)
+    assert wait_equal(cass, pg, KS, t, "sync_test", t, timeout_s=90) == []
+    ray.get(sup.stop.remote(), timeout=60)
+    ray.kill(sup, no_restart=True)
+
+    # 2. The same records shuffled and duplicated, appended to the topic; sync reads only them.
+    rnd = random.Random(4)
+    copies = records + [rnd.choice(records) for _ in range(len(records) // 2)]
+    rnd.shuffle(copies)
+    producer = Producer({"bootstrap.servers": "127.0.0.1:9092"})
+    for part, key, value in copies:
+        producer.produce(topic, key=key, value=value, partition=part)
+    producer.flush(30)
+    with pg, pg.cursor() as cur:
+        cur.execute(f'TRUNCATE sync_test."{t}"')
+        cur.execute("DELETE FROM _c2pg.offsets WHERE pipeline = %s", (cfg.name,))
+        cur.execute("INSERT INTO _c2pg.offsets (pipeline, topic, kafka_partition, next_offset) VALUES %s"
+                    % ", ".join(f"('{cfg.name}', '{topic}', {p}, {ends[p]})" for p in parts))
+    sup = get_or_start(cfg)
+    try:
+        assert wait_equal(cass, pg, KS, t, "sync_test", t, timeout_s=90) == []
+    finally:
+        ray.get(sup.stop.remote(), timeout=60)

@@ -225,15 +225,15 @@ def test_row_delete():
 
 def test_partition_delete_has_the_partition_key_only():
     *_, delete = decode_fixture("partition_delete")
-    assert delete == ChangeEvent("c2pg_fixtures", "kitchen_sink", Op.PARTITION_DELETE, 1795675113318210, ("6",),
-                                 origin=Origin(TOPIC, 0, 7))
+    assert delete == ChangeEvent("c2pg_fixtures", "kitchen_sink", Op.PARTITION_DELETE, 1795675113318210,
+                                 ("6",), origin=Origin(TOPIC, 0, 7))
 
 
 def test_range_delete_bounds_and_inclusivity():
     _, rng, _ = decode_fixture("range_delete")       # arrival order i, r, i (fact 5)
     assert rng == ChangeEvent("c2pg_fixtures", "kitchen_sink", Op.RANGE_DELETE, 1795675119333610, ("7",),
-                              range_start=Bound(("1",), inclusive=False), range_end=Bound(("5",), inclusive=True),
-                              origin=Origin(TOPIC, 1, 5))
+                              range_start=Bound(("1",), inclusive=False),
+                              range_end=Bound(("5",), inclusive=True), origin=Origin(TOPIC, 1, 5))
 
 
 def test_collections_are_the_elements_given():
@@ -271,7 +271,8 @@ def test_json_with_schema_envelope_decodes_the_same(name):
     for raw in events_of(name):
         key, value = json.loads(raw["raw_key"]), value_of(raw)
         plain = DEC.decode(enc(raw["raw_key"]), enc(raw["raw_value"]), origin(raw))
-        wrapped = DEC.decode(json.dumps(envelope(key)).encode(), json.dumps(envelope(value)).encode(), origin(raw))
+        wrapped = DEC.decode(json.dumps(envelope(key)).encode(), json.dumps(envelope(value)).encode(),
+                             origin(raw))
         assert wrapped == plain
 
 
@@ -362,7 +363,8 @@ def test_range_bound_values_are_put_in_clustering_order_by_name():
     value = event("r", {"p1": cell("a"), "p2": cell(2)})
     # The connector fills the values from a HashMap: any order.
     value["after"]["_range_start"] = {"method": "INCL_START_BOUND", "values": [
-        {"name": "c2", "value": "2023-11-14T22:13:20.123Z", "type": "org.apache.cassandra.db.marshal.TimestampType"},
+        {"name": "c2", "value": "2023-11-14T22:13:20.123Z",
+         "type": "org.apache.cassandra.db.marshal.TimestampType"},
         {"name": "c1", "value": "x y", "type": "org.apache.cassandra.db.marshal.UTF8Type"}]}
     value["after"]["_range_end"] = {"method": "EXCL_END_BOUND", "values": [
         {"name": "c1", "value": "x y", "type": "org.apache.cassandra.db.marshal.UTF8Type"}]}
@@ -397,7 +399,8 @@ BOUND_CASES = [
     ("bigint", "-9223372036854775808", -9223372036854775808, "-9223372036854775808"),
     ("smallint", "-3", -3, "-3"),
     ("tinyint", "-3", -3, "-3"),
-    ("varint", "123456789012345678901234567890", "123456789012345678901234567890", "123456789012345678901234567890"),
+    ("varint", "123456789012345678901234567890", "123456789012345678901234567890",
+     "123456789012345678901234567890"),
     ("decimal", "1E+3", "1E+3", "1000"),
     ("decimal", "1.50", "1.50", "1.50"),
     ("decimal", "-12345.678901234567890123", "-12345.678901234567890123", "-12345.678901234567890123"),
@@ -444,14 +447,15 @@ def test_range_bound_values_of_every_scalar_type(typ, text, cell_value, expected
     assert codec(schema.clustering[0].cql_type).from_debezium(cell_value) == expected
 
 
-@pytest.mark.parametrize("typ, text", [("int", "1.5"), ("int", ""), ("int", " 1"), ("bigint", "x"),
-                                       ("boolean", "True"), ("blob", "xyz"), ("timestamp", "2023-11-14 22:13Z"),
-                                       ("date", "2023-13-01"), ("time", "25:00"), ("uuid", "nope"),
-                                       ("double", "1_0"), ("inet", "300.1.1.1"), ("text", "a\x00b")])
+@pytest.mark.parametrize("typ, text", [
+    ("int", "1.5"), ("int", ""), ("int", " 1"), ("bigint", "x"), ("boolean", "True"), ("blob", "xyz"),
+    ("timestamp", "2023-11-14 22:13Z"), ("date", "2023-13-01"), ("time", "25:00"), ("uuid", "nope"),
+    ("double", "1_0"), ("inet", "300.1.1.1"), ("text", "a\x00b")])
 def test_bad_range_bound_values_are_decode_errors_naming_the_column(typ, text):
     schema = make_schema(f"CREATE TABLE ks.t (p int, c {typ}, v int, PRIMARY KEY (p, c))")
     value = event("r", {"p": cell(1)})
-    value["after"]["_range_end"] = {"method": "EXCL_END_BOUND", "values": [{"name": "c", "value": text, "type": "x"}]}
+    value["after"]["_range_end"] = {"method": "EXCL_END_BOUND",
+                                    "values": [{"name": "c", "value": text, "type": "x"}]}
     with pytest.raises(DecodeError) as info:
         decode_value(value, decoder=EventDecoder(schema))
     assert info.value.column == "c"
@@ -553,7 +557,8 @@ def test_delete_with_a_partial_clustering_key_is_refused():
     dec = EventDecoder(MULTI)
     after = {"p1": cell("a"), "p2": cell(2), "c1": cell("x"), "c2": cell(None, 100), "c3": cell(None, 100)}
     with pytest.raises(DecodeError, match="some clustering columns set"):
-        decode_value(event("d", after), key={"p1": "a", "p2": 2, "c1": "x", "c2": None, "c3": None}, decoder=dec)
+        decode_value(event("d", after), key={"p1": "a", "p2": 2, "c1": "x", "c2": None, "c3": None},
+                     decoder=dec)
 
 
 @pytest.mark.parametrize("start, match", [
@@ -623,10 +628,9 @@ def avro_value_schema(schema: TableSchema) -> dict:
         fields.append({"name": col.name, "type": ["null", cell_record], "default": None})
     bound = {"type": "record", "name": "range_bound", "fields": [
         {"name": "method", "type": "string"},
-        {"name": "values", "type": {"type": "array", "items": {"type": "record", "name": "clustering_value",
-                                                               "fields": [{"name": "name", "type": "string"},
-                                                                          {"name": "value", "type": "string"},
-                                                                          {"name": "type", "type": "string"}]}}}]}
+        {"name": "values", "type": {"type": "array", "items": {
+            "type": "record", "name": "clustering_value",
+            "fields": [{"name": n, "type": "string"} for n in ("name", "value", "type")]}}}]}
     fields += [{"name": "_range_start", "type": ["null", bound], "default": None},
                {"name": "_range_end", "type": ["null", "range_bound"], "default": None}]
     source = {"type": "record", "name": "source", "fields": [
@@ -707,7 +711,8 @@ def test_avro_decodes_like_json(name):
     registry = FakeRegistry({7: AVRO_VALUE, 8: AVRO_KEY})
     dec = EventDecoder(SCHEMA, value_format="avro", registry=registry)
     for raw in events_of(name):
-        key = {k: _to_avro_value(SCHEMA.columns[0].cql_type, v) for k, v in json.loads(raw["raw_key"]).items()}
+        raw_key = json.loads(raw["raw_key"])
+        key = {c.name: _to_avro_value(c.cql_type, raw_key[c.name]) for c in SCHEMA.primary_key}
         raw_value = wire(7, AVRO_VALUE, to_avro_record(SCHEMA, value_of(raw)))
         expected = DEC.decode(enc(raw["raw_key"]), enc(raw["raw_value"]), origin(raw))
         assert dec.decode(wire(8, AVRO_KEY, key), raw_value, origin(raw)) == expected
@@ -730,7 +735,8 @@ def test_avro_unknown_schema_id_and_bad_wire_format():
 
 
 def test_avro_registry_outage_is_not_a_dead_letter():
-    dec = EventDecoder(SCHEMA, value_format="avro", registry=FakeRegistry({7: ConnectionRefusedError(111, "refused")}))
+    down = FakeRegistry({7: ConnectionRefusedError(111, "refused")})
+    dec = EventDecoder(SCHEMA, value_format="avro", registry=down)
     with pytest.raises(RegistryUnavailable, match="schema id 7") as info:
         dec.decode(None, b"\x00\x00\x00\x00\x07\x02", Origin(TOPIC, 0, 1))
     assert not isinstance(info.value, DecodeError)
@@ -738,7 +744,8 @@ def test_avro_registry_outage_is_not_a_dead_letter():
     class NotFound(Exception):
         http_status_code = 404
 
-    dec = EventDecoder(SCHEMA, value_format="avro", registry=FakeRegistry({7: NotFound("Schema 7 not found")}))
+    missing = FakeRegistry({7: NotFound("Schema 7 not found")})
+    dec = EventDecoder(SCHEMA, value_format="avro", registry=missing)
     with pytest.raises(DecodeError, match="unknown to the schema registry"):
         dec.decode(None, b"\x00\x00\x00\x00\x07\x02", Origin(TOPIC, 0, 1))
 
@@ -827,3 +834,66 @@ def test_prop_any_cell_value_in_any_column_never_escapes(raw, col, v):
     value = json.loads(raw[1])
     value["after"][col.name] = cell(v, None)
     _decode_anything(DEC, enc(raw[0]), json.dumps(value).encode())
+
+
+# -- DESC clustering: bounds in clustering order (recorded) ----------------------------------
+#
+# Recorded on the local stack (Debezium 3.4.1.Final, Cassandra 5.0.9) for
+#   CREATE TABLE c2pg_decode_probe.desc_range (pk int, c1 int, c2 text, v int,
+#       PRIMARY KEY (pk, c1, c2)) WITH CLUSTERING ORDER BY (c1 DESC, c2 ASC) AND cdc = true
+# The last statement (a multi-column slice over mixed orders) became three range tombstones.
+DESC_STATEMENTS = [
+    "DELETE FROM T WHERE pk = 1 AND c1 > 1 AND c1 <= 5",
+    "DELETE FROM T WHERE pk = 1 AND c1 = 3 AND c2 > 'a'",
+    "DELETE FROM T WHERE pk = 1 AND c1 >= 2",
+    "DELETE FROM T WHERE pk = 1 AND c1 = 4",
+    "DELETE FROM T WHERE pk = 1 AND (c1, c2) > (2, 'b') AND (c1, c2) < (7, 'q')",
+]
+DESC_RECORDS = [
+    (2, 0, '{"pk":1,"c1":null,"c2":null}',
+     '{"ts_ms":1795678886391,"op":"r","source":{"version":"3.4.1.Final","connector":"cassandra","name":"c2pg","ts_ms":1795678885063,"snapshot":"false","db":"NULL","sequence":null,"ts_us":1795678885063450,"ts_ns":1795678885063450000,"cluster":"c2pg-dev","file":"CommitLog-7-1795675836353.log","pos":46755,"keyspace":"c2pg_decode_probe","table":"desc_range"},"after":{"pk":{"value":1,"deletion_ts":null,"set":true},"c1":null,"c2":null,"v":null,"_range_start":{"method":"INCL_START_BOUND","values":[{"name":"c1","value":"5","type":"org.apache.cassandra.db.marshal.ReversedType(org.apache.cassandra.db.marshal.Int32Type)"}]},"_range_end":{"method":"EXCL_END_BOUND","values":[{"name":"c1","value":"1","type":"org.apache.cassandra.db.marshal.ReversedType(org.apache.cassandra.db.marshal.Int32Type)"}]}}}'),
+    (2, 1, '{"pk":1,"c1":null,"c2":null}',
+     '{"ts_ms":1795678886391,"op":"r","source":{"version":"3.4.1.Final","connector":"cassandra","name":"c2pg","ts_ms":1795678885075,"snapshot":"false","db":"NULL","sequence":null,"ts_us":1795678885075199,"ts_ns":1795678885075199000,"cluster":"c2pg-dev","file":"CommitLog-7-1795675836353.log","pos":46830,"keyspace":"c2pg_decode_probe","table":"desc_range"},"after":{"pk":{"value":1,"deletion_ts":null,"set":true},"c1":null,"c2":null,"v":null,"_range_start":{"method":"EXCL_START_BOUND","values":[{"name":"c1","value":"3","type":"org.apache.cassandra.db.marshal.ReversedType(org.apache.cassandra.db.marshal.Int32Type)"},{"name":"c2","value":"a","type":"org.apache.cassandra.db.marshal.UTF8Type"}]},"_range_end":{"method":"INCL_END_BOUND","values":[{"name":"c1","value":"3","type":"org.apache.cassandra.db.marshal.ReversedType(org.apache.cassandra.db.marshal.Int32Type)"}]}}}'),
+    (2, 2, '{"pk":1,"c1":null,"c2":null}',
+     '{"ts_ms":1795678886392,"op":"r","source":{"version":"3.4.1.Final","connector":"cassandra","name":"c2pg","ts_ms":1795678885086,"snapshot":"false","db":"NULL","sequence":null,"ts_us":1795678885086699,"ts_ns":1795678885086699000,"cluster":"c2pg-dev","file":"CommitLog-7-1795675836353.log","pos":46898,"keyspace":"c2pg_decode_probe","table":"desc_range"},"after":{"pk":{"value":1,"deletion_ts":null,"set":true},"c1":null,"c2":null,"v":null,"_range_start":{"method":"INCL_START_BOUND","values":[]},"_range_end":{"method":"INCL_END_BOUND","values":[{"name":"c1","value":"2","type":"org.apache.cassandra.db.marshal.ReversedType(org.apache.cassandra.db.marshal.Int32Type)"}]}}}'),
+    (2, 3, '{"pk":1,"c1":null,"c2":null}',
+     '{"ts_ms":1795678886392,"op":"r","source":{"version":"3.4.1.Final","connector":"cassandra","name":"c2pg","ts_ms":1795678885099,"snapshot":"false","db":"NULL","sequence":null,"ts_us":1795678885099072,"ts_ns":1795678885099072000,"cluster":"c2pg-dev","file":"CommitLog-7-1795675836353.log","pos":46971,"keyspace":"c2pg_decode_probe","table":"desc_range"},"after":{"pk":{"value":1,"deletion_ts":null,"set":true},"c1":null,"c2":null,"v":null,"_range_start":{"method":"INCL_START_BOUND","values":[{"name":"c1","value":"4","type":"org.apache.cassandra.db.marshal.ReversedType(org.apache.cassandra.db.marshal.Int32Type)"}]},"_range_end":{"method":"INCL_END_BOUND","values":[{"name":"c1","value":"4","type":"org.apache.cassandra.db.marshal.ReversedType(org.apache.cassandra.db.marshal.Int32Type)"}]}}}'),
+    (2, 4, '{"pk":1,"c1":null,"c2":null}',
+     '{"ts_ms":1795678886393,"op":"r","source":{"version":"3.4.1.Final","connector":"cassandra","name":"c2pg","ts_ms":1795678885110,"snapshot":"false","db":"NULL","sequence":null,"ts_us":1795678885110440,"ts_ns":1795678885110440000,"cluster":"c2pg-dev","file":"CommitLog-7-1795675836353.log","pos":47100,"keyspace":"c2pg_decode_probe","table":"desc_range"},"after":{"pk":{"value":1,"deletion_ts":null,"set":true},"c1":null,"c2":null,"v":null,"_range_start":{"method":"INCL_START_BOUND","values":[{"name":"c1","value":"7","type":"org.apache.cassandra.db.marshal.ReversedType(org.apache.cassandra.db.marshal.Int32Type)"}]},"_range_end":{"method":"EXCL_END_BOUND","values":[{"name":"c1","value":"7","type":"org.apache.cassandra.db.marshal.ReversedType(org.apache.cassandra.db.marshal.Int32Type)"},{"name":"c2","value":"q","type":"org.apache.cassandra.db.marshal.UTF8Type"}]}}}'),
+    (2, 5, '{"pk":1,"c1":null,"c2":null}',
+     '{"ts_ms":1795678886393,"op":"r","source":{"version":"3.4.1.Final","connector":"cassandra","name":"c2pg","ts_ms":1795678885110,"snapshot":"false","db":"NULL","sequence":null,"ts_us":1795678885110440,"ts_ns":1795678885110440000,"cluster":"c2pg-dev","file":"CommitLog-7-1795675836353.log","pos":47100,"keyspace":"c2pg_decode_probe","table":"desc_range"},"after":{"pk":{"value":1,"deletion_ts":null,"set":true},"c1":null,"c2":null,"v":null,"_range_start":{"method":"EXCL_START_BOUND","values":[{"name":"c1","value":"7","type":"org.apache.cassandra.db.marshal.ReversedType(org.apache.cassandra.db.marshal.Int32Type)"}]},"_range_end":{"method":"EXCL_END_BOUND","values":[{"name":"c1","value":"2","type":"org.apache.cassandra.db.marshal.ReversedType(org.apache.cassandra.db.marshal.Int32Type)"}]}}}'),
+    (2, 6, '{"pk":1,"c1":null,"c2":null}',
+     '{"ts_ms":1795678886393,"op":"r","source":{"version":"3.4.1.Final","connector":"cassandra","name":"c2pg","ts_ms":1795678885110,"snapshot":"false","db":"NULL","sequence":null,"ts_us":1795678885110440,"ts_ns":1795678885110440000,"cluster":"c2pg-dev","file":"CommitLog-7-1795675836353.log","pos":47100,"keyspace":"c2pg_decode_probe","table":"desc_range"},"after":{"pk":{"value":1,"deletion_ts":null,"set":true},"c1":null,"c2":null,"v":null,"_range_start":{"method":"EXCL_START_BOUND","values":[{"name":"c1","value":"2","type":"org.apache.cassandra.db.marshal.ReversedType(org.apache.cassandra.db.marshal.Int32Type)"},{"name":"c2","value":"b","type":"org.apache.cassandra.db.marshal.UTF8Type"}]},"_range_end":{"method":"INCL_END_BOUND","values":[{"name":"c1","value":"2","type":"org.apache.cassandra.db.marshal.ReversedType(org.apache.cassandra.db.marshal.Int32Type)"}]}}}'),
+]
+
+
+def test_desc_clustering_bounds_follow_clustering_order():
+    schema = make_schema("CREATE TABLE c2pg_decode_probe.desc_range (pk int, c1 int, c2 text, v int, "
+                         "PRIMARY KEY (pk, c1, c2))")
+    c1, c2 = schema.clustering
+    schema = replace(schema, clustering=(replace(c1, descending=True), c2))
+    dec = EventDecoder(schema)
+    got = [dec.decode(k.encode(), v.encode(), Origin("c2pg.c2pg_decode_probe.desc_range", p, o))
+           for p, o, k, v in DESC_RECORDS]
+    assert all(ev.op is Op.RANGE_DELETE and ev.key == ("1",) and ev.cells == () for ev in got)
+    assert [(ev.range_start, ev.range_end) for ev in got] == [
+        (Bound(("5",), True), Bound(("1",), False)),           # c1 > 1 AND c1 <= 5: start = the greater
+        (Bound(("3", "a"), False), Bound(("3",), True)),       # c1 = 3 AND c2 > 'a'
+        (None, Bound(("2",), True)),                           # c1 >= 2: open at the start (the top)
+        (Bound(("4",), True), Bound(("4",), True)),            # c1 = 4
+        (Bound(("7",), True), Bound(("7", "q"), False)),       # (c1, c2) > (2, 'b') AND < (7, 'q') ...
+        (Bound(("7",), False), Bound(("2",), False)),
+        (Bound(("2", "b"), False), Bound(("2",), True)),
+    ]
+    assert len({ev.ts for ev in got[4:]}) == 1                  # ... one mutation, three tombstones
+
+
+def test_stdlib_json_fallback_decodes_the_same(monkeypatch):
+    import engine.decode as decode_module
+
+    expected = {n: decode_fixture(n) for n in FIXTURE_NAMES}
+    monkeypatch.setattr(decode_module, "_loads", json.loads)
+    monkeypatch.setattr(decode_module, "_JSON_ERRORS", (ValueError, RecursionError))
+    assert {n: decode_fixture(n) for n in FIXTURE_NAMES} == expected
+    with pytest.raises(DecodeError, match="not valid JSON"):
+        DEC.decode(None, b"[" * 100_000, Origin(TOPIC, 0, 0))
