@@ -187,21 +187,37 @@ def covers(schema: TableSchema, row: str, tomb: str) -> sql.Composed:
         return sql.SQL("({same} AND {d}._c2pg_kind IN ('row', 'partition', 'range'))").format(same=same_partition, d=d)
     same_row = sql.SQL(" AND ").join(sql.SQL("{d}.{c} = {r}.{c}").format(d=d, r=r, c=ident(c)) for c in cks)
 
-    def bound(prefix: str, length: str, incl: str, op: str) -> sql.Composed:
+    desc = [c.descending for c in schema.clustering]
+
+    def after(prefix: str, k: int, forward: bool) -> sql.Composed:
+        """Row before/after the bound's first ``k`` values in clustering order (a DESC column
+        reverses its values' order), strictly; lexicographic over the prefix."""
+        alts = []
+        for j in range(k):
+            equal = [sql.SQL("{r}.{c} = {d}.{b}").format(r=r, c=ident(cks[i]), d=d, b=ident(prefix + cks[i]))
+                     for i in range(j)]
+            op = ">" if forward != desc[j] else "<"
+            step = sql.SQL("{r}.{c} {op} {d}.{b}").format(r=r, c=ident(cks[j]), op=sql.SQL(op), d=d,
+                                                           b=ident(prefix + cks[j]))
+            alts.append(sql.SQL("({})").format(sql.SQL(" AND ").join([*equal, step])))
+        return sql.SQL("({})").format(sql.SQL(" OR ").join(alts))
+
+    def same(prefix: str, k: int) -> sql.Composed:
+        return sql.SQL(" AND ").join(sql.SQL("{r}.{c} = {d}.{b}").format(r=r, c=ident(cks[i]), d=d,
+                                                                         b=ident(prefix + cks[i])) for i in range(k))
+
+    def bound(prefix: str, length: str, incl: str, forward: bool) -> sql.Composed:
         alts = [sql.SQL("{d}.{len} = 0").format(d=d, len=sql.Identifier(length))]
         for k in range(1, len(cks) + 1):
-            rv = sql.SQL(", ").join(sql.SQL("{r}.{c}").format(r=r, c=ident(c)) for c in cks[:k])
-            dv = sql.SQL(", ").join(sql.SQL("{d}.{c}").format(d=d, c=ident(prefix + c)) for c in cks[:k])
-            alts.append(sql.SQL("({d}.{len} = {k} AND (ROW({rv}) {op} ROW({dv}) OR "
-                                "({d}.{incl} AND ROW({rv}) = ROW({dv}))))").format(
-                d=d, len=sql.Identifier(length), k=sql.Literal(k), rv=rv, dv=dv, op=sql.SQL(op),
-                incl=sql.Identifier(incl)))
+            alts.append(sql.SQL("({d}.{len} = {k} AND ({after} OR ({d}.{incl} AND {same})))").format(
+                d=d, len=sql.Identifier(length), k=sql.Literal(k), after=after(prefix, k, forward),
+                incl=sql.Identifier(incl), same=same(prefix, k)))
         return sql.SQL("({})").format(sql.SQL(" OR ").join(alts))
 
     return sql.SQL("({same} AND ({d}._c2pg_kind = 'partition' OR ({d}._c2pg_kind = 'row' AND {same_row}) OR "
                    "({d}._c2pg_kind = 'range' AND {start} AND {end})))").format(
         same=same_partition, d=d, same_row=same_row,
-        start=bound("", T_START_LEN, T_START_INCL, ">"), end=bound(END_PREFIX, T_END_LEN, T_END_INCL, "<"))
+        start=bound("", T_START_LEN, T_START_INCL, True), end=bound(END_PREFIX, T_END_LEN, T_END_INCL, False))
 
 
 def cell_killed(schema: TableSchema, row: str, tomb: str, column: str) -> sql.Composed:
@@ -433,3 +449,145 @@ SAVE_OFFSETS = sql.SQL(
     "INSERT INTO _c2pg.offsets (pipeline, topic, kafka_partition, next_offset) VALUES %s "
     "ON CONFLICT (pipeline, topic, kafka_partition) DO UPDATE SET "
     "next_offset = GREATEST(_c2pg.offsets.next_offset, EXCLUDED.next_offset), updated_at = now()")
+
+
+# --- the TTL sweep and the tombstone purge (engine.sweep) -------------------------------------
+#
+# Times are rendered as integer literals, not parameters: these statements carry
+# identifiers (column names), and a name containing "%" would clash with psycopg2's
+# parameter markers. An int literal cannot inject anything.
+
+
+def expire_cells(schema: TableSchema, target_schema: str, target_table: str, tomb_table: str,
+                 now_us: int) -> sql.Composed | None:
+    """Expire the cells whose TTL ran out at ``now_us``, in one statement (None: the table
+    has no live regular column, so nothing can expire).
+
+    - ``due``: the rows with a live regular cell whose ``_c2pg_exp`` is ``<= now_us``
+      (Cassandra: a cell is live while ``now < localDeletionTime``), locked ``FOR UPDATE
+      SKIP LOCKED``: a row a sync batch holds is left for the next sweep, so the sweep never
+      waits on a row lock (and cannot deadlock with a batch);
+    - ``kept``: rows that keep a live cell or a row marker: each expired cell becomes NULL
+      with its write time kept in ``_c2pg_wt`` (an expired cell is a deletion at its write
+      time: an older or equal-time write still loses in the merge, a newer one wins) and its
+      ``_c2pg_exp`` cleared;
+    - ``gone``: rows left with no live cell and no row marker are deleted, and every cell
+      with a known write time is kept as a ``cell`` tombstone at that time — exactly what
+      :func:`remove_empty_rows` does for the sync writer, scoped to these rows.
+
+    The row sets of ``kept`` and ``gone`` are disjoint by construction, so the two
+    data-modifying parts never touch the same row. Result: one row ``(cells expired, rows
+    removed)``. Dropped columns are neither expired nor counted (they are no longer written).
+    """
+    target = ident(target_schema, target_table)
+    keys = [c.name for c in schema.primary_key]
+    live = [(i, c.name) for i, c in enumerate(schema.regular, start=1) if not c.dropped]
+    if not live:
+        return None
+    now = sql.Literal(int(now_us))
+    t = sql.Identifier("t")
+
+    def due(i: int) -> sql.Composed:
+        return sql.SQL("COALESCE({t}.{e}[{i}] <= {now}, false)").format(t=t, e=ident(META_EXP), i=sql.Literal(i),
+                                                                       now=now)
+
+    any_due = sql.SQL("({})").format(sql.SQL(" OR ").join(due(i) for i, _ in live))
+    empty_after = sql.SQL("({} AND {}.{} IS NULL)").format(
+        sql.SQL(" AND ").join(sql.SQL("({t}.{c} IS NULL OR {due})").format(t=t, c=ident(name), due=due(i))
+                              for i, name in live), t, ident(META_ROW_TS))
+    n_due = sql.SQL(" + ").join(sql.SQL("CASE WHEN {} THEN 1 ELSE 0 END").format(due(i)) for i, _ in live)
+    live_pos = {i for i, _ in live}
+    sets = [sql.SQL("{c} = CASE WHEN {due} THEN NULL ELSE {t}.{c} END").format(c=ident(name), due=due(i), t=t)
+            for i, name in live]
+    exps = [sql.SQL("CASE WHEN {due} THEN NULL ELSE {t}.{e}[{i}] END").format(due=due(i), t=t, e=ident(META_EXP),
+                                                                            i=sql.Literal(i))
+            if i in live_pos else sql.SQL("{}.{}[{}]").format(t, ident(META_EXP), sql.Literal(i))
+            for i in range(1, len(schema.regular) + 1)]
+    sets.append(sql.SQL("{} = ARRAY[{}]::bigint[]").format(ident(META_EXP), sql.SQL(", ").join(exps)))
+    t_keys = sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in keys)
+    same_key = sql.SQL(" AND ").join(sql.SQL("t.{c} = d.{c}").format(c=ident(c)) for c in keys)
+    columns = sql.SQL("(VALUES {}) AS c(name, pos)").format(sql.SQL(", ").join(
+        sql.SQL("({}, {})").format(sql.Literal(c.name), sql.Literal(i)) for i, c in enumerate(schema.regular, start=1)))
+    return sql.SQL(
+        "WITH due AS (SELECT {t_keys}, {n_due} AS n FROM {target} AS t WHERE {any_due} FOR UPDATE SKIP LOCKED), "
+        "kept AS (UPDATE {target} AS t SET {sets} FROM due AS d WHERE {same_key} AND {any_due} AND NOT {empty} "
+        "RETURNING d.n), "
+        "gone AS (DELETE FROM {target} AS t USING due AS d WHERE {same_key} AND {any_due} AND {empty} "
+        "RETURNING {t_keys}, t.{wt}, d.n), "
+        "tombs AS (INSERT INTO {tomb} ({key_cols}, {kind}, {column}, {at}) "
+        "SELECT {g_keys}, 'cell', c.name, (g.{wt})[c.pos] FROM gone AS g CROSS JOIN {columns} "
+        "WHERE (g.{wt})[c.pos] IS NOT NULL) "
+        "SELECT (SELECT COALESCE(sum(n), 0) FROM kept) + (SELECT COALESCE(sum(n), 0) FROM gone), "
+        "(SELECT count(*) FROM gone)"
+    ).format(t_keys=t_keys, n_due=n_due, target=target, any_due=any_due, sets=sql.SQL(", ").join(sets),
+             same_key=same_key, empty=empty_after, wt=ident(META_WT), tomb=ident(STATE_SCHEMA, tomb_table),
+             key_cols=_cols(keys), kind=ident(T_KIND), column=ident(T_COLUMN), at=ident(T_DELETED_AT),
+             g_keys=sql.SQL(", ").join(sql.SQL("g.{}").format(ident(c)) for c in keys), columns=columns)
+
+
+def purge_tombstones(tomb_table: str, older_than_us: int) -> sql.Composed:
+    """Delete the tombstones whose deletion time is before ``older_than_us`` (every kind)."""
+    return sql.SQL("DELETE FROM {} WHERE {} < {}").format(
+        ident(STATE_SCHEMA, tomb_table), ident(T_DELETED_AT), sql.Literal(int(older_than_us)))
+
+
+# --- dead letters: listing and replay (engine.dlq) ---------------------------------------------
+
+DEAD_LETTER_FIELDS = ("id", "pipeline", "origin", "run_id", "keyspace", "source_table", "topic", "kafka_partition",
+                      "kafka_offset", "row_key", "error_class", "error", "created_at", "replayed_at")
+DEAD_LETTER_RAW = ("raw_key", "raw_value")
+
+
+def select_dead_letters(pipeline: str, *, origin: str | None = None, keyspace: str | None = None,
+                        table: str | None = None, since=None, include_replayed: bool = False,
+                        limit: int = 50) -> tuple[sql.Composed, tuple]:
+    """Dead letters of ``pipeline``, newest first, without their raw key and value.
+
+    ``since`` is a ``datetime`` (created at or after it) or a ``timedelta`` (that long ago).
+    """
+    where, params = [sql.SQL("pipeline = %s")], [pipeline]
+    for column, value in (("origin", origin), ("keyspace", keyspace), ("source_table", table)):
+        if value is not None:
+            where.append(sql.SQL("{} = %s").format(ident(column)))
+            params.append(value)
+    if since is not None:
+        from datetime import timedelta
+
+        where.append(sql.SQL("created_at >= now() - %s") if isinstance(since, timedelta)
+                     else sql.SQL("created_at >= %s"))
+        params.append(since)
+    if not include_replayed:
+        where.append(sql.SQL("replayed_at IS NULL"))
+    params.append(limit)
+    return (sql.SQL("SELECT {} FROM _c2pg.dead_letters WHERE {} ORDER BY id DESC LIMIT %s").format(
+        _cols(DEAD_LETTER_FIELDS), sql.SQL(" AND ").join(where)), tuple(params))
+
+
+def show_dead_letter() -> sql.Composed:
+    """One dead letter by id (parameter), raw key and value included."""
+    return sql.SQL("SELECT {} FROM _c2pg.dead_letters WHERE id = %s").format(
+        _cols(DEAD_LETTER_FIELDS + DEAD_LETTER_RAW))
+
+
+def select_replay_by_ids() -> sql.Composed:
+    """The dead letters with the given ids (parameter: a list), whatever their state: replay
+    says why it skips one."""
+    return sql.SQL("SELECT {} FROM _c2pg.dead_letters WHERE id = ANY(%s) ORDER BY id").format(
+        _cols(DEAD_LETTER_FIELDS + DEAD_LETTER_RAW))
+
+
+def select_replay_pending() -> sql.Composed:
+    """A page of the pipeline's sync dead letters not yet replayed (parameters: pipeline,
+    the last id of the previous page, page size)."""
+    return sql.SQL("SELECT {} FROM _c2pg.dead_letters WHERE pipeline = %s AND origin = 'sync' "
+                   "AND replayed_at IS NULL AND id > %s ORDER BY id LIMIT %s").format(
+        _cols(DEAD_LETTER_FIELDS + DEAD_LETTER_RAW))
+
+
+LOCK_DEAD_LETTERS = sql.SQL(
+    "SELECT id FROM _c2pg.dead_letters WHERE id = ANY(%s) AND replayed_at IS NULL FOR UPDATE SKIP LOCKED")
+MARK_REPLAYED = sql.SQL("UPDATE _c2pg.dead_letters SET replayed_at = now() WHERE id = ANY(%s)")
+# execute_values: (id, error_class, error) per dead letter that failed again.
+RECORD_REPLAY_FAILURES = sql.SQL(
+    "UPDATE _c2pg.dead_letters AS d SET error_class = v.error_class, error = v.error "
+    "FROM (VALUES %s) AS v(id, error_class, error) WHERE d.id = v.id")

@@ -174,8 +174,8 @@ def _text_compare(_: int, a: str, b: str) -> int:
 
 def typed_compare(schema):
     """``compare(i, a, b)`` for the table's clustering column ``i``, on canonical COPY text,
-    in Cassandra's order for the common types (numbers by value, text by UTF-8 bytes, a
-    timeuuid by its time). Used for range deletions inside one batch; the stored rows are
+    in the table's clustering order (Cassandra's order for the common types — numbers by
+    value, text by UTF-8 bytes, a timeuuid by its time — reversed for a DESC column). Used for range deletions inside one batch; the stored rows are
     compared by PostgreSQL's own ordering (docs/adr/0002, addendum, on timeuuid)."""
     import uuid
     from decimal import Decimal
@@ -200,9 +200,11 @@ def typed_compare(schema):
         return lambda t: t  # timestamp, date, time, blob (hex), inet: text order fits
 
     keys = [key_fn(c.cql_type.kind) for c in schema.clustering]
+    # Range bounds come in clustering order: a DESC column's order is its values' reverse.
+    signs = [-1 if c.descending else 1 for c in schema.clustering]
 
     def compare(i: int, a: str, b: str) -> int:
         ka, kb = keys[i](a), keys[i](b)
-        return (ka > kb) - (ka < kb)
+        return signs[i] * ((ka > kb) - (ka < kb))
 
     return compare

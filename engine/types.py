@@ -915,13 +915,28 @@ def _pgjson_bool(v: Any) -> str:
 
 _INT = _Scalar(drv=_int_core, dbz=_int_core, dbzkey=int, pg=_int_core, text=_int_text, json=_int_text,
                key=_int_text, pgjson=_pgjson_int, quote=False)
+
+
+def _bounded(kind: str, bits: int) -> _Scalar:
+    """An integer type of ``bits`` bits: a value outside its range (a bad event) is a
+    conversion error naming the type, not a COPY failure that would stop the whole batch."""
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+    def check(v: Any) -> int:
+        i = _int_core(v)
+        if not lo <= i <= hi:
+            raise ValueConversionError(f"{i} is outside the range of {kind} ({lo}..{hi})")
+        return i
+
+    return replace(_INT, drv=check, dbz=check, dbzkey=lambda t: check(int(t)))
 _TEXT = _Scalar(drv=_text_core, dbz=_text_core, dbzkey=_text_core, pg=_ident, text=_ident, json=_enc,
                 key=_ident, pgjson=_pgjson_str, escape=True)
 
 _KINDS: dict[str, _Scalar] = {
     "text": _TEXT,
     "ascii": _TEXT,
-    "tinyint": _INT, "smallint": _INT, "int": _INT, "bigint": _INT, "counter": _INT,
+    "tinyint": _bounded("tinyint", 8), "smallint": _bounded("smallint", 16), "int": _bounded("int", 32),
+    "bigint": _bounded("bigint", 64), "counter": _bounded("counter", 64),
     "varint": replace(_INT, dbz=_varint_core_str, dbzkey=_varint_core_str, pg=_varint_core_str),
     "decimal": _Scalar(drv=_decimal_core_pg, dbz=_decimal_core_dbz, dbzkey=Decimal, pg=_decimal_core_pg,
                        text=_decimal_text, json=_decimal_text, key=_decimal_text,

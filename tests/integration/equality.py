@@ -32,8 +32,8 @@ def differences(session, conn, keyspace: str, table: str, target_schema: str, ta
             cur.execute(sql.SQL("SELECT {} FROM {}").format(
                 sql.SQL(", ").join(sql.Identifier(c.name) for c in cols), sql.Identifier(target_schema, target_table)))
             got_rows = cur.fetchall()
-    except psycopg2.errors.UndefinedTable:
-        return [("no target table yet",)]
+    except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn) as exc:
+        return [("target not there yet", type(exc).__name__)]
     got = {}
     for row in got_rows:
         key = tuple(codec.from_pg(v) for codec, v in zip(codecs[:n_key], row[:n_key]))

@@ -20,7 +20,7 @@ from engine.schema import Column, TableSchema
 from engine.target import ensure_state, ensure_target
 from engine.pg_writer import DeadLetter, SyncWriter
 from engine.types import parse_cql_type
-from tests.unit.lww_model import _int_compare
+from tests.unit.lww_model import _desc_compare, _int_compare
 from tests.unit.test_reduce import events, reference
 
 # Each example rebuilds a real table: 60 in the suite; C2PG_PROPERTY_EXAMPLES=500 for a deep run.
@@ -29,6 +29,9 @@ INT, TEXT = parse_cql_type("int"), parse_cql_type("text")
 SCHEMA = TableSchema("ks", "writer_model", (Column("pk", "partition_key", 0, INT),),
                      (Column("ck", "clustering", 0, INT),),
                      tuple(Column(n, "regular", -1, TEXT) for n in ("a", "b", "c")), True)
+# The same with a DESC clustering column: range bounds arrive in clustering order.
+DESC = TableSchema("ks", "writer_model", SCHEMA.partition_key, (Column("ck", "clustering", 0, INT, descending=True),),
+                   SCHEMA.regular, True)
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +42,13 @@ def conn(stack, pipeline):
     c.close()
 
 
-def _fresh_target(conn):
+def _fresh_target(conn, schema=SCHEMA):
     with conn, conn.cursor() as cur:
         cur.execute("DROP SCHEMA IF EXISTS writer_test CASCADE")
         cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = 'writer_test'")
         from engine.pg_dialect import tombstone_table_name
         cur.execute(f"DROP TABLE IF EXISTS _c2pg.{tombstone_table_name('writer_test', 'model')}")
-    return ensure_target(conn, SCHEMA, "writer_test", "model", defer_token_index=False)
+    return ensure_target(conn, schema, "writer_test", "model", defer_token_index=False)
 
 
 def _materialize(conn) -> dict:
@@ -59,17 +62,18 @@ def _materialize(conn) -> dict:
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(events(), max_size=20), st.randoms(use_true_random=False),
-       st.lists(st.integers(min_value=0, max_value=25), max_size=5))
-def test_sql_writer_equals_the_reference_for_any_batches(conn, evs, rnd, cuts):
-    target = _fresh_target(conn)
+       st.lists(st.integers(min_value=0, max_value=25), max_size=5), st.booleans())
+def test_sql_writer_equals_the_reference_for_any_batches(conn, evs, rnd, cuts, descending):
+    schema, compare = (DESC, _desc_compare) if descending else (SCHEMA, _int_compare)
+    target = _fresh_target(conn, schema)
     writer = SyncWriter(conn, target, "test")
     shuffled = list(evs)
     rnd.shuffle(shuffled)
     bounds = [0, *sorted({c % (len(shuffled) + 1) for c in cuts}), len(shuffled)]
     for a, b in zip(bounds, bounds[1:]):
         if b > a:
-            writer.apply(reduce_events(shuffled[a:b], 1, _int_compare), {("t", 0): b})
-    assert _materialize(conn) == reference(evs)
+            writer.apply(reduce_events(shuffled[a:b], 1, compare), {("t", 0): b})
+    assert _materialize(conn) == reference(evs, compare)
 
 
 def test_offsets_move_with_the_data_and_dead_letters_are_kept(conn):

@@ -255,3 +255,74 @@ def test_replaying_the_topic_and_shuffled_duplicates_end_equal(cass, pg, sync_ta
         assert wait_equal(cass, pg, KS, t, "sync_test", t, timeout_s=90) == []
     finally:
         ray.get(sup.stop.remote(), timeout=60)
+
+
+def test_poison_events_go_to_dead_letters_and_the_good_ones_around_them_apply(cass, pg, sync_table):
+    import json as _json
+
+    from confluent_kafka import Producer
+
+    cfg, t, sup = sync_table
+    topic = f"c2pg.{KS}.{t}"
+    cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a, b) VALUES (5, 1, 'good before', 1)")
+    assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
+
+    def event(after: dict, table: str = t) -> bytes:
+        now = int(time.time() * 1_000_000)
+        cells = {k: (None if v is None else {"value": v, "deletion_ts": None, "set": True}) for k, v in after.items()}
+        return _json.dumps({"ts_ms": now // 1000, "op": "u", "source": {
+            "version": "3.4.1.Final", "connector": "cassandra", "name": "c2pg", "ts_ms": now // 1000, "ts_us": now,
+            "ts_ns": now * 1000, "snapshot": "false", "db": "NULL", "sequence": None, "cluster": "c2pg-dev",
+            "file": "x", "pos": 0, "keyspace": KS, "table": table},
+            "after": {**cells, "_range_start": None, "_range_end": None}}).encode()
+
+    key = _json.dumps({"pk": 5, "ck": 2}).encode()
+    poison = [
+        b"{not json at all",                                                       # malformed JSON
+        event({"pk": 5, "ck": 2, "b": "not a number"}),                            # wrong type
+        event({"pk": 5, "ck": 2, "b": 2 ** 70}),                                   # does not fit bigint
+        event({"pk": 5, "ck": 2, "a": "x"}, table='evil"; DROP TABLE sync_test.x; --'),  # table name injection
+        event({"pk": 5, "ck": 2, 'a"; DROP TABLE _c2pg.offsets; --': "x"}),        # column name injection
+        event({"pk": 5, "ck": 2, "a": "nul \x00 inside"}),                          # text PostgreSQL cannot hold
+    ]
+    producer = Producer({"bootstrap.servers": "127.0.0.1:9092"})
+    for value in poison:
+        producer.produce(topic, key=key, value=value, partition=0)
+    producer.produce(topic, key=key, value=event({"pk": 5, "ck": 2, "a": "good after"}), partition=0)
+    producer.flush(10)
+    cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a, b) VALUES (5, 3, 'good via cassandra', 3)")
+
+    deadline = time.monotonic() + 60
+    while True:
+        with pg, pg.cursor() as cur:
+            cur.execute("SELECT error_class, error, raw_value FROM _c2pg.dead_letters WHERE pipeline = %s "
+                        "ORDER BY kafka_offset", (cfg.name,))
+            dead = cur.fetchall()
+            cur.execute(f'SELECT ck, a FROM sync_test."{t}" WHERE pk = 5 ORDER BY ck')
+            rows = cur.fetchall()
+        if len(dead) >= len(poison) and (2, "good after") in rows and (3, "good via cassandra") in rows:
+            break
+        assert time.monotonic() < deadline, (dead, rows)
+        time.sleep(1)
+    assert len(dead) == len(poison)
+    assert {cls for cls, _, _ in dead} <= {"DecodeError", "SchemaChanged"}
+    reasons = " | ".join(err for _, err, _ in dead)
+    for fragment in ("JSON", "bigint", "NUL", "DROP TABLE _c2pg.offsets"):
+        assert fragment in reasons, fragment
+    assert any(raw == "{not json at all" for _, _, raw in dead)
+    with pg, pg.cursor() as cur:  # the injections were values, never SQL
+        cur.execute("SELECT to_regclass('_c2pg.offsets') IS NOT NULL")
+        assert cur.fetchone()[0]
+
+
+def test_a_column_added_in_cassandra_is_added_in_postgres_by_its_first_event(cass, pg, sync_table):
+    cfg, t, sup = sync_table
+    cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (6, 1, 'before')")
+    assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
+    cass.execute(f"ALTER TABLE {KS}.{t} ADD added_later text")
+    time.sleep(2)  # the connector learns the new column from the schema change event
+    cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a, added_later) VALUES (6, 2, 'after', 'new column')")
+    assert wait_equal(cass, pg, KS, t, "sync_test", t, timeout_s=60) == []
+    with pg, pg.cursor() as cur:
+        cur.execute(f'SELECT added_later FROM sync_test."{t}" WHERE pk = 6 AND ck = 2')
+        assert cur.fetchone() == ("new column",)

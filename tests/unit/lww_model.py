@@ -34,13 +34,17 @@ def _int_compare(_: int, a: str, b: str) -> int:
     return (int(a) > int(b)) - (int(a) < int(b))
 
 
-def covering_kill(key: tuple[str, ...], tombs, n_pk: int) -> int | None:
+def _desc_compare(i: int, a: str, b: str) -> int:
+    return -_int_compare(i, a, b)
+
+
+def covering_kill(key: tuple[str, ...], tombs, n_pk: int, compare=_int_compare) -> int | None:
     best = None
     for t in tombs:
         if t.kind == "cell" or t.key[:n_pk] != key[:n_pk]:
             continue
         if (t.kind == "partition" or (t.kind == "row" and t.key == key)
-                or (t.kind == "range" and in_range(key[n_pk:], t.start, t.end, _int_compare))):
+                or (t.kind == "range" and in_range(key[n_pk:], t.start, t.end, compare))):
             best = t.ts if best is None else max(best, t.ts)
     return best
 
@@ -48,6 +52,7 @@ def covering_kill(key: tuple[str, ...], tombs, n_pk: int) -> int | None:
 @dataclass
 class Cassandra:
     n_pk: int
+    compare: object = _int_compare  # clustering order (``_desc_compare`` for a DESC column)
     cells: dict[tuple, Cell] = field(default_factory=dict)  # (key, column) → winning write
     markers: dict[tuple, int] = field(default_factory=dict)
     tombs: list[Tombstone] = field(default_factory=list)
@@ -67,7 +72,7 @@ class Cassandra:
         keys = {k for k, _ in self.cells} | set(self.markers)
         out = {}
         for key in keys:
-            kill = covering_kill(key, self.tombs, self.n_pk)
+            kill = covering_kill(key, self.tombs, self.n_pk, self.compare)
             live = {name: c.value for (k, name), c in self.cells.items()
                     if k == key and c.value is not None and (kill is None or c.ts > kill)}
             marker = self.markers.get(key)
@@ -85,6 +90,7 @@ class StoredRow:
 @dataclass
 class Target:
     n_pk: int
+    compare: object = _int_compare
     rows: dict[tuple, StoredRow] = field(default_factory=dict)
     tombs: list = field(default_factory=list)  # Tombstone, or ("cell", key, column, ts)
 
@@ -93,14 +99,14 @@ class Target:
         self.tombs.extend(batch.tombstones)
         # 2. shadow stored rows covered by the new deletions
         for key, row in self.rows.items():
-            kill = covering_kill(key, batch.tombstones, self.n_pk)
+            kill = covering_kill(key, batch.tombstones, self.n_pk, self.compare)
             if kill is not None:
                 row.cells = {n: (c if c.ts > kill else Cell(None, kill)) for n, c in row.cells.items()}
                 if row.row_ts is not None and row.row_ts <= kill:
                     row.row_ts = None
         # 3. merge the reduced rows
         for key, write in batch.rows.items():
-            kill = covering_kill(key, [t for t in self.tombs if isinstance(t, Tombstone)], self.n_pk)
+            kill = covering_kill(key, [t for t in self.tombs if isinstance(t, Tombstone)], self.n_pk, self.compare)
             row = self.rows.setdefault(key, StoredRow())
             for name, cell in write.cells.items():
                 cell_kill = self._cell_kill(key, name)
@@ -125,10 +131,10 @@ class Target:
                 for key, row in self.rows.items()}
 
 
-def apply_in_batches(events: list[ChangeEvent], cuts: list[int], n_pk: int) -> Target:
-    target = Target(n_pk)
+def apply_in_batches(events: list[ChangeEvent], cuts: list[int], n_pk: int, compare=_int_compare) -> Target:
+    target = Target(n_pk, compare)
     bounds = [0, *sorted(set(c % (len(events) + 1) for c in cuts)), len(events)]
     for a, b in zip(bounds, bounds[1:], strict=False):
         if b > a:
-            target.apply(reduce_events(events[a:b], n_pk, _int_compare))
+            target.apply(reduce_events(events[a:b], n_pk, compare))
     return target

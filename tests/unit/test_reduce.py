@@ -38,8 +38,8 @@ def events(draw) -> ChangeEvent:
     return ChangeEvent("ks", "t", Op.RANGE_DELETE, t, (pk,), range_start=start, range_end=end)
 
 
-def reference(evs) -> dict:
-    model = Cassandra(n_pk=1)
+def reference(evs, compare=None) -> dict:
+    model = Cassandra(n_pk=1) if compare is None else Cassandra(n_pk=1, compare=compare)
     for e in evs:
         model.apply(e)
     return model.materialize()
