@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,6 @@ from engine.errors import C2pgError
 
 
 def main(argv: list[str] | None = None) -> int:
-    ray_token_auth()
     parser = _parser()
     args = parser.parse_args(argv)
     log.configure(args.log_level)
@@ -28,16 +28,6 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-
-
-def ray_token_auth() -> None:
-    """Speak Ray's token authentication when a token is present (the local stack's Ray head
-    has it on); Ray reads the mode once, at import, so this runs first."""
-    import os
-
-    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or
-                                             Path.home().joinpath(".ray", "auth_token").exists()):
-        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -171,7 +161,9 @@ def _stack_env(args: argparse.Namespace) -> int:
     print(f"export VAULT_TOKEN={vault.root_token}")  # type: ignore[attr-defined]
     print(f"export C2PG_STACK_DIR={stack.paths.root}")
     ray = stack.services["ray"]
-    print(f"export RAY_ADDRESS={ray.dashboard_url}")  # type: ignore[attr-defined]
+    # Drivers (ray.init, python -m jobs.*) connect to the GCS; `ray job submit` to the Jobs API.
+    print(f"export RAY_ADDRESS={ray.gcs_address}")  # type: ignore[attr-defined]
+    print(f"export RAY_API_SERVER_ADDRESS={ray.dashboard_url}")  # type: ignore[attr-defined]
     print("export RAY_AUTH_MODE=token")
     return 0
 
@@ -187,7 +179,8 @@ def _sync(args: argparse.Namespace) -> int:
     from jobs.sync import progress
 
     cfg = load_config(args.config)
-    ray.init(address="auto", ignore_reinit_error=True, log_to_driver=False, logging_level="WARNING")
+    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), ignore_reinit_error=True, log_to_driver=False,
+             logging_level="WARNING")
     if args.action == "start":
         sup = get_or_start(cfg)
         ray.get(sup.ping.remote())

@@ -58,8 +58,9 @@ from engine.errors import C2pgError
 from engine.events import ChangeEvent, Op
 from engine.pg_writer import DeadLetter
 from engine.schema import TableNotFound
-from engine.sync_apply import Record, TableApplier
 from engine.sweep import wall_clock_us
+from engine.sync_apply import Record, TableApplier
+from engine.target import TargetMismatch
 
 log = logging.getLogger("c2pg.dlq")
 
@@ -108,8 +109,8 @@ def list_dead_letters(conn, pipeline: str | PipelineConfig, *, origin: str | Non
     """
     name = pipeline.name if isinstance(pipeline, PipelineConfig) else pipeline
     keyspace, source_table = (table.split(".", 1) if table and "." in table else (None, table))
-    query, params = d.select_dead_letters(name, origin=origin, keyspace=keyspace, table=source_table, since=since,
-                                          include_replayed=include_replayed, limit=limit)
+    query, params = d.select_dead_letters(name, origin=origin, keyspace=keyspace, table=source_table,
+                                          since=since, include_replayed=include_replayed, limit=limit)
     with conn, conn.cursor() as cur:
         cur.execute(query, params)
         return [dict(zip(d.DEAD_LETTER_FIELDS, row)) for row in cur.fetchall()]
@@ -234,12 +235,14 @@ def _not_replayable(letter: dict, pipeline: str, tables: Mapping[tuple[str, str]
     return None
 
 
-def _applier(cfg, table: TableConfig, conn, cql_session, registry, oldest_upsert_us: int) -> _ReplayApplier | str:
-    """The table's replay applier, or why there is none (the table is gone from Cassandra)."""
+def _applier(cfg, table: TableConfig, conn, cql_session, registry,
+             oldest_upsert_us: int) -> _ReplayApplier | str:
+    """The table's replay applier, or why there is none (the table is gone from Cassandra,
+    or its target differs in a way sync cannot evolve either)."""
     try:
         return _ReplayApplier(cfg, table, conn, cql_session, registry, oldest_upsert_us)
-    except TableNotFound as exc:
-        return f"cannot read the table's definition: {exc}"
+    except (TableNotFound, TargetMismatch) as exc:
+        return f"cannot attach to the table: {exc}"
 
 
 def _replay_chunk(conn, applier: _ReplayApplier, letters: Sequence[dict], out: _Outcome) -> None:
@@ -272,7 +275,8 @@ def _replay_chunk(conn, applier: _ReplayApplier, letters: Sequence[dict], out: _
         raise
     except psycopg2.DatabaseError as exc:
         if len(letters) > 1:
-            log.warning("a chunk of %d dead letters failed (%s); replaying them one by one", len(letters), exc)
+            log.warning("a chunk of %d dead letters failed (%s); replaying them one by one",
+                        len(letters), exc)
             for letter in letters:
                 _replay_chunk(conn, applier, [letter], out)
             return
@@ -349,11 +353,14 @@ class _ReplayApplier(TableApplier):
             if where in failures:
                 failed[x["id"]] = failures[where]
             elif where in too_old:
-                skipped[x["id"]] = ("an upsert older than sync.tombstone_retention: a deletion covering it may "
-                                    "be purged already, so replaying could resurrect data; run reconcile instead")
+                skipped[x["id"]] = _TOO_OLD
             else:
                 replayed.append(x["id"])
         return replayed, failed, skipped
+
+
+_TOO_OLD = ("an upsert older than sync.tombstone_retention: a deletion covering it may be purged "
+            "already, so replaying could resurrect data; run reconcile instead")
 
 
 class _CapturingWriter:
@@ -402,8 +409,9 @@ def _bytes(text: str | None) -> bytes | None:
 _PRODUCERS: dict[tuple, Any] = {}
 
 
-def publish_to_topic(producer_conf: Mapping[str, Any], topic: str, dead_letter: DeadLetter | Mapping[str, Any], *,
-                     pipeline: str | None = None, timeout_s: float = 10.0) -> None:
+def publish_to_topic(producer_conf: Mapping[str, Any], topic: str,
+                     dead_letter: DeadLetter | Mapping[str, Any], *, pipeline: str | None = None,
+                     timeout_s: float = 10.0) -> None:
     """Write one dead letter to ``topic``: its raw key and value, and headers naming the
     error (``c2pg.error.class``, ``c2pg.error.message``) and the source record
     (``c2pg.source.topic``, ``c2pg.source.partition``, ``c2pg.source.offset``; plus
@@ -426,14 +434,16 @@ def publish_to_topic(producer_conf: Mapping[str, Any], topic: str, dead_letter: 
                      on_delivery=lambda err, _msg: errors.append(err))
     remaining = producer.flush(timeout_s)
     if remaining or not errors or errors[0] is not None:
-        raise DlqPublishError(f"dead letter of {f['topic']}/{f['partition']}/{f['offset']} not acknowledged by "
-                              f"topic {topic}: {errors[0] if errors and errors[0] else 'timed out'}")
+        cause = errors[0] if errors and errors[0] else "timed out"
+        raise DlqPublishError(f"dead letter of {f['topic']}/{f['partition']}/{f['offset']} not acknowledged "
+                              f"by topic {topic}: {cause}")
 
 
 def _fields(dl: DeadLetter | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(dl, DeadLetter):
         return {"topic": dl.topic, "partition": dl.partition, "offset": dl.offset, "raw_key": dl.raw_key,
-                "raw_value": dl.raw_value, "error_class": dl.error_class, "error": dl.error, "row_key": dl.row_key}
+                "raw_value": dl.raw_value, "error_class": dl.error_class, "error": dl.error,
+                "row_key": dl.row_key}
     return {"topic": dl["topic"], "partition": dl["kafka_partition"], "offset": dl["kafka_offset"],
             "raw_key": dl["raw_key"], "raw_value": dl["raw_value"], "error_class": dl["error_class"],
             "error": dl["error"], "row_key": dl.get("row_key"), "pipeline": dl.get("pipeline")}
@@ -445,5 +455,5 @@ def _producer(conf: Mapping[str, Any]):
     key = tuple(sorted((k, str(v)) for k, v in conf.items()))
     producer = _PRODUCERS.get(key)
     if producer is None:
-        producer = _PRODUCERS[key] = Producer({**conf, "enable.idempotence": True})
+        producer = _PRODUCERS[key] = Producer({"enable.idempotence": True, **conf})
     return producer

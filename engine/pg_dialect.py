@@ -488,8 +488,8 @@ def expire_cells(schema: TableSchema, target_schema: str, target_table: str, tom
     t = sql.Identifier("t")
 
     def due(i: int) -> sql.Composed:
-        return sql.SQL("COALESCE({t}.{e}[{i}] <= {now}, false)").format(t=t, e=ident(META_EXP), i=sql.Literal(i),
-                                                                       now=now)
+        return sql.SQL("COALESCE({t}.{e}[{i}] <= {now}, false)").format(
+            t=t, e=ident(META_EXP), i=sql.Literal(i), now=now)
 
     any_due = sql.SQL("({})").format(sql.SQL(" OR ").join(due(i) for i, _ in live))
     empty_after = sql.SQL("({} AND {}.{} IS NULL)").format(
@@ -499,19 +499,21 @@ def expire_cells(schema: TableSchema, target_schema: str, target_table: str, tom
     live_pos = {i for i, _ in live}
     sets = [sql.SQL("{c} = CASE WHEN {due} THEN NULL ELSE {t}.{c} END").format(c=ident(name), due=due(i), t=t)
             for i, name in live]
-    exps = [sql.SQL("CASE WHEN {due} THEN NULL ELSE {t}.{e}[{i}] END").format(due=due(i), t=t, e=ident(META_EXP),
-                                                                            i=sql.Literal(i))
+    exps = [sql.SQL("CASE WHEN {due} THEN NULL ELSE {t}.{e}[{i}] END").format(
+                due=due(i), t=t, e=ident(META_EXP), i=sql.Literal(i))
             if i in live_pos else sql.SQL("{}.{}[{}]").format(t, ident(META_EXP), sql.Literal(i))
             for i in range(1, len(schema.regular) + 1)]
     sets.append(sql.SQL("{} = ARRAY[{}]::bigint[]").format(ident(META_EXP), sql.SQL(", ").join(exps)))
     t_keys = sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in keys)
     same_key = sql.SQL(" AND ").join(sql.SQL("t.{c} = d.{c}").format(c=ident(c)) for c in keys)
     columns = sql.SQL("(VALUES {}) AS c(name, pos)").format(sql.SQL(", ").join(
-        sql.SQL("({}, {})").format(sql.Literal(c.name), sql.Literal(i)) for i, c in enumerate(schema.regular, start=1)))
+        sql.SQL("({}, {})").format(sql.Literal(c.name), sql.Literal(i))
+        for i, c in enumerate(schema.regular, start=1)))
     return sql.SQL(
-        "WITH due AS (SELECT {t_keys}, {n_due} AS n FROM {target} AS t WHERE {any_due} FOR UPDATE SKIP LOCKED), "
-        "kept AS (UPDATE {target} AS t SET {sets} FROM due AS d WHERE {same_key} AND {any_due} AND NOT {empty} "
-        "RETURNING d.n), "
+        "WITH due AS (SELECT {t_keys}, {n_due} AS n FROM {target} AS t WHERE {any_due} "
+        "FOR UPDATE SKIP LOCKED), "
+        "kept AS (UPDATE {target} AS t SET {sets} FROM due AS d "
+        "WHERE {same_key} AND {any_due} AND NOT {empty} RETURNING d.n), "
         "gone AS (DELETE FROM {target} AS t USING due AS d WHERE {same_key} AND {any_due} AND {empty} "
         "RETURNING {t_keys}, t.{wt}, d.n), "
         "tombs AS (INSERT INTO {tomb} ({key_cols}, {kind}, {column}, {at}) "
@@ -533,8 +535,9 @@ def purge_tombstones(tomb_table: str, older_than_us: int) -> sql.Composed:
 
 # --- dead letters: listing and replay (engine.dlq) ---------------------------------------------
 
-DEAD_LETTER_FIELDS = ("id", "pipeline", "origin", "run_id", "keyspace", "source_table", "topic", "kafka_partition",
-                      "kafka_offset", "row_key", "error_class", "error", "created_at", "replayed_at")
+DEAD_LETTER_FIELDS = ("id", "pipeline", "origin", "run_id", "keyspace", "source_table", "topic",
+                      "kafka_partition", "kafka_offset", "row_key", "error_class", "error", "created_at",
+                      "replayed_at")
 DEAD_LETTER_RAW = ("raw_key", "raw_value")
 
 

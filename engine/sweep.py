@@ -60,7 +60,8 @@ def wall_clock_us() -> int:
 
 def purge_cutoff_us(sync: SyncConfig, at_us: int | None = None) -> int:
     """The ``older_than_us`` for :func:`purge_tombstones`: now minus ``sync.tombstone_retention``."""
-    return (wall_clock_us() if at_us is None else at_us) - sync.tombstone_retention // timedelta(microseconds=1)
+    retention_us = sync.tombstone_retention // timedelta(microseconds=1)
+    return (wall_clock_us() if at_us is None else at_us) - retention_us
 
 
 def sweep_expired(conn, target: Target, now_us: int) -> int:

@@ -1,4 +1,4 @@
-"""The README's demo: changes through Debezium to Kafka, and a snapshot into PostgreSQL.
+"""The README's demo: changes through Debezium to Kafka, a snapshot, then live sync.
 
     python -m jobs.demo --config examples/pipeline.local.yaml [--rows 20]
 
@@ -6,8 +6,9 @@ It creates the pipeline's first table (``demo.users``) with ``cdc = true``, writ
 of inserts, partial updates, column deletes and row deletes, and prints every Debezium
 change event as it arrives on Kafka, with its delay from the write, then a summary that
 snapshots the table into PostgreSQL with Ray Data and shows the row counts and the same
-rows on both sides. The demo grows with each capability (sync, reconcile): each adds its
-step here.
+rows on both sides, then starts continuous sync (Ray actors) on the local stack's Ray head,
+writes a live stream of inserts, updates and deletes, and shows PostgreSQL following until
+it equals Cassandra. Reconcile will add its step here.
 
 Exit codes: 0 when every write produced its event, 1 when some did not arrive in time,
 2 for a bad configuration.
@@ -68,6 +69,7 @@ def run(cfg: PipelineConfig, rows: int, keep: bool = False) -> int:
         session.execute(DDL_TABLE.format(ks=ks, t=t))
         print(f"   {_count(session, ks, t)} row(s) there already; topic {topic}")
 
+        start_offsets = _topic_end(cfg, topic)  # sync applies this run's events, not older runs'
         with TopicTail(topic, cfg.kafka.client_conf()) as tail:
             _wait_for_capture(session, tail, ks, t)
             _banner(f"2. Writing {rows} inserts, then updates and deletes; events as they arrive")
@@ -83,13 +85,18 @@ def run(cfg: PipelineConfig, rows: int, keep: bool = False) -> int:
             print(f"   write → Kafka delay: p50 {delays[len(delays) // 2]:.0f} ms, max {delays[-1]:.0f} ms")
 
         _banner(f"3. Snapshot {ks}.{t} into PostgreSQL {table.target_schema}.{table.target_table} (Ray Data)")
+        _ray_init()
         result = run_snapshot(cfg, table)
         print(f"   {result.rows} rows in {result.seconds:.1f} s over {result.splits} token-range splits "
               f"({result.mode} load), {result.dead_letters} dead letters, run {result.run_id}")
         _compare(cfg, session, table)
-        ok = len(events) >= len(writes) and result.ok
+
+        _banner(f"4. Live sync: Ray actors apply the change stream while Cassandra takes writes")
+        synced = _live_sync(cfg, session, table, start_offsets, rows)
+        ok = len(events) >= len(writes) and result.ok and synced
         _banner("Done" if ok else "Done, with problems (see above)")
-        print("   next: live sync and reconcile (see the README's roadmap)")
+        print("   next: reconcile (see the README's roadmap); keep sync running with "
+              "`c2pg sync start --config …`, watch it in the Ray dashboard (http://127.0.0.1:8265)")
         return 0 if ok else 1
     finally:
         cluster.shutdown()
@@ -163,6 +170,78 @@ def _print_events(events, writes: Writes) -> None:
         shown = ", ".join(f"{k}={val!r}" for k, val in sorted(cells.items()))
         print(f"   {e.partition:>3}/{e.offset:<13} {v['op']:<3} {v['after']['id']['value']:<36} "
               f"{writes.delay_ms(e):>5.0f}ms  {shown[:70]}")
+
+
+def _ray_init() -> None:
+    """Join the local stack's Ray head (sync runs as detached actors there)."""
+    import os
+
+    import ray
+
+    from engine.stack.launcher import Stack
+
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS") or Stack().services["ray"].gcs_address  # type: ignore[attr-defined]
+        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+
+
+def _topic_end(cfg: PipelineConfig, topic: str) -> dict[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**cfg.kafka.client_conf(), "group.id": "c2pg-demo-offsets"})
+    try:
+        md = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        parts = sorted(md.partitions) if md and md.error is None else []
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+    finally:
+        consumer.close()
+
+
+def _live_sync(cfg: PipelineConfig, session, table, start_offsets: dict[int, int], rows: int) -> bool:
+    """Start sync from this run's first event, write a live stream, show PostgreSQL following."""
+    import psycopg2
+    import ray
+
+    from engine.compare import differences
+    from engine.sync_supervisor import find, get_or_start
+    from jobs.sync import progress
+
+    topic = cfg.kafka.topic_for(table.keyspace, table.table)
+    _ray_init()
+    old = find(cfg.name)
+    if old is not None:
+        ray.get(old.stop.remote(), timeout=60)
+        ray.kill(old, no_restart=True)
+    with psycopg2.connect(**cfg.postgres.connect_kwargs(application_name="c2pg-demo")) as conn:
+        with conn.cursor() as cur:
+            cur.execute("DELETE FROM _c2pg.offsets WHERE pipeline = %s AND topic = %s", (cfg.name, topic))
+            for part, offset in start_offsets.items():
+                cur.execute("INSERT INTO _c2pg.offsets (pipeline, topic, kafka_partition, next_offset) "
+                            "VALUES (%s, %s, %s, %s)", (cfg.name, topic, part, offset))
+    sup = get_or_start(cfg)
+    ray.get(sup.ping.remote())
+    print(f"   supervisor {cfg.name} started with {cfg.sync.workers} worker(s); writing a live stream")
+    writes = _write_stream(session, table.keyspace, table.table, rows)
+    print(f"   {len(writes)} more writes made in Cassandra (inserts, updates, column and row deletes)")
+    conn = psycopg2.connect(**cfg.postgres.connect_kwargs(application_name="c2pg-demo"))
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            status = ray.get(sup.status.remote(), timeout=30)
+            diffs = differences(session, conn, table.keyspace, table.table, table.target_schema, table.target_table)
+            print(f"   {progress(status)[2]}; differences with Cassandra: {len(diffs)}", flush=True)
+            if not diffs or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+    finally:
+        conn.close()
+    _compare(cfg, session, table)
+    print("   PostgreSQL equals Cassandra, every row and column" if not diffs
+          else f"   still different: {diffs[:5]}")
+    ray.get(sup.stop.remote(), timeout=60)
+    ray.kill(sup, no_restart=True)
+    print("   sync stopped (offsets committed)")
+    return not diffs
 
 
 def _reset(cfg: PipelineConfig, session, table) -> None:

@@ -67,9 +67,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.cli import ray_token_auth
-
-    ray_token_auth()
     args = build_parser().parse_args(argv)
     log.configure()
     try:

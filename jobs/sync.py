@@ -13,6 +13,7 @@ once the lag is 0 — for scripts and the demo.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     log.bind(pipeline=cfg.name)
     if not ray.is_initialized():
-        ray.init(address="auto", ignore_reinit_error=True, log_to_driver=False)
+        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), ignore_reinit_error=True, log_to_driver=False)
     sup = get_or_start(cfg)
     ray.get(sup.ping.remote())
     done = threading.Event()
@@ -84,9 +85,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.cli import ray_token_auth
-
-    ray_token_auth()
     p = argparse.ArgumentParser(prog="python -m jobs.sync", description=__doc__.splitlines()[0])
     add_arguments(p)
     args = p.parse_args(argv)

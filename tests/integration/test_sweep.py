@@ -45,7 +45,8 @@ def target(conn):
 
 
 def upsert(ck: int, ts: int, marker: bool = False, **cells: Cell) -> ChangeEvent:
-    return ChangeEvent("ks", "sweep_model", Op.UPSERT, ts, ("1", str(ck)), tuple(cells.items()), row_marker=marker)
+    return ChangeEvent("ks", "sweep_model", Op.UPSERT, ts, ("1", str(ck)), tuple(cells.items()),
+                       row_marker=marker)
 
 
 def apply(conn, target, *events: ChangeEvent) -> None:
@@ -54,13 +55,15 @@ def apply(conn, target, *events: ChangeEvent) -> None:
 
 def rows(conn) -> dict:
     with conn, conn.cursor() as cur:
-        cur.execute(f"SELECT ck, a, b, c, _c2pg_wt, _c2pg_exp, _c2pg_row_ts FROM {PG_SCHEMA}.model ORDER BY ck")
+        cur.execute(f"SELECT ck, a, b, c, _c2pg_wt, _c2pg_exp, _c2pg_row_ts FROM {PG_SCHEMA}.model "
+                    "ORDER BY ck")
         return {ck: rest for ck, *rest in cur.fetchall()}
 
 
 def tombstones(conn, target) -> list[tuple]:
     with conn, conn.cursor() as cur:
-        cur.execute(f"SELECT pk, ck, _c2pg_kind, _c2pg_column, _c2pg_deleted_at FROM _c2pg.{target.tomb_table} "
+        cur.execute("SELECT pk, ck, _c2pg_kind, _c2pg_column, _c2pg_deleted_at "
+                    f"FROM _c2pg.{target.tomb_table} "
                     "ORDER BY ck, _c2pg_column, _c2pg_deleted_at")
         return cur.fetchall()
 
@@ -131,7 +134,8 @@ def test_purge_removes_only_tombstones_older_than_the_cutoff(conn, target, pipel
           ChangeEvent("ks", "sweep_model", Op.ROW_DELETE, 500, ("1", "5")),      # row tombstone at 500
           ChangeEvent("ks", "sweep_model", Op.PARTITION_DELETE, 50, ("2",)))     # partition tombstone at 50
     sweep_expired(conn, target, 1_000)
-    assert [t[2:] for t in tombstones(conn, target)] == [("cell", "a", 100), ("row", None, 500), ("partition", None, 50)]
+    assert [t[2:] for t in tombstones(conn, target)] == [("cell", "a", 100), ("row", None, 500),
+                                                         ("partition", None, 50)]
 
     assert purge_tombstones(conn, target, 100) == 1, "strictly older than the cutoff"
     assert [t[2:] for t in tombstones(conn, target)] == [("cell", "a", 100), ("row", None, 500)]

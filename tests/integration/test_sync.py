@@ -17,7 +17,7 @@ from engine import cql
 from engine.config import TableConfig
 from engine.sync_supervisor import find, get_or_start
 from tests.integration.cdc_scenarios import TopicTail
-from tests.integration.equality import wait_equal
+from engine.compare import wait_equal
 
 KS = "c2pg_sync_test"
 

@@ -1,8 +1,13 @@
 """Compare a PostgreSQL target with a full read of its Cassandra table, cell by cell.
 
-The comparison is docs/types.md's: the canonical text of each Cassandra value
-(``Codec.from_driver``) against the PostgreSQL value (``Codec.same``). Used by the sync
-tests (and by anything that must prove two sides equal without the code under test).
+For small tables: the demo and the integration tests use it to prove two sides equal
+without going through the code under test. (Reconcile does the same at scale, by token
+range with digests.) The comparison is docs/types.md's: the canonical text of each
+Cassandra value (``Codec.from_driver``) against the PostgreSQL value (``Codec.same``).
+
+:func:`differences` returns ``("missing", key)``, ``("extra", key)`` and
+``("mismatch", key, column, cassandra_text, postgres_value)`` entries, or one
+``("target not there yet", ...)`` when the table or a column is still missing.
 """
 
 from __future__ import annotations
