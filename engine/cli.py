@@ -83,6 +83,24 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--json", action="store_true")
         sp.set_defaults(func=_sync, action=action)
 
+    dlq = sub.add_parser("dlq", help="dead letters: events and rows c2pg could not apply").add_subparsers(
+        required=True, metavar="ACTION")
+    dl = dlq.add_parser("list", help="newest first")
+    dl.add_argument("--config", type=Path, required=True)
+    dl.add_argument("--table", help="KEYSPACE.TABLE")
+    dl.add_argument("--origin", choices=["sync", "snapshot"])
+    dl.add_argument("--limit", type=int, default=50)
+    dl.add_argument("--all", action="store_true", help="include replayed ones")
+    dl.set_defaults(func=_dlq, action="list")
+    ds = dlq.add_parser("show", help="one dead letter with its raw key and value")
+    ds.add_argument("--config", type=Path, required=True)
+    ds.add_argument("id", type=int)
+    ds.set_defaults(func=_dlq, action="show")
+    dr = dlq.add_parser("replay", help="apply sync dead letters again through the sync path")
+    dr.add_argument("--config", type=Path, required=True)
+    dr.add_argument("ids", type=int, nargs="*", help="default: every unreplayed one of the pipeline")
+    dr.set_defaults(func=_dlq, action="replay")
+
     hl = sub.add_parser("health", help="check every component a pipeline uses")
     hl.add_argument("--config", type=Path, required=True)
     hl.add_argument("--json", action="store_true")
@@ -214,6 +232,47 @@ def _sync(args: argparse.Namespace) -> int:
                       f"{p.get('events_per_s', 0):>9}  {last}")
             if w.get("error"):
                 print(f"        error: {w['error']}")
+    return 0
+
+
+# --- dead letters -------------------------------------------------------------------------
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    import psycopg2
+
+    from engine import cql, dlq
+    from engine.config import load_config
+
+    cfg = load_config(args.config)
+    conn = psycopg2.connect(**cfg.postgres.connect_kwargs(application_name="c2pg-dlq"))
+    try:
+        if args.action == "list":
+            rows = dlq.list_dead_letters(conn, cfg, origin=args.origin, table=args.table, limit=args.limit,
+                                         include_replayed=args.all)
+            print(f"{'ID':>6} {'ORIGIN':<8} {'TABLE':<28} {'WHERE':<26} {'WHEN':<20} ERROR")
+            for r in rows:
+                where = (f"{r.get('topic')}/{r.get('kafka_partition')}@{r.get('kafka_offset')}" if r.get("topic")
+                         else (r.get("row_key") or "-"))
+                when = r["created_at"].strftime("%Y-%m-%d %H:%M:%S") if r.get("created_at") else "-"
+                print(f"{r['id']:>6} {r['origin']:<8} {r.get('keyspace', '')}.{r.get('source_table', ''):<20} "
+                      f"{where[:26]:<26} {when:<20} {r['error_class']}: {r['error'][:80]}")
+        elif args.action == "show":
+            print(json.dumps(dlq.show(conn, args.id), indent=2, default=str))
+        else:
+            cluster, session = cql.connect(cfg.cassandra)
+            try:
+                result = dlq.replay(conn, cfg, args.ids or None, cql_session=session)
+            finally:
+                cluster.shutdown()
+            print(f"replayed {len(result.replayed)}, failed again {len(result.failed)}, skipped {len(result.skipped)}")
+            for i, why in result.failed:
+                print(f"  {i}: failed again: {why}")
+            for i, why in result.skipped:
+                print(f"  {i}: skipped: {why}")
+            return 0 if not result.failed else 1
+    finally:
+        conn.close()
     return 0
 
 

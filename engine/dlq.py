@@ -323,8 +323,8 @@ class _ReplayApplier(TableApplier):
         self._too_old: list[Record] = []
         super().__init__(cfg, table, conn, cql_session, registry)
 
-    def _load(self, *, evolve: bool) -> None:
-        super()._load(evolve=True)
+    def _load(self) -> None:
+        super()._load()
         self.writer = _CapturingWriter(self.writer, self._failures)
 
     def _decode_all(self, records):

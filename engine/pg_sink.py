@@ -157,7 +157,7 @@ class _PartWriter:
                             "AND row_key = ANY(%s)", (s.run_id, dead.column(DEAD_KEY).to_pylist()))
                 execute_values(cur, d.insert_dead_letters().as_string(cur), [
                     (s.pipeline, "snapshot", s.run_id, s.schema.keyspace, s.schema.table, None, None,
-                     None, key, None, None, err.split(":", 1)[0], err)
+                     None, key, None, None, *_class_and_message(err))
                     for key, err in zip(dead.column(DEAD_KEY).to_pylist(),
                                         dead.column(DEAD_ERROR).to_pylist(), strict=True)])
             cur.execute("INSERT INTO _c2pg.run_parts (run_id, split_index, part, rows) VALUES (%s, %s, %s, %s) "
@@ -173,6 +173,12 @@ class _PartWriter:
                 "WHERE rs.run_id = %s AND rs.split_index = %s",
                 (totals[0] if totals else None, retries, totals[0] if totals else None,
                  totals[0] if totals else None, s.run_id, split, s.run_id, split))
+
+
+def _class_and_message(error: str) -> tuple[str, str]:
+    """The reader's ``"ErrorClass: message"`` split in two."""
+    cls, _, message = error.partition(": ")
+    return cls, message
 
 
 def copy_buffer(table: pa.Table, schema: TableSchema) -> str:

@@ -41,6 +41,7 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp_ms: int | None = None  # Kafka's record time (producer or log-append)
 
     def origin(self) -> Origin:
         return Origin(self.topic, self.partition, self.offset)
@@ -54,6 +55,7 @@ class BatchResult:
     dead_letters: int
     max_write_ts_us: int | None
     seconds: float
+    dead: tuple[DeadLetter, ...] = ()  # committed with the batch; the worker may also publish them
 
 
 class TableApplier:
@@ -65,12 +67,14 @@ class TableApplier:
         self.conn = conn
         self.cql = cql_session
         self.registry = registry
-        self._load(evolve=False)
+        self._load()
 
-    def _load(self, *, evolve: bool) -> None:
+    def _load(self) -> None:
+        """Read the table definition and prepare the target: create it (with its token index:
+        sync may run without a snapshot) or add the columns Cassandra gained since."""
         schema = read_table(self.cql, self.table.keyspace, self.table.table)
         self.target: Target = ensure_target(self.conn, schema, self.table.target_schema,
-                                            self.table.target_table, evolve=evolve)
+                                            self.table.target_table, evolve=True, defer_token_index=False)
         self.decoder = EventDecoder(self.target.schema, value_format=self.cfg.kafka.value_format,
                                     registry=self.registry)
         self.writer = SyncWriter(self.conn, self.target, self.cfg.name)
@@ -80,7 +84,7 @@ class TableApplier:
     def refresh_schema(self) -> None:
         """Read the table again and add new columns to PostgreSQL (the periodic check, and
         the reaction to :class:`SchemaChanged`)."""
-        self._load(evolve=True)
+        self._load()
 
     def apply(self, records: Sequence[Record], next_offsets: dict[tuple[str, int], int]) -> BatchResult:
         events, dead = self._decode_all(records)
@@ -97,7 +101,7 @@ class TableApplier:
         reduced = reduce_events(good, self.n_pk, self.compare)
         stats: ApplyStats = self.writer.apply(reduced, next_offsets, dead)
         return BatchResult(len(records), stats.rows, stats.tombstones, stats.dead_letters,
-                           max((e.ts for e in good), default=None), stats.seconds)
+                           max((e.ts for e in good), default=None), stats.seconds, tuple(dead))
 
     def _decode_all(self, records: Sequence[Record]) -> tuple[list[tuple[ChangeEvent, Record]], list[DeadLetter]]:
         events, dead = [], []

@@ -159,13 +159,66 @@ class SyncSupervisor:
     # --- supervision ---------------------------------------------------------------------
 
     def _supervise(self) -> None:
+        next_sweep = next_schema = time.monotonic()
         while not self._stop.is_set():
             try:
                 self._reconcile_assignment()
                 self._restart_dead_workers()
+                now = time.monotonic()
+                if now >= next_schema:
+                    next_schema = now + self.cfg.sync.schema_check_interval.total_seconds()
+                    self._check_schemas()
+                if now >= next_sweep:
+                    next_sweep = now + self.cfg.sync.ttl_sweep_interval.total_seconds()
+                    self._sweep()
             except Exception:  # noqa: BLE001 - keep supervising; the error is logged with its trace
                 log.exception("supervision round failed")
             self._stop.wait(2.0)
+
+    def _targets(self, conn, session) -> list:
+        from engine.schema import read_table
+        from engine.target import ensure_target
+
+        out = []
+        for t in self.cfg.tables:
+            try:
+                schema = read_table(session, t.keyspace, t.table)
+            except Exception as exc:  # noqa: BLE001 - one missing table must not stop the others
+                log.warning("table %s.%s: %s", t.keyspace, t.table, exc)
+                continue
+            out.append(ensure_target(conn, schema, t.target_schema, t.target_table, evolve=True,
+                                     defer_token_index=False))
+        return out
+
+    def _check_schemas(self) -> None:
+        """Columns added in Cassandra are added in PostgreSQL even before their first event."""
+        from engine import cql
+
+        conn = self._connect()
+        cluster, session = cql.connect(self.cfg.cassandra)
+        try:
+            self._targets(conn, session)
+        finally:
+            cluster.shutdown()
+            conn.close()
+
+    def _sweep(self) -> None:
+        """Expire TTL cells (Cassandra emits no event for it) and purge old tombstones."""
+        from engine import cql
+        from engine.sweep import purge_cutoff_us, purge_tombstones, sweep_expired, wall_clock_us
+
+        conn = self._connect()
+        cluster, session = cql.connect(self.cfg.cassandra)
+        try:
+            for target in self._targets(conn, session):
+                expired = sweep_expired(conn, target, wall_clock_us())
+                purged = purge_tombstones(conn, target, purge_cutoff_us(self.cfg.sync))
+                if expired or purged:
+                    log.info("%s.%s: %d cell(s) expired, %d tombstone(s) purged", target.target_schema,
+                             target.target_table, expired, purged)
+        finally:
+            cluster.shutdown()
+            conn.close()
 
     def _partitions(self) -> list[tuple[str, int]]:
         from confluent_kafka.admin import AdminClient

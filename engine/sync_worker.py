@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 import ray
@@ -73,6 +73,8 @@ class PartitionWorker:
         self.parts = {p: PartitionState(*p) for p in self.partitions}
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        # Kafka record time → PostgreSQL commit, per event, for the last 20,000 events.
+        self.latencies: deque[float] = deque(maxlen=20_000)
         self.tables: dict[str, TableConfig] = {cfg.kafka.topic_for(t.keyspace, t.table): t for t in cfg.tables}
 
     # --- control -----------------------------------------------------------------------
@@ -80,8 +82,11 @@ class PartitionWorker:
     @ray.method(concurrency_group="control")
     def status(self) -> dict:
         with self._lock:
+            lat = sorted(self.latencies)
             return {"worker": self.worker_id, "state": self.state.state, "error": self.state.error,
-                    "batches": self.state.batches, "paused_all": self.state.paused_all,
+                    "batches": self.state.batches,
+                    "latency_ms": {"p50": round(lat[len(lat) // 2], 1), "p99": round(lat[int(len(lat) * 0.99)], 1),
+                                   "events": len(lat)} if lat else None, "paused_all": self.state.paused_all,
                     "paused_tables": sorted(self.state.paused_tables),
                     "partitions": [{"topic": p.topic, "partition": p.partition, "table": self._table_name(p.topic),
                                     "offset": p.next_offset, "high_watermark": p.high_watermark, "lag": p.lag,
@@ -207,7 +212,9 @@ class PartitionWorker:
                 if m.error():
                     log.warning("kafka: %s", m.error())
                     continue
-                batch.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value()))
+                kind, ts = m.timestamp()
+                batch.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
+                                    ts if kind else None))
                 size += len(m.value() or b"") + len(m.key() or b"")
         return batch
 
@@ -222,7 +229,10 @@ class PartitionWorker:
             t0 = time.monotonic()
             result = appliers[topic].apply(records, next_offsets)
             _metrics().record(self.cfg.name, self._table_name(topic), result, time.monotonic() - t0)
+            self._publish_dead(result.dead)
+            committed_ms = time.time() * 1000
             with self._lock:
+                self.latencies.extend(committed_ms - r.timestamp_ms for r in records if r.timestamp_ms)
                 self.state.batches += 1
                 self.state.error = None
                 for (t, p), nxt in next_offsets.items():
@@ -234,6 +244,19 @@ class PartitionWorker:
                         st.last_write_ts_us = max(st.last_write_ts_us or 0, result.max_write_ts_us)
                     elapsed = max(1e-3, time.monotonic() - t0)
                     st.rate = 0.8 * st.rate + 0.2 * (n / elapsed) if st.rate else n / elapsed
+
+    def _publish_dead(self, dead) -> None:
+        """Copy committed dead letters to ``kafka.dlq_topic`` when one is set (at least once:
+        the table is the record of truth; a publish failure is logged, not retried)."""
+        if not dead or not self.cfg.kafka.dlq_topic:
+            return
+        from engine.dlq import DlqPublishError, publish_to_topic
+
+        for d in dead:
+            try:
+                publish_to_topic(self.cfg.kafka.client_conf(), self.cfg.kafka.dlq_topic, d, pipeline=self.cfg.name)
+            except DlqPublishError as exc:
+                log.warning("dead letter not copied to %s: %s", self.cfg.kafka.dlq_topic, exc)
 
     def _refresh_watermarks(self, consumer) -> None:
         from confluent_kafka import TopicPartition
