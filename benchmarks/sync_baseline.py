@@ -111,15 +111,32 @@ def encode_value(row: dict[str, Any] | None) -> bytes | None:
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
-    """Create ``topic`` (3 partitions, like the stack's auto-created topics); it must be new."""
+    """Create ``topic`` (3 partitions, like the stack's auto-created topics). One that exists
+    already is accepted when it has ``partitions`` partitions."""
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    fut = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])[topic]
-    fut.result(timeout=30)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # metadata reaches the broker's cache shortly after
-        md = admin.list_topics(topic=topic, timeout=5).topics.get(topic)
+    while True:
+        fut = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])[topic]
+        try:
+            fut.result(timeout=30)
+            break
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+            md = admin.list_topics(timeout=5).topics.get(topic)
+            if md is not None and md.error is None:
+                if len(md.partitions) != partitions:
+                    raise ValueError(f"topic {topic} exists with {len(md.partitions)} partitions, "
+                                     f"not {partitions}") from e
+                break
+            if time.monotonic() > deadline:  # still being deleted
+                raise
+            time.sleep(0.2)
+    while time.monotonic() < deadline + 30:  # metadata reaches the broker's cache shortly after
+        md = admin.list_topics(timeout=5).topics.get(topic)
         if md is not None and md.error is None and len(md.partitions) == partitions:
             return
         time.sleep(0.1)
@@ -127,10 +144,22 @@ def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
 
 
 def delete_topic(bootstrap: str, topic: str) -> None:
+    """Delete ``topic`` if it exists and wait until the broker no longer lists it."""
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap})  # kept alive until the future resolves
-    admin.delete_topics([topic])[topic].result(timeout=30)
+    try:
+        admin.delete_topics([topic])[topic].result(timeout=30)
+    except KafkaException as e:
+        if e.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise
+        return
+    deadline = time.monotonic() + 60
+    while topic in admin.list_topics(timeout=5).topics:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {topic} still listed 60 s after its deletion")
+        time.sleep(0.1)
 
 
 def delete_group(bootstrap: str, group: str) -> None:
@@ -140,11 +169,24 @@ def delete_group(bootstrap: str, group: str) -> None:
     admin.delete_consumer_groups([group])[group].result(timeout=30)
 
 
+def _records_in(bootstrap: str, topic: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"c2pg-probe-{uuid.uuid4().hex[:8]}"})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(hi - lo for lo, hi in (c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                                          for p in parts))
+    finally:
+        c.close()
+
+
 def prepare_flat_topic(bootstrap: str, topic: str,
                        events: Iterable[tuple[dict[str, Any], dict[str, Any] | None]],
                        *, partitions: int = 3, compression: str = "none") -> int:
     """Write ``events`` (key ``{id}``, value the full after-image row or ``None`` for a delete)
-    to a new ``topic`` in the form the JDBC sink consumes; returns the number written.
+    to ``topic`` (created unless it exists; it must be empty) in the form the JDBC sink
+    consumes; returns the number written.
 
     Records of one key go to one partition in the given order (keyed messages), which is all
     the order an upsert sink can rely on.
@@ -152,6 +194,9 @@ def prepare_flat_topic(bootstrap: str, topic: str,
     from confluent_kafka import KafkaException, Producer
 
     create_topic(bootstrap, topic, partitions)
+    held = _records_in(bootstrap, topic)
+    if held:  # run_jdbc_sink counts committed offsets: the topic must hold these events only
+        raise ValueError(f"topic {topic} already holds {held:,} records; delete it first")
     errors: list[str] = []
 
     def on_delivery(err, _msg) -> None:

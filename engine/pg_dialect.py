@@ -528,9 +528,13 @@ def expire_cells(schema: TableSchema, target_schema: str, target_table: str, tom
 
 
 def purge_tombstones(tomb_table: str, older_than_us: int) -> sql.Composed:
-    """Delete the tombstones whose deletion time is before ``older_than_us`` (every kind)."""
-    return sql.SQL("DELETE FROM {} WHERE {} < {}").format(
-        ident(STATE_SCHEMA, tomb_table), ident(T_DELETED_AT), sql.Literal(int(older_than_us)))
+    """Delete the tombstones older than ``older_than_us`` (every kind) — by their deletion
+    time AND by when c2pg recorded them: a deletion written with an old ``USING TIMESTAMP``
+    still waits out the retention from its arrival (like Cassandra's gc_grace, which counts
+    from the local deletion time), so late older writes stay shadowed."""
+    return sql.SQL("DELETE FROM {} WHERE {} < {} AND {} < to_timestamp({} / 1e6)").format(
+        ident(STATE_SCHEMA, tomb_table), ident(T_DELETED_AT), sql.Literal(int(older_than_us)),
+        ident("_c2pg_recorded_at"), sql.Literal(int(older_than_us)))
 
 
 # --- dead letters: listing and replay (engine.dlq) ---------------------------------------------
