@@ -102,8 +102,15 @@ def reduce_events(events: Iterable[ChangeEvent], n_partition_key: int, compare=N
                 tombs[t.identity()] = t
     tombstones = sorted(tombs.values(), key=lambda t: (t.kind, t.key, t.ts))
     if tombstones:
+        # Only a row's own partition's deletions can cover it: index them by partition key.
+        by_partition: dict[tuple[str, ...], list[Tombstone]] = {}
+        for t in tombstones:
+            by_partition.setdefault(t.key[:n_partition_key], []).append(t)
         for row in list(rows.values()):
-            kill = kill_ts(row.key, tombstones, n_partition_key, compare)
+            own = by_partition.get(row.key[:n_partition_key])
+            if not own:
+                continue
+            kill = kill_ts(row.key, own, n_partition_key, compare)
             if kill is not None:
                 _shadow(row, kill)
                 if not row.cells and row.row_ts is None:

@@ -923,6 +923,8 @@ def _bounded(kind: str, bits: int) -> _Scalar:
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
     def check(v: Any) -> int:
+        if v.__class__ is int and lo <= v <= hi:  # the usual case, first
+            return v
         i = _int_core(v)
         if not lo <= i <= hi:
             raise ValueConversionError(f"{i} is outside the range of {kind} ({lo}..{hi})")
