@@ -261,13 +261,14 @@ def test_a_dropped_cassandra_column_is_kept_and_write_time_positions_do_not_move
     assert catalog["b"].get("dropped") is True and catalog["b"]["cql"] == "text"
 
 
-def test_bad_arguments_exit_2_and_name_the_argument(pipeline, example_pipeline_path, capsys, ray_cluster):
+def test_bad_arguments_exit_2_and_name_the_argument(cass, pipeline, example_pipeline_path, capsys, ray_cluster):
+    cass.execute(f"CREATE TABLE IF NOT EXISTS {KS}.args_check (id int PRIMARY KEY)")
     assert snapshot_job.main(["--config", str(example_pipeline_path), "--table", "no_dot"]) == 2
     assert "--table must be KEYSPACE.TABLE" in capsys.readouterr().err
-    assert snapshot_job.main(["--config", str(example_pipeline_path), "--table", "demo.users",
+    assert snapshot_job.main(["--config", str(example_pipeline_path), "--table", f"{KS}.args_check",
                               "--consistency", "SOMETIMES"]) == 2
     assert "--consistency 'SOMETIMES'" in capsys.readouterr().err
-    assert snapshot_job.main(["--config", str(example_pipeline_path), "--table", "demo.users",
+    assert snapshot_job.main(["--config", str(example_pipeline_path), "--table", f"{KS}.args_check",
                               "--resume", "00000000-0000-0000-0000-000000000000"]) == 2
     assert "no such snapshot run" in capsys.readouterr().err
 
