@@ -42,7 +42,7 @@ from psycopg2 import sql
 
 from engine.stack import versions as v
 from engine.stack.launcher import default_root
-from engine.stack.services import StackPaths, copy_maven_deps, java_bin, maven
+from engine.stack.services import StackPaths, copy_maven_deps, java_bin, log4j2_xml, maven
 
 # Debezium 3.6.1.Final's JDBC sink is not on Maven Central (the jar and POM answer 404);
 # 3.6.0.Final is, with its plugin archive. The stack's own Debezium (3.4.1.Final, the
@@ -60,24 +60,9 @@ FIELDS: tuple[tuple[str, str, bool], ...] = (  # (name, Connect type, optional)
 TABLE_COLUMNS = ("id bigint PRIMARY KEY, name text, qty integer, price double precision, "
                  "updated bigint")
 
-# Like the stack's Kafka (services.LOG4J2_XML): to stdout, which goes to .stack/logs/jdbc-sink.log.
-LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
-<Configuration status="WARN">
-  <Appenders>
-    <Console name="STDOUT" target="SYSTEM_OUT">
-      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
-    </Console>
-  </Appenders>
-  <Loggers>
-    <Logger name="org.apache.kafka" level="INFO"/>
-    <Logger name="org.apache.kafka.clients" level="WARN"/>
-    <Logger name="io.debezium" level="INFO"/>
-    <Logger name="org.hibernate" level="WARN"/>
-    <Logger name="org.reflections" level="ERROR"/>
-    <Root level="WARN"><AppenderRef ref="STDOUT"/></Root>
-  </Loggers>
-</Configuration>
-"""
+# Like the stack's Kafka: to stdout, which goes to .stack/logs/jdbc-sink.log.
+LOG4J2_XML = log4j2_xml({"org.apache.kafka": "INFO", "org.apache.kafka.clients": "WARN", "io.debezium": "INFO",
+                         "org.hibernate": "WARN", "org.reflections": "ERROR"})
 
 # The JVM options of Kafka's own bin/connect-standalone.sh (kafka-run-class.sh defaults).
 JVM_OPTS = ["-Xms256m", "-Xmx2g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",

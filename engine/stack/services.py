@@ -469,21 +469,17 @@ class Kafka(Service):
         return health.check_kafka(bootstrap_servers=self.bootstrap, timeout_s=3)
 
 
-LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
-<Configuration status="WARN">
-  <Appenders>
-    <Console name="STDOUT" target="SYSTEM_OUT">
-      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
-    </Console>
-  </Appenders>
-  <Loggers>
-    <Logger name="kafka" level="INFO"/>
-    <Logger name="org.apache.kafka" level="INFO"/>
-    <Logger name="state.change.logger" level="WARN"/>
-    <Root level="WARN"><AppenderRef ref="STDOUT"/></Root>
-  </Loggers>
-</Configuration>
-"""
+def log4j2_xml(loggers: dict[str, str]) -> str:
+    """A log4j2 configuration writing to stdout (the service's log file), with these levels."""
+    lines = "".join(f'    <Logger name="{name}" level="{level}"/>\n' for name, level in loggers.items())
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n<Configuration status="WARN">\n  <Appenders>\n'
+            '    <Console name="STDOUT" target="SYSTEM_OUT">\n'
+            '      <PatternLayout pattern="[%d] %p %m (%c)%n"/>\n    </Console>\n  </Appenders>\n'
+            f'  <Loggers>\n{lines}    <Root level="WARN"><AppenderRef ref="STDOUT"/></Root>\n'
+            '  </Loggers>\n</Configuration>\n')
+
+
+LOG4J2_XML = log4j2_xml({"kafka": "INFO", "org.apache.kafka": "INFO", "state.change.logger": "WARN"})
 
 
 # --- Cassandra --------------------------------------------------------------------------

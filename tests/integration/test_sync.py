@@ -42,6 +42,18 @@ def pg(pipeline):
 
 
 
+def _fresh_target(pg, pipeline, name: str):
+    """An empty PostgreSQL side for table ``name`` and a pipeline (``t-<name>``) syncing only it."""
+    with pg, pg.cursor() as cur:
+        cur.execute("CREATE SCHEMA IF NOT EXISTS sync_test")
+        cur.execute(f'DROP TABLE IF EXISTS sync_test."{name}"')
+        cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = 'sync_test' AND target_table = %s", (name,))
+        cur.execute("DELETE FROM _c2pg.offsets WHERE pipeline = %s", (f"t-{name}",))
+    table = TableConfig(keyspace=KS, table=name, target_schema="sync_test", target_table=name)
+    return pipeline.model_copy(update={"pipeline": pipeline.pipeline.model_copy(update={"name": f"t-{name}"}),
+                                       "tables": (table,)})
+
+
 @pytest.fixture()
 def sync_table(cass, pg, pipeline, ray_cluster, request):
     """A fresh CDC table and a pipeline syncing only it; the supervisor is removed after."""
@@ -51,14 +63,7 @@ def sync_table(cass, pg, pipeline, ray_cluster, request):
     cass.execute(f"DROP TABLE IF EXISTS {KS}.{name}")
     cass.execute(f"CREATE TABLE {KS}.{name} (pk int, ck int, a text, b bigint, s set<text>, "
                  f"PRIMARY KEY (pk, ck)) WITH cdc = true")
-    with pg, pg.cursor() as cur:
-        cur.execute("CREATE SCHEMA IF NOT EXISTS sync_test")
-        cur.execute(f'DROP TABLE IF EXISTS sync_test."{name}"')
-        cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = 'sync_test' AND target_table = %s", (name,))
-        cur.execute("DELETE FROM _c2pg.offsets WHERE pipeline = %s", (f"t-{name}",))
-    table = TableConfig(keyspace=KS, table=name, target_schema="sync_test", target_table=name)
-    cfg = pipeline.model_copy(update={"pipeline": pipeline.pipeline.model_copy(update={"name": f"t-{name}"}),
-                                      "tables": (table,)})
+    cfg = _fresh_target(pg, pipeline, name)
     # The connector must know the table before the test's writes count.
     tail = TopicTail(f"c2pg.{KS}.{name}", {"bootstrap.servers": "127.0.0.1:9092"})
     deadline = time.monotonic() + 60
@@ -338,11 +343,7 @@ def test_udt_frozen_collections_maps_and_ttl_reach_postgres(cass, pg, pipeline, 
     cass.execute(f"DROP TABLE IF EXISTS {KS}.{name}")
     cass.execute(f"CREATE TABLE {KS}.{name} (id int PRIMARY KEY, home frozen<addr>, tags frozen<list<text>>, "
                  f"scores map<text, int>, pair tuple<int, text>, note text) WITH cdc = true")
-    with pg, pg.cursor() as cur:
-        cur.execute("CREATE SCHEMA IF NOT EXISTS sync_test")
-        cur.execute(f'DROP TABLE IF EXISTS sync_test."{name}"')
-        cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = 'sync_test' AND target_table = %s", (name,))
-        cur.execute("DELETE FROM _c2pg.offsets WHERE pipeline = %s", (f"t-{name}",))
+    cfg = _fresh_target(pg, pipeline, name)
     tail = TopicTail(f"c2pg.{KS}.{name}", {"bootstrap.servers": "127.0.0.1:9092"})
     try:
         captured = False
@@ -359,9 +360,6 @@ def test_udt_frozen_collections_maps_and_ttl_reach_postgres(cass, pg, pipeline, 
         assert captured, "the connector never captured the UDT table"
     finally:
         tail.close()
-    table = TableConfig(keyspace=KS, table=name, target_schema="sync_test", target_table=name)
-    cfg = pipeline.model_copy(update={"pipeline": pipeline.pipeline.model_copy(update={"name": f"t-{name}"}),
-                                      "tables": (table,)})
     sup = get_or_start(cfg)
     try:
         for i in range(10):
