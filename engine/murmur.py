@@ -23,6 +23,7 @@ from cassandra.murmur3 import murmur3
 
 from engine.errors import C2pgError
 from engine.schema import TableSchema
+from engine.types import copy_unescape
 
 MAX_TOKEN = 2**63 - 1
 MIN_TOKEN = -(2**63)
@@ -30,23 +31,6 @@ MIN_TOKEN = -(2**63)
 
 class TokenError(C2pgError):
     """The token of a partition key cannot be computed (unsupported type or bad value)."""
-
-
-def _unescape(text: str) -> str:
-    """Undo COPY TEXT escaping (``\\\\``, ``\\t``, ``\\n``, ``\\r``)."""
-    if "\\" not in text:
-        return text
-    out, i = [], 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\" and i + 1 < len(text):
-            nxt = text[i + 1]
-            out.append({"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}.get(nxt, nxt))
-            i += 2
-        else:
-            out.append(ch)
-            i += 1
-    return "".join(out)
 
 
 def _timestamp(text: str) -> bytes:
@@ -86,8 +70,8 @@ SERIALIZERS: dict[str, Callable[[str], bytes]] = {
     "tinyint": lambda t: struct.pack(">b", int(t)),
     "varint": lambda t: _varint(int(t)),
     "decimal": _decimal,
-    "text": lambda t: _unescape(t).encode(),
-    "ascii": lambda t: _unescape(t).encode(),
+    "text": lambda t: copy_unescape(t).encode(),
+    "ascii": lambda t: copy_unescape(t).encode(),
     "uuid": lambda t: uuid.UUID(t).bytes,
     "timeuuid": lambda t: uuid.UUID(t).bytes,
     "boolean": lambda t: b"\x01" if t in ("t", "true") else b"\x00",

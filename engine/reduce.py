@@ -187,7 +187,7 @@ def typed_compare(schema):
     import uuid
     from decimal import Decimal
 
-    from engine.murmur import _unescape
+    from engine.types import copy_unescape
 
     def key_fn(kind: str):
         if kind in ("tinyint", "smallint", "int", "bigint", "varint", "counter"):
@@ -197,7 +197,7 @@ def typed_compare(schema):
         if kind in ("float", "double"):
             return float
         if kind in ("text", "ascii"):
-            return lambda t: _unescape(t).encode()
+            return lambda t: copy_unescape(t).encode()
         if kind == "timeuuid":
             return lambda t: (uuid.UUID(t).time, uuid.UUID(t).bytes)
         if kind == "uuid":

@@ -324,6 +324,25 @@ def _copy_escape(s: str) -> str:
     return s
 
 
+def copy_unescape(text: str) -> str:
+    """Undo :func:`_copy_escape` (``\\\\``, ``\\t``, ``\\n``, ``\\r``): a canonical text value back
+    to the text itself. Callers: partition tokens (:mod:`engine.murmur`) and clustering
+    order (:func:`engine.reduce.typed_compare`), which need the raw text."""
+    if "\\" not in text:
+        return text
+    out, i = [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            out.append({"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}.get(nxt, nxt))
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
 def _copy_escape_json(s: str) -> str:
     # JSON text never holds a raw tab/newline/CR (json escapes control characters).
     return s.replace("\\", "\\\\") if "\\" in s else s
