@@ -90,6 +90,18 @@ class TopicTail:
                 settle_until = time.monotonic() + settle_s
         return out
 
+    def wait_for_capture(self, write: Callable[[], object], timeout_s: float,
+                         key_filter: Callable[[object], bool] | None = None) -> bool:
+        """Make a write (``write()``) and wait ~3 s for its event, again and again, until one
+        arrives (True) or ``timeout_s`` passes (False): proof that the Debezium connector
+        captures the table, before writes that must be seen are made."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            write()
+            if self.read(1, min(3.0, max(0.1, deadline - time.monotonic())), key_filter=key_filter):
+                return True
+        return False
+
     def close(self) -> None:
         self._consumer.close()
 

@@ -151,14 +151,12 @@ def _write_stream(session, ks: str, t: str, rows: int) -> Writes:
 def _wait_for_capture(session, tail: TopicTail, ks: str, t: str, timeout_s: float = 60) -> None:
     """Upsert a marker row until its event appears: then the connector captures the table."""
     marker = uuid.UUID(int=0)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        session.execute(f"INSERT INTO {ks}.{t} (id, name) VALUES (%s, 'capture check')", (marker,))
-        if tail.read(1, 3.0, key_filter=lambda k: isinstance(k, dict) and k.get("id") == str(marker)):
-            print("   the Debezium connector captures the table")
-            return
-    raise C2pgError(f"no change event for {ks}.{t} within {timeout_s:.0f}s: is the connector "
-                    "running (c2pg stack status) and the table WITH cdc = true?")
+    if not tail.wait_for_capture(
+            lambda: session.execute(f"INSERT INTO {ks}.{t} (id, name) VALUES (%s, 'capture check')", (marker,)),
+            timeout_s, key_filter=lambda k: isinstance(k, dict) and k.get("id") == str(marker)):
+        raise C2pgError(f"no change event for {ks}.{t} within {timeout_s:.0f}s: is the connector "
+                        "running (c2pg stack status) and the table WITH cdc = true?")
+    print("   the Debezium connector captures the table")
 
 
 def _print_events(events, writes: Writes) -> None:

@@ -130,38 +130,35 @@ def open_tail() -> TopicTail:
 
 def wait_until_captured(session: Session, timeout_s: float = 60.0) -> None:
     """Write a sentinel row until its event shows up: the connector now knows the table."""
-    tail = open_tail()
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            session.execute(f"INSERT INTO {T} (pk, ck, t) VALUES (-1, 0, 'sentinel')")
-            if tail.read(1, 3.0, key_filter=lambda k: isinstance(k, dict) and k.get("pk") == -1):
-                return
-        raise TimeoutError(f"no Debezium event for {T} within {timeout_s}s")
-    finally:
-        tail.close()
+    with open_tail() as tail:
+        if not tail.wait_for_capture(
+                lambda: session.execute(f"INSERT INTO {T} (pk, ck, t) VALUES (-1, 0, 'sentinel')"), timeout_s,
+                key_filter=lambda k: isinstance(k, dict) and k.get("pk") == -1):
+            raise TimeoutError(f"no Debezium event for {T} within {timeout_s}s")
 
 
-def ensure_captured(session: Session, stack=None) -> None:
-    """Create the schema and make sure the connector captures the table.
-
-    Debezium 3.4.1 cannot add a table that uses a UDT created while it runs ("Unknown type"
-    in its log): it only learns UDTs from the node's system_schema SSTables at start. So when
-    the sentinel does not come through, flush system_schema and restart the connector.
-    """
-    from engine.stack.launcher import Stack
-
-    create_schema(session)
-    try:
-        wait_until_captured(session, timeout_s=15)
+def capture_with_restart(stack, tail: TopicTail, write, what: str) -> None:
+    """Wait for the connector to capture a table; if it does not within 15 s, flush
+    system_schema and restart the connector, which then learns UDTs it missed
+    (Debezium 3.4.1 only reads them from the node's SSTables at start)."""
+    if tail.wait_for_capture(write, 15):
         return
-    except TimeoutError:
-        pass
-    stack = stack or Stack()
     stack.services["cassandra"].nodetool("flush", "system_schema")
     stack.down(["debezium"], on_event=lambda m: None)
     stack.up(["debezium"], on_event=lambda m: None)
-    wait_until_captured(session, timeout_s=60)
+    if not tail.wait_for_capture(write, 60):
+        raise TimeoutError(f"the connector never captured {what}")
+
+
+def ensure_captured(session: Session, stack=None) -> None:
+    """Create the schema and make sure the connector captures the table (it has a UDT,
+    so the connector may need the restart of :func:`capture_with_restart`)."""
+    from engine.stack.launcher import Stack
+
+    create_schema(session)
+    with open_tail() as tail:
+        capture_with_restart(stack or Stack(), tail,
+                             lambda: session.execute(f"INSERT INTO {T} (pk, ck, t) VALUES (-1, 0, 'sentinel')"), T)
 
 
 def run_scenario(session: Session, scenario: Scenario, timeout_s: float = 20.0) -> list[TailedEvent]:

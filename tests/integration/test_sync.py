@@ -17,7 +17,7 @@ import ray
 from engine import cql
 from engine.config import TableConfig
 from engine.sync_supervisor import find, get_or_start
-from tests.integration.cdc_scenarios import TopicTail
+from tests.integration.cdc_scenarios import TopicTail, capture_with_restart
 from engine.compare import wait_equal
 
 KS = "c2pg_sync_test"
@@ -65,12 +65,10 @@ def sync_table(cass, pg, pipeline, ray_cluster, request):
                  f"PRIMARY KEY (pk, ck)) WITH cdc = true")
     cfg = _fresh_target(pg, pipeline, name)
     # The connector must know the table before the test's writes count.
-    tail = TopicTail(f"c2pg.{KS}.{name}", {"bootstrap.servers": "127.0.0.1:9092"})
-    deadline = time.monotonic() + 60
-    while not tail.read(1, 3.0):
-        assert time.monotonic() < deadline, "the connector never captured the table"
-        cass.execute(f"INSERT INTO {KS}.{name} (pk, ck, a) VALUES (-1, -1, 'sentinel')")
-    tail.close()
+    with TopicTail(f"c2pg.{KS}.{name}", {"bootstrap.servers": "127.0.0.1:9092"}) as tail:
+        assert tail.wait_for_capture(
+            lambda: cass.execute(f"INSERT INTO {KS}.{name} (pk, ck, a) VALUES (-1, -1, 'sentinel')"), 60), \
+            "the connector never captured the table"
     sup = get_or_start(cfg)
     yield cfg, name, sup
     current = find(cfg.name)  # a test may have replaced the supervisor
@@ -344,22 +342,9 @@ def test_udt_frozen_collections_maps_and_ttl_reach_postgres(cass, pg, pipeline, 
     cass.execute(f"CREATE TABLE {KS}.{name} (id int PRIMARY KEY, home frozen<addr>, tags frozen<list<text>>, "
                  f"scores map<text, int>, pair tuple<int, text>, note text) WITH cdc = true")
     cfg = _fresh_target(pg, pipeline, name)
-    tail = TopicTail(f"c2pg.{KS}.{name}", {"bootstrap.servers": "127.0.0.1:9092"})
-    try:
-        captured = False
-        for attempt in range(2):
-            deadline = time.monotonic() + (15 if attempt == 0 else 60)
-            while time.monotonic() < deadline and not captured:
-                cass.execute(f"INSERT INTO {KS}.{name} (id, note) VALUES (-1, 'sentinel')")
-                captured = bool(tail.read(1, 3.0))
-            if captured:
-                break
-            stack.services["cassandra"].nodetool("flush", "system_schema")
-            stack.down(["debezium"], on_event=lambda m: None)
-            stack.up(["debezium"], on_event=lambda m: None)
-        assert captured, "the connector never captured the UDT table"
-    finally:
-        tail.close()
+    with TopicTail(f"c2pg.{KS}.{name}", {"bootstrap.servers": "127.0.0.1:9092"}) as tail:
+        capture_with_restart(stack, tail, lambda: cass.execute(
+            f"INSERT INTO {KS}.{name} (id, note) VALUES (-1, 'sentinel')"), f"{KS}.{name}")
     sup = get_or_start(cfg)
     try:
         for i in range(10):

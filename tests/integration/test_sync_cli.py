@@ -38,12 +38,9 @@ def test_start_follow_pause_resume_status_stop(stack, pipeline, ray_cluster, tmp
                     "{'class': 'SimpleStrategy', 'replication_factor': 1}")
     time.sleep(2)
     session.execute(f"CREATE TABLE {KS}.{table} (id int PRIMARY KEY, v text) WITH cdc = true")
-    tail = TopicTail(f"c2pg.{KS}.{table}", {"bootstrap.servers": "127.0.0.1:9092"})
-    deadline = time.monotonic() + 60
-    while not tail.read(1, 3.0):
-        assert time.monotonic() < deadline
-        session.execute(f"INSERT INTO {KS}.{table} (id, v) VALUES (0, 'first')")
-    tail.close()
+    with TopicTail(f"c2pg.{KS}.{table}", {"bootstrap.servers": "127.0.0.1:9092"}) as tail:
+        assert tail.wait_for_capture(
+            lambda: session.execute(f"INSERT INTO {KS}.{table} (id, v) VALUES (0, 'first')"), 60)
     config = _pipeline_file(tmp_path, table)
     conn = psycopg2.connect(**pipeline.postgres.connect_kwargs())
     try:
