@@ -73,6 +73,7 @@ class PartitionWorker:
         self.parts = {p: PartitionState(*p) for p in self.partitions}
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._watermarks_at = 0.0
         # Kafka record time → PostgreSQL commit, per event, for the last 20,000 events.
         self.latencies: deque[float] = deque(maxlen=20_000)
         self.tables: dict[str, TableConfig] = {cfg.kafka.topic_for(t.keyspace, t.table): t for t in cfg.tables}
@@ -259,8 +260,14 @@ class PartitionWorker:
                 log.warning("dead letter not copied to %s: %s", self.cfg.kafka.dlq_topic, exc)
 
     def _refresh_watermarks(self, consumer) -> None:
+        """High watermarks for the lag figures: one broker round trip per partition, so at
+        most once a second, not once per batch (this runs in the apply loop)."""
         from confluent_kafka import TopicPartition
 
+        now = time.monotonic()
+        if now - self._watermarks_at < 1.0:
+            return
+        self._watermarks_at = now
         for (t, p), st in self.parts.items():
             try:
                 _, high = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=0.5, cached=False)
