@@ -54,15 +54,26 @@ def ray_cluster(stack):
 
 @pytest.fixture(autouse=True)
 def _restore_logging():
-    """Entry points under test (``main()``) configure logging onto the test's captured
-    stderr; put the session's handlers back so later lines never hit a closed stream."""
+    """Tests that run an entry point (``main()``) or ``engine.log.configure`` change the
+    process's logging; put everything back: structlog's configuration (the session's routing
+    through stdlib, which caplog tests rely on), bound context, the root logger's handlers
+    and level, and the drivers' levels. pytest's own capture handlers are per test phase, so
+    the ones present at teardown are kept and stale ones are not put back."""
     import logging
 
+    import structlog
+    from _pytest.logging import LogCaptureHandler
+
     root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    kept = [h for h in root.handlers if not isinstance(h, LogCaptureHandler)]
+    levels = {name: logging.getLogger(name).level for name in (None, "cassandra", "kafka", "urllib3")}
+    config = structlog.get_config()
     yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+    structlog.contextvars.clear_contextvars()
+    structlog.configure(**config)
+    root.handlers[:] = [h for h in root.handlers if isinstance(h, LogCaptureHandler)] + kept
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def pytest_configure(config):

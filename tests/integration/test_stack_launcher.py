@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import signal
 import socket
@@ -20,8 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-import structlog
-from _pytest.logging import LogCaptureHandler  # pytest's per-phase handlers: not ours to keep
 
 from engine import cli
 from engine.errors import StackError
@@ -244,22 +241,7 @@ def test_unknown_service_is_rejected_listing_the_known_ones(temp_stack):
 # --- the CLI ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def restore_logging():
-    """cli.main() configures logging for a process; undo that for the next tests."""
-    root = logging.getLogger()
-    kept = [h for h in root.handlers if not isinstance(h, LogCaptureHandler)]
-    levels = {name: logging.getLogger(name).level for name in (None, "cassandra", "kafka", "urllib3")}
-    yield
-    structlog.contextvars.clear_contextvars()
-    structlog.reset_defaults()
-    root.handlers[:] = [h for h in root.handlers if isinstance(h, LogCaptureHandler)] + kept
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
-
-
-def test_cli_status_json_on_an_empty_stack_is_all_down(tmp_path, ports, monkeypatch, capsys,
-                                                      restore_logging):
+def test_cli_status_json_on_an_empty_stack_is_all_down(tmp_path, ports, monkeypatch, capsys):
     monkeypatch.setenv("C2PG_STACK_DIR", str(tmp_path / "empty"))
 
     t0 = time.monotonic()

@@ -13,31 +13,21 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import structlog
-from _pytest.logging import LogCaptureHandler  # pytest's per-phase handlers: not ours to keep
 
 from engine import log
 
 CONTEXT = {"pipeline": "orders", "table": "shop.orders", "topic": "c2pg.shop.orders",
            "partition": 2, "run_id": "run-7"}
-DRIVERS = ("cassandra", "kafka", "urllib3")
 
 
 @pytest.fixture(autouse=True)
 def isolated_logging(monkeypatch):
-    """Undo configure(): structlog defaults, no bound context, the root logger's own handlers."""
+    """Each test configures logging from scratch (tests/conftest.py puts the session's back)."""
     monkeypatch.delenv("C2PG_LOG_FORMAT", raising=False)
     monkeypatch.delenv("C2PG_LOG_LEVEL", raising=False)
-    root = logging.getLogger()
-    kept = [h for h in root.handlers if not isinstance(h, LogCaptureHandler)]
-    levels = {name: logging.getLogger(name).level for name in (None, *DRIVERS)}
-    structlog.contextvars.clear_contextvars()
-    yield
     structlog.contextvars.clear_contextvars()
     structlog.reset_defaults()
-    # pytest removes its own per-phase handlers itself; configure()'s handler goes.
-    root.handlers[:] = [h for h in root.handlers if isinstance(h, LogCaptureHandler)] + kept
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
+    yield
 
 
 def json_lines(text: str) -> list[dict]:
