@@ -1,21 +1,28 @@
 """Real health checks of every component c2pg talks to.
 
 One module, three callers: ``c2pg stack status`` / ``stack up`` (readiness of the local
-stack), the CLI's ``c2pg health`` and the Serve app's ``/readyz``. Each check is a plain
-function that talks to the real server and raises on failure; :func:`run_checks` runs a set
-of them concurrently, each bounded by a timeout, and turns outcomes into
-:class:`ComponentHealth` values. A check never reports healthy without a round trip.
+stack), the CLI's ``c2pg health`` and the Serve app's ``/readyz`` (``serve_app``). Each check
+is a plain function that talks to the real server and raises on failure; :func:`run_checks`
+runs a set of them concurrently, each bounded by a timeout, and turns outcomes into
+:class:`ComponentHealth` values (status, latency, error). A check never reports healthy
+without a round trip.
+
+The checks are probes of peers that may be down: the drivers' own error logging (the
+Cassandra driver logs a traceback per refused connection) is silenced while a check runs,
+because the check's exception is the answer (:func:`_drivers_quiet`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import logging
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 
 Check = Callable[[], "str | None"]
@@ -23,6 +30,35 @@ Check = Callable[[], "str | None"]
 _QUIET = logging.getLogger("c2pg.health.librdkafka")
 _QUIET.setLevel(logging.CRITICAL)
 _QUIET.propagate = False
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: int | None = None
+
+
+@contextlib.contextmanager
+def _drivers_quiet(logger_name: str = "cassandra") -> Iterator[None]:
+    """Raise ``logger_name``'s level to CRITICAL while at least one check runs.
+
+    Checks run concurrently (and the Serve app runs requests concurrently), so the level is
+    reference-counted: the first check in saves it, the last one out puts it back. Other
+    code in the same process logging through the driver in that window is silenced too;
+    the window is one check's timeout at most.
+    """
+    global _quiet_depth, _quiet_saved
+    logger = logging.getLogger(logger_name)
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_saved = logger.level
+            logger.setLevel(logging.CRITICAL)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0 and _quiet_saved is not None:
+                logger.setLevel(_quiet_saved)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +71,14 @@ class ComponentHealth:
     detail: str | None = None
     error: str | None = None
 
+    @property
+    def status(self) -> str:
+        """``"up"`` or ``"down"``: what ``/readyz`` and ``c2pg health --json`` show."""
+        return "up" if self.ok else "down"
+
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {"name": self.name, "status": self.status, **{k: v for k, v in asdict(self).items()
+                                                              if k != "name"}}
 
 
 def run_checks(checks: Mapping[str, Check], timeout_s: float = 5.0) -> list[ComponentHealth]:
@@ -99,23 +141,25 @@ def check_cassandra(*, contact_points: list[str], port: int, username: str | Non
     auth = PlainTextAuthProvider(username, password) if username else None
     profile = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy(contact_points),
                                request_timeout=timeout_s)
-    cluster = Cluster(contact_points, port=port, auth_provider=auth, connect_timeout=timeout_s,
-                      control_connection_timeout=timeout_s, protocol_version=5,
-                      execution_profiles={EXEC_PROFILE_DEFAULT: profile})
-    try:
-        session = cluster.connect()
-        row = session.execute("SELECT now(), release_version FROM system.local",
-                              timeout=timeout_s).one()
-        return f"Cassandra {row.release_version}"
-    finally:
-        cluster.shutdown()
+    with _drivers_quiet("cassandra"):
+        cluster = Cluster(contact_points, port=port, auth_provider=auth, connect_timeout=timeout_s,
+                          control_connection_timeout=timeout_s, protocol_version=5,
+                          execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+        try:
+            session = cluster.connect()
+            row = session.execute("SELECT now(), release_version FROM system.local",
+                                  timeout=timeout_s).one()
+            return f"Cassandra {row.release_version}"
+        finally:
+            cluster.shutdown()
 
 
 def check_kafka(*, bootstrap_servers: str, topics: list[str] | None = None,
                 extra: Mapping[str, object] | None = None, require_topics: bool = True,
                 timeout_s: float = 5.0) -> str:
-    """Cluster metadata; each of ``topics`` must exist (or, with ``require_topics=False``,
-    missing ones are only named in the detail)."""
+    """Cluster metadata, and the metadata of each of ``topics``: it must exist (or, with
+    ``require_topics=False``, a missing one is only named in the detail) and every one of
+    its partitions must have a leader (a partition without one cannot be read)."""
     from confluent_kafka.admin import AdminClient
 
     # librdkafka's own connection errors go to a silenced logger: the exception below is
@@ -129,6 +173,13 @@ def check_kafka(*, bootstrap_servers: str, topics: list[str] | None = None,
     missing = [t for t in topics or [] if t not in md.topics or md.topics[t].error is not None]
     if missing and require_topics:
         raise RuntimeError(f"topics missing: {', '.join(missing)}")
+    present = [t for t in topics or [] if t not in missing]
+    leaderless = [f"{t}/{p}" for t in present for p, pm in sorted(md.topics[t].partitions.items())
+                  if pm.leader < 0 or pm.error is not None]
+    if leaderless:
+        raise RuntimeError(f"partitions without a leader: {', '.join(leaderless)}")
+    if present:
+        detail += "; " + ", ".join(f"{t}: {len(md.topics[t].partitions)} partition(s)" for t in present)
     if missing:
         detail += f"; no topic yet for {', '.join(missing)} (created by the first change event)"
     return detail
@@ -178,12 +229,50 @@ def check_debezium(*, url: str, timeout_s: float = 3.0) -> str:
     return "healthy"
 
 
-def pipeline_checks(cfg, *, timeout_s: float = 3.0) -> dict[str, Check]:
+def check_sync_supervisor(pipeline: str, *, timeout_s: float = 3.0) -> str:
+    """The pipeline's :class:`~engine.sync_supervisor.SyncSupervisor` answers ``status()``
+    within ``timeout_s`` and every worker it runs is ``running`` or ``paused``.
+
+    Needs a connected Ray driver (the Serve replica is one; so is any process after
+    ``ray.init``). Fails when no supervisor runs for ``pipeline`` (``c2pg sync start``), when
+    it does not answer, and when a worker is ``retrying``, ``stopped`` or unreachable (the
+    message names the worker, its state and its last error).
+    """
+    import ray
+
+    from engine.sync_supervisor import find
+
+    if not ray.is_initialized():
+        raise RuntimeError("not connected to Ray (the check runs in a Ray driver or the Serve app)")
+    sup = find(pipeline)
+    if sup is None:
+        raise RuntimeError(f"no sync supervisor running for pipeline {pipeline!r} (c2pg sync start)")
+    status = ray.get(sup.status.remote(), timeout=timeout_s)
+    return describe_sync(status)
+
+
+def describe_sync(status: Mapping) -> str:
+    """The detail of a healthy supervisor ``status()``; raises naming every worker that is
+    not ``running``/``paused``. Shared by :func:`check_sync_supervisor` and the Serve app,
+    which reads the status once for both its status route and its readiness."""
+    workers = status.get("workers") or []
+    bad = [f"worker {w.get('worker')} {w.get('state')}" + (f" ({str(w['error'])[:200]})" if w.get("error") else "")
+           for w in workers if w.get("state") not in ("running", "paused")]
+    if bad:
+        raise RuntimeError("; ".join(bad))
+    paused = " (paused)" if status.get("paused_all") else ""
+    if not workers:
+        return "supervisor running; no partitions to assign yet (no topic has events)"
+    return f"{len(workers)} worker(s) running{paused}"
+
+
+def pipeline_checks(cfg, *, timeout_s: float = 3.0, sync: bool = False) -> dict[str, Check]:
     """The checks of every component a pipeline uses, built from its (resolved) config.
 
     Callers: ``c2pg health`` and the Serve app's ``/readyz``. Kafka is checked for cluster
-    metadata only: a table's topic appears with its first change event, so a missing topic
-    is reported in the detail, not as a failure.
+    metadata and the metadata of the pipeline's topics: a table's topic appears with its
+    first change event, so a missing topic is reported in the detail, not as a failure.
+    ``sync=True`` adds ``sync`` (:func:`check_sync_supervisor`; needs a Ray driver).
     """
     pg = cfg.postgres.connect_kwargs(application_name="c2pg-health")
     checks: dict[str, Check] = {
@@ -205,5 +294,7 @@ def pipeline_checks(cfg, *, timeout_s: float = 3.0) -> dict[str, Check]:
                                                            timeout_s=timeout_s)
     if cfg.vault is not None:
         checks["vault"] = lambda: check_vault(url=str(cfg.vault.url), timeout_s=timeout_s)
+    if sync:
+        checks["sync"] = lambda: check_sync_supervisor(cfg.name, timeout_s=timeout_s)
     return checks
 
