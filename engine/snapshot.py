@@ -92,9 +92,13 @@ class SnapshotFailed(C2pgError):
 
 def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | None = None,
                  consistency: str | None = None, resume: str | None = None, evolve: bool = False,
-                 concurrency: int | None = None) -> SnapshotResult:
+                 concurrency: int | None = None, run_id: str | None = None) -> SnapshotResult:
     """Copy ``table_cfg``'s table; see the module docstring. Raises :class:`SnapshotFailed`
-    (with the run id) when splits fail, after recording the run as failed."""
+    (with the run id) when splits fail, after recording the run as failed.
+
+    ``run_id`` names the new run (the Serve app picks it so it can answer with it before the
+    job starts); it must be a UUID not used yet, and cannot be combined with ``resume``.
+    """
     import ray
 
     started = time.monotonic()
@@ -103,6 +107,13 @@ def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | N
     if not hasattr(ConsistencyLevel, consistency) or consistency == "ANY":
         raise SnapshotUsageError(f"--consistency {consistency!r} is not a read consistency level")
     splits = splits or cfg.snapshot.splits
+    if run_id is not None:
+        if resume:
+            raise SnapshotUsageError("--run-id names a new run; --resume continues an existing one: use one")
+        try:
+            run_id = str(uuid.UUID(run_id))
+        except ValueError:
+            raise SnapshotUsageError(f"--run-id must be a UUID, got {run_id!r}") from None
     with _connections(cfg) as (cluster, session, conn):
         schema = read_table(session, table_cfg.keyspace, table_cfg.table)
         for note in schema.unsupported_by_cdc():
@@ -115,7 +126,7 @@ def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | N
             run_id, plan = _load_resume(conn, resume, schema.qualified)
             mode = "merge"
         else:
-            run_id = str(uuid.uuid4())
+            run_id = run_id or str(uuid.uuid4())
             mode = "direct" if target.created else "merge"
             # Enough splits that every concurrent task has work and stragglers are short.
             slots = int(ray.cluster_resources().get("CPU", 2) / cfg.snapshot.task_cpus)

@@ -2,6 +2,7 @@
 
     python -m jobs.snapshot --config pipeline.yaml --table ks.table [--splits N]
         [--consistency LEVEL] [--resume RUN_ID] [--evolve] [--concurrency N] [--output result.json]
+        [--run-id UUID]
 
 Usable as-is under ``ray job submit --working-dir . -- python -m jobs.snapshot ...`` (it
 joins the job's cluster) or locally (it starts a local Ray). Ends with a summary line and
@@ -39,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evolve", action="store_true", help="add columns missing in an existing target")
     p.add_argument("--concurrency", type=int, help="max concurrent read/write tasks")
     p.add_argument("--output", type=Path, help="write the result as JSON here too")
+    p.add_argument("--run-id", help="the new run's id (a UUID), chosen by the caller: the Serve app "
+                                    "returns it before the job starts (default: a new one)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     log.bind(pipeline=cfg.name, table=args.table)
     result = run_snapshot(cfg, find_table(cfg, args.table), splits=args.splits,
                           consistency=args.consistency, resume=args.resume, evolve=args.evolve,
-                          concurrency=args.concurrency)
+                          concurrency=args.concurrency, run_id=getattr(args, "run_id", None))
     summary = result.as_dict()
     print(f"snapshot {result.table} → {result.target}: {result.rows} rows, "
           f"{result.bytes / 1e6:.1f} MB, {result.seconds:.1f} s, {result.rows_per_s:,.0f} rows/s, "
