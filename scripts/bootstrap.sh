@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what c2pg needs on a fresh machine, and nothing twice:
 #   - Debian packages: PostgreSQL 15 (the local stack's target), OpenJDK 17 and Maven
-#     (Cassandra, Kafka and the Debezium connector come from Maven Central at `stack up`);
+#     (Cassandra, Kafka and the Debezium connector come from Maven Central at `stack up`),
+#     Chromium (headless: the control plane's status-page test and its screenshot);
 #   - a virtual environment .venv with the project and its test extra.
 # Java 21+ for the schema registry (Apicurio 3.3) is the Temurin JDK under /usr/lib/jvm on
 # our machines; see docs/local-stack.md when it is missing.
@@ -12,6 +13,7 @@ packages=()
 [ -x /usr/lib/postgresql/15/bin/postgres ] || packages+=(postgresql-15)
 [ -x /usr/lib/jvm/java-17-openjdk-amd64/bin/java ] || packages+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 if ((${#packages[@]})); then
   echo "bootstrap: installing ${packages[*]}"
   sudo=""
