@@ -378,10 +378,22 @@ class ReconcileConfig(_Section):
 
 
 class ApiConfig(_Section):
-    """``api``: the Serve app; requests need ``Authorization: Bearer <token>`` if set."""
+    """``api``: the Serve control plane (``serve_app``).
+
+    Every ``/v1`` request needs ``Authorization: Bearer <token>``; the app refuses to start
+    without ``token``. ``rate_limit_per_minute`` is per client address and per replica.
+    Health results are reused for ``health_cache`` and the sync status for ``status_cache``
+    (0s: never), so a burst of probes or page refreshes costs one round trip per peer.
+    ``check_timeout`` bounds each component check of ``/readyz``. ``sync_required`` makes a
+    missing or failing sync supervisor turn ``/readyz`` 503 (otherwise it is only reported).
+    """
 
     token: Secret | None = None
     rate_limit_per_minute: PositiveInt = 600
+    health_cache: NonNegativeDuration = timedelta(seconds=1)
+    status_cache: NonNegativeDuration = timedelta(seconds=1)
+    check_timeout: Duration = timedelta(seconds=2)
+    sync_required: bool = False
 
 
 class PipelineConfig(_Section):

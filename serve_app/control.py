@@ -1,0 +1,453 @@
+"""What the control plane's routes do: one :class:`Control` per Serve replica, per pipeline.
+
+Built by :class:`serve_app.app.ControlPlane` when a replica starts (from the pipeline file);
+the routes of :func:`serve_app.api.create_api` call it and render its answers. It talks to
+
+- the components, through :mod:`engine.health` (readiness; results cached ``api.health_cache``);
+- the pipeline's :class:`~engine.sync_supervisor.SyncSupervisor` actor, looked up by name
+  (status, with ``api.check_timeout``; cached ``api.status_cache``; pause and resume);
+- the Ray Jobs API (:class:`ray.job_submission.JobSubmissionClient`) for snapshot and
+  reconcile runs: each run's id is chosen here and passed as ``--run-id``, the Ray job is
+  ``c2pg-<kind>-<run id>``, and the run's record in ``_c2pg.runs`` (written by the job) is
+  read back through :mod:`engine.runs`;
+- PostgreSQL (a small connection pool) for runs, offsets and dead letters
+  (:mod:`engine.dlq`).
+
+Failure means an :class:`~serve_app.security.ApiError` with a message for the client:
+404 for an unknown pipeline, run or dead letter; 409 for pause/resume with no sync running;
+422 for a table that is not one of the pipeline's; 503 when PostgreSQL, Ray or the
+supervisor does not answer. Nothing here returns a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from engine import health, runs
+from engine.config import PipelineConfig, TableConfig
+from serve_app.security import ApiError
+
+log = structlog.get_logger("c2pg.serve")
+
+KINDS = {"snapshot": "jobs.snapshot", "reconcile": "jobs.reconcile"}
+_DONE = {"succeeded", "completed"}
+
+
+class Cached:
+    """A value recomputed at most once per ``ttl_s``; concurrent callers wait for the one
+    computing it (single flight), so a burst of requests costs one round trip."""
+
+    def __init__(self, ttl_s: float, compute: Callable[[], Any]):
+        self.ttl_s = ttl_s
+        self._compute = compute
+        self._lock = threading.Lock()
+        self._value: Any = None
+        self._at = -1e18
+
+    def get(self) -> Any:
+        if time.monotonic() - self._at < self.ttl_s:
+            return self._value
+        with self._lock:
+            if time.monotonic() - self._at >= self.ttl_s:
+                self._value = self._compute()
+                self._at = time.monotonic()
+            return self._value
+
+    def clear(self) -> None:
+        self._at = -1e18
+
+
+class Control:
+    """The backends of one pipeline's control plane (see the module docstring)."""
+
+    def __init__(self, cfg: PipelineConfig, config_path: Path, *, env: dict[str, str] | None = None,
+                 jobs_client: Callable[[], Any] | None = None):
+        """``env``: the environment ``cfg`` was loaded with; its ``C2PG__`` overrides (and
+        ``C2PG_LOG_*``) are handed to the jobs, so they run on the same effective config."""
+        self.cfg = cfg
+        self.config_path = Path(config_path).resolve()
+        self.job_env = {k: v for k, v in (os.environ if env is None else env).items()
+                        if k.startswith(("C2PG__", "C2PG_LOG"))}
+        self._jobs_client_factory = jobs_client or _default_jobs_client
+        self._jobs: Any = None
+        self._pool: Any = None
+        self._pool_lock = threading.Lock()
+        self._cql: Any = None
+        api = cfg.api
+        self.check_timeout_s = api.check_timeout.total_seconds()
+        self._health = Cached(api.health_cache.total_seconds(), self._check_all)
+        self._sync = Cached(api.status_cache.total_seconds(), self._read_sync)
+        self._status = Cached(api.status_cache.total_seconds(), self._build_status)
+        self.tables = {f"{t.keyspace}.{t.table}": t for t in cfg.tables}
+
+    # --- lookups -----------------------------------------------------------------------
+
+    def pipeline(self, name: str) -> None:
+        if name != self.cfg.name:
+            raise ApiError(404, f"no pipeline {name!r} here (this app serves {self.cfg.name!r})")
+
+    def table(self, qualified: str, field: str = "table") -> TableConfig:
+        t = self.tables.get(qualified)
+        if t is None:
+            raise ApiError(422, f"{field}: {qualified!r} is not a table of pipeline {self.cfg.name!r} "
+                                f"(one of: {', '.join(sorted(self.tables))})")
+        return t
+
+    # --- health ------------------------------------------------------------------------
+
+    def readiness(self) -> dict[str, Any]:
+        """``{"ready", "failed", "components"}``; ``ready`` is false when a required
+        component is down (every configured one; ``sync`` only with ``api.sync_required``)."""
+        return self._health.get()
+
+    def _check_all(self) -> dict[str, Any]:
+        checks = health.pipeline_checks(self.cfg, timeout_s=self.check_timeout_s)
+        checks["sync"] = lambda: health.describe_sync(self._sync_answer())
+        results = health.run_checks(checks, timeout_s=self.check_timeout_s + 0.5)
+        required = {r.name for r in results} - (set() if self.cfg.api.sync_required else {"sync"})
+        failed = [r.name for r in results if not r.ok and r.name in required]
+        components = [{**r.as_dict(), "required": r.name in required} for r in results]
+        return {"ready": not failed, "failed": failed, "components": components,
+                "checked_at": _now()}
+
+    # --- sync ---------------------------------------------------------------------------
+
+    def _read_sync(self) -> tuple[str, dict | None, str | None]:
+        """``(state, supervisor status or None, error)``; state is ``running``, ``paused``,
+        ``not running`` or ``unreachable``."""
+        import ray
+
+        from engine.sync_supervisor import find
+
+        try:
+            sup = find(self.cfg.name)
+            if sup is None:
+                return "not running", None, None
+            status = ray.get(sup.status.remote(), timeout=self.check_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a dead or slow actor is an answer, not a crash
+            return "unreachable", None, f"{type(exc).__name__}: {str(exc)[:300]}"
+        return ("paused" if status.get("paused_all") else "running"), status, None
+
+    def _sync_answer(self) -> dict:
+        state, status, error = self._sync.get()
+        if status is None:
+            raise RuntimeError(error or f"no sync supervisor running for pipeline {self.cfg.name!r} "
+                                        "(c2pg sync start)")
+        return status
+
+    def status(self, name: str) -> dict[str, Any]:
+        self.pipeline(name)
+        return self._status.get()
+
+    def _build_status(self) -> dict[str, Any]:
+        state, sup, error = self._sync.get()
+        problems = [f"sync: {error}"] if error else []
+        topics = {self.cfg.kafka.topic_for(t.keyspace, t.table): q for q, t in self.tables.items()}
+        dead: dict[str, int] | None = None
+        committed: list[dict] = []
+        try:
+            with self.pg() as conn:
+                dead = runs.dead_letter_counts(conn, self.cfg.name)
+                if sup is None:
+                    committed = runs.offsets(conn, self.cfg.name, list(topics))
+        except ApiError as exc:
+            problems.append(exc.message)
+        parts: dict[str, list[dict]] = {q: [] for q in self.tables}
+        workers = []
+        if sup is not None:
+            for w in sup.get("workers", []):
+                workers.append({"worker": w.get("worker"), "state": w.get("state"), "error": w.get("error"),
+                                "restarts": w.get("restarts", 0), "batches": w.get("batches"),
+                                "latency_ms": w.get("latency_ms"), "partitions": len(w.get("partitions", []))})
+                for p in w.get("partitions", []):
+                    q = topics.get(p["topic"])
+                    if q is not None:
+                        parts[q].append({"partition": p["partition"], "offset": p.get("offset"),
+                                         "high_watermark": p.get("high_watermark"), "lag": p.get("lag"),
+                                         "last_write_applied": _ts(p.get("last_write_ts_us")),
+                                         "events": p.get("events", 0), "events_per_s": p.get("events_per_s", 0.0),
+                                         "worker": w.get("worker"), "worker_state": w.get("state")})
+        else:
+            for o in committed:
+                parts[topics[o["topic"]]].append({
+                    "partition": o["partition"], "offset": o["offset"], "high_watermark": None, "lag": None,
+                    "last_write_applied": None, "events": 0, "events_per_s": 0.0, "worker": None,
+                    "worker_state": "stopped", "committed_at": o["updated_at"]})
+        paused_all = bool(sup and sup.get("paused_all"))
+        paused_tables = set(sup.get("paused_tables", [])) if sup else set()
+        tables = []
+        for q, t in self.tables.items():
+            ps = sorted(parts[q], key=lambda p: p["partition"])
+            lags = [p["lag"] for p in ps if p["lag"] is not None]
+            writes = [p["last_write_applied"] for p in ps if p["last_write_applied"]]
+            tables.append({"table": q, "target": f"{t.target_schema}.{t.target_table}",
+                           "topic": self.cfg.kafka.topic_for(t.keyspace, t.table),
+                           "paused": paused_all or q in paused_tables,
+                           "dead_letters": None if dead is None else dead.get(q, 0),
+                           "lag": sum(lags) if lags else None,
+                           "events_per_s": round(sum(p["events_per_s"] for p in ps), 1),
+                           "last_write_applied": max(writes) if writes else None, "partitions": ps})
+        return {"pipeline": self.cfg.name, "as_of": _now(),
+                "sync": {"state": state, "error": error, "paused_all": paused_all,
+                         "paused_tables": sorted(paused_tables),
+                         "started_at": _ts(sup["started_at"] * 1e6) if sup and sup.get("started_at") else None,
+                         "workers": workers},
+                "tables": tables, "problems": problems}
+
+    def pause(self, name: str, table: str | None, *, resume: bool = False) -> dict[str, Any]:
+        """Pause (or resume) the whole pipeline or one table through the supervisor, which
+        keeps the flag in ``_c2pg.sync_state`` and tells every worker."""
+        import ray
+
+        from engine.sync_supervisor import find
+
+        self.pipeline(name)
+        if table is not None:
+            self.table(table)
+        action = "resume" if resume else "pause"
+        try:
+            sup = find(name)
+        except Exception as exc:  # noqa: BLE001 - Ray's GCS unreachable
+            raise ApiError(503, f"Ray did not answer ({type(exc).__name__})") from exc
+        if sup is None:
+            raise ApiError(409, f"sync is not running for pipeline {name!r}; start it with "
+                                "c2pg sync start --config FILE")
+        try:
+            ray.get(getattr(sup, action).remote(table), timeout=30)
+        except ray.exceptions.GetTimeoutError as exc:
+            raise ApiError(503, f"the sync supervisor did not confirm the {action} within 30 s") from exc
+        except ray.exceptions.RayError as exc:
+            raise ApiError(503, f"the sync supervisor failed to {action} ({type(exc).__name__})") from exc
+        self._sync.clear()
+        self._status.clear()
+        self._health.clear()
+        log.info(f"sync {action}d", pipeline=name, table=table or "every table")
+        return {"pipeline": name, "action": f"{action}d", "table": table}
+
+    # --- runs (Ray jobs) ------------------------------------------------------------------
+
+    def submit(self, kind: str, table: str, *, splits: int | None = None, repair: bool = False) -> dict:
+        """Submit ``python -m jobs.<kind> --run-id <new id> ...`` as a Ray job; return its ids."""
+        self.table(table)
+        run_id = str(uuid.uuid4())
+        argv = ["python", "-m", KINDS[kind], "--config", str(self.config_path), "--table", table,
+                "--run-id", run_id]
+        if splits:
+            argv += ["--splits", str(splits)]
+        if repair:
+            argv.append("--repair")
+        job_id = job_id_of(kind, run_id)
+        env = self.job_env
+        try:
+            self.jobs().submit_job(entrypoint=shlex.join(argv), submission_id=job_id,
+                                   runtime_env={"env_vars": env} if env else None,
+                                   metadata={"c2pg_kind": kind, "c2pg_run_id": run_id,
+                                             "c2pg_pipeline": self.cfg.name, "c2pg_table": table})
+        except Exception as exc:  # noqa: BLE001 - the Jobs API is down or refused; the client learns which
+            log.warning("job submission failed", kind=kind, error=f"{type(exc).__name__}: {exc}")
+            raise ApiError(503, f"the Ray Jobs API did not accept the {kind} job ({type(exc).__name__})") from exc
+        log.info("job submitted", kind=kind, run_id=run_id, job_id=job_id, table=table)
+        return {"id": run_id, "kind": kind, "job_id": job_id, "table": table, "state": "pending",
+                "href": f"/v1/{_collection(kind)}/{run_id}"}
+
+    def run(self, kind: str, run_id: str) -> dict[str, Any]:
+        """State, progress and report of one run, from its record and its Ray job."""
+        with self.pg() as conn:
+            row = runs.get_run(conn, run_id, kind)
+            progress = runs.run_progress(conn, run_id) if row else None
+            drift = runs.diff_counts(conn, run_id) if row and kind == "reconcile" else None
+            sample = runs.diffs(conn, run_id, limit=20) if row and kind == "reconcile" else None
+        job = self._job_info(job_id_of(kind, run_id))
+        if row is None and job is None:
+            raise ApiError(404, f"no {kind} run {run_id}")
+        state, error = _state(row, job)
+        if state == "failed" and error is None and job is not None:
+            error = self._job_error(job)
+        out: dict[str, Any] = {"id": run_id, "kind": kind, "state": state, "error": error,
+                               "table": f"{row['keyspace']}.{row['source_table']}" if row else
+                               (job.get("metadata") or {}).get("c2pg_table"),
+                               "target": row["target"] if row else None,
+                               "started_at": row["started_at"] if row else None,
+                               "finished_at": row["finished_at"] if row else None,
+                               "progress": progress, "report": row["stats"] if row else None,
+                               "job": job and {"id": job["submission_id"], "status": job["status"],
+                                               "message": job.get("message")}}
+        if kind == "reconcile" and row:
+            out["drift"] = drift
+            out["diffs"] = sample
+        return out
+
+    def recent_runs(self, kind: str | None, limit: int) -> list[dict[str, Any]]:
+        with self.pg() as conn:
+            rows = runs.recent_runs(conn, self.cfg.name, kind=kind, limit=limit)
+        for r in rows:
+            r["state"] = _state(r, None)[0]
+        return rows
+
+    def jobs(self):
+        if self._jobs is None:
+            self._jobs = self._jobs_client_factory()
+        return self._jobs
+
+    def _job_info(self, job_id: str) -> dict | None:
+        try:
+            info = self.jobs().get_job_info(job_id)
+        except Exception as exc:  # noqa: BLE001 - unknown job (404) or Jobs API down: no job to report
+            log.debug("no job info", job_id=job_id, error=f"{type(exc).__name__}: {exc}")
+            return None
+        return {"submission_id": info.submission_id, "status": str(getattr(info.status, "value", info.status)),
+                "message": info.message, "metadata": info.metadata or {}}
+
+    def _job_error(self, job: dict) -> str:
+        """Why a job failed: its last meaningful log line (the entry point prints one), else
+        Ray's message. Traceback frames are left out."""
+        try:
+            logs = self.jobs().get_job_logs(job["submission_id"])
+        except Exception:  # noqa: BLE001 - logs are a nicety; Ray's message remains
+            logs = ""
+        lines = [ln.strip() for ln in logs.splitlines() if ln.strip()]
+        lines = [ln for ln in lines if not ln.startswith(("File ", "Traceback", "^", "~"))
+                 and not ln.startswith("{")]
+        return (lines[-1] if lines else (job.get("message") or "the job failed"))[:500]
+
+    # --- dead letters -----------------------------------------------------------------------
+
+    def dead_letters(self, *, origin: str | None, table: str | None, limit: int,
+                     include_replayed: bool) -> list[dict[str, Any]]:
+        from engine import dlq
+
+        if table is not None:
+            self.table(table, field="table")
+        with self.pg() as conn:
+            return dlq.list_dead_letters(conn, self.cfg, origin=origin, table=table, limit=limit,
+                                         include_replayed=include_replayed)
+
+    def dead_letter(self, id_: int) -> dict[str, Any]:
+        from engine import dlq
+
+        with self.pg() as conn:
+            try:
+                letter = dlq.show(conn, id_)
+            except dlq.DeadLetterNotFound as exc:
+                raise ApiError(404, str(exc)) from exc
+        if letter["pipeline"] != self.cfg.name:
+            raise ApiError(404, f"no dead letter with id {id_} in pipeline {self.cfg.name!r}")
+        return letter
+
+    def replay(self, ids: list[int] | None) -> dict[str, Any]:
+        """Replay sync dead letters (all unreplayed ones of the pipeline without ``ids``)
+        through sync's own path (:func:`engine.dlq.replay`)."""
+        from engine import dlq
+
+        with self.pg() as conn:
+            result = dlq.replay(conn, self.cfg, ids, cql_session=self._cql_session())
+        return {"replayed": list(result.replayed),
+                "failed": [{"id": i, "error": e} for i, e in result.failed],
+                "skipped": [{"id": i, "reason": r} for i, r in result.skipped]}
+
+    def _cql_session(self):
+        from engine import cql
+
+        if self._cql is None:
+            try:
+                self._cql = cql.connect(self.cfg.cassandra)
+            except Exception as exc:  # noqa: BLE001 - Cassandra down: a 503 naming it
+                raise ApiError(503, f"cassandra unavailable ({type(exc).__name__})") from exc
+        return self._cql[1]
+
+    # --- PostgreSQL ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def pg(self) -> Iterator[Any]:
+        """A pooled connection; a broken one is closed rather than returned. PostgreSQL
+        unreachable → 503 naming it."""
+        import psycopg2
+
+        pool = self._get_pool()
+        try:
+            conn = pool.getconn()
+        except psycopg2.Error as exc:
+            raise ApiError(503, f"postgres unavailable ({type(exc).__name__}: {str(exc).strip()[:200]})") from exc
+        broken = False
+        try:
+            yield conn
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            broken = True
+            raise ApiError(503, f"postgres unavailable ({type(exc).__name__}: {str(exc).strip()[:200]})") from exc
+        finally:
+            pool.putconn(conn, close=broken or conn.closed != 0)
+
+    def _get_pool(self):
+        from psycopg2.pool import ThreadedConnectionPool
+
+        with self._pool_lock:
+            if self._pool is None:
+                kwargs = self.cfg.postgres.connect_kwargs(application_name="c2pg-serve")
+                self._pool = ThreadedConnectionPool(0, 8, **kwargs)
+            return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.closeall()
+        if self._cql is not None:
+            self._cql[0].shutdown()
+
+
+def job_id_of(kind: str, run_id: str) -> str:
+    """The Ray job id of a run submitted by the control plane."""
+    return f"c2pg-{kind}-{run_id}"
+
+
+def _collection(kind: str) -> str:
+    return {"snapshot": "snapshots", "reconcile": "reconciliations"}[kind]
+
+
+def _state(row: dict | None, job: dict | None) -> tuple[str, str | None]:
+    """One state for a run: ``pending``, ``running``, ``succeeded`` or ``failed``.
+
+    The run record wins once it says how the run ended; a job that ended while its record
+    still says ``running`` died without finishing it (killed, or its driver crashed).
+    """
+    job_status = job["status"] if job else None
+    if row is not None:
+        if row["status"] in _DONE:
+            return "succeeded", None
+        if row["status"] == "failed":
+            return "failed", row.get("error")
+        if job_status in ("FAILED", "STOPPED"):
+            return "failed", None
+        return "running", None
+    if job_status in ("FAILED", "STOPPED"):
+        return "failed", None
+    if job_status == "SUCCEEDED":
+        return "succeeded", None
+    return ("running" if job_status == "RUNNING" else "pending"), None
+
+
+def _ts(us: float | None) -> str | None:
+    if not us:
+        return None
+    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).isoformat()
+
+
+def _now() -> str:
+    return datetime.now(tz=timezone.utc).isoformat()
+
+
+def _default_jobs_client():
+    """The Jobs API of the cluster this replica runs on (``RAY_API_SERVER_ADDRESS`` if set);
+    Ray adds its auth token itself when token authentication is on."""
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(os.environ.get("RAY_API_SERVER_ADDRESS") or None)
