@@ -1,0 +1,156 @@
+"""Schema validation of c2pg's Kubernetes manifests, shared by the deployment tests.
+
+Two sources of truth, both real schemas rather than hand-written expectations:
+
+- the KubeRay CRDs, kept verbatim in ``kuberay/schemas/`` (version in the README there). A
+  CRD's structural schema allows unknown fields, which the API server would silently prune,
+  so a typo like ``minReplica`` would pass; :func:`strict` closes every object that lists its
+  properties (``additionalProperties: false``), as ``kubectl apply --validate=strict`` does;
+- the Kubernetes core schemas of the ``kubernetes-validate`` package (strict variant), for
+  ConfigMaps, Secrets, ServiceAccounts, every object's metadata, and every pod template
+  embedded in a KubeRay resource (validated as a ``v1/PodTemplate``).
+
+What neither can check — KubeRay's controller-side rules and the CRDs' CEL rules — is covered
+by :func:`kuberay_rules` for the rules c2pg's manifests touch.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = ROOT / "kuberay" / "schemas"
+KUBERNETES_VERSION = "1.34"  # the oldest Kubernetes c2pg documents; KubeRay 1.7 supports it
+CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
+             "RayService": "ray.io_rayservices.yaml"}
+
+
+def strict(schema: Any) -> Any:
+    """A copy of a CRD schema where every object with ``properties`` refuses other keys."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items()}
+    if ("properties" in schema and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    return out
+
+
+@functools.cache
+def crd_validator(kind: str) -> jsonschema.Draft7Validator:
+    crd = yaml.safe_load((SCHEMAS / CRD_FILES[kind]).read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    schema = strict(version["schema"]["openAPIV3Schema"])
+    schema["properties"]["apiVersion"] = {"const": "ray.io/v1"}
+    schema["properties"]["kind"] = {"const": kind}
+    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"})
+    return jsonschema.Draft7Validator(schema)
+
+
+def core_errors(doc: dict[str, Any]) -> list[str]:
+    """Errors of a core Kubernetes object against the strict core schemas (empty = valid)."""
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.path)
+        return [f"{doc.get('kind')}: {where}: {exc.message}"]
+    return []
+
+
+def pod_templates(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, pod template) for every pod template inside a KubeRay resource."""
+    spec = doc["spec"]
+    clusters = {"RayCluster": [("spec", spec)],
+                "RayService": [("spec.rayClusterConfig", spec.get("rayClusterConfig", {}))],
+                "RayJob": [("spec.rayClusterSpec", spec.get("rayClusterSpec", {}))]}[doc["kind"]]
+    for where, cluster in clusters:
+        if "headGroupSpec" in cluster:
+            yield f"{where}.headGroupSpec.template", cluster["headGroupSpec"]["template"]
+        for i, group in enumerate(cluster.get("workerGroupSpecs", [])):
+            yield f"{where}.workerGroupSpecs[{i}].template", group["template"]
+    if doc["kind"] == "RayJob" and "submitterPodTemplate" in spec:
+        yield "spec.submitterPodTemplate", spec["submitterPodTemplate"]
+
+
+def cluster_specs(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    spec = doc["spec"]
+    if doc["kind"] == "RayCluster":
+        yield spec
+    elif doc["kind"] == "RayService":
+        yield spec["rayClusterConfig"]
+    elif "rayClusterSpec" in spec:
+        yield spec["rayClusterSpec"]
+
+
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_NAME_LIMITS = {"RayCluster": 53, "RayService": 47, "RayJob": 47}
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split("."))
+
+
+def kuberay_rules(doc: dict[str, Any]) -> list[str]:
+    """KubeRay's controller-side checks (ray-operator/controllers/ray/utils/validation.go)."""
+    errors = []
+    name = doc["metadata"].get("name", "")
+    if not _DNS1035.match(name) or len(name) > _NAME_LIMITS[doc["kind"]]:
+        errors.append(f"metadata.name {name!r}: a DNS-1035 label of at most {_NAME_LIMITS[doc['kind']]}")
+    for cluster in cluster_specs(doc):
+        if not cluster["headGroupSpec"]["template"]["spec"].get("containers"):
+            errors.append("headGroupSpec: no container")
+        for group in cluster.get("workerGroupSpecs", []):
+            lo, hi = group.get("minReplicas", 0), group.get("maxReplicas", 2**31 - 1)
+            if not 0 <= lo <= hi:
+                errors.append(f"worker group {group['groupName']}: minReplicas {lo} > maxReplicas {hi}")
+            if "replicas" in group and not lo <= group["replicas"] <= hi:
+                errors.append(f"worker group {group['groupName']}: replicas outside [min, max]")
+        if cluster.get("authOptions", {}).get("mode", "token") == "token" and "authOptions" in cluster:
+            if _version(cluster.get("rayVersion", "0")) < (2, 52, 0):
+                errors.append("authOptions.mode token needs rayVersion >= 2.52.0")
+        if doc["kind"] != "RayCluster" and "upgradeStrategy" in cluster:
+            errors.append("upgradeStrategy cannot be set on a cluster a RayJob/RayService creates")
+    if doc["kind"] == "RayService":
+        kind = doc["spec"].get("upgradeStrategy", {}).get("type")
+        if kind not in (None, "NewCluster", "None", "NewClusterWithIncrementalUpgrade"):
+            errors.append(f"upgradeStrategy.type {kind!r} is not one KubeRay knows")
+    if doc["kind"] == "RayJob":
+        spec = doc["spec"]
+        if spec.get("ttlSecondsAfterFinished", 0) < 0:
+            errors.append("ttlSecondsAfterFinished must be >= 0")
+        if bool(spec.get("clusterSelector")) == bool(spec.get("rayClusterSpec")):
+            errors.append("exactly one of rayClusterSpec or clusterSelector")
+        if spec.get("clusterSelector") and "backoffLimit" in spec:
+            errors.append("backoffLimit is incompatible with clusterSelector")
+    return errors
+
+
+def manifest_errors(doc: dict[str, Any]) -> list[str]:
+    """Every schema and rule error of one manifest document (empty = valid)."""
+    if doc.get("apiVersion") == "ray.io/v1" and doc.get("kind") in CRD_FILES:
+        errors = [f"{doc['kind']}: {'.'.join(map(str, e.path))}: {e.message}"
+                  for e in crd_validator(doc["kind"]).iter_errors(doc)]
+        errors += core_errors({"apiVersion": "v1", "kind": "ConfigMap",
+                               "metadata": doc.get("metadata", {})})
+        if errors:
+            return errors
+        for where, template in pod_templates(doc):
+            errors += [f"{where}: {e}" for e in core_errors(
+                {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"},
+                 "template": template})]
+        return errors + kuberay_rules(doc)
+    return core_errors(doc)
+
+
+def load_documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
