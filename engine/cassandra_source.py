@@ -69,7 +69,7 @@ class CassandraDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context=None) -> list[ReadTask]:
         """One task per split, whatever ``parallelism`` says: splits are the unit of resume."""
-        return [ReadTask(_ReadSplit(self.settings, split),
+        return [ReadTask(SplitReader(self.settings, split),
                          BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None))
                 for split in self.splits]
 
@@ -122,8 +122,42 @@ def _cql_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-class _ReadSplit:
-    """The read function of one split (a picklable callable, run on a Ray worker)."""
+@dataclass(frozen=True, slots=True)
+class RowLayout:
+    """Where each column sits in a row of :func:`select_statement`: the token at 0, the key
+    columns, then per live regular column its value, WRITETIME and (single-cell columns)
+    TTL. ``None``: not selected (a dropped column: NULL, no write time)."""
+
+    value_at: list[int | None]
+    wt_at: list[int | None]
+    ttl_at: list[int | None]
+    width: int
+
+    @classmethod
+    def of(cls, schema: TableSchema) -> RowLayout:
+        n_key = len(schema.primary_key)
+        value_at: list[int | None] = [1 + i for i in range(n_key)]
+        wt_at: list[int | None] = []
+        ttl_at: list[int | None] = []
+        at = 1 + n_key
+        for c in schema.regular:
+            if c.dropped:
+                value_at.append(None)
+                wt_at.append(None)
+                ttl_at.append(None)
+                continue
+            has_ttl = not _multi_cell(c.cql_type)
+            value_at.append(at)
+            wt_at.append(at + 1)
+            ttl_at.append(at + 2 if has_ttl else None)
+            at += 3 if has_ttl else 2
+        return cls(value_at, wt_at, ttl_at, at)
+
+
+class SplitReader:
+    """The read function of one split (a picklable callable, run on a Ray worker): the
+    snapshot calls it for Arrow blocks; reconcile's compare tasks iterate
+    :meth:`iter_rows` for the raw rows (shape: :class:`RowLayout`)."""
 
     def __init__(self, settings: ReadSettings, split: TokenSplit):
         self.settings = settings
@@ -132,6 +166,16 @@ class _ReadSplit:
         self.host = None
 
     def __call__(self) -> Iterator[pa.Table]:
+        builder = _BlockBuilder(self.settings, self.split.index)
+        for row in self.iter_rows():
+            builder.add(row)
+            if builder.rows >= PART_ROWS:
+                yield builder.flush(final=False)
+        builder.retries = self.retries
+        yield builder.flush(final=True)
+
+    def iter_rows(self) -> Iterator[tuple]:
+        """The split's raw rows in token order; the session lives as long as the generator."""
         from cassandra.query import tuple_factory
 
         from engine import cql
@@ -142,14 +186,8 @@ class _ReadSplit:
             stmt = session.prepare(select_statement(s.schema))
             stmt.consistency_level = cql.consistency_level(s.consistency)
             stmt.fetch_size = s.page_size
-            builder = _BlockBuilder(s, self.split.index)
             self.host = _replica(cluster, self.split)
-            for row in self._rows(session, stmt, self.split, depth=0):
-                builder.add(row)
-                if builder.rows >= PART_ROWS:
-                    yield builder.flush(final=False)
-            builder.retries = self.retries
-            yield builder.flush(final=True)
+            yield from self._rows(session, stmt, self.split, depth=0)
         finally:
             cluster.shutdown()
 
@@ -226,24 +264,8 @@ class _BlockBuilder:
         codecs = self.schema.codecs()
         self.converters = [_column_converter(c) for c in codecs]
         self.n_key = len(self.schema.primary_key)
-        # Where each column's value sits in a row (see select_statement: token, key
-        # columns, then per regular column value, WRITETIME[, TTL]).
-        self.value_at: list[int | None] = [1 + i for i in range(self.n_key)]
-        self.wt_at: list[int | None] = []
-        self.ttl_at: list[int | None] = []
-        at = 1 + self.n_key
-        for c in self.schema.regular:
-            if c.dropped:  # not selected: NULL value, no write time (never wins a merge)
-                self.value_at.append(None)
-                self.wt_at.append(None)
-                self.ttl_at.append(None)
-                continue
-            has_ttl = not _multi_cell(c.cql_type)
-            self.value_at.append(at)
-            self.wt_at.append(at + 1)
-            self.ttl_at.append(at + 2 if has_ttl else None)
-            at += 3 if has_ttl else 2
-        self.width = at
+        layout = RowLayout.of(self.schema)
+        self.value_at, self.wt_at, self.ttl_at, self.width = layout.value_at, layout.wt_at, layout.ttl_at, layout.width
         self.split_index = split_index
         self.part = 0
         self.retries = 0  # set by the read function before the final flush

@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     snapshot_job.add_arguments(snap)
     snap.set_defaults(func=snapshot_job.run)
 
+    from jobs import reconcile as reconcile_job
+
+    rec = sub.add_parser("reconcile", help="prove PostgreSQL equals Cassandra by token range; --repair drift")
+    reconcile_job.add_arguments(rec)
+    rec.set_defaults(func=reconcile_job.run)
+
     sync = sub.add_parser("sync", help="continuous sync (Ray actors)").add_subparsers(
         required=True, metavar="ACTION")
     for action, help_text in (("start", "start the pipeline's supervisor (detached) and return"),

@@ -369,11 +369,21 @@ class SnapshotConfig(_Section):
 
 
 class ReconcileConfig(_Section):
-    """``reconcile``: digest comparison of source and target; ``repair`` rewrites differences."""
+    """``reconcile``: digest comparison of source and target; ``repair`` rewrites differences.
+
+    ``digest_rows``: rows per digested sub-range (smaller: less re-read around a difference,
+    more digests). ``recheck_delay``/``recheck_rounds``: how long and how often a difference
+    written during the run is read again before it is called unsettled (set the delay above
+    the sync lag). ``consistency``: reads and repairs (default: ``snapshot.consistency``).
+    ``max_diffs``: differences kept in detail per token range (all are counted).
+    """
 
     splits: PositiveInt | None = None
-    digest_rows: PositiveInt = 10_000
+    digest_rows: PositiveInt = 64
     recheck_delay: NonNegativeDuration = timedelta(seconds=5)
+    recheck_rounds: Annotated[int, Field(ge=1, le=100)] = 3
+    consistency: Consistency | None = None
+    max_diffs: PositiveInt = 100_000
     repair: bool = False
 
 

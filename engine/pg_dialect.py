@@ -91,6 +91,23 @@ STATE_DDL = [
         next_offset bigint NOT NULL,
         updated_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (pipeline, topic, kafka_partition))""",
+    # Reconcile's findings: one row per differing primary key (engine.reconcile). ``key``
+    # holds the key's canonical text by column; ``detail`` the values and write times seen.
+    """CREATE TABLE IF NOT EXISTS _c2pg.reconcile_diffs (
+        id bigserial PRIMARY KEY,
+        run_id uuid NOT NULL REFERENCES _c2pg.runs ON DELETE CASCADE,
+        split_index int NOT NULL,
+        start_token bigint NOT NULL,
+        end_token bigint NOT NULL,
+        token bigint NOT NULL,
+        key jsonb NOT NULL,
+        kind text NOT NULL,
+        columns text[] NOT NULL DEFAULT '{}',
+        detail jsonb NOT NULL DEFAULT '{}',
+        repaired bool NOT NULL DEFAULT false,
+        repair_note text,
+        found_at timestamptz NOT NULL DEFAULT now())""",
+    "CREATE INDEX IF NOT EXISTS reconcile_diffs_run ON _c2pg.reconcile_diffs (run_id, kind)",
 ]
 
 
@@ -260,8 +277,14 @@ def copy_stage(columns: list[str]) -> sql.Composed:
     return copy_into(ident(STAGE), columns)
 
 
-def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table: str) -> sql.Composed:
+def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table: str, *,
+          source_wins_ties: bool = False) -> sql.Composed:
     """Apply the staged rows to the target with per-cell last-write-wins.
+
+    ``source_wins_ties`` is reconcile's repair: the staged cells were just read from
+    Cassandra, so at an equal write time they replace what PostgreSQL holds (a value
+    changed in PostgreSQL behind c2pg's back keeps its write time). A newer stored cell
+    still wins: a repair never overwrites a later write.
 
     Steps, all in this one statement:
     1. each staged row is joined to the newest row or partition deletion recorded for it
@@ -302,7 +325,7 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
 
     sets, wins_any, new_wt, new_exp = [], [], [], []
     for i, col in enumerate(schema.regular, start=1):
-        wins = _wins(x, t, col.name, i)
+        wins = _wins(x, t, col.name, i, source_wins_ties)
         wins_any.append(wins)
         sets.append(sql.SQL("{c} = CASE WHEN {w} THEN {x}.{c} ELSE {t}.{c} END").format(
             c=ident(col.name), w=wins, x=x, t=t))
@@ -337,7 +360,7 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
     )
 
 
-def _wins(x: sql.Composable, t: sql.Composable, column: str, i: int) -> sql.Composed:
+def _wins(x: sql.Composable, t: sql.Composable, column: str, i: int, source_wins_ties: bool = False) -> sql.Composed:
     """Does the staged cell (``EXCLUDED``) beat the stored one (``t``) at position ``i``?
 
     Newer write time wins. At equal time a deletion (NULL value) beats a live value, and
@@ -345,16 +368,18 @@ def _wins(x: sql.Composable, t: sql.Composable, column: str, i: int) -> sql.Comp
     database's locale cannot change the outcome): a deterministic order, so every
     replica of the same events converges (Cassandra compares serialized bytes instead; the
     two can differ only for different values written at the same microsecond, and
-    reconcile reports it).
+    reconcile reports it). With ``source_wins_ties`` (repair) the staged cell wins any tie.
     """
+    xw = sql.SQL("{}.{}[{}]").format(x, ident(META_WT), sql.Literal(i))
+    tw = sql.SQL("{}.{}[{}]").format(t, ident(META_WT), sql.Literal(i))
+    if source_wins_ties:
+        return sql.SQL("({xw} IS NOT NULL AND ({tw} IS NULL OR {xw} >= {tw}))").format(xw=xw, tw=tw)
     return sql.SQL(
         "({xw} IS NOT NULL AND ({tw} IS NULL OR {xw} > {tw} OR ({xw} = {tw} AND ("
         "({x}.{c} IS NULL AND {t}.{c} IS NOT NULL) OR "
         "({x}.{c} IS NOT NULL AND {t}.{c} IS NOT NULL AND "
         "{x}.{c}::text COLLATE \"C\" > {t}.{c}::text COLLATE \"C\")))))"
-    ).format(xw=sql.SQL("{}.{}[{}]").format(x, ident(META_WT), sql.Literal(i)),
-             tw=sql.SQL("{}.{}[{}]").format(t, ident(META_WT), sql.Literal(i)),
-             x=x, t=t, c=ident(column))
+    ).format(xw=xw, tw=tw, x=x, t=t, c=ident(column))
 
 
 def insert_dead_letters() -> sql.SQL:
@@ -393,7 +418,10 @@ def shadow_rows(schema: TableSchema, target_schema: str, target_table: str) -> s
     t = sql.Identifier("t")
     sets, wts, exps = [], [], []
     for i, col in enumerate(schema.regular, start=1):
-        dead = sql.SQL("t.{wt}[{i}] <= k.kill").format(wt=ident(META_WT), i=sql.Literal(i))
+        # A value without a write time was not written by c2pg (a hand-made row that
+        # reconcile deletes): any covering deletion kills it.
+        dead = sql.SQL("(t.{wt}[{i}] <= k.kill OR (t.{wt}[{i}] IS NULL AND t.{c} IS NOT NULL))").format(
+            wt=ident(META_WT), i=sql.Literal(i), c=ident(col.name))
         sets.append(sql.SQL("{c} = CASE WHEN {dead} THEN NULL ELSE t.{c} END").format(c=ident(col.name), dead=dead))
         wts.append(sql.SQL("CASE WHEN {dead} THEN k.kill ELSE t.{wt}[{i}] END").format(
             dead=dead, wt=ident(META_WT), i=sql.Literal(i)))
@@ -598,3 +626,72 @@ MARK_REPLAYED = sql.SQL("UPDATE _c2pg.dead_letters SET replayed_at = now() WHERE
 RECORD_REPLAY_FAILURES = sql.SQL(
     "UPDATE _c2pg.dead_letters AS d SET error_class = v.error_class, error = v.error "
     "FROM (VALUES %s) AS v(id, error_class, error) WHERE d.id = v.id")
+
+
+# --- reconcile (engine.reconcile) --------------------------------------------------------------
+
+def digest_by_bucket(schema: TableSchema, target_schema: str, target_table: str) -> sql.Composed:
+    """Per sub-range of one token range: row count and the sum of row digests
+    (:mod:`engine.digest`). Parameters: ``start``/``end`` (the range, start exclusive),
+    ``first`` (start + 1), ``width`` (tokens per sub-range), ``now`` (µs, for expiry)."""
+    from engine.digest import row_digest_sql
+
+    lateral, digest = row_digest_sql(schema, "t", sql.Placeholder("now"))
+    token = sql.SQL("t.{}").format(ident(META_TOKEN))
+    return sql.SQL(
+        "SELECT div({token}::numeric - %(first)s, %(width)s)::bigint AS bucket, count(*), sum({digest}) "
+        "FROM {target} AS t {lateral} WHERE {token} > %(start)s AND {token} <= %(end)s GROUP BY 1"
+    ).format(token=token, digest=digest, target=ident(target_schema, target_table), lateral=lateral)
+
+
+def _reconcile_select(schema: TableSchema) -> sql.Composed:
+    return sql.SQL(", ").join(sql.SQL("t.{}").format(ident(n)) for n in target_columns(schema))
+
+
+def select_rows_in_ranges(schema: TableSchema, target_schema: str, target_table: str) -> sql.Composed:
+    """Stored rows (target column order) of the token ranges ``(lo, hi]`` given as two
+    arrays ``%(los)s``/``%(his)s``: one index range scan per range."""
+    return sql.SQL(
+        "SELECT {cols} FROM unnest(%(los)s::bigint[], %(his)s::bigint[]) AS r(lo, hi) "
+        "JOIN {target} AS t ON t.{token} > r.lo AND t.{token} <= r.hi"
+    ).format(cols=_reconcile_select(schema), target=ident(target_schema, target_table), token=ident(META_TOKEN))
+
+
+def select_rows_by_tokens(schema: TableSchema, target_schema: str, target_table: str) -> sql.Composed:
+    """Stored rows of the partition tokens ``%(tokens)s`` (a bigint array)."""
+    return sql.SQL("SELECT {cols} FROM {target} AS t WHERE t.{token} = ANY(%(tokens)s::bigint[])").format(
+        cols=_reconcile_select(schema), target=ident(target_schema, target_table), token=ident(META_TOKEN))
+
+
+def estimated_rows(target_schema: str, target_table: str) -> tuple[str, tuple[str]]:
+    """The planner's row estimate (-1 or 0 before the first ANALYZE)."""
+    return ("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)",
+            (f"{_quote(target_schema)}.{_quote(target_table)}",))
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+RECONCILE_SESSION = sql.SQL(
+    # The digest compares PostgreSQL's text output: pin every setting that changes it.
+    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; "
+    "SET extra_float_digits = 1; SET bytea_output = 'hex'")
+
+INSERT_RUN = sql.SQL(
+    "INSERT INTO _c2pg.runs (run_id, kind, pipeline, keyspace, source_table, target, status, args) "
+    "VALUES (%s, %s, %s, %s, %s, %s, 'running', %s)")
+INSERT_RUN_SPLITS = sql.SQL(
+    "INSERT INTO _c2pg.run_splits (run_id, split_index, start_token, end_token) VALUES %s")
+FINISH_RUN_SPLIT = sql.SQL(
+    "UPDATE _c2pg.run_splits SET status = 'done', rows = %s, retries = %s, finished_at = now() "
+    "WHERE run_id = %s AND split_index = %s")
+UPDATE_RUN_STATS = sql.SQL("UPDATE _c2pg.runs SET stats = %s WHERE run_id = %s")
+FINISH_RUN = sql.SQL(
+    "UPDATE _c2pg.runs SET status = %s, finished_at = now(), stats = %s, error = %s WHERE run_id = %s")
+INSERT_RECONCILE_DIFFS = sql.SQL(
+    "INSERT INTO _c2pg.reconcile_diffs (run_id, split_index, start_token, end_token, token, key, kind, "
+    "columns, detail) VALUES %s RETURNING id")
+MARK_REPAIRED = sql.SQL(
+    "UPDATE _c2pg.reconcile_diffs AS d SET repaired = v.repaired, repair_note = v.note "
+    "FROM (VALUES %s) AS v(id, repaired, note) WHERE d.id = v.id")

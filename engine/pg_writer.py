@@ -57,7 +57,10 @@ class ApplyStats:
 
 
 class SyncWriter:
-    def __init__(self, conn, target: Target, pipeline: str):
+    """``source_wins_ties``: reconcile's repair (the staged cells were just read from
+    Cassandra and replace a stored cell of the same write time; see ``pg_dialect.merge``)."""
+
+    def __init__(self, conn, target: Target, pipeline: str, *, source_wins_ties: bool = False):
         self.conn = conn
         self.target = target
         self.pipeline = pipeline
@@ -74,7 +77,7 @@ class SyncWriter:
         self.sql_shadow = as_text(d.shadow_rows(schema, t_schema, t_table))
         self.sql_create_stage = as_text(d.create_stage(t_schema, t_table))
         self.sql_copy_stage = as_text(d.copy_stage(d.target_columns(schema)))
-        self.sql_merge = as_text(d.merge(schema, t_schema, t_table, tomb))
+        self.sql_merge = as_text(d.merge(schema, t_schema, t_table, tomb, source_wins_ties=source_wins_ties))
         self.sql_remove_empty = as_text(d.remove_empty_rows(schema, t_schema, t_table, tomb))
         self.sql_dead = as_text(d.insert_dead_letters())
         self.sql_offsets = as_text(d.SAVE_OFFSETS)

@@ -1,0 +1,797 @@
+"""Reconcile: prove a PostgreSQL target equal to its Cassandra table by token range, report
+the drift, and repair it through the LWW merge.
+
+Callers: ``python -m jobs.reconcile`` (locally or under ``ray job submit``), ``c2pg
+reconcile`` and the Serve app (through the job). :func:`run_reconcile` on the driver plans
+the snapshot's token-range splits, records the run (``_c2pg.runs``, one ``_c2pg.run_splits``
+row per split), and runs one Ray task per split (:func:`compare_split`):
+
+1. PostgreSQL digests the split where the rows are: one aggregate query returns, per
+   sub-range of about ``reconcile.digest_rows`` rows, a count and a sum of row digests
+   (:mod:`engine.digest`);
+2. the task streams the split from Cassandra in token order (the snapshot's reader, with
+   its retries), digests each sub-range as it closes and keeps the rows only of sub-ranges
+   whose digests differ;
+3. those sub-ranges alone are read from PostgreSQL (an index range scan on
+   ``_c2pg_token``) and merge-joined by primary key with the exact comparison rules of
+   snapshot (``Codec.same``): ``missing`` (only in Cassandra), ``extra`` (only in
+   PostgreSQL), ``mismatch`` (with the differing columns).
+
+Live traffic: every difference is read again on both sides (by partition token) after
+``reconcile.recheck_delay``; one that persists is drift unless a write time on either side
+is at or after the run's start, in which case it is read again, up to
+``reconcile.recheck_rounds`` times, and then reported as ``unsettled`` (in flight), not as
+drift. So a reconcile under continuous sync reports no false drift.
+
+Repair (``repair=True``): the drifted keys are read from Cassandra once more, with write
+times, at the configured consistency, and applied through :class:`~engine.pg_writer.SyncWriter`
+(the sync merge, with the source winning ties): a cell newer in PostgreSQL is never
+overwritten. An ``extra`` row is deleted (a row tombstone at its own newest write time) only
+when Cassandra confirms it absent and its write times are older than the run start.
+
+Failure: a task that fails is retried by Ray; a run that cannot finish is recorded as
+``failed`` with the error, and :class:`ReconcileFailed` names it. Differences are values,
+never exceptions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import psycopg2
+from cassandra import ConsistencyLevel
+from psycopg2.extras import execute_values
+
+from engine import cql, digest, log
+from engine import pg_dialect as d
+from engine.cassandra_source import ReadSettings, RowLayout, SplitReader, _column_converter, select_statement
+from engine.config import CassandraConfig, PipelineConfig, PostgresConfig, TableConfig
+from engine.errors import C2pgError
+from engine.events import Cell
+from engine.pg_writer import SyncWriter
+from engine.reduce import Reduced, RowWrite, Tombstone
+from engine.schema import TableSchema, read_table
+from engine.target import Target, ensure_state, ensure_target
+from engine.token_ranges import TokenSplit, plan_splits
+from engine.types import ValueConversionError, register_pg_text_casts
+
+logger = log.get("c2pg.reconcile")
+
+KINDS = ("missing", "extra", "mismatch")
+CHUNK_ROWS = 4096  # Cassandra rows digested per vectorized step
+DETAIL_CHARS = 200  # values in a diff's detail are cut to this length
+
+
+class ReconcileUsageError(C2pgError):
+    """A bad ``--table``/``--run-id``/``--consistency``, or a target that does not exist (exit 2)."""
+
+    exit_code = 2
+
+
+class ReconcileFailed(C2pgError):
+    """The run stopped before every range was compared; it is recorded as failed."""
+
+    def __init__(self, run_id: str, cause: BaseException):
+        self.run_id = run_id
+        super().__init__(f"reconcile run {run_id} failed ({type(cause).__name__}: {cause})")
+
+
+# --- values crossing task boundaries ----------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class CompareSettings:
+    """Everything a compare task needs (pickled to it; connections are opened there)."""
+
+    cassandra: CassandraConfig
+    postgres: PostgresConfig
+    schema: TableSchema  # in the target's catalog order
+    target_schema: str
+    target_table: str
+    consistency: str
+    page_size: int
+    max_retries: int
+    run_started_us: int
+    rows_per_token: float  # expected density, to size sub-ranges
+    digest_rows: int
+    max_diffs: int  # per split: differences kept in detail (all are counted)
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    """One differing primary key. ``key`` is the key's canonical text per key column;
+    write times are the newest cell (or row marker) time on each side, µs."""
+
+    split_index: int
+    token: int
+    key: tuple[str | None, ...]
+    kind: str
+    columns: tuple[str, ...] = ()
+    detail: dict = field(default_factory=dict, compare=False, hash=False)
+    cassandra_wt: int | None = None
+    postgres_wt: int | None = None
+
+    def live(self, run_started_us: int) -> bool:
+        """Written at or after the run's start on either side: in flight, not drift."""
+        return any(w is not None and w >= run_started_us for w in (self.cassandra_wt, self.postgres_wt))
+
+
+@dataclass(frozen=True, slots=True)
+class SplitOutcome:
+    split: TokenSplit
+    cassandra_rows: int
+    postgres_rows: int
+    sub_ranges: int
+    sub_ranges_differing: int
+    rows_compared_exactly: int
+    unrepresentable: int  # Cassandra rows PostgreSQL cannot hold (static-only partitions)
+    diffs: tuple[Diff, ...]
+    diffs_total: int  # more than len(diffs) when capped by max_diffs
+    retries: int
+    seconds: float
+
+
+# --- one side's rows in comparable form ---------------------------------------------------------
+
+@dataclass(slots=True)
+class _Row:
+    token: int
+    key: tuple[str | None, ...]
+    texts: list[str | None]  # Cassandra: canonical text per column; PostgreSQL: raw values
+    wts: list[int | None]  # per regular column
+    ttls_or_exps: list[int | None]
+    row_ts: int | None = None
+    error: str | None = None  # Cassandra: a value PostgreSQL cannot hold
+
+    def newest(self) -> int | None:
+        times = [w for w in self.wts if w is not None]
+        if self.row_ts is not None:
+            times.append(self.row_ts)
+        return max(times, default=None)
+
+
+class _Rows:
+    """Turns raw rows of either side into :class:`_Row` values for one table."""
+
+    def __init__(self, schema: TableSchema):
+        self.schema = schema
+        self.codecs = schema.codecs()
+        self.layout = RowLayout.of(schema)
+        self.n_key = len(schema.primary_key)
+        self.n_pk = len(schema.partition_key)
+        self.regular = list(schema.regular)
+
+    def cassandra(self, raw: tuple) -> _Row:
+        texts: list[str | None] = []
+        error = None
+        for column, codec, at in zip(self.schema.columns, self.codecs, self.layout.value_at, strict=True):
+            if at is None:
+                texts.append(None)
+                continue
+            try:
+                texts.append(codec.from_driver(raw[at]))
+            except ValueConversionError as exc:
+                texts.append(None)
+                error = error or f"column {column.name}: {exc}"
+        wts = [None if at is None else raw[at] for at in self.layout.wt_at]
+        ttls = [None if at is None else raw[at] for at in self.layout.ttl_at]
+        return _Row(raw[0], tuple(texts[: self.n_key]), texts, wts, ttls, None, error)
+
+    def postgres(self, raw: tuple, now_us: int) -> _Row:
+        n = len(self.schema.columns)
+        values = list(raw[:n])
+        token, wts, exps, row_ts = raw[n], raw[n + 1] or [], raw[n + 2] or [], raw[n + 3]
+        wts = list(wts) + [None] * (len(self.regular) - len(wts))
+        exps = list(exps) + [None] * (len(self.regular) - len(exps))
+        for j, exp in enumerate(exps):
+            if exp is not None and exp <= now_us:  # expired: Cassandra no longer returns it
+                values[self.n_key + j] = None
+        key = tuple(c.from_pg(v) for c, v in zip(self.codecs[: self.n_key], values[: self.n_key], strict=True))
+        return _Row(token, key, values, wts, exps, row_ts)
+
+    def unrepresentable(self, raw: tuple) -> bool:
+        """A partition with static values but no rows: null clustering values."""
+        return any(raw[at] is None for at in self.layout.value_at[self.n_pk: self.n_key])
+
+
+def diff_rows(rows: _Rows, split_index: int, cassandra: Iterable[_Row], postgres: Iterable[_Row]) -> list[Diff]:
+    """Merge-join two sides' rows by primary key; the differences, in key order."""
+    by_key_c = {r.key: r for r in cassandra}
+    by_key_p = {r.key: r for r in postgres}
+    out = []
+    names = [c.name for c in rows.schema.columns]
+    for key in by_key_c.keys() | by_key_p.keys():
+        c, p = by_key_c.get(key), by_key_p.get(key)
+        if p is None:
+            detail = {"cassandra": _cut_row(names, c.texts)}
+            if c.error:
+                detail["error"] = f"cannot be stored in PostgreSQL: {c.error}"
+            out.append(Diff(split_index, c.token, key, "missing", (), detail, c.newest(), None))
+            continue
+        if c is None:
+            out.append(Diff(split_index, p.token, key, "extra", (),
+                            {"postgres": _cut_row(names, [_pg_text(x, v) for x, v in zip(rows.codecs, p.texts)])},
+                            None, p.newest()))
+            continue
+        differing, detail = [], {}
+        for j, (column, codec) in enumerate(zip(rows.regular, rows.codecs[rows.n_key:], strict=True)):
+            at = rows.n_key + j
+            if codec.same(c.texts[at], p.texts[at]):
+                continue
+            differing.append(column.name)
+            detail[column.name] = {"cassandra": _cut(c.texts[at]), "postgres": _cut(_pg_text(codec, p.texts[at])),
+                                   "cassandra_wt": c.wts[j], "postgres_wt": p.wts[j]}
+        if differing:
+            out.append(Diff(split_index, c.token, key, "mismatch", tuple(differing), detail, c.newest(), p.newest()))
+    out.sort(key=lambda x: (x.token, tuple("" if k is None else k for k in x.key)))
+    return out
+
+
+def _pg_text(codec, value) -> str | None:
+    try:
+        return codec.from_pg(value)
+    except ValueConversionError:
+        return repr(value)
+
+
+def _cut(text: str | None) -> str | None:
+    return text if text is None or len(text) <= DETAIL_CHARS else text[:DETAIL_CHARS] + "…"
+
+
+def _cut_row(names: list[str], texts: Sequence[str | None]) -> dict[str, str | None]:
+    return {n: _cut(t) for n, t in zip(names, texts, strict=True)}
+
+
+# --- the compare task ----------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def pg_session(cfg: PostgresConfig, role: str) -> Iterator[Any]:
+    """A PostgreSQL connection set up for comparison: text output pinned (the digest
+    compares it). Cursors that read rows to compare call ``register_pg_text_casts``."""
+    conn = psycopg2.connect(**cfg.connect_kwargs(application_name=role))
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(d.RECONCILE_SESSION)
+        conn.autocommit = False
+        yield conn
+    finally:
+        conn.close()
+
+
+def compare_split(settings: CompareSettings, split: TokenSplit) -> SplitOutcome:
+    """Compare one token range; runs as a Ray task (one per split). See the module docstring.
+
+    Cassandra rows arrive in token order, so a sub-range is complete once a row of a later
+    one arrives: its digest is compared right then and its rows dropped when equal, which
+    bounds memory by the differing sub-ranges.
+    """
+    started = time.monotonic()
+    schema = settings.schema
+    rows = _Rows(schema)
+    n_sub = max(1, min(1_000_000, math.ceil(settings.rows_per_token * split.width / settings.digest_rows)))
+    width = max(1, -(-split.width // n_sub))
+    n_sub = -(-split.width // width)
+    first = split.start + 1
+    with pg_session(settings.postgres, f"c2pg-reconcile-{split.index}") as conn:
+        now_us = int(time.time() * 1_000_000)
+        with conn, conn.cursor() as cur:
+            cur.execute(d.digest_by_bucket(schema, settings.target_schema, settings.target_table),
+                        {"first": first, "width": width, "start": split.start, "end": split.end, "now": now_us})
+            pg_digests = {int(b): (int(n), int(s) % digest.MOD) for b, n, s in cur.fetchall()}
+        stream = _CassandraDigests(settings, split, rows, first, width, pg_digests)
+        stream.run()
+        differing = sorted(stream.differing.keys() | (pg_digests.keys() - stream.seen))
+        diffs: list[Diff] = []
+        exact = 0
+        if differing:
+            ranges = [(split.start + b * width, min(split.end, split.start + (b + 1) * width)) for b in differing]
+            with conn, conn.cursor() as cur:
+                register_pg_text_casts(cur)
+                cur.execute(d.select_rows_in_ranges(schema, settings.target_schema, settings.target_table),
+                            {"los": [lo for lo, _ in ranges], "his": [hi for _, hi in ranges]})
+                pg_rows = [rows.postgres(r, now_us) for r in cur.fetchall()]
+            c_rows = [rows.cassandra(r) for b in differing for r in stream.differing.get(b, ())]
+            exact = len(c_rows) + len(pg_rows)
+            diffs = diff_rows(rows, split.index, c_rows, pg_rows)
+    return SplitOutcome(split, stream.count, sum(n for n, _ in pg_digests.values()), n_sub, len(differing),
+                        exact, stream.unrepresentable, tuple(diffs[: settings.max_diffs]), len(diffs),
+                        stream.retries, time.monotonic() - started)
+
+
+class _CassandraDigests:
+    """Streams one split from Cassandra, digesting sub-ranges as they close."""
+
+    def __init__(self, settings: CompareSettings, split: TokenSplit, rows: _Rows, first: int, width: int,
+                 pg_digests: dict[int, tuple[int, int]]):
+        self.settings, self.split, self.rows = settings, split, rows
+        self.first = np.uint64(first % digest.MOD)
+        self.width = np.uint64(width)
+        self.pg = pg_digests
+        self.codecs = rows.codecs
+        self.forms = [digest.form_of(c) for c in self.codecs]
+        self.converters = [_column_converter(c) for c in self.codecs]
+        self.count = 0
+        self.unrepresentable = 0
+        self.retries = 0
+        self.seen: set[int] = set()
+        self.differing: dict[int, list[tuple]] = {}
+        self.open_bucket: int | None = None  # the sub-range still receiving rows
+        self.open_sum = 0
+        self.open_count = 0
+        self.open_rows: list[tuple] = []
+
+    def run(self) -> None:
+        s = self.settings
+        read = ReadSettings(s.cassandra, s.schema, s.consistency, s.page_size, s.max_retries, s.run_started_us)
+        reader = SplitReader(read, self.split)
+        chunk: list[tuple] = []
+        for raw in reader.iter_rows():
+            if self.rows.unrepresentable(raw):
+                self.unrepresentable += 1
+                continue
+            chunk.append(raw)
+            if len(chunk) >= CHUNK_ROWS:
+                self._digest(chunk)
+                chunk = []
+        if chunk:
+            self._digest(chunk)
+        self._close_open()
+        self.retries = reader.retries
+
+    def _digest(self, chunk: list[tuple]) -> None:
+        layout = self.rows.layout
+        columns = list(zip(*chunk))
+        n = len(chunk)
+        texts = []
+        for form, codec, conv, at in zip(self.forms, self.codecs, self.converters, layout.value_at, strict=True):
+            values = columns[at] if at is not None else (None,) * n
+            texts.append(digest.column_texts(form, codec, values, conv))
+        hashes = digest.row_digests(digest.row_text_array(texts)).view(np.uint64)
+        tokens = np.asarray(columns[0], dtype=np.int64).view(np.uint64)
+        buckets = (tokens - self.first) // self.width  # wraps mod 2**64 like the token ring
+        if n > 1 and np.any(np.diff(tokens.view(np.int64)) < 0):
+            raise AssertionError(f"split {self.split.index}: Cassandra rows out of token order")
+        starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
+        sums = np.add.reduceat(hashes, starts)
+        ends = list(starts[1:]) + [n]
+        self.count += n
+        for i, (a, b) in enumerate(zip(starts, ends, strict=True)):
+            bucket = int(buckets[a])
+            if bucket != self.open_bucket:
+                self._close_open()
+                self.open_bucket = bucket
+            self.open_sum = (self.open_sum + int(sums[i])) % digest.MOD
+            self.open_count += int(b - a)
+            self.open_rows.extend(chunk[a:b])
+
+    def _close_open(self) -> None:
+        if self.open_bucket is None:
+            return
+        b = self.open_bucket
+        self.seen.add(b)
+        if self.pg.get(b) != (self.open_count, self.open_sum):
+            self.differing[b] = self.open_rows
+        self.open_bucket, self.open_sum, self.open_count, self.open_rows = None, 0, 0, []
+
+
+# --- reading keys again: recheck and repair ----------------------------------------------------
+
+class _KeyReader:
+    """Reads whole partitions by token from both sides (driver side, small sets)."""
+
+    def __init__(self, cfg: PipelineConfig, target: Target, consistency: str, session, conn):
+        self.cfg, self.target, self.session, self.conn = cfg, target, session, conn
+        self.rows = _Rows(target.schema)
+        self.stmt = session.prepare(select_statement(target.schema))
+        self.stmt.consistency_level = cql.consistency_level(consistency)
+        self.sql = d.select_rows_by_tokens(target.schema, target.target_schema, target.target_table)
+
+    def cassandra(self, tokens: Sequence[int]) -> dict[int, list[_Row]]:
+        from cassandra.concurrent import execute_concurrent_with_args
+
+        out: dict[int, list[_Row]] = defaultdict(list)
+        results = execute_concurrent_with_args(self.session, self.stmt, [(t - 1, t) for t in tokens],
+                                               concurrency=32, raise_on_first_error=True)
+        for ok, result in results:
+            for raw in result:
+                if not self.rows.unrepresentable(raw):
+                    row = self.rows.cassandra(raw)
+                    out[row.token].append(row)
+        return out
+
+    def postgres(self, tokens: Sequence[int]) -> dict[int, list[_Row]]:
+        now_us = int(time.time() * 1_000_000)
+        out: dict[int, list[_Row]] = defaultdict(list)
+        with self.conn, self.conn.cursor() as cur:
+            register_pg_text_casts(cur)
+            cur.execute(self.sql, {"tokens": list(tokens)})
+            for raw in cur.fetchall():
+                row = self.rows.postgres(raw, now_us)
+                out[row.token].append(row)
+        return out
+
+    def diff(self, candidates: Sequence[Diff]) -> list[Diff]:
+        """The differences now, in the partitions of ``candidates`` (all their rows)."""
+        split_of = {c.token: c.split_index for c in candidates}
+        tokens = sorted(split_of)
+        found = []
+        for i in range(0, len(tokens), 1000):
+            batch = tokens[i:i + 1000]
+            c, p = self.cassandra(batch), self.postgres(batch)
+            for t in batch:
+                found += diff_rows(self.rows, split_of[t], c.get(t, ()), p.get(t, ()))
+        return found
+
+
+def recheck(reader: _KeyReader, candidates: list[Diff], run_started_us: int, delay_s: float,
+            rounds: int) -> tuple[list[Diff], list[Diff]]:
+    """``(drift, unsettled)``: the candidates' partitions read again after ``delay_s``;
+    differences written before the run start are drift, newer ones are read again up to
+    ``rounds`` times and then reported as unsettled (in flight)."""
+    drift: list[Diff] = []
+    pending = candidates
+    for _ in range(max(1, rounds)):
+        if not pending:
+            break
+        time.sleep(delay_s)
+        now = reader.diff(pending)
+        drift += [x for x in now if not x.live(run_started_us)]
+        pending = [x for x in now if x.live(run_started_us)]
+    return drift, pending
+
+
+@dataclass
+class RepairPlan:
+    """What a repair will write: built from a fresh Cassandra read (:func:`plan_repair`),
+    applied by :func:`apply_repair`. ``notes`` says, per drifted key, what happens to it."""
+
+    batch: Reduced
+    notes: dict[tuple, str]
+    rows_written: int = 0
+    rows_deleted: int = 0
+
+
+def plan_repair(reader: _KeyReader, drift: Sequence[Diff], run_started_us: int) -> RepairPlan:
+    """Read the drifted partitions from Cassandra (at the configured consistency, with
+    write times) and PostgreSQL, and decide per key (see the module docstring)."""
+    tokens = sorted({x.token for x in drift})
+    wanted = {(x.token, x.key) for x in drift}
+    c_rows: dict[int, list[_Row]] = defaultdict(list)
+    p_rows: dict[int, list[_Row]] = defaultdict(list)
+    for i in range(0, len(tokens), 1000):
+        batch = tokens[i:i + 1000]
+        for t, rs in reader.cassandra(batch).items():
+            c_rows[t] += rs
+        for t, rs in reader.postgres(batch).items():
+            p_rows[t] += rs
+    rows = reader.rows
+    read_us = int(time.time() * 1_000_000)
+    plan = RepairPlan(Reduced({}, []), {})
+    for token, key in sorted(wanted, key=lambda tk: (tk[0], tuple("" if k is None else k for k in tk[1]))):
+        c = next((r for r in c_rows.get(token, ()) if r.key == key), None)
+        p = next((r for r in p_rows.get(token, ()) if r.key == key), None)
+        if c is None and p is None:
+            plan.notes[(token, key)] = "already equal (absent on both sides)"
+        elif c is None:
+            newest = p.newest()
+            if newest is not None and newest >= run_started_us:
+                plan.notes[(token, key)] = "skipped: written in PostgreSQL after the run started"
+                continue
+            plan.batch.tombstones.append(Tombstone("row", key, newest if newest is not None else 0))
+            plan.rows_deleted += 1
+            plan.notes[(token, key)] = "deleted (absent in Cassandra)"
+        elif c.error:
+            plan.notes[(token, key)] = f"not repairable: {c.error}"
+        else:
+            write, note = _row_write(rows, c, p, read_us, run_started_us)
+            plan.batch.rows[key] = write
+            plan.rows_written += 1
+            plan.notes[(token, key)] = note
+    return plan
+
+
+def _row_write(rows: _Rows, c: _Row, p: _Row | None, read_us: int, run_started_us: int) -> tuple[RowWrite, str]:
+    """The Cassandra row as a write: every cell at its Cassandra write time; a cell NULL in
+    Cassandra but set in PostgreSQL becomes a deletion at the stored cell's own time."""
+    cells: dict[str, Cell] = {}
+    newer = []
+    for j, column in enumerate(rows.regular):
+        if column.dropped:
+            continue
+        at = rows.n_key + j
+        text, wt, ttl = c.texts[at], c.wts[j], c.ttls_or_exps[j]
+        if text is not None:
+            cells[column.name] = Cell(text, wt, read_us + ttl * 1_000_000 if ttl else None)
+            if p is not None and p.wts[j] is not None and wt is not None and p.wts[j] > wt:
+                newer.append(column.name)
+        elif p is not None and p.texts[at] is not None:
+            p_wt = p.wts[j]
+            if p_wt is not None and p_wt >= run_started_us:
+                newer.append(column.name)
+                continue
+            cells[column.name] = Cell(None, p_wt if p_wt is not None else 0)
+    has_live = any(cell.value is not None for cell in cells.values())
+    write = RowWrite(c.key, cells, None if has_live else read_us)
+    if newer:
+        return write, f"written; PostgreSQL keeps newer cells: {', '.join(newer)}"
+    return write, "written from Cassandra"
+
+
+def apply_repair(conn, target: Target, pipeline: str, plan: RepairPlan) -> None:
+    """Apply ``plan`` in one transaction through the sync merge (source wins ties)."""
+    if plan.batch.empty:
+        return
+    SyncWriter(conn, target, pipeline, source_wins_ties=True).apply(plan.batch, {})
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+@dataclass
+class ReconcileResult:
+    run_id: str
+    table: str
+    target: str
+    status: str
+    rows_compared: int  # Cassandra rows read
+    postgres_rows: int
+    ranges: int
+    ranges_differing: int
+    sub_ranges: int
+    sub_ranges_differing: int
+    rows_compared_exactly: int
+    differences: dict[str, int]
+    unsettled: int
+    unrepresentable: int
+    repaired: dict[str, int]
+    seconds: float
+    retries: int
+    diffs_truncated: bool
+    drift_by_range: list[dict]
+    report_html: str | None = None
+    sample: list[dict] = field(default_factory=list)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_compared / self.seconds if self.seconds else 0.0
+
+    @property
+    def drift(self) -> int:
+        return sum(self.differences.values())
+
+    def stats(self) -> dict:
+        out = asdict(self)
+        out["rows_per_s"] = round(self.rows_per_s, 1)
+        out["drift"] = self.drift
+        return out
+
+
+def find_table(cfg: PipelineConfig, qualified: str) -> TableConfig:
+    """``ks.table`` as configured in the pipeline, or a bare one with default targets."""
+    from engine.snapshot import SnapshotUsageError, find_table as snapshot_find_table
+
+    try:
+        return snapshot_find_table(cfg, qualified)
+    except SnapshotUsageError as exc:
+        raise ReconcileUsageError(str(exc)) from None
+
+
+def run_reconcile(cfg: PipelineConfig, table_cfg: TableConfig, *, repair: bool | None = None,
+                  splits: int | None = None, consistency: str | None = None, run_id: str | None = None,
+                  concurrency: int | None = None, html_path: str | None = None,
+                  progress: bool = True) -> ReconcileResult:
+    """Compare (and with ``repair`` repair) one table; see the module docstring.
+
+    ``run_id`` names the new run (the Serve app picks it before the job starts). Raises
+    :class:`ReconcileUsageError` for bad arguments or a missing target, and
+    :class:`ReconcileFailed` (after recording the run as failed) when a range cannot be read.
+    """
+    import ray
+
+    rc = cfg.reconcile
+    repair = rc.repair if repair is None else repair
+    consistency = (consistency or rc.consistency or cfg.snapshot.consistency).upper()
+    if not hasattr(ConsistencyLevel, consistency) or consistency == "ANY":
+        raise ReconcileUsageError(f"--consistency {consistency!r} is not a read consistency level")
+    try:
+        run_id = str(uuid.UUID(run_id)) if run_id else str(uuid.uuid4())
+    except ValueError:
+        raise ReconcileUsageError(f"--run-id must be a UUID, got {run_id!r}") from None
+    started = time.monotonic()
+    run_started_us = int(time.time() * 1_000_000)
+    cluster, session = cql.connect(cfg.cassandra)
+    try:
+        with pg_session(cfg.postgres, "c2pg-reconcile") as conn:
+            schema = read_table(session, table_cfg.keyspace, table_cfg.table)
+            ensure_state(conn)
+            target = _existing_target(conn, schema, table_cfg)
+            if not ray.is_initialized():
+                ray.init(ignore_reinit_error=True, log_to_driver=True)
+            slots = int(ray.cluster_resources().get("CPU", 2) / cfg.snapshot.task_cpus)
+            plan = plan_splits(cluster, schema.keyspace, schema.table, split_size_mb=cfg.snapshot.split_size_mb,
+                               min_splits=max(8, 4 * slots), splits=splits or rc.splits)
+            est_rows = _estimated_rows(conn, target)
+            settings = CompareSettings(cfg.cassandra, cfg.postgres, target.schema, target.target_schema,
+                                       target.target_table, consistency, cfg.snapshot.page_size,
+                                       cfg.snapshot.max_retries, run_started_us, est_rows / 2.0**64,
+                                       rc.digest_rows, rc.max_diffs)
+            qualified_target = f"{target.target_schema}.{target.target_table}"
+            _record_run(conn, run_id, cfg, target, plan, {"repair": repair, "splits": splits or rc.splits,
+                                                          "consistency": consistency})
+            log.bind(pipeline=cfg.name, table=schema.qualified, run_id=run_id)
+            logger.info("reconcile starting", splits=len(plan), target=qualified_target, repair=repair)
+            try:
+                outcomes = _compare_all(cfg, settings, plan, conn, run_id, concurrency, progress, schema.qualified)
+                reader = _KeyReader(cfg, target, consistency, session, conn)
+                candidates = [x for o in outcomes for x in o.diffs]
+                drift, unsettled = recheck(reader, candidates, run_started_us, rc.recheck_delay.total_seconds(),
+                                           rc.recheck_rounds) if candidates else ([], [])
+                repaired = {"rows_written": 0, "rows_deleted": 0, "not_repaired": 0}
+                notes: dict[tuple, str] = {}
+                if repair and drift:
+                    repair_plan = plan_repair(reader, drift, run_started_us)
+                    apply_repair(conn, target, cfg.name, repair_plan)
+                    notes = repair_plan.notes
+                    repaired = {"rows_written": repair_plan.rows_written, "rows_deleted": repair_plan.rows_deleted,
+                                "not_repaired": sum(1 for n in notes.values() if n.startswith("not repairable"))}
+                result = _result(run_id, schema.qualified, qualified_target, outcomes, drift, unsettled, repaired,
+                                 time.monotonic() - started)
+                _store_diffs(conn, run_id, plan, drift, notes)
+                if result.drift:
+                    from engine import reconcile_report
+
+                    result.report_html = reconcile_report.write_html(result, drift, html_path)
+                _finish(conn, run_id, "completed", result, None)
+                _export_metrics(cfg.name, schema.qualified, result)
+                return result
+            except BaseException as exc:  # Ctrl-C included: the run record must not stay 'running'
+                with contextlib.suppress(Exception):
+                    _finish(conn, run_id, "failed", None, f"{type(exc).__name__}: {exc}")
+                if isinstance(exc, Exception) and not isinstance(exc, C2pgError):
+                    raise ReconcileFailed(run_id, exc) from exc
+                raise
+    finally:
+        cluster.shutdown()
+
+
+def _existing_target(conn, schema: TableSchema, table_cfg: TableConfig) -> Target:
+    with conn, conn.cursor() as cur:
+        cur.execute(*d.describe_target(table_cfg.target_schema, table_cfg.target_table))
+        exists = bool(cur.fetchall())
+    if not exists:
+        raise ReconcileUsageError(f"target {table_cfg.target_schema}.{table_cfg.target_table} does not exist: "
+                                  f"run a snapshot of {schema.qualified} first")
+    return ensure_target(conn, schema, table_cfg.target_schema, table_cfg.target_table, evolve=False)
+
+
+def _estimated_rows(conn, target: Target) -> float:
+    with conn, conn.cursor() as cur:
+        cur.execute(*d.estimated_rows(target.target_schema, target.target_table))
+        row = cur.fetchone()
+        estimate = row[0] if row else 0
+        if not estimate or estimate < 0:
+            cur.execute(d.sql.SQL("SELECT count(*) FROM {}").format(d.ident(target.target_schema, target.target_table)))
+            estimate = cur.fetchone()[0]
+    return float(max(estimate, 1))
+
+
+def _compare_all(cfg: PipelineConfig, settings: CompareSettings, plan: list[TokenSplit], conn, run_id: str,
+                 concurrency: int | None, progress: bool, qualified: str) -> list[SplitOutcome]:
+    """One Ray task per split, at most ``concurrency`` at once; a progress line every few seconds."""
+    import ray
+
+    from engine.snapshot import _fault_env
+
+    task = ray.remote(compare_split).options(num_cpus=cfg.snapshot.task_cpus, max_retries=3,
+                                             **_fault_env())
+    limit = concurrency or max(1, int(ray.cluster_resources().get("CPU", 2) / cfg.snapshot.task_cpus))
+    queue = list(plan)
+    running: dict[Any, TokenSplit] = {}
+    outcomes: list[SplitOutcome] = []
+    rows = differing = 0
+    t0 = last = time.monotonic()
+    while queue or running:
+        while queue and len(running) < limit:
+            split = queue.pop(0)
+            running[task.remote(settings, split)] = split
+        done, _ = ray.wait(list(running), num_returns=1, timeout=2.0)
+        for ref in done:
+            running.pop(ref)
+            outcome = ray.get(ref)
+            outcomes.append(outcome)
+            rows += outcome.cassandra_rows
+            differing += outcome.sub_ranges_differing
+            with conn, conn.cursor() as cur:
+                cur.execute(d.FINISH_RUN_SPLIT, (outcome.cassandra_rows, outcome.retries, run_id,
+                                                 outcome.split.index))
+        now = time.monotonic()
+        if progress and (now - last >= 3 or not (queue or running)):
+            last = now
+            print(f"reconcile {qualified}: ranges {len(outcomes)}/{len(plan)} · rows {rows:,} · "
+                  f"differing sub-ranges {differing:,} · {rows / max(now - t0, 1e-9):,.0f} rows/s",
+                  file=sys.stderr, flush=True)
+    return sorted(outcomes, key=lambda o: o.split.index)
+
+
+def _result(run_id: str, qualified: str, target: str, outcomes: list[SplitOutcome], drift: list[Diff],
+            unsettled: list[Diff], repaired: dict, seconds: float) -> ReconcileResult:
+    counts = {k: 0 for k in KINDS}
+    for x in drift:
+        counts[x.kind] += 1
+    per_split: dict[int, dict] = {o.split.index: {"split_index": o.split.index, "start_token": o.split.start,
+                                                   "end_token": o.split.end, "rows": o.cassandra_rows,
+                                                   **{k: 0 for k in KINDS}} for o in outcomes}
+    for x in drift:
+        per_split[x.split_index][x.kind] += 1
+    ranges = sorted(per_split.values(), key=lambda r: r["start_token"])
+    return ReconcileResult(
+        run_id=run_id, table=qualified, target=target, status="completed",
+        rows_compared=sum(o.cassandra_rows for o in outcomes), postgres_rows=sum(o.postgres_rows for o in outcomes),
+        ranges=len(outcomes), ranges_differing=sum(1 for r in ranges if any(r[k] for k in KINDS)),
+        sub_ranges=sum(o.sub_ranges for o in outcomes),
+        sub_ranges_differing=sum(o.sub_ranges_differing for o in outcomes),
+        rows_compared_exactly=sum(o.rows_compared_exactly for o in outcomes), differences=counts,
+        unsettled=len(unsettled), unrepresentable=sum(o.unrepresentable for o in outcomes), repaired=repaired,
+        seconds=round(seconds, 3), retries=sum(o.retries for o in outcomes),
+        diffs_truncated=any(o.diffs_total > len(o.diffs) for o in outcomes), drift_by_range=ranges,
+        sample=[_diff_json(x) for x in drift[:20]])
+
+
+def _diff_json(x: Diff) -> dict:
+    return {"token": x.token, "key": list(x.key), "kind": x.kind, "columns": list(x.columns), "detail": x.detail}
+
+
+def _record_run(conn, run_id: str, cfg: PipelineConfig, target: Target, plan: list[TokenSplit], args: dict) -> None:
+    with conn, conn.cursor() as cur:
+        cur.execute(d.INSERT_RUN, (run_id, "reconcile", cfg.name, target.schema.keyspace, target.schema.table,
+                                   f"{target.target_schema}.{target.target_table}", json.dumps(args)))
+        execute_values(cur, d.INSERT_RUN_SPLITS.as_string(conn), [(run_id, s.index, s.start, s.end) for s in plan])
+
+
+def _store_diffs(conn, run_id: str, plan: list[TokenSplit], drift: list[Diff], notes: dict[tuple, str]) -> None:
+    if not drift:
+        return
+    by_index = {s.index: s for s in plan}
+    with conn, conn.cursor() as cur:
+        rows = []
+        for x in drift:
+            s = by_index[x.split_index]
+            rows.append((run_id, x.split_index, s.start, s.end, x.token, json.dumps(list(x.key)), x.kind,
+                         list(x.columns), json.dumps(x.detail, default=str)))
+        ids = execute_values(cur, d.INSERT_RECONCILE_DIFFS.as_string(conn), rows, fetch=True)
+        if notes:
+            marks = []
+            for (row_id,), x in zip(ids, drift, strict=True):
+                note = notes.get((x.token, x.key))
+                if note is not None:
+                    marks.append((row_id, note.startswith(("written", "deleted")), note))
+            if marks:
+                execute_values(cur, d.MARK_REPAIRED.as_string(conn), marks)
+
+
+def _finish(conn, run_id: str, status: str, result: ReconcileResult | None, error: str | None) -> None:
+    stats = {} if result is None else result.stats()
+    with conn, conn.cursor() as cur:
+        cur.execute(d.FINISH_RUN, (status, json.dumps(stats, default=str), error, run_id))
+
+
+def _export_metrics(pipeline: str, qualified: str, result: ReconcileResult) -> None:
+    """``c2pg_reconcile_drift_rows{pipeline,table,kind}``: the last run's drift (Grafana)."""
+    try:
+        from ray.util.metrics import Gauge
+
+        gauge = Gauge("c2pg_reconcile_drift_rows", "Rows that differ between Cassandra and PostgreSQL, "
+                      "by kind, as found by the last reconcile", tag_keys=("pipeline", "table", "kind"))
+        for kind, n in result.differences.items():
+            gauge.set(n, tags={"pipeline": pipeline, "table": qualified, "kind": kind})
+    except Exception as exc:  # noqa: BLE001 - metrics are best effort; the run's record is the truth
+        logger.warning("could not export the drift metric", error=str(exc))
