@@ -1,0 +1,237 @@
+"""The Dockerfiles and the compose file, checked statically (Docker is not on our machines):
+they parse, pin every image (no ``latest``), run as non-root with a health check, install
+locked dependencies, and use the same versions as the local stack (engine/stack/versions.py)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from engine.stack import versions as v
+from tests.unit.deploy_validation import ROOT
+
+DOCKER = ROOT / "docker"
+COMPOSE = DOCKER / "compose.yaml"
+DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "debezium-cassandra" / "Dockerfile"]
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile: continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        full = (pending + line).strip()
+        pending = ""
+        word, _, rest = full.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    assert not pending, f"{path}: dangling line continuation"
+    return out
+
+
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def ray_version() -> str:
+    ray = next(Requirement(d) for d in pyproject()["dependencies"] if d.startswith("ray["))
+    (spec,) = ray.specifier
+    assert spec.operator == "=="
+    return spec.version
+
+
+def image_pinned(image: str) -> bool:
+    """A tag with a full version (digits.digits...), or a digest; never latest or a bare major."""
+    if "@sha256:" in image:
+        return True
+    name, _, tag = image.rpartition(":")
+    return bool(name) and "/" not in tag and tag != "latest" and bool(re.match(r"\d+\.\d+", tag))
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+# --- Dockerfiles ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_dockerfile_pins_its_images_runs_as_non_root_and_has_a_healthcheck(path):
+    ins = instructions(path)
+    words = [w for w, _ in ins]
+    known = {"FROM", "ARG", "RUN", "COPY", "ADD", "ENV", "USER", "WORKDIR", "EXPOSE", "HEALTHCHECK",
+             "CMD", "ENTRYPOINT", "LABEL", "VOLUME", "SHELL", "STOPSIGNAL", "ONBUILD"}
+    assert set(words) <= known, set(words) - known
+    froms = [args.split()[0] for w, args in ins if w == "FROM"]
+    assert froms and all(image_pinned(i) for i in froms), froms
+    users = [args for w, args in ins if w == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), users
+    last_user = max(i for i, w in enumerate(words) if w == "USER")
+    final_stage = max(i for i, w in enumerate(words) if w == "FROM")
+    assert last_user > final_stage, "the final stage sets a non-root USER"
+    health = [args for w, args in ins if w == "HEALTHCHECK"]
+    assert len(health) == 1 and "CMD" in health[0] and not health[0].startswith("NONE")
+    assert "CMD" in words or "ENTRYPOINT" in words
+
+
+def test_engine_image_is_the_official_ray_image_of_the_pinned_ray_and_python():
+    ins = instructions(DOCKER / "Dockerfile")
+    (base,) = [args for w, args in ins if w == "FROM"]
+    assert base == f"rayproject/ray:{ray_version()}-py311"
+    assert "3.11" in pyproject()["requires-python"].replace("<3.12", "")
+    runs = " ".join(args for w, args in ins if w == "RUN")
+    assert "pip install --no-cache-dir -r requirements.txt" in runs
+    assert "--no-deps ." in runs  # the project itself resolves nothing more
+
+
+def test_engine_image_tag_is_the_one_the_manifests_and_compose_use():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("c2pg_kuberay_render", ROOT / "kuberay" / "render.py")
+    assert spec and spec.loader
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    tag = f"c2pg/engine:{pyproject()['version']}-ray{ray_version()}-py311"
+    assert render.image() == tag
+    assert f"-t {tag} ." in (DOCKER / "Dockerfile").read_text()
+    assert compose()["services"]["ray-head"]["image"] == tag
+    assert tag in (ROOT / "cluster.yaml").read_text()
+
+
+def test_locked_requirements_pin_everything_and_agree_with_pyproject():
+    lines = [ln for ln in (DOCKER / "requirements.txt").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    locked: dict[str, str] = {}
+    for line in lines:
+        req = Requirement(line)
+        (spec,) = req.specifier
+        assert spec.operator == "==", line
+        locked[canonicalize_name(req.name)] = spec.version
+    for text in pyproject()["dependencies"]:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name in locked, f"{req.name} is not in docker/requirements.txt"
+        assert req.specifier.contains(locked[name], prereleases=True), (text, locked[name])
+    assert locked["ray"] == ray_version()
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_build_context_admits_exactly_what_copy_needs(path):
+    ignore = Path(str(path) + ".dockerignore").read_text().splitlines()
+    allowed = [ln[1:].rstrip("/") for ln in ignore if ln.startswith("!")]
+    assert "**" in ignore, "the context starts empty (the repository holds .venv and .stack)"
+    for w, args in instructions(path):
+        if w != "COPY" or "--from=" in args:
+            continue
+        sources = [a for a in shlex.split(args) if not a.startswith("--")][:-1]
+        for src in sources:
+            assert (ROOT / src).exists(), src
+            assert any(src == a or src.startswith(a + "/") for a in allowed), f"{src} is ignored"
+
+
+def test_debezium_image_is_the_stack_connector_with_the_stack_jvm_flags():
+    from engine.stack.services import JAVA17_OPENS
+
+    ins = instructions(DOCKER / "debezium-cassandra" / "Dockerfile")
+    args = dict(a.split("=", 1) for w, a in ins if w == "ARG" and "=" in a)
+    assert args["DEBEZIUM_VERSION"] == v.DEBEZIUM
+    (entry,) = [a for w, a in ins if w == "ENTRYPOINT"]
+    argv = yaml.safe_load(entry)  # the exec form is a JSON array
+    start = argv.index(JAVA17_OPENS[0])
+    assert argv[start:start + len(JAVA17_OPENS)] == JAVA17_OPENS
+    props = dict(ln.split("=", 1) for ln in (DOCKER / "debezium-cassandra" / "connector.properties")
+                 .read_text().splitlines() if ln and not ln.startswith("#"))
+    assert props["snapshot.mode"] == "never"  # c2pg snapshots with real write times
+    assert props["cassandra.config"] == "/etc/cassandra/cassandra.yaml"
+    assert props["decimal.handling.mode"] == props["varint.handling.mode"] == "string"
+    assert props["kafka.producer.bootstrap.servers"] == "kafka:9092"
+
+
+# --- compose ------------------------------------------------------------------------------------
+
+
+def test_compose_runs_the_whole_stack_with_pinned_images_and_healthchecks():
+    services = compose()["services"]
+    for name in ("cassandra", "debezium", "kafka", "registry", "postgres", "vault", "ray-head"):
+        assert name in services, name
+    for name, svc in services.items():
+        assert "image" in svc, f"{name}: an explicit image (and tag) even when built"
+        assert image_pinned(svc["image"]), f"{name}: {svc['image']}"
+        if name not in ("vault-init", "debezium"):  # a one-shot job; debezium's is in its image
+            assert "healthcheck" in svc and svc["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
+        for dep in svc.get("depends_on", {}):
+            assert dep in services, f"{name} depends on unknown {dep}"
+        for volume in svc.get("volumes", []):
+            src = volume.split(":", 1)[0]
+            if src.startswith("."):
+                assert (COMPOSE.parent / src).exists(), src
+            else:
+                assert src in compose()["volumes"], src
+    assert services["ray-head"]["user"].split(":")[0] not in ("0", "root")
+
+
+def test_compose_versions_agree_with_the_local_stack():
+    services = compose()["services"]
+    tag = {name: svc["image"].rpartition(":")[2] for name, svc in services.items()}
+    assert services["cassandra"]["image"] == f"cassandra:{v.CASSANDRA}"
+    assert services["kafka"]["image"] == f"apache/kafka:{v.KAFKA}"
+    assert services["registry"]["image"] == f"apicurio/apicurio-registry:{v.APICURIO}"
+    assert services["vault"]["image"] == services["vault-init"]["image"] == f"openbao/openbao:{v.OPENBAO}"
+    assert services["postgres"]["image"].startswith("postgres:") and tag["postgres"].split(".")[0] == v.POSTGRES_MAJOR
+    assert services["debezium"]["build"]["args"]["DEBEZIUM_VERSION"] == v.DEBEZIUM == tag["debezium"]
+
+
+def test_compose_debezium_sits_beside_cassandra_with_cdc_on():
+    services = compose()["services"]
+    cass, dbz = services["cassandra"], services["debezium"]
+    command = " ".join(cass["command"])
+    assert "cdc_enabled: true" in command and "cdc_raw_directory: /var/lib/cassandra/cdc_raw" in command
+    assert "cassandra-data:/var/lib/cassandra" in cass["volumes"] and "cassandra-data:/var/lib/cassandra" in dbz["volumes"]
+    assert "cassandra-conf:/etc/cassandra:ro" in dbz["volumes"]
+    assert cass["environment"]["CASSANDRA_CLUSTER_NAME"] == "c2pg"
+    props = (DOCKER / "debezium-cassandra" / "connector.properties").read_text()
+    assert "cassandra.cluster.name=c2pg" in props
+
+
+def test_compose_secrets_come_from_env_file_and_vault_never_the_file():
+    text = COMPOSE.read_text()
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", text))
+    example = dict(ln.split("=", 1) for ln in (DOCKER / ".env.example").read_text().splitlines()
+                   if ln and not ln.startswith("#"))
+    assert required and required <= set(example)
+    for name, svc in compose()["services"].items():
+        for key, value in svc.get("environment", {}).items():
+            if re.search(r"PASSWORD|TOKEN", key):
+                assert str(value).startswith("${"), f"{name}.{key}: from docker/.env, never written here"
+
+
+def test_compose_pipeline_validates_and_names_compose_services():
+    from engine.config import load_config
+
+    cfg = load_config(DOCKER / "pipeline.compose.yaml", resolve_secrets=False)
+    services = compose()["services"]
+    assert set(cfg.cassandra.contact_points) <= set(services)
+    assert cfg.kafka.bootstrap_servers.split(":")[0] in services
+    assert cfg.postgres.host in services
+    assert cfg.vault is not None and cfg.vault.url.split("//")[1].split(":")[0] in services
+    assert cfg.schema_registry.url and cfg.schema_registry.url.split("//")[1].split(":")[0] in services
+    head = services["ray-head"]
+    assert "./pipeline.compose.yaml:/etc/c2pg/pipeline.yaml:ro" in head["volumes"]
+    assert head["environment"]["C2PG_PIPELINE_CONFIG"] == "/etc/c2pg/pipeline.yaml"
+    script = (DOCKER / "ray-head.sh").read_text()
+    assert "serve deploy /home/ray/c2pg/serve_app/serve_config.yaml" in script
+    assert (ROOT / "serve_app" / "serve_config.yaml").exists()
