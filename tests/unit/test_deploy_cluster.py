@@ -67,5 +67,7 @@ def test_nodes_run_the_engine_image_and_start_ray_and_serve():
     assert config["setup_commands"]
     for remote, local in config["file_mounts"].items():
         assert (ROOT / local).exists(), local
-    assert "C2PG_PIPELINE_CONFIG=/home/ray/pipeline.yaml" in " ".join(config["docker"]["run_options"])
+    options = " ".join(config["docker"]["run_options"])
+    assert "C2PG_PIPELINE_CONFIG=/home/ray/pipeline.yaml" in options
+    assert "/etc/c2pg/secrets:ro" in options  # kuberay/pipeline.yaml reads its secrets there
     assert "/home/ray/pipeline.yaml" in config["file_mounts"]

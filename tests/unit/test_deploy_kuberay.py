@@ -76,9 +76,9 @@ def test_the_vault_agent_variant_validates_and_reads_secrets_from_files(tmp_path
     for _, template in pod_templates(cluster):
         notes = template["metadata"]["annotations"]
         assert notes["vault.hashicorp.com/agent-inject"] == "true"
-        assert not any("secretKeyRef" in str(e) for e in template["spec"]["containers"][0]["env"])
+        assert all("secret" not in v for v in template["spec"]["volumes"])  # no Kubernetes Secret
     pipeline = load_documents(tmp_path / "pipeline-configmap.yaml")[0]["data"]["pipeline.yaml"]
-    assert not re.search(r"^\s*\w+: env:", pipeline, re.M)
+    assert not re.search(r"^\s*\w+: file:/etc/c2pg/secrets/", pipeline, re.M)
     refs = re.findall(r"^\s*\w+: file:/vault/secrets/([a-z-]+)$", pipeline, re.M)
     injected = {k.rsplit("agent-inject-secret-", 1)[1] for k in notes if "agent-inject-secret-" in k}
     assert refs and set(refs) <= injected
@@ -165,24 +165,28 @@ def test_memory_and_cpu_requests_equal_limits(path):
 
 @pytest.mark.parametrize("path", [p for p in MANIFESTS if "ray" in p.name], ids=lambda p: p.name)
 def test_pods_run_the_engine_image_as_non_root_with_config_and_secrets(path):
-    doc = load_documents(path)[0]
-    secret_keys = set(_doc("secrets.example.yaml", "Secret")["stringData"])
     from engine.config import load_config
 
-    config_refs = {s.ref.target for _, s in load_config(KUBERAY / "pipeline.yaml", resolve_secrets=False).secrets()}
+    doc = load_documents(path)[0]
+    secret_keys = set(_doc("secrets.example.yaml", "Secret")["stringData"])
+    cfg = load_config(KUBERAY / "pipeline.yaml", resolve_secrets=False)
+    files = {s.ref.target for _, s in cfg.secrets()}
+    # Every secret of the pipeline is a file of the mounted Secret, and every key is used.
+    assert {f.rsplit("/", 1)[0] for f in files} == {"/etc/c2pg/secrets"}
+    assert {f.rsplit("/", 1)[1] for f in files} == secret_keys
     for where, template in pod_templates(doc):
         spec = template["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
-        assert {"name": "pipeline", "configMap": {"name": "c2pg-pipeline"}} in spec["volumes"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["pipeline"]["configMap"] == {"name": "c2pg-pipeline"}
+        assert volumes["secrets"]["secret"]["secretName"] == "c2pg-secrets"
         c = spec["containers"][0]
         assert c["image"] == render.image(), where
-        assert {"name": "pipeline", "mountPath": "/etc/c2pg", "readOnly": True} in c["volumeMounts"]
-        env = {e["name"]: e for e in c["env"]}
-        assert config_refs <= set(env), f"{where}: every env: secret of the pipeline is set"
-        for e in env.values():
-            ref = e.get("valueFrom", {}).get("secretKeyRef")
-            if ref:
-                assert ref["name"] == "c2pg-secrets" and ref["key"] in secret_keys
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        assert mounts["/etc/c2pg"]["name"] == "pipeline" and mounts["/etc/c2pg"]["readOnly"] is True
+        assert mounts["/etc/c2pg/secrets"]["name"] == "secrets" and mounts["/etc/c2pg/secrets"]["readOnly"] is True
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["C2PG_PIPELINE_CONFIG"] == "/etc/c2pg/pipeline.yaml"  # read by serve_app/app.py
 
 
 def test_ray_token_auth_uses_the_one_shared_secret():
@@ -198,7 +202,7 @@ def test_pipeline_configmap_is_the_pipeline_file_and_it_validates():
     data = _doc("pipeline-configmap.yaml")["data"]["pipeline.yaml"]
     assert data == (KUBERAY / "pipeline.yaml").read_text()
     cfg = load_config(KUBERAY / "pipeline.yaml", resolve_secrets=False)
-    assert all(s.ref.kind == "env" for _, s in cfg.secrets())
+    assert all(s.ref.kind == "file" for _, s in cfg.secrets())
 
 
 # --- the RayService: the Serve app's config, probes -------------------------------------------
@@ -255,3 +259,13 @@ def test_rayjob_runs_the_job_module_with_arguments_it_accepts(kind):
     parser = argparse.ArgumentParser()
     module.add_arguments(parser)
     parser.parse_args(argv[3:])  # SystemExit(2) on an argument the job does not take
+
+
+@pytest.mark.parametrize("kind,repair", [("snapshot", False), ("reconcile", True)])
+def test_render_job_prints_a_valid_rayjob_for_any_table(kind, repair, capsys):
+    argv = ["--job", kind, "--table", "Shop.Order_Items"] + (["--repair"] if repair else [])
+    assert render.main(argv) == 0
+    (doc,) = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    assert manifest_errors(doc) == []
+    assert doc["metadata"]["name"] == f"c2pg-{kind}-shop-order-items"
+    assert doc["spec"]["entrypoint"].endswith("--table Shop.Order_Items" + (" --repair" if repair else ""))
