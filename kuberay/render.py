@@ -229,6 +229,9 @@ def rayservice(secrets: str) -> dict[str, Any]:
             # ready. Sync on the old and the new cluster overlap briefly; per-cell LWW and
             # forward-only offsets make the overlap harmless (docs/operations.md, "Upgrading").
             "upgradeStrategy": {"type": "NewCluster"},
+            # Keep the old cluster 5 minutes after the switch: time to start sync on the new
+            # one before the old one's workers go (docs/operations.md, "Upgrading").
+            "rayClusterDeletionDelaySeconds": 300,
             "serveConfigV2": yaml.safe_dump(serve_config(), sort_keys=False),
             "rayClusterConfig": spec,
         },
