@@ -213,15 +213,25 @@ def serve_config() -> dict[str, Any]:
 
 def rayservice(secrets: str) -> dict[str, Any]:
     spec = cluster_spec(secrets=secrets)
-    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
-    probe = {"httpGet": {"path": "/healthz", "port": SERVE_PORT}, "periodSeconds": 10, "timeoutSeconds": 5}
-    # Startup: the Serve app deploys after Ray starts; allow it 5 minutes before liveness counts.
-    head["startupProbe"] = {**probe, "failureThreshold": 30}
-    head["livenessProbe"] = {**probe, "failureThreshold": 6}
-    # Readiness follows the components (503 when a required one is down), which takes the pod
-    # out of the Service `c2pg-serve-svc`; `kubectl port-forward pod/...` still reaches it.
-    head["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": SERVE_PORT},
-                              "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3}
+    # Probes. KubeRay deploys the Serve app only once the head pod is Ready
+    # (rayservice_controller.go, reconcileServe), so no head probe may wait for the app on
+    # port 8000: the head keeps KubeRay's own probes (raylet and GCS health).
+    # On the workers, KubeRay's default readiness is "raylet healthy and a Serve proxy on
+    # this pod" (/-/healthz), which decides which pods c2pg-serve-svc sends traffic to; c2pg
+    # replaces it with /readyz, which answers through the same proxy and is 503 while a
+    # component the pipeline needs is down: traffic goes only to proxies whose control plane
+    # can act. Pods without a proxy are not Ready, as with KubeRay's default; readiness never
+    # restarts anything, so sync workers on those pods are not affected.
+    # /healthz (the replica answers) is deliberately NOT a Kubernetes liveness probe: a
+    # failing Serve replica is restarted by Serve itself (ControlPlane.check_health), while a
+    # liveness failure would restart the whole Ray pod, with the sync workers on it (the head:
+    # GCS and the sync supervisor) — for instance for as long as Vault is sealed and the
+    # replica cannot load its secrets. docker/compose.yaml uses /healthz as its health check.
+    worker = spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    worker["ports"].append({"containerPort": SERVE_PORT, "name": "serve"})
+    worker["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": SERVE_PORT},
+                                "initialDelaySeconds": 10, "periodSeconds": 5, "timeoutSeconds": 4,
+                                "failureThreshold": 1}
     return {
         "apiVersion": "ray.io/v1", "kind": "RayService", "metadata": _metadata("c2pg", "control-plane"),
         "spec": {

@@ -217,19 +217,26 @@ def test_rayservice_serve_config_is_the_serve_apps_committed_config():
     assert embedded == yaml.safe_load(committed.read_text())
 
 
-def test_rayservice_serve_config_names_an_importable_app_on_the_probed_port():
+def test_rayservice_serve_app_is_importable_and_probed_where_kuberay_allows():
     config = yaml.safe_load(_doc("rayservice.yaml")["spec"]["serveConfigV2"])
     port = config.get("http_options", {}).get("port", 8000)
     if (ROOT / "serve_app" / "serve_config.yaml").exists():
         for app in config["applications"]:
             module = app["import_path"].split(":", 1)[0]
             assert (ROOT / (module.replace(".", "/") + ".py")).exists(), module
-    head = _doc("rayservice.yaml")["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"][
-        "containers"][0]
-    assert head["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
-    assert head["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
-    assert head["startupProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+    cluster = _doc("rayservice.yaml")["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    # KubeRay deploys the Serve app only once the head pod is Ready: a head probe that waits
+    # for the app would never let it deploy. The head keeps KubeRay's own probes.
+    assert not {"readinessProbe", "livenessProbe", "startupProbe"} & set(head)
     assert {"containerPort": port, "name": "serve"} in head["ports"]
+    for group in cluster["workerGroupSpecs"]:
+        worker = group["template"]["spec"]["containers"][0]
+        assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+        assert {"containerPort": port, "name": "serve"} in worker["ports"]  # KubeRay's port name
+        # No liveness on the app: restarting a Ray pod would take its sync workers with it.
+        assert "livenessProbe" not in worker and "startupProbe" not in worker
+    assert "/healthz" in (ROOT / "docker" / "compose.yaml").read_text()  # the app's liveness check there
 
 
 # --- the RayJobs --------------------------------------------------------------------------------
