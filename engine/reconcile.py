@@ -435,18 +435,26 @@ class _KeyReader:
 
 def recheck(reader: _KeyReader, candidates: list[Diff], run_started_us: int, delay_s: float,
             rounds: int) -> tuple[list[Diff], list[Diff]]:
-    """``(drift, unsettled)``: the candidates' partitions read again after ``delay_s``;
-    differences written before the run start are drift, newer ones are read again up to
-    ``rounds`` times and then reported as unsettled (in flight)."""
+    """``(drift, unsettled)``: the candidates' partitions read again after ``delay_s``.
+
+    A difference is drift only when it was already there one delay earlier and no write
+    time on either side is at or after the run start. A newer one, or one seen for the
+    first time (a row of the same partition changed meanwhile: a deletion leaves no write
+    time to look at), is read again, up to ``rounds`` times, and then reported as
+    unsettled (in flight), never as drift.
+    """
     drift: list[Diff] = []
     pending = candidates
+    seen = {(x.token, x.key) for x in candidates}
     for _ in range(max(1, rounds)):
         if not pending:
             break
         time.sleep(delay_s)
         now = reader.diff(pending)
-        drift += [x for x in now if not x.live(run_started_us)]
-        pending = [x for x in now if x.live(run_started_us)]
+        settled = [x for x in now if (x.token, x.key) in seen and not x.live(run_started_us)]
+        drift += settled
+        pending = [x for x in now if (x.token, x.key) not in seen or x.live(run_started_us)]
+        seen = {(x.token, x.key) for x in pending}
     return drift, pending
 
 
@@ -550,6 +558,7 @@ class ReconcileResult:
     sub_ranges_differing: int
     rows_compared_exactly: int
     differences: dict[str, int]
+    rechecked: int  # differences of the first pass, read again after the delay
     unsettled: int
     unrepresentable: int
     repaired: dict[str, int]
@@ -577,7 +586,8 @@ class ReconcileResult:
 
 def find_table(cfg: PipelineConfig, qualified: str) -> TableConfig:
     """``ks.table`` as configured in the pipeline, or a bare one with default targets."""
-    from engine.snapshot import SnapshotUsageError, find_table as snapshot_find_table
+    from engine.snapshot import SnapshotUsageError
+    from engine.snapshot import find_table as snapshot_find_table
 
     try:
         return snapshot_find_table(cfg, qualified)
@@ -724,6 +734,7 @@ def _compare_all(cfg: PipelineConfig, settings: CompareSettings, plan: list[Toke
 
 def _result(run_id: str, qualified: str, target: str, outcomes: list[SplitOutcome], drift: list[Diff],
             unsettled: list[Diff], repaired: dict, seconds: float) -> ReconcileResult:
+    """The run's figures; ``drift_by_range`` feeds the drift page and the status page."""
     counts = {k: 0 for k in KINDS}
     for x in drift:
         counts[x.kind] += 1
@@ -740,7 +751,7 @@ def _result(run_id: str, qualified: str, target: str, outcomes: list[SplitOutcom
         sub_ranges=sum(o.sub_ranges for o in outcomes),
         sub_ranges_differing=sum(o.sub_ranges_differing for o in outcomes),
         rows_compared_exactly=sum(o.rows_compared_exactly for o in outcomes), differences=counts,
-        unsettled=len(unsettled), unrepresentable=sum(o.unrepresentable for o in outcomes), repaired=repaired,
+        rechecked=sum(len(o.diffs) for o in outcomes), unsettled=len(unsettled), unrepresentable=sum(o.unrepresentable for o in outcomes), repaired=repaired,
         seconds=round(seconds, 3), retries=sum(o.retries for o in outcomes),
         diffs_truncated=any(o.diffs_total > len(o.diffs) for o in outcomes), drift_by_range=ranges,
         sample=[_diff_json(x) for x in drift[:20]])

@@ -72,8 +72,8 @@ def drift_svg(ranges: Sequence[dict], width: int = 900, height: int = 220) -> st
     """Bars along the token ring: each range at its position and width, stacked by kind."""
     top = max((sum(r[k] for k in KIND_COLOURS) for r in ranges), default=0) or 1
     plot_h = height - 40
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="drift per token range">',
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+              f'aria-label="drift per token range">'),
              f'<rect x="0" y="0" width="{width}" height="{plot_h}" fill="#f7f7f7"/>']
     for r in ranges:
         x0 = (r["start_token"] - MIN_TOKEN) / RING * width

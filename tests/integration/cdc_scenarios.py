@@ -195,3 +195,27 @@ def record(into: Path = FIXTURES) -> None:
 
 if __name__ == "__main__":
     record(Path(sys.argv[1]) if len(sys.argv) > 1 else FIXTURES)
+
+
+def fresh_sync_pipeline(pg, pipeline, keyspace: str, target_schema: str, name: str):
+    """An empty PostgreSQL side for ``keyspace.name`` and a pipeline ``t-<name>`` syncing
+    only it (own offsets, own supervisor)."""
+    from engine.config import TableConfig
+
+    with pg, pg.cursor() as cur:
+        cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{target_schema}"')
+        cur.execute(f'DROP TABLE IF EXISTS "{target_schema}"."{name}"')
+        cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = %s AND target_table = %s",
+                    (target_schema, name))
+        cur.execute("DELETE FROM _c2pg.offsets WHERE pipeline = %s", (f"t-{name}",))
+    table = TableConfig(keyspace=keyspace, table=name, target_schema=target_schema, target_table=name)
+    return pipeline.model_copy(update={"pipeline": pipeline.pipeline.model_copy(update={"name": f"t-{name}"}),
+                                       "tables": (table,)})
+
+
+def wait_for_table_capture(session: Session, keyspace: str, name: str, sentinel: str, timeout_s: float = 60) -> None:
+    """Write ``sentinel`` (an INSERT) until the connector's event for it arrives: the
+    connector knows the table, so the test's writes count from now on."""
+    with TopicTail(f"c2pg.{keyspace}.{name}", {"bootstrap.servers": "127.0.0.1:9092"}) as tail:
+        if not tail.wait_for_capture(lambda: session.execute(sentinel), timeout_s):
+            raise TimeoutError(f"the connector never captured {keyspace}.{name}")

@@ -15,10 +15,14 @@ import pytest
 import ray
 
 from engine import cql
-from engine.config import TableConfig
-from engine.sync_supervisor import find, get_or_start
-from tests.integration.cdc_scenarios import TopicTail, capture_with_restart
 from engine.compare import wait_equal
+from engine.sync_supervisor import find, get_or_start
+from tests.integration.cdc_scenarios import (
+    TopicTail,
+    capture_with_restart,
+    fresh_sync_pipeline,
+    wait_for_table_capture,
+)
 
 KS = "c2pg_sync_test"
 
@@ -43,15 +47,7 @@ def pg(pipeline):
 
 
 def _fresh_target(pg, pipeline, name: str):
-    """An empty PostgreSQL side for table ``name`` and a pipeline (``t-<name>``) syncing only it."""
-    with pg, pg.cursor() as cur:
-        cur.execute("CREATE SCHEMA IF NOT EXISTS sync_test")
-        cur.execute(f'DROP TABLE IF EXISTS sync_test."{name}"')
-        cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = 'sync_test' AND target_table = %s", (name,))
-        cur.execute("DELETE FROM _c2pg.offsets WHERE pipeline = %s", (f"t-{name}",))
-    table = TableConfig(keyspace=KS, table=name, target_schema="sync_test", target_table=name)
-    return pipeline.model_copy(update={"pipeline": pipeline.pipeline.model_copy(update={"name": f"t-{name}"}),
-                                       "tables": (table,)})
+    return fresh_sync_pipeline(pg, pipeline, KS, "sync_test", name)
 
 
 @pytest.fixture()
@@ -65,10 +61,7 @@ def sync_table(cass, pg, pipeline, ray_cluster, request):
                  f"PRIMARY KEY (pk, ck)) WITH cdc = true")
     cfg = _fresh_target(pg, pipeline, name)
     # The connector must know the table before the test's writes count.
-    with TopicTail(f"c2pg.{KS}.{name}", {"bootstrap.servers": "127.0.0.1:9092"}) as tail:
-        assert tail.wait_for_capture(
-            lambda: cass.execute(f"INSERT INTO {KS}.{name} (pk, ck, a) VALUES (-1, -1, 'sentinel')"), 60), \
-            "the connector never captured the table"
+    wait_for_table_capture(cass, KS, name, f"INSERT INTO {KS}.{name} (pk, ck, a) VALUES (-1, -1, 'sentinel')")
     sup = get_or_start(cfg)
     yield cfg, name, sup
     current = find(cfg.name)  # a test may have replaced the supervisor
@@ -81,7 +74,7 @@ def sync_table(cass, pg, pipeline, ray_cluster, request):
 
 def test_every_kind_of_write_reaches_postgres_and_the_tables_end_equal(cass, pg, sync_table):
     cfg, t, sup = sync_table
-    q = lambda stmt, *args: cass.execute(stmt.format(t=f"{KS}.{t}"), args)  # noqa: E731
+    q = lambda stmt, *args: cass.execute(stmt.format(t=f"{KS}.{t}"), args)
     for pk in range(5):
         for ck in range(4):
             q("INSERT INTO {t} (pk, ck, a, b, s) VALUES (%s, %s, %s, %s, %s)", pk, ck, f"a{pk}.{ck}", pk * 10 + ck,
@@ -99,7 +92,7 @@ def test_every_kind_of_write_reaches_postgres_and_the_tables_end_equal(cass, pg,
     q("UPDATE {t} SET a = null WHERE pk = 7 AND ck = 7")                            # ... and emptied again
     # A set append arrives as the added element only (Debezium cannot tell append from
     # overwrite): the documented limit that scheduled reconcile repairs.
-    appended = lambda d: d[0] == "mismatch" and d[2] == "s" and d[1] == ("4", "0")  # noqa: E731
+    appended = lambda d: d[0] == "mismatch" and d[2] == "s" and d[1] == ("4", "0")
     assert wait_equal(cass, pg, KS, t, "sync_test", t, timeout_s=90, expected=appended) == []
     status = ray.get(sup.status.remote())
     assert all(w["state"] in ("running", "paused") for w in status["workers"])
