@@ -127,10 +127,15 @@ def pod_template(*, role: str, cpu: str, memory: str, secrets: str,
                                            "app.kubernetes.io/component": role}}
     if secrets == "vault-agent":
         metadata["annotations"] = _vault_annotations()
+    # The head's KubeRay autoscaler sidecar talks to the Kubernetes API with this service
+    # account's token (KubeRay binds it to a Role per cluster); the Vault agent logs in with
+    # it too. Workers without a Vault agent need no token.
+    needs_token = role == "head" or secrets == "vault-agent"
     return {
         "metadata": metadata,
         "spec": {
             "serviceAccountName": "c2pg",
+            "automountServiceAccountToken": needs_token,
             # The image's `ray` user (uid 1000, gid 100 in the official Ray images).
             "securityContext": {"runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100,
                                 "runAsNonRoot": True},
@@ -293,8 +298,8 @@ def secrets_example() -> list[dict[str, Any]]:
 
 
 def serviceaccount() -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata("c2pg", "sync"),
-            "automountServiceAccountToken": False}
+    # Pods decide themselves whether they mount its token (pod_template).
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata("c2pg", "sync")}
 
 
 def grafana_configmap() -> dict[str, Any]:

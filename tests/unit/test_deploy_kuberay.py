@@ -177,6 +177,9 @@ def test_pods_run_the_engine_image_as_non_root_with_config_and_secrets(path):
     for where, template in pod_templates(doc):
         spec = template["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
+        # The head's autoscaler sidecar needs the service account's token; workers do not.
+        assert spec["serviceAccountName"] == "c2pg"
+        assert spec["automountServiceAccountToken"] is ("headGroupSpec" in where)
         volumes = {v["name"]: v for v in spec["volumes"]}
         assert volumes["pipeline"]["configMap"] == {"name": "c2pg-pipeline"}
         assert volumes["secrets"]["secret"]["secretName"] == "c2pg-secrets"
