@@ -128,6 +128,8 @@ def kuberay_rules(doc: dict[str, Any]) -> list[str]:
         spec = doc["spec"]
         if spec.get("ttlSecondsAfterFinished", 0) < 0:
             errors.append("ttlSecondsAfterFinished must be >= 0")
+        if spec.get("ttlSecondsAfterFinished", 0) > 0 and not spec.get("shutdownAfterJobFinishes"):
+            errors.append("ttlSecondsAfterFinished needs shutdownAfterJobFinishes")
         if bool(spec.get("clusterSelector")) == bool(spec.get("rayClusterSpec")):
             errors.append("exactly one of rayClusterSpec or clusterSelector")
         if spec.get("clusterSelector") and "backoffLimit" in spec:

@@ -65,7 +65,7 @@ def test_nodes_run_the_engine_image_and_start_ray_and_serve():
     assert serve == ["serve deploy /home/ray/c2pg/serve_app/serve_config.yaml"]
     assert (ROOT / "serve_app" / "serve_config.yaml").exists()
     assert config["setup_commands"]
-    for remote, local in config["file_mounts"].items():
+    for local in config["file_mounts"].values():
         assert (ROOT / local).exists(), local
     options = " ".join(config["docker"]["run_options"])
     assert "C2PG_PIPELINE_CONFIG=/home/ray/pipeline.yaml" in options

@@ -200,7 +200,8 @@ def test_compose_debezium_sits_beside_cassandra_with_cdc_on():
     cass, dbz = services["cassandra"], services["debezium"]
     command = " ".join(cass["command"])
     assert "cdc_enabled: true" in command and "cdc_raw_directory: /var/lib/cassandra/cdc_raw" in command
-    assert "cassandra-data:/var/lib/cassandra" in cass["volumes"] and "cassandra-data:/var/lib/cassandra" in dbz["volumes"]
+    shared = "cassandra-data:/var/lib/cassandra"
+    assert shared in cass["volumes"] and shared in dbz["volumes"]
     assert "cassandra-conf:/etc/cassandra:ro" in dbz["volumes"]
     assert cass["environment"]["CASSANDRA_CLUSTER_NAME"] == "c2pg"
     props = (DOCKER / "debezium-cassandra" / "connector.properties").read_text()

@@ -8,14 +8,12 @@ import importlib
 import importlib.util
 import re
 import shlex
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.unit.deploy_validation import (ROOT, SCHEMAS, load_documents, manifest_errors,
-                                          pod_templates)
+from tests.unit.deploy_validation import ROOT, SCHEMAS, load_documents, manifest_errors, pod_templates
 
 KUBERAY = ROOT / "kuberay"
 MANIFESTS = sorted(p for p in KUBERAY.glob("*.yaml") if p.name != "pipeline.yaml") + [
@@ -115,6 +113,9 @@ def test_a_broken_rayjob_and_core_objects_fail_validation():
     job = copy.deepcopy(_doc("rayjob-snapshot.yaml"))
     job["spec"]["clusterSelector"] = {"ray.io/cluster": "c2pg"}
     assert any("rayClusterSpec or clusterSelector" in e for e in manifest_errors(job))
+    job = copy.deepcopy(_doc("rayjob-snapshot.yaml"))
+    job["spec"]["shutdownAfterJobFinishes"] = False  # the TTL would never apply
+    assert any("needs shutdownAfterJobFinishes" in e for e in manifest_errors(job))
     cm = copy.deepcopy(_doc("pipeline-configmap.yaml"))
     cm["data"]["pipeline.yaml"] = {"not": "a string"}
     assert manifest_errors(cm)

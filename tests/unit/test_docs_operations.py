@@ -28,8 +28,8 @@ DOCS = [ROOT / "docs" / "operations.md", ROOT / "docs" / "troubleshooting.md",
         ROOT / "dashboards" / "README.md", ROOT / "docs" / "adr" / "0004-copy-and-merge.md"]
 TOP = ("kuberay", "docker", "dashboards", "docs", "engine", "jobs", "serve_app", "examples",
        "scripts", "tests", "benchmarks", ".ci")
-_PATH = re.compile(r"(?<![\w/.~$-])((?:%s)/[A-Za-z0-9_./-]*[A-Za-z0-9_]|cluster\.yaml|pyproject\.toml)"
-                   % "|".join(re.escape(t) for t in TOP))
+_TOPS = "|".join(re.escape(t) for t in TOP)
+_PATH = re.compile(rf"(?<![\w/.~$-])((?:{_TOPS})/[A-Za-z0-9_./-]*[A-Za-z0-9_]|cluster\.yaml|pyproject\.toml)")
 # Names that look like repository paths but are not: a helm chart, and the file the reader
 # creates from docker/.env.example.
 NOT_FILES = {"kuberay/kuberay-operator", "docker/.env"}
