@@ -445,9 +445,27 @@ def _now() -> str:
     return datetime.now(tz=timezone.utc).isoformat()
 
 
+def jobs_api_address() -> str:
+    """The Jobs API (dashboard) of the cluster this replica runs on: ``RAY_API_SERVER_ADDRESS``
+    if set, else the dashboard address the node registered.
+
+    Passed explicitly because ``JobSubmissionClient(None)`` inside a Ray worker does not see
+    the connected cluster and waits 40 s for a GCS at the default port.
+    """
+    explicit = os.environ.get("RAY_API_SERVER_ADDRESS")
+    if explicit:
+        return explicit
+    import ray
+
+    url = ray._private.worker.global_worker.node.address_info.get("webui_url")
+    if not url:
+        raise ApiError(503, "the Ray dashboard (Jobs API) is not running on this cluster")
+    return url if "://" in url else f"http://{url}"
+
+
 def _default_jobs_client():
-    """The Jobs API of the cluster this replica runs on (``RAY_API_SERVER_ADDRESS`` if set);
-    Ray adds its auth token itself when token authentication is on."""
+    """A client of :func:`jobs_api_address`; Ray adds its auth token itself when token
+    authentication is on."""
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(os.environ.get("RAY_API_SERVER_ADDRESS") or None)
+    return JobSubmissionClient(jobs_api_address())

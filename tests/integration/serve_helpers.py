@@ -1,0 +1,142 @@
+"""Running the control plane for the integration tests: a pipeline file of the test's own,
+the Serve app on the stack's Ray head (127.0.0.1, port 8000 or a free one), a small client.
+
+Used by ``tests/integration/test_serve_*.py``. The app is started with
+:func:`serve_app_running` and stopped after (``serve.shutdown()``); the Ray cluster stays up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+import yaml
+
+from tests.conftest import EXAMPLE_PIPELINE, ROOT
+
+KS = "c2pg_serve_test"
+TARGET_SCHEMA = "serve_test"
+
+
+def free_port(preferred: int = 8000) -> int:
+    """``C2PG_TEST_SERVE_PORT``, else ``preferred`` if nothing listens there, else any free one."""
+    if os.environ.get("C2PG_TEST_SERVE_PORT"):
+        return int(os.environ["C2PG_TEST_SERVE_PORT"])
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", preferred)) != 0:
+            return preferred
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pipeline_file(directory: Path, name: str, tables: list[str], **sections) -> Path:
+    """The example pipeline renamed ``name`` with ``tables`` (in :data:`KS`, target schema
+    :data:`TARGET_SCHEMA`); secret files by absolute path; ``sections`` merged on top."""
+    doc = yaml.safe_load(EXAMPLE_PIPELINE.read_text())
+    doc["pipeline"]["name"] = name
+    doc["tables"] = [{"keyspace": KS, "table": t, "target_schema": TARGET_SCHEMA} for t in tables]
+    secrets = ROOT / ".stack" / "secrets"
+    doc["vault"]["role_id"] = f"file:{secrets / 'vault-role-id'}"
+    doc["vault"]["secret_id"] = f"file:{secrets / 'vault-secret-id'}"
+    for section, values in sections.items():
+        doc.setdefault(section, {}).update(values)
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@dataclass
+class Api:
+    """A JSON client of one deployed app."""
+
+    base: str
+    token: str
+
+    def url(self, path: str) -> str:
+        return self.base.rstrip("/") + path
+
+    def call(self, method: str, path: str, *, auth: bool = True, **kwargs) -> requests.Response:
+        headers = {**({"Authorization": f"Bearer {self.token}"} if auth else {}), **kwargs.pop("headers", {})}
+        return requests.request(method, self.url(path), headers=headers, timeout=60, **kwargs)
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return self.call("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return self.call("POST", path, **kwargs)
+
+    def wait(self, path: str, done, timeout_s: float = 120, interval_s: float = 1.0) -> dict:
+        """GET ``path`` until ``done(json)``; the last answer is returned (or the test fails)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            r = self.get(path)
+            body = r.json()
+            if r.status_code == 200 and done(body):
+                return body
+            assert time.monotonic() < deadline, f"{path} not done after {timeout_s}s: {r.status_code} {body}"
+            time.sleep(interval_s)
+
+
+_started_serve = False
+
+
+@contextlib.contextmanager
+def serve_app_running(config: Path, *, name: str | None = None, route_prefix: str = "/",
+                      env: dict[str, str] | None = None, port: int | None = None) -> Iterator[Api]:
+    """Deploy :class:`serve_app.app.ControlPlane` on ``config`` as application ``name`` and
+    wait for ``/healthz``; delete the application after. The first call in a process starts
+    Serve on 127.0.0.1 (:func:`free_port`); :func:`shutdown_serve` stops it."""
+    global _started_serve
+    from ray import serve
+
+    from engine.config import load_config
+    from serve_app.app import ControlPlane
+
+    if not _started_serve:
+        serve.start(http_options={"host": "127.0.0.1", "port": port or free_port()})
+        _started_serve = True
+        # Applications left by a test process that was killed (Serve is detached) would hold
+        # the route prefix; only this module's own names are removed.
+        for stale in [a for a in serve.status().applications if a.startswith("c2pg-test-")]:
+            serve.delete(stale)
+    actual_port = _serve_port()
+    name = name or f"c2pg-test-{uuid.uuid4().hex[:8]}"
+    serve.run(ControlPlane.bind(str(config), env or {}), name=name, route_prefix=route_prefix, blocking=False)
+    api = Api(f"http://127.0.0.1:{actual_port}{'' if route_prefix == '/' else route_prefix}",
+              load_config(config, env={**os.environ, **(env or {})}).api.token.get())
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if requests.get(api.url("/healthz"), timeout=5).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, f"the control plane {name} did not come up in 120 s"
+        time.sleep(0.5)
+    try:
+        yield api
+    finally:
+        serve.delete(name)
+
+
+def _serve_port() -> int:
+    """The HTTP port of the running Serve instance (it may have been started by another call)."""
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client().http_config.port
+
+
+def shutdown_serve() -> None:
+    global _started_serve
+    from ray import serve
+
+    serve.shutdown()
+    _started_serve = False
