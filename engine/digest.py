@@ -158,6 +158,8 @@ def column_texts(form: DigestForm, codec: Codec, values: Sequence[Any],
                            values, np.int32)
     if form is DigestForm.TIMESTAMP:
         return pc.multiply(pa.array(values, pa.int64()), 1000).cast(pa.string())
+    if form is DigestForm.JSONB and _simple_map(codec):
+        return _simple_map_texts(values)
     texts, errors = canonical(values)
     if form is DigestForm.TEXT or form is DigestForm.ESCAPED or form is DigestForm.INET:
         out = texts
@@ -204,6 +206,35 @@ def jsonb_text(canonical: str) -> str:
     _print_jsonb(value, out)
     text = "".join(out)
     return text.replace("\\", "\\\\") if "\\" in text else text
+
+
+_SIMPLE_VALUES = {"tinyint", "smallint", "int", "bigint", "counter", "varint", "boolean", "text", "ascii"}
+
+
+def _simple_map(codec: Codec) -> bool:
+    t = codec.cql_type
+    return t.kind == "map" and t.params[0].kind in ("text", "ascii") and t.params[1].kind in _SIMPLE_VALUES
+
+
+def _simple_map_texts(values: Sequence[Any]) -> pa.Array:
+    """Text-keyed maps of integers, booleans or text, printed as jsonb straight from the
+    driver's dicts (the common case; :func:`jsonb_text` parses canonical JSON instead).
+    Python's default separators are jsonb's; keys go shorter-first, then bytewise."""
+    dumps = _dumps_jsonb
+    out = []
+    for v in values:
+        if v is None:
+            out.append(None)
+            continue
+        text = dumps(dict(sorted(v.items(), key=lambda kv: (len(kv[0].encode()), kv[0].encode()))))
+        if "\\" in text:  # an escape: maybe of a NUL, which jsonb cannot hold
+            nul = any("\x00" in k or (isinstance(x, str) and "\x00" in x) for k, x in v.items())
+            text = UNCONVERTIBLE if nul else text.replace("\\", "\\\\")
+        out.append(text)
+    return pa.array(out, pa.string())
+
+
+_dumps_jsonb = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
 
 
 class _Number(str):
