@@ -4,6 +4,7 @@
     python kuberay/render.py --check         # exit 1 if a committed manifest is out of date
     python kuberay/render.py --secrets vault-agent --out DIR   # the Vault-agent variant
     python kuberay/render.py --image REGISTRY/c2pg/engine:TAG --out DIR   # your image
+                                             # (or export C2PG_IMAGE=REGISTRY/c2pg/engine:TAG)
     python kuberay/render.py --job snapshot --table ks.t | kubectl apply -f -   # one RayJob
 
 Why a renderer rather than hand-written YAML: the RayCluster, the RayService's cluster and
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import re
 import sys
 import tomllib
@@ -349,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--secrets", choices=["kubernetes", "vault-agent"], default="kubernetes")
     p.add_argument("--out", type=Path, help="write here instead of the repository (required "
                                             "with --secrets vault-agent or --image)")
-    p.add_argument("--image", help="the engine image your cluster pulls (default: %(default)s)",
-                   default=image())
+    p.add_argument("--image", default=os.environ.get("C2PG_IMAGE") or image(),
+                   help="the engine image your cluster pulls (default: $C2PG_IMAGE, else %(default)s)")
     p.add_argument("--job", choices=["snapshot", "reconcile"],
                    help="print one RayJob for --table to stdout instead of writing files")
     p.add_argument("--table", help="with --job: KEYSPACE.TABLE")

@@ -20,6 +20,12 @@ MANIFESTS = sorted(p for p in KUBERAY.glob("*.yaml") if p.name != "pipeline.yaml
     ROOT / "dashboards" / "grafana-dashboard-configmap.yaml"]
 
 
+
+@pytest.fixture(autouse=True)
+def _default_image(monkeypatch):
+    """kuberay/render.py takes C2PG_IMAGE as its default image; the committed files do not."""
+    monkeypatch.delenv("C2PG_IMAGE", raising=False)
+
 def _render():
     spec = importlib.util.spec_from_file_location("c2pg_kuberay_render", KUBERAY / "render.py")
     assert spec and spec.loader
