@@ -47,8 +47,15 @@ def strict(schema: Any) -> Any:
 
 
 @functools.cache
+def load_crd(name: str) -> dict[str, Any]:
+    """A CRD file of kuberay/schemas (1 MB of YAML each: libyaml's loader when present)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load((SCHEMAS / name).read_text(), Loader=loader)  # noqa: S506 - a safe loader
+
+
+@functools.cache
 def crd_validator(kind: str) -> jsonschema.Draft7Validator:
-    crd = yaml.safe_load((SCHEMAS / CRD_FILES[kind]).read_text())
+    crd = load_crd(CRD_FILES[kind])
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     schema = strict(version["schema"]["openAPIV3Schema"])
     schema["properties"]["apiVersion"] = {"const": "ray.io/v1"}

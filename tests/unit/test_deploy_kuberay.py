@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.deploy_validation import ROOT, SCHEMAS, load_documents, manifest_errors, pod_templates
+from tests.unit.deploy_validation import ROOT, SCHEMAS, load_crd, load_documents, manifest_errors, pod_templates
 
 KUBERAY = ROOT / "kuberay"
 MANIFESTS = sorted(p for p in KUBERAY.glob("*.yaml") if p.name != "pipeline.yaml") + [
@@ -60,7 +60,7 @@ def test_schemas_are_kuberay_1x_crds_with_their_version_noted():
     version = re.search(r"KubeRay (v1\.\d+\.\d+)", readme)
     assert version, "kuberay/schemas/README.md names the KubeRay version"
     for name in ("ray.io_rayclusters.yaml", "ray.io_rayjobs.yaml", "ray.io_rayservices.yaml"):
-        crd = yaml.safe_load((SCHEMAS / name).read_text())
+        crd = load_crd(name)
         assert crd["kind"] == "CustomResourceDefinition"
         assert any(v["name"] == "v1" and v["storage"] for v in crd["spec"]["versions"])
 
