@@ -93,6 +93,13 @@ def test_engine_image_is_the_official_ray_image_of_the_pinned_ray_and_python():
     (base,) = [args for w, args in ins if w == "FROM"]
     assert base == f"rayproject/ray:{ray_version()}-py311"
     assert "3.11" in pyproject()["requires-python"].replace("<3.12", "")
+    # The health check asks the node's dashboard agent (every Ray node runs one) for the
+    # raylet's health: the port and path Ray 2.60 really serves, without a token.
+    from ray._private import ray_constants
+
+    (health,) = [args for w, args in ins if w == "HEALTHCHECK"]
+    agent = ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT
+    assert f"http://127.0.0.1:{agent}/api/local_raylet_healthz" in health
     runs = " ".join(args for w, args in ins if w == "RUN")
     assert "pip install --no-cache-dir -r requirements.txt" in runs
     assert "--no-deps ." in runs  # the project itself resolves nothing more
