@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The compose stack's Ray head (docker/compose.yaml): start Ray, deploy the Serve control
-# plane from the committed config, then stay in the foreground with Ray. Sync is started by
-# the operator (`c2pg sync start`, docker/README.md), so that a stopped pipeline stays stopped.
+# plane from the committed config, start the pipeline's sync, then stay in the foreground
+# with Ray. Sync waits for topics that do not exist yet (a table's topic appears with its
+# first event) and picks them up, so it can start before any table is created.
 set -euo pipefail
 ray start --head --block --port=6379 --dashboard-host=0.0.0.0 --metrics-export-port=8080 \
     --num-cpus="${RAY_NUM_CPUS:-4}" --disable-usage-stats &
@@ -11,4 +12,6 @@ until ray status >/dev/null 2>&1; do
     sleep 2
 done
 serve deploy /home/ray/c2pg/serve_app/serve_config.yaml
+c2pg sync start --config /etc/c2pg/pipeline.yaml \
+    || echo "ray-head: c2pg sync start failed; see above, then run it by hand" >&2
 wait "$ray_pid"

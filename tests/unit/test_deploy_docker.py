@@ -242,4 +242,5 @@ def test_compose_pipeline_validates_and_names_compose_services():
     assert head["environment"]["C2PG_PIPELINE_CONFIG"] == "/etc/c2pg/pipeline.yaml"
     script = (DOCKER / "ray-head.sh").read_text()
     assert "serve deploy /home/ray/c2pg/serve_app/serve_config.yaml" in script
+    assert "c2pg sync start --config /etc/c2pg/pipeline.yaml" in script  # the head runs sync
     assert (ROOT / "serve_app" / "serve_config.yaml").exists()
