@@ -647,13 +647,21 @@ def run_reconcile(cfg: PipelineConfig, table_cfg: TableConfig, *, repair: bool |
                 compare_seconds = time.monotonic() - compare_started
                 reader = _KeyReader(cfg, target, consistency, session, conn)
                 candidates = [x for o in outcomes for x in o.diffs]
+                t_recheck = time.monotonic()
                 drift, unsettled = recheck(reader, candidates, run_started_us, rc.recheck_delay.total_seconds(),
                                            rc.recheck_rounds) if candidates else ([], [])
+                logger.info("re-check done", candidates=len(candidates), drift=len(drift), unsettled=len(unsettled),
+                            seconds=round(time.monotonic() - t_recheck, 2))
                 repaired = {"rows_written": 0, "rows_deleted": 0, "not_repaired": 0}
                 notes: dict[tuple, str] = {}
                 if repair and drift:
+                    t_read = time.monotonic()
                     repair_plan = plan_repair(reader, drift, run_started_us)
+                    t_apply = time.monotonic()
                     apply_repair(conn, target, cfg.name, repair_plan)
+                    logger.info("repair applied", read_s=round(t_apply - t_read, 2),
+                                apply_s=round(time.monotonic() - t_apply, 2), rows=len(repair_plan.batch.rows),
+                                tombstones=len(repair_plan.batch.tombstones))
                     notes = repair_plan.notes
                     repaired = {"rows_written": repair_plan.rows_written, "rows_deleted": repair_plan.rows_deleted,
                                 "not_repaired": sum(1 for n in notes.values() if n.startswith("not repairable"))}

@@ -8,10 +8,13 @@ change event as it arrives on Kafka, with its delay from the write, then a summa
 snapshots the table into PostgreSQL with Ray Data and shows the row counts and the same
 rows on both sides, then starts continuous sync (Ray actors) on the local stack's Ray head,
 writes a live stream of inserts, updates and deletes, and shows PostgreSQL following until
-it equals Cassandra. Reconcile will add its step here.
+it equals Cassandra. Last, reconcile proves the two equal by token range (zero drift),
+then a few rows are damaged in PostgreSQL, reconcile finds and classifies each, repairs
+them through the LWW merge, and a last run reports zero drift again.
 
-Exit codes: 0 when every write produced its event, 1 when some did not arrive in time,
-2 for a bad configuration.
+Exit codes: 0 when every step did what it shows (events arrived, snapshot complete, sync
+equal, reconcile found exactly the damage and repaired it), 1 otherwise, 2 for a bad
+configuration.
 """
 
 from __future__ import annotations
@@ -91,12 +94,15 @@ def run(cfg: PipelineConfig, rows: int, keep: bool = False) -> int:
               f"({result.mode} load), {result.dead_letters} dead letters, run {result.run_id}")
         _compare(cfg, session, table)
 
-        _banner(f"4. Live sync: Ray actors apply the change stream while Cassandra takes writes")
+        _banner("4. Live sync: Ray actors apply the change stream while Cassandra takes writes")
         synced = _live_sync(cfg, session, table, start_offsets, rows)
-        ok = len(events) >= len(writes) and result.ok and synced
+
+        _banner("5. Reconcile: digests by token range, damage in PostgreSQL, find it, repair it")
+        reconciled = _reconcile(cfg, table)
+        ok = len(events) >= len(writes) and result.ok and synced and reconciled
         _banner("Done" if ok else "Done, with problems (see above)")
-        print("   next: reconcile (see the README's roadmap); keep sync running with "
-              "`c2pg sync start --config …`, watch it in the Ray dashboard (http://127.0.0.1:8265)")
+        print("   next: keep sync running with `c2pg sync start --config …`, reconcile on a schedule with "
+              "`c2pg reconcile --config … --table …`, watch both in the Ray dashboard (http://127.0.0.1:8265)")
         return 0 if ok else 1
     finally:
         cluster.shutdown()
@@ -210,12 +216,11 @@ def _live_sync(cfg: PipelineConfig, session, table, start_offsets: dict[int, int
     if old is not None:
         ray.get(old.stop.remote(), timeout=60)
         ray.kill(old, no_restart=True)
-    with psycopg2.connect(**cfg.postgres.connect_kwargs(application_name="c2pg-demo")) as conn:
-        with conn.cursor() as cur:
-            cur.execute("DELETE FROM _c2pg.offsets WHERE pipeline = %s AND topic = %s", (cfg.name, topic))
-            for part, offset in start_offsets.items():
-                cur.execute("INSERT INTO _c2pg.offsets (pipeline, topic, kafka_partition, next_offset) "
-                            "VALUES (%s, %s, %s, %s)", (cfg.name, topic, part, offset))
+    with psycopg2.connect(**cfg.postgres.connect_kwargs(application_name="c2pg-demo")) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM _c2pg.offsets WHERE pipeline = %s AND topic = %s", (cfg.name, topic))
+        for part, offset in start_offsets.items():
+            cur.execute("INSERT INTO _c2pg.offsets (pipeline, topic, kafka_partition, next_offset) "
+                        "VALUES (%s, %s, %s, %s)", (cfg.name, topic, part, offset))
     sup = get_or_start(cfg)
     ray.get(sup.ping.remote())
     print(f"   supervisor {cfg.name} started with {cfg.sync.workers} worker(s); writing a live stream")
@@ -242,20 +247,59 @@ def _live_sync(cfg: PipelineConfig, session, table, start_offsets: dict[int, int
     return not diffs
 
 
+def _reconcile(cfg: PipelineConfig, table) -> bool:
+    """Zero drift, then damage four rows in PostgreSQL, find them, repair them, zero again."""
+    from datetime import timedelta
+
+    import psycopg2
+    from psycopg2 import sql
+
+    from engine.reconcile import run_reconcile
+    from engine.reconcile_report import summary
+
+    # Sync is stopped here: nothing is in flight, so a short re-check delay will do.
+    cfg = cfg.model_copy(update={"reconcile": cfg.reconcile.model_copy(update={"recheck_delay": timedelta(seconds=1)})})
+    first = run_reconcile(cfg, table, progress=False)
+    print(f"   {summary(first)}")
+    target = sql.Identifier(table.target_schema, table.target_table)
+    with psycopg2.connect(**cfg.postgres.connect_kwargs(application_name="c2pg-demo")) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT id FROM {} ORDER BY name LIMIT 3").format(target))
+        a, b, c = (r[0] for r in cur.fetchall())
+        cur.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(target), (a,))
+        cur.execute(sql.SQL("UPDATE {} SET email = 'someone@else.example' WHERE id = %s").format(target), (b,))
+        cur.execute(sql.SQL("UPDATE {} SET tags = array_append(tags, 'sneaked-in') WHERE id = %s").format(target),
+                    (c,))
+        cur.execute(sql.SQL("INSERT INTO {} (id, name, _c2pg_token, _c2pg_wt) SELECT gen_random_uuid(), "
+                            "'nobody', _c2pg_token, '{{}}' FROM {} WHERE id = %s").format(target, target), (c,))
+    print("   damaged PostgreSQL: deleted 1 row, changed 1 email, added 1 tag, inserted 1 row Cassandra lacks")
+    found = run_reconcile(cfg, table, repair=True, progress=False)
+    print(f"   {summary(found)}")
+
+    with psycopg2.connect(**cfg.postgres.connect_kwargs(application_name="c2pg-demo")) as conn, conn.cursor() as cur:
+        cur.execute("SELECT kind, key, columns, repaired, repair_note FROM _c2pg.reconcile_diffs "
+                    "WHERE run_id = %s ORDER BY kind", (found.run_id,))
+        for kind, key, columns, repaired, note in cur.fetchall():
+            print(f"   {kind:<9} key {key}  {', '.join(columns) or '':<10} -> {note}")
+    if found.report_html:
+        print(f"   drift per token range (open in a browser): {found.report_html}")
+    after = run_reconcile(cfg, table, progress=False)
+    print(f"   {summary(after)}")
+    return first.drift == 0 and found.differences == {"missing": 1, "extra": 1, "mismatch": 2} and after.drift == 0
+
+
 def _reset(cfg: PipelineConfig, session, table) -> None:
     """The demo owns its table: drop it on both sides (and its catalog row) for a clean run."""
     import psycopg2
     from psycopg2 import sql
 
     session.execute(f"DROP TABLE IF EXISTS {table.keyspace}.{table.table}")
-    with psycopg2.connect(**cfg.postgres.connect_kwargs(application_name="c2pg-demo")) as conn:
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
-                sql.Identifier(table.target_schema, table.target_table)))
-            cur.execute("SELECT to_regclass('_c2pg.catalog') IS NOT NULL")
-            if cur.fetchone()[0]:
-                cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = %s AND target_table = %s",
-                            (table.target_schema, table.target_table))
+    with psycopg2.connect(**cfg.postgres.connect_kwargs(application_name="c2pg-demo")) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
+            sql.Identifier(table.target_schema, table.target_table)))
+        cur.execute("SELECT to_regclass('_c2pg.catalog') IS NOT NULL")
+        if cur.fetchone()[0]:
+            cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = %s AND target_table = %s",
+                        (table.target_schema, table.target_table))
     time.sleep(1)
 
 
@@ -266,11 +310,10 @@ def _compare(cfg: PipelineConfig, session, table) -> None:
 
     ks, t = table.keyspace, table.table
     cass_rows = {str(r.id): r for r in session.execute(f"SELECT id, name, email, score, tags FROM {ks}.{t}")}
-    with psycopg2.connect(**cfg.postgres.connect_kwargs(application_name="c2pg-demo")) as conn:
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT id::text, name, email, score::text, tags FROM {} ORDER BY name").format(
-                sql.Identifier(table.target_schema, table.target_table)))
-            pg_rows = cur.fetchall()
+    with psycopg2.connect(**cfg.postgres.connect_kwargs(application_name="c2pg-demo")) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT id::text, name, email, score::text, tags FROM {} ORDER BY name").format(
+            sql.Identifier(table.target_schema, table.target_table)))
+        pg_rows = cur.fetchall()
     print(f"   rows: Cassandra {len(cass_rows)}, PostgreSQL {len(pg_rows)}")
     print(f"   {'side':<10} {'id':<36}  {'name':<12} {'email':<26} {'score':>9}  tags")
     for pid, name, email, score, tags in pg_rows[:3]:
