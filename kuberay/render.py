@@ -147,6 +147,37 @@ def pod_template(*, role: str, cpu: str, memory: str, secrets: str,
     }
 
 
+# The head container's command on the sync cluster (RayService and RayCluster; not the job
+# clusters). KubeRay's own `ray start` (it hands it over in KUBERAY_GEN_RAY_START_CMD when the
+# pod template asks to keep its command, ray.io/overwrite-container-cmd) plus a sync keeper:
+# `python -m jobs.sync` starts the pipeline's supervisor, or attaches to the running one, and
+# follows it; it is started again whenever it ends. So sync comes back by itself after the
+# head restarts (a new Ray cluster: detached actors are gone) and after `c2pg sync stop`
+# (which is how a changed pipeline file is taken up); to stop applying, pause. On SIGTERM
+# (the pod is deleted, e.g. the old cluster after an upgrade) the keeper drains: every worker
+# finishes its batch and commits its offsets before Ray stops.
+SYNC_KEEPER_RESTART_S = 15
+HEAD_COMMAND = f"""\
+ulimit -n 65536
+eval "$KUBERAY_GEN_RAY_START_CMD" &
+ray_pid=$!
+keeper() {{
+  trap 'kill -TERM "$sync_pid" 2>/dev/null; wait "$sync_pid"; exit 0' TERM
+  until ray status >/dev/null 2>&1; do sleep 5; done
+  while true; do
+    python -m jobs.sync --config {CONFIG_PATH} --interval 60 &
+    sync_pid=$!
+    wait "$sync_pid"
+    echo "sync keeper: jobs.sync ended ($?); starting it again in {SYNC_KEEPER_RESTART_S}s" >&2
+    sleep {SYNC_KEEPER_RESTART_S}
+  done
+}}
+keeper &
+keeper_pid=$!
+trap 'kill -TERM "$keeper_pid"; wait "$keeper_pid"; kill -TERM "$ray_pid"; wait "$ray_pid"' TERM
+wait "$ray_pid"
+"""
+
 HEAD_PORTS = [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
               {"containerPort": 10001, "name": "client"}, {"containerPort": 8080, "name": "metrics"},
               {"containerPort": SERVE_PORT, "name": "serve"}]
@@ -192,9 +223,21 @@ def _metadata(name: str, component: str) -> dict[str, Any]:
 # --- the manifests --------------------------------------------------------------------------
 
 
+def with_sync_keeper(spec: dict[str, Any]) -> dict[str, Any]:
+    """The sync cluster's head runs HEAD_COMMAND: Ray plus the sync keeper."""
+    template = spec["headGroupSpec"]["template"]
+    template["metadata"].setdefault("annotations", {})["ray.io/overwrite-container-cmd"] = "true"
+    head = template["spec"]["containers"][0]
+    head["command"] = ["/bin/bash", "-c", "--"]
+    head["args"] = [HEAD_COMMAND]
+    # Time for the keeper to drain (finish and commit the batches in flight) on deletion.
+    template["spec"]["terminationGracePeriodSeconds"] = 120
+    return spec
+
+
 def raycluster(secrets: str) -> dict[str, Any]:
     return {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": _metadata("c2pg", "sync"),
-            "spec": cluster_spec(secrets=secrets)}
+            "spec": with_sync_keeper(cluster_spec(secrets=secrets))}
 
 
 # Used only while serve_app/serve_config.yaml is not committed yet: the import path the Serve
@@ -219,7 +262,7 @@ def serve_config() -> dict[str, Any]:
 
 
 def rayservice(secrets: str) -> dict[str, Any]:
-    spec = cluster_spec(secrets=secrets)
+    spec = with_sync_keeper(cluster_spec(secrets=secrets))
     # Probes. KubeRay deploys the Serve app only once the head pod is Ready
     # (rayservice_controller.go, reconcileServe), so no head probe may wait for the app on
     # port 8000: the head keeps KubeRay's own probes (raylet and GCS health).

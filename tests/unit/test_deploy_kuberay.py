@@ -286,3 +286,37 @@ def test_render_job_prints_a_valid_rayjob_for_any_table(kind, repair, capsys):
     assert manifest_errors(doc) == []
     assert doc["metadata"]["name"] == f"c2pg-{kind}-shop-order-items"
     assert doc["spec"]["entrypoint"].endswith("--table Shop.Order_Items" + (" --repair" if repair else ""))
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayservice.yaml"])
+def test_sync_cluster_head_runs_ray_and_the_sync_keeper(name, tmp_path):
+    import argparse
+    import subprocess
+
+    from jobs import sync as sync_job
+
+    spec = _doc(name)["spec"]
+    cluster = spec.get("rayClusterConfig", spec)
+    template = cluster["headGroupSpec"]["template"]
+    # KubeRay keeps a command only when asked to, and then hands its own `ray start` over in
+    # KUBERAY_GEN_RAY_START_CMD (ray-operator/controllers/ray/common/pod.go).
+    assert template["metadata"]["annotations"]["ray.io/overwrite-container-cmd"] == "true"
+    head = template["spec"]["containers"][0]
+    assert head["command"] == ["/bin/bash", "-c", "--"]
+    (script,) = head["args"]
+    (tmp_path / "head.sh").write_text(script)
+    assert subprocess.run(["bash", "-n", str(tmp_path / "head.sh")]).returncode == 0
+    assert 'eval "$KUBERAY_GEN_RAY_START_CMD" &' in script
+    (keeper,) = re.findall(r"python -m jobs\.sync ([^&\n]*)", script)
+    parser = argparse.ArgumentParser()
+    sync_job.add_arguments(parser)
+    args = parser.parse_args(shlex.split(keeper))
+    assert str(args.config) == "/etc/c2pg/pipeline.yaml" and not args.until_caught_up
+    assert template["spec"]["terminationGracePeriodSeconds"] >= 60  # time to drain
+
+
+@pytest.mark.parametrize("kind", ["snapshot", "reconcile"])
+def test_job_clusters_run_no_sync(kind):
+    head = _doc(f"rayjob-{kind}.yaml")["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
+    assert "command" not in head["spec"]["containers"][0]
+    assert "ray.io/overwrite-container-cmd" not in head["metadata"].get("annotations", {})

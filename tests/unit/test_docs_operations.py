@@ -58,7 +58,7 @@ def _anchors(path: Path) -> set[str]:
 def _tokens(text: str) -> list[str]:
     """A command's arguments: comments, placeholders (…) and [optional] brackets dropped."""
     text = text.strip().rstrip("\\").strip().rstrip(".,:)").replace("…", "")
-    text = re.sub(r"\[(--[a-z-]+)\]", r"\1", text)
+    text = re.sub(r"\[(--[a-z-]+(?: [A-Z_.]+)?)\]", r"\1", text)
     return shlex.split(text, comments=True)
 
 
@@ -101,7 +101,7 @@ def test_operations_names_the_commands_a_newcomer_needs():
     text = (ROOT / "docs" / "operations.md").read_text()
     for needed in ("helm install kuberay-operator", "kubectl create namespace c2pg",
                    "create secret generic c2pg-secrets", "c2pg-ray-auth",
-                   "kubectl apply -f deploy/rayservice.yaml", "c2pg sync start", "c2pg sync status",
+                   "kubectl apply -f deploy/rayservice.yaml", "python -m jobs.sync", "c2pg sync status",
                    "rayjob-snapshot.yaml", "## Scaling workers", "## Rotating secrets",
                    "## Upgrading without data loss", "## Adding a table to a running pipeline"):
         assert needed in text, needed
@@ -118,7 +118,7 @@ def test_every_c2pg_command_parses(doc):
 def test_operations_runs_c2pg_commands():
     commands = _C2PG.findall((ROOT / "docs" / "operations.md").read_text())
     verbs = {" ".join(_tokens(c)[:2]) for c in commands}
-    assert {"sync start", "sync status", "sync stop", "health --config"} <= verbs
+    assert {"sync status", "sync stop", "sync pause", "health --config"} <= verbs
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
