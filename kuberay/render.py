@@ -227,6 +227,8 @@ def with_sync_keeper(spec: dict[str, Any]) -> dict[str, Any]:
     """The sync cluster's head runs HEAD_COMMAND: Ray plus the sync keeper."""
     template = spec["headGroupSpec"]["template"]
     template["metadata"].setdefault("annotations", {})["ray.io/overwrite-container-cmd"] = "true"
+    # For `kubectl logs -l c2pg/sync-keeper=true -c ray-head`: the keeper's progress lines.
+    template["metadata"]["labels"]["c2pg/sync-keeper"] = "true"
     head = template["spec"]["containers"][0]
     head["command"] = ["/bin/bash", "-c", "--"]
     head["args"] = [HEAD_COMMAND]

@@ -301,6 +301,7 @@ def test_sync_cluster_head_runs_ray_and_the_sync_keeper(name, tmp_path):
     # KubeRay keeps a command only when asked to, and then hands its own `ray start` over in
     # KUBERAY_GEN_RAY_START_CMD (ray-operator/controllers/ray/common/pod.go).
     assert template["metadata"]["annotations"]["ray.io/overwrite-container-cmd"] == "true"
+    assert template["metadata"]["labels"]["c2pg/sync-keeper"] == "true"  # docs/operations.md: kubectl logs -l
     head = template["spec"]["containers"][0]
     assert head["command"] == ["/bin/bash", "-c", "--"]
     (script,) = head["args"]
