@@ -328,8 +328,13 @@ class _Metrics:
 
     def record(self, pipeline: str, table: str, result, seconds: float) -> None:
         tags = {"pipeline": pipeline, "table": table}
-        self.events.inc(result.events, tags)
-        self.applied.inc(result.applied_rows, tags)
+        # Ray's Counter.inc refuses 0: a batch of dead letters only, or of events older than
+        # the stored cells, applies no row. Raising here, after the commit, would report the
+        # worker "retrying" and leave its in-memory offsets behind the committed ones.
+        if result.events:
+            self.events.inc(result.events, tags)
+        if result.applied_rows:
+            self.applied.inc(result.applied_rows, tags)
         if result.dead_letters:
             self.dead.inc(result.dead_letters, tags)
         self.latency.observe(seconds, tags)
