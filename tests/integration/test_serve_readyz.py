@@ -1,0 +1,82 @@
+"""/readyz against real outages: each required component of the stack is stopped in turn;
+readiness turns 503 naming it, and 200 again once it is back.
+
+This module STOPS stack services. Run it alone, under the exclusive stack lock, so no other
+test uses the stack meanwhile:
+
+    flock -x /tmp/c2pg-stack.lock .venv/bin/python -m pytest tests/integration/test_serve_readyz.py
+
+Every stopped service is started again in a ``finally`` (``Stack.up()`` of the whole stack,
+which also restarts the Debezium connector if it died with Cassandra or Kafka).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import requests
+
+from tests.integration.serve_helpers import Api, pipeline_file, serve_app_running, shutdown_serve
+
+# stack service → the component /readyz reports
+OUTAGES = [("postgres", "postgres"), ("kafka", "kafka"), ("cassandra", "cassandra"),
+           ("registry", "schema_registry"), ("vault", "vault")]
+
+
+@pytest.fixture(scope="module")
+def api(stack, ray_cluster, tmp_path_factory):
+    name = f"serve-readyz-{uuid.uuid4().hex[:8]}"
+    path = pipeline_file(tmp_path_factory.mktemp("serve-readyz"), name, [f"t_{uuid.uuid4().hex[:8]}"],
+                         api={"health_cache": "0s", "check_timeout": "2s"})
+    try:
+        with serve_app_running(path) as app:
+            yield app
+    finally:
+        shutdown_serve()
+
+
+def _readyz(api: Api) -> tuple[int, dict]:
+    r = requests.get(api.url("/readyz"), timeout=30)
+    return r.status_code, r.json()
+
+
+def _wait_readyz(api: Api, done, timeout_s: float) -> tuple[int, dict]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        code, body = _readyz(api)
+        if done(code, body):
+            return code, body
+        assert time.monotonic() < deadline, f"/readyz not as expected after {timeout_s}s: {code} {body}"
+        time.sleep(1)
+
+
+def test_readyz_is_200_with_every_component_checked(api: Api):
+    code, body = _wait_readyz(api, lambda c, b: c == 200, 120)
+    assert body["ready"] is True and body["failed"] == []
+    names = {c["name"] for c in body["components"]}
+    assert names == {"postgres", "cassandra", "kafka", "schema_registry", "vault", "sync"}
+    for c in body["components"]:
+        assert set(c) >= {"name", "status", "latency_ms", "error", "required"}
+        if c["required"]:
+            assert c["status"] == "up" and c["latency_ms"] > 0 and c["error"] is None
+    sync = next(c for c in body["components"] if c["name"] == "sync")
+    assert sync["required"] is False and "no sync supervisor" in sync["error"]  # reported, not required
+
+
+@pytest.mark.parametrize(("service", "component"), OUTAGES, ids=[s for s, _ in OUTAGES])
+def test_readyz_names_a_stopped_component_and_recovers(stack, api: Api, service: str, component: str):
+    _wait_readyz(api, lambda c, b: c == 200, 180)
+    try:
+        stack.down([service], on_event=lambda m: None)
+        code, body = _wait_readyz(api, lambda c, b: c == 503 and component in b["failed"], 60)
+        assert body["ready"] is False
+        assert body["failed"] == [component], body["failed"]  # only the stopped one is down
+        down = next(c for c in body["components"] if c["name"] == component)
+        assert down["status"] == "down" and down["error"]
+        assert "Traceback" not in down["error"]
+    finally:
+        stack.up(on_event=lambda m: None)
+    code, body = _wait_readyz(api, lambda c, b: c == 200, 180)
+    assert body["ready"] is True and body["failed"] == []
