@@ -45,27 +45,58 @@ _DONE = {"succeeded", "completed"}
 
 
 class Cached:
-    """A value recomputed at most once per ``ttl_s``; concurrent callers wait for the one
-    computing it (single flight), so a burst of requests costs one round trip."""
+    """A value recomputed at most once per ``ttl_s``, without making callers wait for it.
+
+    - No value yet (first call, or after :meth:`clear`), or ``ttl_s`` is 0: compute now;
+      concurrent callers wait for that one computation (single flight).
+    - A value older than ``ttl_s``: return it at once and refresh it in a background
+      thread (one at a time). So under load a probe never pays for the round trips of the
+      checks; an answer is at most ``ttl_s`` plus one computation old.
+
+    A computation that raises leaves the old value (its exception reaches the caller only
+    when there is no value to return).
+    """
 
     def __init__(self, ttl_s: float, compute: Callable[[], Any]):
         self.ttl_s = ttl_s
         self._compute = compute
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
         self._value: Any = None
-        self._at = -1e18
+        self._at: float | None = None
+        self._generation = 0  # bumped by clear(): a refresh started before it is dropped
 
     def get(self) -> Any:
-        if time.monotonic() - self._at < self.ttl_s:
+        at = self._at
+        if at is not None and self.ttl_s > 0:
+            if time.monotonic() - at >= self.ttl_s and self._refreshing.acquire(blocking=False):
+                threading.Thread(target=self._refresh, args=(self._generation,), name="c2pg-cache-refresh",
+                                 daemon=True).start()
             return self._value
         with self._lock:
-            if time.monotonic() - self._at >= self.ttl_s:
-                self._value = self._compute()
-                self._at = time.monotonic()
+            if self._at is None or self.ttl_s <= 0:
+                self._store(self._compute())
             return self._value
 
+    def _refresh(self, generation: int) -> None:
+        try:
+            value = self._compute()
+            with self._lock:
+                if generation == self._generation and self._at is not None:
+                    self._store(value)
+        except Exception:  # noqa: BLE001 - keep serving the last value; the next refresh retries
+            log.exception("background refresh failed")
+        finally:
+            self._refreshing.release()
+
+    def _store(self, value: Any) -> None:
+        self._value, self._at = value, time.monotonic()
+
     def clear(self) -> None:
-        self._at = -1e18
+        """Forget the value: the next :meth:`get` computes a fresh one (after pause/resume)."""
+        with self._lock:
+            self._generation += 1
+            self._at = None
 
 
 class Control:
