@@ -22,7 +22,7 @@ import json
 import os
 import platform
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg2
@@ -147,7 +147,7 @@ def main() -> None:
                     "drift_compare": drift.compare_seconds, "recheck_delay": cfg.reconcile.recheck_delay.total_seconds()},
         "snapshot_rows_per_s": round(snap.rows_per_s),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": f".venv/bin/python -m benchmarks.reconcile --rows {args.rows} --damage {args.damage}",
     }
     RESULTS.mkdir(exist_ok=True)

@@ -289,7 +289,8 @@ class _BlockBuilder:
                                pa.nulls(1, pa.list_(pa.int64())), pa.nulls(1, pa.list_(pa.int64())),
                                pa.nulls(1, pa.int64()), [None], [None], final)
         cols = list(zip(*rows))
-        values, dead = [], {}
+        values: list[pa.Array] = []
+        dead: dict[int, tuple[str, Exception]] = {}
         for conv, at, column in zip(self.converters, self.value_at, self.schema.columns, strict=True):
             if at is None:
                 values.append(pa.nulls(n, pa.string()))
@@ -310,10 +311,11 @@ class _BlockBuilder:
         # A row with no live regular cell exists through its row marker, whose time CQL
         # does not expose: the read's start time stands in (ADR 0002).
         row_ts = pa.array(np.where(no_cell, self.read_started_us, 0), pa.int64(), mask=~no_cell)
-        dead_key, dead_error = [None] * n, [None] * n
-        for i, (column, exc) in dead.items():
+        dead_key: list[str | None] = [None] * n
+        dead_error: list[str | None] = [None] * n
+        for i, (bad_column, exc) in dead.items():
             dead_key[i] = ", ".join(f"{c.name}={rows[i][1 + k]!r}" for k, c in enumerate(self.schema.primary_key))
-            dead_error[i] = f"{type(exc).__name__}: column {column}: {exc}"
+            dead_error[i] = f"{type(exc).__name__}: column {bad_column}: {exc}"
         return self._table(n, values, pa.array(cols[0], pa.int64()), wts, exps, row_ts, dead_key, dead_error,
                            final)
 
@@ -351,7 +353,7 @@ def _list_column(columns: list[tuple], n: int) -> tuple[pa.Array, np.ndarray]:
     nulls = np.stack([a.is_null().to_numpy(zero_copy_only=False) for a in arrays], axis=1)
     offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
     flat = pa.array(values, pa.int64(), mask=nulls.ravel())
-    return pa.ListArray.from_arrays(offsets, flat), nulls.all(axis=1)
+    return pa.ListArray.from_arrays(offsets, flat), np.asarray(nulls.all(axis=1))
 
 
 _INT_KINDS = {"tinyint", "smallint", "int", "bigint", "counter"}

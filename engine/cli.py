@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -204,7 +205,7 @@ def _sync(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), ignore_reinit_error=True, log_to_driver=False,
-             logging_level="WARNING")
+             logging_level=logging.WARNING)
     if args.action == "start":
         sup = get_or_start(cfg)
         ray.get(sup.ping.remote())
@@ -234,7 +235,7 @@ def _sync(args: argparse.Namespace) -> int:
                 ts = p.get("last_write_ts_us")
                 last = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts / 1e6)) if ts else "-"
                 print(f"{w['worker']:<7} {w['state']:<10} {p.get('table', p['topic']):<28} {p['partition']:>4} "
-                      f"{str(p.get('offset', '-')):>9} {str(p.get('lag', '-')):>7} "
+                      f"{p.get('offset', '-')!s:>9} {p.get('lag', '-')!s:>7} "
                       f"{p.get('events_per_s', 0):>9}  {last}")
             if w.get("error"):
                 print(f"        error: {w['error']}")

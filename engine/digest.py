@@ -221,7 +221,7 @@ def _simple_map_texts(values: Sequence[Any]) -> pa.Array:
     driver's dicts (the common case; :func:`jsonb_text` parses canonical JSON instead).
     Python's default separators are jsonb's; keys go shorter-first, then bytewise."""
     dumps = _dumps_jsonb
-    out = []
+    out: list[str | None] = []
     for v in values:
         if v is None:
             out.append(None)

@@ -415,7 +415,6 @@ def shadow_rows(schema: TableSchema, target_schema: str, target_table: str) -> s
     goes. Rows the deletions do not cover are not touched."""
     target = ident(target_schema, target_table)
     pk = [c.name for c in schema.primary_key]
-    t = sql.Identifier("t")
     sets, wts, exps = [], [], []
     for i, col in enumerate(schema.regular, start=1):
         # A value without a write time was not written by c2pg (a hand-made row that
@@ -580,7 +579,8 @@ def select_dead_letters(pipeline: str, *, origin: str | None = None, keyspace: s
 
     ``since`` is a ``datetime`` (created at or after it) or a ``timedelta`` (that long ago).
     """
-    where, params = [sql.SQL("pipeline = %s")], [pipeline]
+    where: list[sql.Composable] = [sql.SQL("pipeline = %s")]
+    params: list[object] = [pipeline]
     for column, value in (("origin", origin), ("keyspace", keyspace), ("source_table", table)):
         if value is not None:
             where.append(sql.SQL("{} = %s").format(ident(column)))

@@ -70,7 +70,9 @@ class SyncWriter:
         self.n_ck = len(schema.clustering)
         self.token = token_function(schema)
         t_schema, t_table, tomb = target.target_schema, target.target_table, target.tomb_table
-        as_text = lambda q: q.as_string(conn)  # noqa: E731 - compose once, reuse per batch
+        def as_text(q) -> str:  # compose once, reuse per batch
+            return q.as_string(conn)
+
         self.sql_create_tstage = as_text(d.create_tombstone_stage(tomb))
         self.sql_copy_tstage = as_text(d.copy_tombstone_stage(schema))
         self.sql_record = as_text(d.record_tombstones(schema, tomb))
@@ -131,7 +133,10 @@ class SyncWriter:
     def _tombstone_lines(self, tombstones: list[Tombstone]) -> str:
         lines = []
         for t in tombstones:
-            partition = list(t.key[: self.n_pk])
+            partition: list[str | None] = list(t.key[: self.n_pk])
+            start: list[str | None]
+            end: list[str | None]
+            meta: list[str | None]
             if t.kind == "row":
                 start, end = list(t.key[self.n_pk:]), [None] * self.n_ck
                 meta = [t.kind, "0", None, "0", None, None, str(t.ts)]

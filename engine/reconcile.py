@@ -45,7 +45,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import psycopg2
@@ -113,7 +113,7 @@ class Diff:
 
     split_index: int
     token: int
-    key: tuple[str | None, ...]
+    key: tuple[str, ...]
     kind: str
     columns: tuple[str, ...] = ()
     detail: dict = field(default_factory=dict, compare=False, hash=False)
@@ -145,7 +145,7 @@ class SplitOutcome:
 @dataclass(slots=True)
 class _Row:
     token: int
-    key: tuple[str | None, ...]
+    key: tuple[str, ...]  # canonical text; never NULL (rows with a NULL key are skipped)
     texts: list[str | None]  # Cassandra: canonical text per column; PostgreSQL: raw values
     wts: list[int | None]  # per regular column
     ttls_or_exps: list[int | None]
@@ -184,7 +184,7 @@ class _Rows:
                 error = error or f"column {column.name}: {exc}"
         wts = [None if at is None else raw[at] for at in self.layout.wt_at]
         ttls = [None if at is None else raw[at] for at in self.layout.ttl_at]
-        return _Row(raw[0], tuple(texts[: self.n_key]), texts, wts, ttls, None, error)
+        return _Row(raw[0], cast(tuple[str, ...], tuple(texts[: self.n_key])), texts, wts, ttls, None, error)
 
     def postgres(self, raw: tuple, now_us: int) -> _Row:
         n = len(self.schema.columns)
@@ -200,7 +200,7 @@ class _Rows:
 
     def unrepresentable(self, raw: tuple) -> bool:
         """A partition with static values but no rows: null clustering values."""
-        return any(raw[at] is None for at in self.layout.value_at[self.n_pk: self.n_key])
+        return any(at is not None and raw[at] is None for at in self.layout.value_at[self.n_pk: self.n_key])
 
 
 def diff_rows(rows: _Rows, split_index: int, cassandra: Iterable[_Row], postgres: Iterable[_Row]) -> list[Diff]:
@@ -211,7 +211,9 @@ def diff_rows(rows: _Rows, split_index: int, cassandra: Iterable[_Row], postgres
     names = [c.name for c in rows.schema.columns]
     for key in by_key_c.keys() | by_key_p.keys():
         c, p = by_key_c.get(key), by_key_p.get(key)
+        detail: dict[str, Any]
         if p is None:
+            assert c is not None
             detail = {"cassandra": _cut_row(names, c.texts)}
             if c.error:
                 detail["error"] = f"cannot be stored in PostgreSQL: {c.error}"
@@ -222,7 +224,8 @@ def diff_rows(rows: _Rows, split_index: int, cassandra: Iterable[_Row], postgres
                             {"postgres": _cut_row(names, [_pg_text(x, v) for x, v in zip(rows.codecs, p.texts)])},
                             None, p.newest()))
             continue
-        differing, detail = [], {}
+        differing: list[str] = []
+        detail = {}
         for j, (column, codec) in enumerate(zip(rows.regular, rows.codecs[rows.n_key:], strict=True)):
             at = rows.n_key + j
             if codec.same(c.texts[at], p.texts[at]):
@@ -491,6 +494,7 @@ def plan_repair(reader: _KeyReader, drift: Sequence[Diff], run_started_us: int) 
         if c is None and p is None:
             plan.notes[(token, key)] = "already equal (absent on both sides)"
         elif c is None:
+            assert p is not None
             newest = p.newest()
             if newest is not None and newest >= run_started_us:
                 plan.notes[(token, key)] = "skipped: written in PostgreSQL after the run started"
@@ -518,9 +522,11 @@ def _row_write(rows: _Rows, c: _Row, p: _Row | None, read_us: int, run_started_u
             continue
         at = rows.n_key + j
         text, wt, ttl = c.texts[at], c.wts[j], c.ttls_or_exps[j]
+        stored_wt = None if p is None else p.wts[j]
         if text is not None:
+            wt = wt if wt is not None else 0  # a live cell always has one; 0 loses to any write
             cells[column.name] = Cell(text, wt, read_us + ttl * 1_000_000 if ttl else None)
-            if p is not None and p.wts[j] is not None and wt is not None and p.wts[j] > wt:
+            if stored_wt is not None and stored_wt > wt:
                 newer.append(column.name)
         elif p is not None and p.texts[at] is not None:
             p_wt = p.wts[j]
@@ -625,7 +631,8 @@ def run_reconcile(cfg: PipelineConfig, table_cfg: TableConfig, *, repair: bool |
         with pg_session(cfg.postgres, "c2pg-reconcile") as conn:
             schema = read_table(session, table_cfg.keyspace, table_cfg.table)
             ensure_state(conn)
-            target = _existing_target(conn, schema, table_cfg)
+            target = _existing_target(conn, schema, table_cfg.target_schema or cfg.postgres.schema,
+                                      table_cfg.target_table or table_cfg.table)
             if not ray.is_initialized():
                 ray.init(ignore_reinit_error=True, log_to_driver=True)
             slots = int(ray.cluster_resources().get("CPU", 2) / cfg.snapshot.task_cpus)
@@ -685,14 +692,14 @@ def run_reconcile(cfg: PipelineConfig, table_cfg: TableConfig, *, repair: bool |
         cluster.shutdown()
 
 
-def _existing_target(conn, schema: TableSchema, table_cfg: TableConfig) -> Target:
+def _existing_target(conn, schema: TableSchema, target_schema: str, target_table: str) -> Target:
     with conn, conn.cursor() as cur:
-        cur.execute(*d.describe_target(table_cfg.target_schema, table_cfg.target_table))
+        cur.execute(*d.describe_target(target_schema, target_table))
         exists = bool(cur.fetchall())
     if not exists:
-        raise ReconcileUsageError(f"target {table_cfg.target_schema}.{table_cfg.target_table} does not exist: "
+        raise ReconcileUsageError(f"target {target_schema}.{target_table} does not exist: "
                                   f"run a snapshot of {schema.qualified} first")
-    return ensure_target(conn, schema, table_cfg.target_schema, table_cfg.target_table, evolve=False)
+    return ensure_target(conn, schema, target_schema, target_table, evolve=False)
 
 
 def _estimated_rows(conn, target: Target) -> float:

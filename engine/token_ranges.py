@@ -10,6 +10,7 @@ Spark connector do).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ def split_ranges(ranges: list[tuple[int, int, tuple[str, ...]]], pieces: int) ->
         n = max(1, round(pieces * (b - a) / total)) if total else 1
         step = (b - a) / n
         bounds = [a + int(step * i) for i in range(n)] + [b]
-        for lo, hi in zip(bounds, bounds[1:], strict=False):
+        for lo, hi in itertools.pairwise(bounds):
             if hi > lo:
                 by_replicas[replicas].append((lo, hi))
     # Interleave: the 1st piece of each replica set, then the 2nd of each, ...

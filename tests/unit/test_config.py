@@ -100,8 +100,9 @@ def test_defaults(minimal: Path):
     assert (cfg.snapshot.split_size_mb, cfg.snapshot.splits, cfg.snapshot.page_size,
             cfg.snapshot.max_retries) == (64, None, 5000, 5)
     assert (cfg.reconcile.splits, cfg.reconcile.digest_rows, cfg.reconcile.repair) == (
-        None, 10_000, False)
+        None, 64, False)
     assert cfg.reconcile.recheck_delay == timedelta(seconds=5)
+    assert (cfg.reconcile.recheck_rounds, cfg.reconcile.consistency, cfg.reconcile.max_diffs) == (3, None, 100_000)
 
 
 def test_target_schema_defaults_to_postgres_schema(tmp_path: Path):

@@ -19,7 +19,7 @@ from engine.types import codec, parse_cql_type
 
 
 def _schema() -> TableSchema:
-    t = lambda s: parse_cql_type(s, {})  # noqa: E731
+    t = lambda s: parse_cql_type(s, {})
     return TableSchema("ks", "t", (Column("pk", "partition_key", 0, t("int")),),
                        (Column("ck", "clustering", 0, t("int")),),
                        (Column("a", "regular", -1, t("text")), Column("m", "regular", -1, t("map<text, int>"))),
@@ -135,11 +135,10 @@ def test_the_drift_picture_places_ranges_on_the_ring_and_stacks_kinds():
 
 
 def test_the_drift_page_escapes_keys_and_values():
-    class R:
-        table, target, run_id, rows_compared, ranges, seconds = "ks.t", "s.t", "r1", 10, 1, 1.0
-        drift, unsettled, repaired = 1, 0, {"rows_written": 0}
-        differences = {"missing": 0, "extra": 0, "mismatch": 1}
-        drift_by_range: list = []
+    from types import SimpleNamespace
 
-    page = render_html(R(), [Diff(0, 5, ("<b>",), "mismatch", ("a",), {"a": {"cassandra": "<script>"}})])
+    result = SimpleNamespace(table="ks.t", target="s.t", run_id="r1", rows_compared=10, ranges=1, seconds=1.0,
+                             drift=1, unsettled=0, repaired={"rows_written": 0},
+                             differences={"missing": 0, "extra": 0, "mismatch": 1}, drift_by_range=[])
+    page = render_html(result, [Diff(0, 5, ("<b>",), "mismatch", ("a",), {"a": {"cassandra": "<script>"}})])
     assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;" in page
