@@ -25,15 +25,9 @@ import sys
 from pathlib import Path
 
 from engine import log
-from engine.errors import C2pgError
+from jobs import _entry
 
 DRIFT_EXIT = 3
-
-
-def build_parser(prog: str = "python -m jobs.reconcile") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    add_arguments(p)
-    return p
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,13 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    log.configure()
-    try:
-        return run(args)
-    except C2pgError as exc:
-        print(f"reconcile: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return _entry.main("reconcile", __doc__ or "", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

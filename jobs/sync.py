@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from engine import log
-from engine.errors import C2pgError
+from jobs import _entry
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,15 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.sync", description=__doc__.splitlines()[0])
-    add_arguments(p)
-    args = p.parse_args(argv)
-    log.configure()
-    try:
-        return run(args)
-    except C2pgError as exc:
-        print(f"sync: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return _entry.main("sync", __doc__ or "", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

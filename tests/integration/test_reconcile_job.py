@@ -7,18 +7,17 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 
 import psycopg2
-from ray.job_submission import JobStatus, JobSubmissionClient
+from ray.job_submission import JobSubmissionClient
 
 from engine import cql
 from engine.config import TableConfig
 from engine.snapshot import run_snapshot
 from engine.stack.services import ray_auth_headers
 from tests.conftest import EXAMPLE_PIPELINE, ROOT
-from tests.integration.test_snapshot_job import _submit
+from tests.integration.test_snapshot_job import run_job
 
 KS = "c2pg_reconcile_job_test"
 
@@ -39,16 +38,8 @@ def test_reconcile_as_a_ray_job_and_from_the_cli(stack, pipeline, ray_cluster, m
 
         monkeypatch.setenv("RAY_AUTH_MODE", "token")
         client = JobSubmissionClient(stack.services["ray"].dashboard_url, headers=ray_auth_headers())
-        job = _submit(client, entrypoint=f"python -m jobs.reconcile --config {EXAMPLE_PIPELINE} --table {KS}.{name} "
-                                         "--splits 4 --fail-on-drift",
-                      runtime_env={"working_dir": str(ROOT),
-                                   "excludes": [".stack", ".venv", ".git", "benchmarks/results", "test-artifacts"]})
-        deadline = time.monotonic() + 180
-        while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-            assert time.monotonic() < deadline, "job did not finish in 180 s"
-            time.sleep(1)
-        logs = client.get_job_logs(job)
-        assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
+        logs = run_job(client, f"python -m jobs.reconcile --config {EXAMPLE_PIPELINE} --table {KS}.{name} "
+                               "--splits 4 --fail-on-drift")
         assert f"reconcile {KS}.{name} ↔ public.{name}: 300 rows compared in 4 ranges" in logs
         assert "drift 0 (0 missing, 0 extra, 0 mismatch)" in logs
 

@@ -31,16 +31,7 @@ def test_snapshot_submitted_as_a_ray_job_completes(stack, pipeline, monkeypatch)
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     client = JobSubmissionClient(stack.services["ray"].dashboard_url, headers=ray_auth_headers())
     # The config by absolute path: its secret files (../.stack/secrets) are not uploaded.
-    job = _submit(client, entrypoint=f"python -m jobs.snapshot --config {EXAMPLE_PIPELINE} --table {KS}.t "
-                                     "--splits 4",
-                  runtime_env={"working_dir": str(ROOT),
-                               "excludes": [".stack", ".venv", ".git", "benchmarks/results", "test-artifacts"]})
-    deadline = time.monotonic() + 180
-    while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.monotonic() < deadline, "job did not finish in 180 s"
-        time.sleep(1)
-    logs = client.get_job_logs(job)
-    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
+    logs = run_job(client, f"python -m jobs.snapshot --config {EXAMPLE_PIPELINE} --table {KS}.t --splits 4")
     assert f"snapshot {KS}.t → public.t: 500 rows" in logs
     with conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM public.t")
@@ -49,6 +40,21 @@ def test_snapshot_submitted_as_a_ray_job_completes(stack, pipeline, monkeypatch)
     conn.close()
     session.execute(f"DROP KEYSPACE {KS}")
     cluster.shutdown()
+
+
+def run_job(client, entrypoint: str, timeout_s: float = 180) -> str:
+    """Submit ``entrypoint`` with this checkout as working dir, wait, assert it succeeded;
+    its logs."""
+    job = _submit(client, entrypoint=entrypoint,
+                  runtime_env={"working_dir": str(ROOT),
+                               "excludes": [".stack", ".venv", ".git", "benchmarks/results", "test-artifacts"]})
+    deadline = time.monotonic() + timeout_s
+    while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.monotonic() < deadline, f"job did not finish in {timeout_s:.0f} s"
+        time.sleep(1)
+    logs = client.get_job_logs(job)
+    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
+    return logs
 
 
 def _submit(client, **kwargs) -> str:
