@@ -39,6 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.security import ApiError, BearerAuth, RateLimiter, RequestContext, client_key, request_id_of
@@ -115,8 +116,9 @@ def create_api(control: Any, *, token: str, rate_limit_per_minute: int, behind_s
     limiter = RateLimiter(rate_limit_per_minute)
     bearer = HTTPBearer(auto_error=False, description="api.token of the pipeline file")
 
-    def guard(request: Request,
-              credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    # async: a few microseconds of work, so it runs on the event loop rather than a thread.
+    async def guard(request: Request,
+                    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
         limiter.check(client_key(request))
         auth.check(f"{credentials.scheme} {credentials.credentials}" if credentials else None)
 
@@ -134,8 +136,10 @@ def create_api(control: Any, *, token: str, rate_limit_per_minute: int, behind_s
 
     @app.get("/readyz", tags=["health"], summary="Readiness: a real check of every component",
              responses={503: {"description": "a required component is down; `failed` names it"}})
-    def readyz() -> JSONResponse:
-        result = control.readiness()
+    async def readyz() -> JSONResponse:
+        # Answered on the event loop from the cache; only a cold cache waits for the checks,
+        # in a worker thread.
+        result = control.readiness_cached() or await run_in_threadpool(control.readiness)
         return JSONResponse(result, status_code=200 if result["ready"] else 503)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(guard)], responses=_ERRORS)
@@ -148,10 +152,11 @@ def create_api(control: Any, *, token: str, rate_limit_per_minute: int, behind_s
                  "lag": sum(t["lag"] or 0 for t in st["tables"]),
                  "href": f"/v1/pipelines/{control.cfg.name}/status"}]
 
-    @v1.get("/pipelines/{name}/status", tags=["sync"], responses=_NOT_FOUND,
+    @v1.get("/pipelines/{name}/status", tags=["sync"], responses=_NOT_FOUND, response_model=dict[str, Any],
             summary="Per table and partition: offset, lag, last write applied, events/s, dead letters, worker")
-    def pipeline_status(name: PipelineName) -> dict[str, Any]:
-        return control.status(name)
+    async def pipeline_status(name: PipelineName) -> JSONResponse:
+        result = control.status_cached(name) or await run_in_threadpool(control.status, name)
+        return JSONResponse(result)
 
     @v1.post("/pipelines/{name}/pause", tags=["sync"], responses={**_NOT_FOUND, **_UNAVAILABLE,
                                                                   409: {"model": ErrorBody}},

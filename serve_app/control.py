@@ -66,13 +66,21 @@ class Cached:
         self._at: float | None = None
         self._generation = 0  # bumped by clear(): a refresh started before it is dropped
 
-    def get(self) -> Any:
+    def peek(self) -> Any:
+        """The value if one may be served without computing (refreshing it behind when stale),
+        else None. Cheap and non-blocking: async routes call it on the event loop."""
         at = self._at
-        if at is not None and self.ttl_s > 0:
-            if time.monotonic() - at >= self.ttl_s and self._refreshing.acquire(blocking=False):
-                threading.Thread(target=self._refresh, args=(self._generation,), name="c2pg-cache-refresh",
-                                 daemon=True).start()
-            return self._value
+        if at is None or self.ttl_s <= 0:
+            return None
+        if time.monotonic() - at >= self.ttl_s and self._refreshing.acquire(blocking=False):
+            threading.Thread(target=self._refresh, args=(self._generation,), name="c2pg-cache-refresh",
+                             daemon=True).start()
+        return self._value
+
+    def get(self) -> Any:
+        value = self.peek()
+        if value is not None:
+            return value
         with self._lock:
             if self._at is None or self.ttl_s <= 0:
                 self._store(self._compute())
@@ -142,6 +150,10 @@ class Control:
         component is down (every configured one; ``sync`` only with ``api.sync_required``)."""
         return self._health.get()
 
+    def readiness_cached(self) -> dict[str, Any] | None:
+        """:meth:`readiness` if it can be answered from the cache without waiting, else None."""
+        return self._health.peek()
+
     def _check_all(self) -> dict[str, Any]:
         checks = health.pipeline_checks(self.cfg, timeout_s=self.check_timeout_s)
         checks["sync"] = lambda: health.describe_sync(self._sync_answer())
@@ -180,6 +192,11 @@ class Control:
     def status(self, name: str) -> dict[str, Any]:
         self.pipeline(name)
         return self._status.get()
+
+    def status_cached(self, name: str) -> dict[str, Any] | None:
+        """:meth:`status` if it can be answered from the cache without waiting, else None."""
+        self.pipeline(name)
+        return self._status.peek()
 
     def _build_status(self) -> dict[str, Any]:
         state, sup, error = self._sync.get()

@@ -39,6 +39,13 @@ class _Backend:
     def readiness(self):
         return {"ready": False, "failed": ["kafka"], "components": []}
 
+    def readiness_cached(self):
+        return None  # a cold cache: the route falls back to readiness() in a thread
+
+    def status_cached(self, name):
+        self.status(name)  # the 404 check
+        return None
+
     def status(self, name):
         from serve_app.security import ApiError
 
