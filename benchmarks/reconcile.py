@@ -84,8 +84,8 @@ def damage(conn, rows: int, fraction: float) -> int:
 
 
 def main() -> None:
-    import ray
 
+    from engine.ray_connect import ensure_ray
     from engine.reconcile import run_reconcile
     from engine.reconcile_report import summary
     from engine.snapshot import run_snapshot
@@ -107,8 +107,7 @@ def main() -> None:
         fresh_pg_table(conn, TARGET, "")
         with conn, conn.cursor() as cur:
             cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = 'bench' AND target_table = %s", (TARGET,))
-        if not ray.is_initialized():
-            ray.init(logging_level="WARNING")
+        ensure_ray()
         snap = run_snapshot(cfg, table)
         assert snap.ok and snap.rows == args.rows, snap
         read_rows, read_s = snapshot_read_rate(cfg, table)

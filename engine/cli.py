@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -200,12 +198,12 @@ def _sync(args: argparse.Namespace) -> int:
     import ray
 
     from engine.config import load_config
+    from engine.ray_connect import ensure_ray
     from engine.sync_supervisor import find, get_or_start
     from jobs.sync import progress
 
     cfg = load_config(args.config)
-    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), ignore_reinit_error=True, log_to_driver=False,
-             logging_level=logging.WARNING)
+    ensure_ray(persistent=True, log_to_driver=False)
     if args.action == "start":
         sup = get_or_start(cfg)
         ray.get(sup.ping.remote())

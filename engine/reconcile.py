@@ -59,6 +59,7 @@ from engine.config import CassandraConfig, PipelineConfig, PostgresConfig, Table
 from engine.errors import C2pgError
 from engine.events import Cell
 from engine.pg_writer import SyncWriter
+from engine.ray_connect import ensure_ray
 from engine.reduce import Reduced, RowWrite, Tombstone
 from engine.schema import TableSchema, read_table
 from engine.target import Target, ensure_state, ensure_target
@@ -633,8 +634,7 @@ def run_reconcile(cfg: PipelineConfig, table_cfg: TableConfig, *, repair: bool |
             ensure_state(conn)
             target = _existing_target(conn, schema, table_cfg.target_schema or cfg.postgres.schema,
                                       table_cfg.target_table or table_cfg.table)
-            if not ray.is_initialized():
-                ray.init(ignore_reinit_error=True, log_to_driver=True)
+            ensure_ray()
             slots = int(ray.cluster_resources().get("CPU", 2) / cfg.snapshot.task_cpus)
             plan = plan_splits(cluster, schema.keyspace, schema.table, split_size_mb=cfg.snapshot.split_size_mb,
                                min_splits=max(8, 4 * slots), splits=splits or rc.splits)

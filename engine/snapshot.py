@@ -30,6 +30,7 @@ from engine.cassandra_source import CassandraDatasource, ReadSettings
 from engine.config import PipelineConfig, TableConfig
 from engine.errors import C2pgError
 from engine.pg_sink import PostgresDatasink, SinkSettings
+from engine.ray_connect import ensure_ray
 from engine.schema import read_table
 from engine.target import create_token_index, ensure_state, ensure_target
 from engine.token_ranges import TokenSplit, plan_splits
@@ -120,8 +121,7 @@ def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | N
             logger.warning("cdc limitation", table=schema.qualified, note=note)
         ensure_state(conn)
         target = ensure_target(conn, schema, table_cfg.target_schema, table_cfg.target_table, evolve=evolve)
-        if not ray.is_initialized():
-            ray.init(ignore_reinit_error=True, log_to_driver=True)
+        ensure_ray()
         if resume:
             run_id, plan = _load_resume(conn, resume, schema.qualified)
             mode = "merge"
@@ -147,7 +147,7 @@ def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | N
         except BaseException as exc:  # Ctrl-C included: the run record must not stay 'running'
             try:
                 _finish(conn, run_id, schema.qualified, target, sink, time.monotonic() - started, mode, exc)
-            except Exception:  # noqa: BLE001 - keep the original failure; this one only loses the record
+            except Exception:
                 logger.exception("could not record the failed run", run_id=run_id)
             if isinstance(exc, Exception):
                 raise SnapshotFailed(run_id, exc) from exc

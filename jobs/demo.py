@@ -178,15 +178,9 @@ def _print_events(events, writes: Writes) -> None:
 
 def _ray_init() -> None:
     """Join the local stack's Ray head (sync runs as detached actors there)."""
-    import os
+    from engine.ray_connect import ensure_ray
 
-    import ray
-
-    from engine.stack.launcher import Stack
-
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or Stack().services["ray"].gcs_address  # type: ignore[attr-defined]
-        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    ensure_ray(persistent=True, log_to_driver=False)
 
 
 def _topic_end(cfg: PipelineConfig, topic: str) -> dict[int, int]:

@@ -13,7 +13,6 @@ once the lag is 0 — for scripts and the demo.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -50,12 +49,12 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from engine.config import load_config
+    from engine.ray_connect import ensure_ray
     from engine.sync_supervisor import get_or_start
 
     cfg = load_config(args.config)
     log.bind(pipeline=cfg.name)
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), ignore_reinit_error=True, log_to_driver=False)
+    ensure_ray(persistent=True, log_to_driver=False)
     sup = get_or_start(cfg)
     ray.get(sup.ping.remote())
     done = threading.Event()

@@ -1,0 +1,56 @@
+"""Joining the right Ray cluster, once per process.
+
+Callers: the jobs (snapshot, reconcile, sync), the CLI's ``sync`` commands and the demo,
+before their first Ray call. ``ray.init()`` without an address follows
+``/tmp/ray/ray_current_cluster``, which a cluster that is gone leaves behind; the init then
+waits minutes for a GCS that never answers. So the address is chosen here, in this order:
+
+1. Ray is already initialized (a test, the Serve app): nothing to do;
+2. ``RAY_ADDRESS`` — set by ``ray job submit``, by ``eval "$(c2pg stack env)"``, or by the
+   operator;
+3. the local stack's Ray head (``c2pg stack up``), when its GCS port answers;
+4. a new Ray instance for this process alone (``address="local"``) — unless the caller
+   needs a cluster that outlives it (``persistent``: sync's detached actors), which is then
+   a :class:`NoRayCluster` error naming the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from engine.errors import C2pgError
+from engine.stack import versions
+
+STACK_GCS = (versions.HOST, versions.PORTS["ray_gcs"])
+
+
+class NoRayCluster(C2pgError):
+    """Sync needs a running Ray cluster and none was given or found (exit code 2)."""
+
+    exit_code = 2
+
+
+def ensure_ray(*, persistent: bool = False, log_to_driver: bool = True,
+               logging_level: int = logging.WARNING) -> str:
+    """Initialize Ray as the module docstring says; returns the address used."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.get_runtime_context().gcs_address
+    address = os.environ.get("RAY_ADDRESS") or (f"{STACK_GCS[0]}:{STACK_GCS[1]}" if _answers(*STACK_GCS)
+                                                else "local")
+    if address == "local" and persistent:
+        raise NoRayCluster("no Ray cluster to run sync on: set RAY_ADDRESS to the cluster's GCS address "
+                           "(host:port), or start the local stack and run: eval \"$(c2pg stack env)\"")
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=log_to_driver, logging_level=logging_level)
+    return address
+
+
+def _answers(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
