@@ -141,15 +141,16 @@ def offsets(conn, pipeline: str, topics: Sequence[str]) -> list[dict[str, Any]]:
                 for t, p, o, u in cur.fetchall()]
 
 
-def dead_letter_counts(conn, pipeline: str) -> dict[str, int]:
-    """Unreplayed dead letters of ``pipeline`` per ``keyspace.table`` (both origins)."""
+def dead_letter_counts(conn, pipeline: str) -> dict[tuple[str, int | None], int]:
+    """Unreplayed dead letters of ``pipeline`` per (``keyspace.table``, Kafka partition);
+    the partition is None for snapshot dead letters (they come from a run, not a topic)."""
     if not table_exists(conn, "_c2pg.dead_letters"):
         return {}
-    query = sql.SQL("SELECT keyspace, source_table, count(*) FROM {} WHERE pipeline = %s "
-                    "AND replayed_at IS NULL GROUP BY keyspace, source_table").format(_DEAD)
+    query = sql.SQL("SELECT keyspace, source_table, kafka_partition, count(*) FROM {} WHERE pipeline = %s "
+                    "AND replayed_at IS NULL GROUP BY keyspace, source_table, kafka_partition").format(_DEAD)
     with conn, conn.cursor() as cur:
         cur.execute(query, (pipeline,))
-        return {f"{ks}.{t}": int(n) for ks, t, n in cur.fetchall()}
+        return {(f"{ks}.{t}", p): int(n) for ks, t, p, n in cur.fetchall()}
 
 
 def _run(row: Sequence[Any]) -> dict[str, Any]:

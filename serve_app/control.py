@@ -202,7 +202,7 @@ class Control:
         state, sup, error = self._sync.get()
         problems = [f"sync: {error}"] if error else []
         topics = {self.cfg.kafka.topic_for(t.keyspace, t.table): q for q, t in self.tables.items()}
-        dead: dict[str, int] | None = None
+        dead: dict[tuple[str, int | None], int] | None = None
         committed: list[dict] = []
         try:
             with self.pg() as conn:
@@ -225,12 +225,15 @@ class Control:
                                          "high_watermark": p.get("high_watermark"), "lag": p.get("lag"),
                                          "last_write_applied": _ts(p.get("last_write_ts_us")),
                                          "events": p.get("events", 0), "events_per_s": p.get("events_per_s", 0.0),
+                                         "dead_letters": None if dead is None else dead.get((q, p["partition"]), 0),
                                          "worker": w.get("worker"), "worker_state": w.get("state")})
         else:
             for o in committed:
                 parts[topics[o["topic"]]].append({
                     "partition": o["partition"], "offset": o["offset"], "high_watermark": None, "lag": None,
-                    "last_write_applied": None, "events": 0, "events_per_s": 0.0, "worker": None,
+                    "last_write_applied": None, "events": 0, "events_per_s": 0.0,
+                    "dead_letters": None if dead is None else dead.get((topics[o["topic"]], o["partition"]), 0),
+                    "worker": None,
                     "worker_state": "stopped", "committed_at": o["updated_at"]})
         paused_all = bool(sup and sup.get("paused_all"))
         paused_tables = set(sup.get("paused_tables", [])) if sup else set()
@@ -242,7 +245,7 @@ class Control:
             tables.append({"table": q, "target": f"{t.target_schema}.{t.target_table}",
                            "topic": self.cfg.kafka.topic_for(t.keyspace, t.table),
                            "paused": paused_all or q in paused_tables,
-                           "dead_letters": None if dead is None else dead.get(q, 0),
+                           "dead_letters": None if dead is None else sum(n for (t_, _), n in dead.items() if t_ == q),
                            "lag": sum(lags) if lags else None,
                            "events_per_s": round(sum(p["events_per_s"] for p in ps), 1),
                            "last_write_applied": max(writes) if writes else None, "partitions": ps})

@@ -159,6 +159,9 @@ def test_a_dead_letter_is_listed_shown_and_replayed_through_the_api(setup, cass,
     assert shown["raw_value"] == '{"this is": "not a change event"'
     status = api.wait(f"/v1/pipelines/{cfg.name}/status", lambda s: _table(s, SYNCED)["dead_letters"] == 1
                       and _table(s, SYNCED)["lag"] == 0, timeout_s=30)
+    part = next(p for p in _table(status, SYNCED)["partitions"] if p["partition"] == letter["kafka_partition"])
+    assert part["dead_letters"] == 1
+    assert sum(p["dead_letters"] for p in _table(status, SYNCED)["partitions"]) == 1
     # A batch holding only a dead letter applies no row; the worker goes on running.
     assert {w["state"] for w in status["sync"]["workers"]} == {"running"}, status["sync"]["workers"]
     r = api.post("/v1/dead-letters/replay", json={"ids": [letter["id"], 987654321]})
