@@ -134,8 +134,11 @@ def test_bad_bodies_get_422_naming_the_field(client, backend):
     assert backend.calls == [("submit", "reconcile", "ks.t", 8, True)]
 
 
-def test_an_unexpected_error_is_a_500_without_internals_and_with_the_request_id(client):
+def test_an_unexpected_error_is_a_500_without_internals_and_with_the_request_id(client, caplog):
     r = client.get("/v1/runs", headers={**AUTH, "X-Request-ID": "req-77"})
+    logged = [rec for rec in caplog.records if rec.name == "c2pg.serve"]
+    assert logged and all(rec.msg.get("request_id") == "req-77" for rec in logged)  # bound to the log line
+    assert "Traceback" in str(logged[0].msg.get("exception"))  # the trace goes to the log, not the client
     assert r.status_code == 500
     assert r.json() == {"error": "internal error; the server log has the details", "request_id": "req-77"}
     assert "Traceback" not in r.text and "10.0.0.7" not in r.text
