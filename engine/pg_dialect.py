@@ -205,6 +205,7 @@ def covers(schema: TableSchema, row: str, tomb: str) -> sql.Composed:
     same_row = sql.SQL(" AND ").join(sql.SQL("{d}.{c} = {r}.{c}").format(d=d, r=r, c=ident(c)) for c in cks)
 
     desc = [c.descending for c in schema.clustering]
+    kinds = [c.cql_type.kind for c in schema.clustering]
 
     def after(prefix: str, k: int, forward: bool) -> sql.Composed:
         """Row before/after the bound's first ``k`` values in clustering order (a DESC column
@@ -214,8 +215,9 @@ def covers(schema: TableSchema, row: str, tomb: str) -> sql.Composed:
             equal = [sql.SQL("{r}.{c} = {d}.{b}").format(r=r, c=ident(cks[i]), d=d, b=ident(prefix + cks[i]))
                      for i in range(j)]
             op = ">" if forward != desc[j] else "<"
-            step = sql.SQL("{r}.{c} {op} {d}.{b}").format(r=r, c=ident(cks[j]), op=sql.SQL(op), d=d,
-                                                           b=ident(prefix + cks[j]))
+            step = sql.SQL("{rk} {op} {dk}").format(
+                rk=clustering_order_key(sql.SQL("{}.{}").format(r, ident(cks[j])), kinds[j]), op=sql.SQL(op),
+                dk=clustering_order_key(sql.SQL("{}.{}").format(d, ident(prefix + cks[j])), kinds[j]))
             alts.append(sql.SQL("({})").format(sql.SQL(" AND ").join([*equal, step])))
         return sql.SQL("({})").format(sql.SQL(" OR ").join(alts))
 
@@ -235,6 +237,25 @@ def covers(schema: TableSchema, row: str, tomb: str) -> sql.Composed:
                    "({d}._c2pg_kind = 'range' AND {start} AND {end})))").format(
         same=same_partition, d=d, same_row=same_row,
         start=bound("", T_START_LEN, T_START_INCL, True), end=bound(END_PREFIX, T_END_LEN, T_END_INCL, False))
+
+
+def clustering_order_key(value: sql.Composable, kind: str) -> sql.Composable:
+    """An expression PostgreSQL orders the way Cassandra orders a clustering column of
+    CQL type ``kind`` (the order ``engine.reduce.typed_compare`` uses for one batch):
+
+    - text/ascii by UTF-8 bytes, whatever the column's or database's collation
+      (``COLLATE "C"``; an ICU or ``en_US`` collation would put ``a`` before ``B``);
+    - timeuuid by its timestamp, then its bytes (PostgreSQL's uuid order is bytes only):
+      the 60-bit time as 15 hex digits (time_hi without the version, time_mid, time_low)
+      followed by the uuid's text, compared bytewise;
+    - everything else by PostgreSQL's own order of the mapped type.
+    """
+    if kind in ("text", "ascii"):
+        return sql.SQL('({} COLLATE "C")').format(value)
+    if kind == "timeuuid":
+        return sql.SQL('((substr({v}::text, 16, 3) || substr({v}::text, 10, 4) || substr({v}::text, 1, 8) '
+                       '|| {v}::text) COLLATE "C")').format(v=value)
+    return value
 
 
 def cell_killed(schema: TableSchema, row: str, tomb: str, column: str) -> sql.Composed:

@@ -182,8 +182,9 @@ def _text_compare(_: int, a: str, b: str) -> int:
 def typed_compare(schema):
     """``compare(i, a, b)`` for the table's clustering column ``i``, on canonical COPY text,
     in the table's clustering order (Cassandra's order for the common types — numbers by
-    value, text by UTF-8 bytes, a timeuuid by its time — reversed for a DESC column). Used for range deletions inside one batch; the stored rows are
-    compared by PostgreSQL's own ordering (docs/adr/0002, addendum, on timeuuid)."""
+    value, text by UTF-8 bytes, a timeuuid by its time — reversed for a DESC column). Used
+    for range deletions inside one batch; the merge compares stored rows in the same order
+    (``pg_dialect.clustering_order_key``)."""
     import uuid
     from decimal import Decimal
 

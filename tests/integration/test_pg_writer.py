@@ -101,3 +101,37 @@ def test_offsets_move_with_the_data_and_dead_letters_are_kept(conn):
     with conn, conn.cursor() as cur:
         cur.execute("SELECT next_offset FROM _c2pg.offsets WHERE pipeline = 'test-offsets' AND kafka_partition = 0")
         assert cur.fetchone()[0] == 42
+
+
+U1 = "0000ffff-0000-1000-8000-000000000000"  # time 0x00000000000ffff
+U2 = "00000000-0001-1000-8000-000000000000"  # time 0x000000100000000: later than U1, smaller bytes
+U3 = "00000005-0001-1000-8000-000000000000"  # time 0x000000100000005
+
+
+@pytest.mark.parametrize("kind, values, start, end, deleted", [
+    # Cassandra orders text by UTF-8 bytes (B < Z < a < b); an ICU collation would not.
+    ("text", ["B", "Z", "a", "b"], ("C", True), ("b", False), {"Z", "a"}),
+    # A timeuuid by its time (U1 < U2 < U3); PostgreSQL's uuid order is by bytes (U2 < U3 < U1).
+    ("timeuuid", [U1, U2, U3], (U1, False), (U3, True), {U2, U3}),
+])
+def test_range_deletions_follow_cassandra_clustering_order(conn, kind, values, start, end, deleted):
+    from engine.events import Bound
+    from engine.reduce import Reduced, RowWrite, Tombstone
+
+    schema = TableSchema("ks", "writer_model", SCHEMA.partition_key,
+                         (Column("ck", "clustering", 0, parse_cql_type(kind)),), SCHEMA.regular, True)
+    target = _fresh_target(conn, schema)
+    if kind == "text":  # as in a database whose default collation is not C
+        with conn, conn.cursor() as cur:
+            cur.execute('ALTER TABLE writer_test.model ALTER COLUMN ck TYPE text COLLATE "en-x-icu"')
+    writer = SyncWriter(conn, target, "test")
+    writer.apply(Reduced({("1", v): RowWrite(("1", v), {"a": Cell(f"row {v}", 10)}) for v in values}, []), {})
+    writer.apply(Reduced({}, [Tombstone("range", ("1",), 20, Bound((start[0],), start[1]),
+                                        Bound((end[0],), end[1]))]), {})
+    # A write older than the deletion, arriving late, stays deleted too.
+    writer.apply(Reduced({("1", v): RowWrite(("1", v), {"b": Cell("late", 15)}) for v in values}, []), {})
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT ck::text, b FROM writer_test.model")
+        rows = dict(cur.fetchall())
+    assert set(rows) == set(values) - deleted
+    assert all(b == "late" for b in rows.values())
