@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
@@ -93,8 +93,8 @@ def run_locust(url: str, token: str, users: int, seconds: int, wait: str, out_di
            "--host", url, "--csv", str(out_dir / "api"), "--only-summary", "--loglevel", "WARNING",
            "--stop-timeout", "5"]
     subprocess.run(cmd, env=env, check=False, timeout=seconds + 120, stdout=subprocess.DEVNULL)
-    rows = {r["Name"]: r for r in csv.DictReader(open(out_dir / "api_stats.csv"))}
-    return rows
+    with open(out_dir / "api_stats.csv", newline="") as fh:
+        return {r["Name"]: r for r in csv.DictReader(fh)}
 
 
 def _serve_pids() -> list[int]:
@@ -118,15 +118,15 @@ def renice_serve(value: int) -> None:
 def cpu_snapshot() -> tuple[float, dict[str, float]]:
     """Busy CPU seconds of the machine, and CPU seconds per process (grouped by name), now."""
     tick = os.sysconf("SC_CLK_TCK")
-    fields = open("/proc/stat").readline().split()[1:]
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     busy = (sum(int(x) for x in fields) - int(fields[3]) - int(fields[4])) / tick
     procs: dict[str, float] = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
-            stat = open(f"/proc/{pid}/stat").read()
-            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
         parts = stat.rsplit(")", 1)[1].split()
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
     total, status, readyz = rows["Aggregated"], rows["status"], rows["readyz"]
     result = {
-        "benchmark": "api", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "benchmark": "api", "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": f".venv/bin/python -m benchmarks.api --users {args.users} --seconds {args.seconds} "
                    f"--wait {args.wait}" + (f" --serve-nice {args.serve_nice}" if args.serve_nice is not None else ""),
         "users": args.users, "seconds": args.seconds, "wait_s": args.wait,

@@ -108,7 +108,9 @@ def create_api(control: Any, *, token: str, rate_limit_per_minute: int, behind_s
     ``behind_serve``: Ray Serve's proxy already handles ``X-Request-ID`` (accepts or
     creates it, and returns it); the app then only binds it to its logs and error bodies.
     """
-    app = FastAPI(title="c2pg control plane", version=API_VERSION,
+    # root_path_in_servers=False: under a Serve route prefix the served spec stays the
+    # committed one (links in answers carry the prefix instead, see _root).
+    app = FastAPI(title="c2pg control plane", version=API_VERSION, root_path_in_servers=False,
                   description="Health, sync status and control, snapshot and reconcile runs, dead letters "
                               "of one c2pg pipeline. Every /v1 route needs `Authorization: Bearer <api.token>`.",
                   docs_url="/docs", redoc_url=None)
@@ -145,12 +147,12 @@ def create_api(control: Any, *, token: str, rate_limit_per_minute: int, behind_s
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(guard)], responses=_ERRORS)
 
     @v1.get("/pipelines", tags=["sync"], summary="The pipeline this app serves")
-    def pipelines() -> list[dict[str, Any]]:
+    def pipelines(request: Request) -> list[dict[str, Any]]:
         st = control.status(control.cfg.name)
         return [{"name": control.cfg.name, "tables": [t["table"] for t in st["tables"]],
                  "sync": st["sync"]["state"],
                  "lag": sum(t["lag"] or 0 for t in st["tables"]),
-                 "href": f"/v1/pipelines/{control.cfg.name}/status"}]
+                 "href": f"{_root(request)}/v1/pipelines/{control.cfg.name}/status"}]
 
     @v1.get("/pipelines/{name}/status", tags=["sync"], responses=_NOT_FOUND, response_model=dict[str, Any],
             summary="Per table and partition: offset, lag, last write applied, events/s, dead letters, worker")
@@ -172,8 +174,9 @@ def create_api(control: Any, *, token: str, rate_limit_per_minute: int, behind_s
 
     @v1.post("/snapshots", tags=["runs"], status_code=202, responses=_UNAVAILABLE,
              summary="Start a snapshot of a table (a Ray job); answers with the run id")
-    def start_snapshot(body: SnapshotRequest) -> Submitted:
-        return Submitted(**control.submit("snapshot", body.table, splits=body.splits))
+    def start_snapshot(body: SnapshotRequest, request: Request) -> Submitted:
+        sub = control.submit("snapshot", body.table, splits=body.splits)
+        return Submitted(**{**sub, "href": _root(request) + sub["href"]})
 
     @v1.get("/snapshots/{run_id}", tags=["runs"], responses={**_NOT_FOUND, **_UNAVAILABLE},
             summary="A snapshot run: state, progress (splits done/total), report")
@@ -182,8 +185,9 @@ def create_api(control: Any, *, token: str, rate_limit_per_minute: int, behind_s
 
     @v1.post("/reconciliations", tags=["runs"], status_code=202, responses=_UNAVAILABLE,
              summary="Start a reconcile of a table (a Ray job); answers with the run id")
-    def start_reconcile(body: ReconcileRequest) -> Submitted:
-        return Submitted(**control.submit("reconcile", body.table, splits=body.splits, repair=body.repair))
+    def start_reconcile(body: ReconcileRequest, request: Request) -> Submitted:
+        sub = control.submit("reconcile", body.table, splits=body.splits, repair=body.repair)
+        return Submitted(**{**sub, "href": _root(request) + sub["href"]})
 
     @v1.get("/reconciliations/{run_id}", tags=["runs"], responses={**_NOT_FOUND, **_UNAVAILABLE},
             summary="A reconcile run: state, progress, report, drift by kind, first differences")
@@ -205,7 +209,7 @@ def create_api(control: Any, *, token: str, rate_limit_per_minute: int, behind_s
 
     @v1.get("/dead-letters/{id}", tags=["dead letters"], responses={**_NOT_FOUND, **_UNAVAILABLE},
             summary="One dead letter with its raw key and value")
-    def dead_letter(id: Annotated[int, Path(ge=1, le=2**63 - 1)]) -> dict[str, Any]:  # noqa: A002
+    def dead_letter(id: Annotated[int, Path(ge=1, le=2**63 - 1)]) -> dict[str, Any]:
         return control.dead_letter(id)
 
     @v1.post("/dead-letters/replay", tags=["dead letters"], responses=_UNAVAILABLE,
@@ -215,6 +219,11 @@ def create_api(control: Any, *, token: str, rate_limit_per_minute: int, behind_s
 
     app.include_router(v1)
     return app
+
+
+def _root(request: Request) -> str:
+    """The route prefix the app is mounted under (Serve's ``route_prefix``; "" at ``/``)."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
 
 
 def _errors(app: FastAPI) -> None:

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ class Cached:
             with self._lock:
                 if generation == self._generation and self._at is not None:
                     self._store(value)
-        except Exception:  # noqa: BLE001 - keep serving the last value; the next refresh retries
+        except Exception:
             log.exception("background refresh failed")
         finally:
             self._refreshing.release()
@@ -183,7 +183,7 @@ class Control:
         return ("paused" if status.get("paused_all") else "running"), status, None
 
     def _sync_answer(self) -> dict:
-        state, status, error = self._sync.get()
+        _, status, error = self._sync.get()
         if status is None:
             raise RuntimeError(error or f"no sync supervisor running for pipeline {self.cfg.name!r} "
                                         "(c2pg sync start)")
@@ -269,7 +269,7 @@ class Control:
         action = "resume" if resume else "pause"
         try:
             sup = find(name)
-        except Exception as exc:  # noqa: BLE001 - Ray's GCS unreachable
+        except Exception as exc:
             raise ApiError(503, f"Ray did not answer ({type(exc).__name__})") from exc
         if sup is None:
             raise ApiError(409, f"sync is not running for pipeline {name!r}; start it with "
@@ -305,7 +305,7 @@ class Control:
                                    runtime_env={"env_vars": env} if env else None,
                                    metadata={"c2pg_kind": kind, "c2pg_run_id": run_id,
                                              "c2pg_pipeline": self.cfg.name, "c2pg_table": table})
-        except Exception as exc:  # noqa: BLE001 - the Jobs API is down or refused; the client learns which
+        except Exception as exc:
             log.warning("job submission failed", kind=kind, error=f"{type(exc).__name__}: {exc}")
             raise ApiError(503, f"the Ray Jobs API did not accept the {kind} job ({type(exc).__name__})") from exc
         log.info("job submitted", kind=kind, run_id=run_id, job_id=job_id, table=table)
@@ -413,7 +413,7 @@ class Control:
         if self._cql is None:
             try:
                 self._cql = cql.connect(self.cfg.cassandra)
-            except Exception as exc:  # noqa: BLE001 - Cassandra down: a 503 naming it
+            except Exception as exc:
                 raise ApiError(503, f"cassandra unavailable ({type(exc).__name__})") from exc
         return self._cql[1]
 
@@ -489,11 +489,11 @@ def _state(row: dict | None, job: dict | None) -> tuple[str, str | None]:
 def _ts(us: float | None) -> str | None:
     if not us:
         return None
-    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).isoformat()
+    return datetime.fromtimestamp(us / 1e6, tz=UTC).isoformat()
 
 
 def _now() -> str:
-    return datetime.now(tz=timezone.utc).isoformat()
+    return datetime.now(tz=UTC).isoformat()
 
 
 def jobs_api_address() -> str:

@@ -167,7 +167,7 @@ class RequestContext:
         with structlog.contextvars.bound_contextvars(request_id=rid):
             try:
                 await self.app(scope, receive, send_with_id)
-            except Exception:  # noqa: BLE001 - the edge: log with the trace, answer without it
+            except Exception:
                 log.exception("request failed", method=scope.get("method"), path=scope.get("path"))
                 if started:
                     raise  # the response is under way; nothing sane can be sent any more

@@ -1,8 +1,11 @@
 """Running the control plane for the integration tests: a pipeline file of the test's own,
 the Serve app on the stack's Ray head (127.0.0.1, port 8000 or a free one), a small client.
 
-Used by ``tests/integration/test_serve_*.py``. The app is started with
-:func:`serve_app_running` and stopped after (``serve.shutdown()``); the Ray cluster stays up.
+Used by ``tests/integration/test_serve_*.py``. A Ray cluster has one Serve instance, and
+several test processes (developers sharing the stack) may use it at once, so each app gets
+its own name and route prefix (``/c2pg-test-<hex>``), is deleted after its tests, and
+:func:`shutdown_serve` stops Serve only when no application is left (``serve.shutdown()``);
+the Ray cluster stays up.
 """
 
 from __future__ import annotations
@@ -55,13 +58,21 @@ def pipeline_file(directory: Path, name: str, tables: list[str], **sections) -> 
 
 @dataclass
 class Api:
-    """A JSON client of one deployed app."""
+    """A JSON client of one deployed app: ``origin`` (http://127.0.0.1:PORT) + ``prefix``."""
 
-    base: str
+    origin: str
+    prefix: str
     token: str
 
+    @property
+    def base(self) -> str:
+        return self.origin + self.prefix
+
     def url(self, path: str) -> str:
-        return self.base.rstrip("/") + path
+        """``path`` under the app (``/v1/runs``), or a link the app returned (it carries the prefix)."""
+        if self.prefix and path.startswith(self.prefix + "/"):
+            return self.origin + path
+        return self.base + path
 
     def call(self, method: str, path: str, *, auth: bool = True, **kwargs) -> requests.Response:
         headers = {**({"Authorization": f"Bearer {self.token}"} if auth else {}), **kwargs.pop("headers", {})}
@@ -85,32 +96,20 @@ class Api:
             time.sleep(interval_s)
 
 
-_started_serve = False
-
-
 @contextlib.contextmanager
-def serve_app_running(config: Path, *, name: str | None = None, route_prefix: str = "/",
-                      env: dict[str, str] | None = None, port: int | None = None) -> Iterator[Api]:
-    """Deploy :class:`serve_app.app.ControlPlane` on ``config`` as application ``name`` and
-    wait for ``/healthz``; delete the application after. The first call in a process starts
-    Serve on 127.0.0.1 (:func:`free_port`); :func:`shutdown_serve` stops it."""
-    global _started_serve
+def serve_app_running(config: Path, *, env: dict[str, str] | None = None) -> Iterator[Api]:
+    """Deploy :class:`serve_app.app.ControlPlane` on ``config`` as an application of its own
+    (name and route prefix ``c2pg-test-<hex>``) and wait for its ``/healthz``; delete it
+    after. Starts Serve on 127.0.0.1 (:func:`free_port`) unless it runs already."""
     from ray import serve
 
     from engine.config import load_config
     from serve_app.app import ControlPlane
 
-    if not _started_serve:
-        serve.start(http_options={"host": "127.0.0.1", "port": port or free_port()})
-        _started_serve = True
-        # Applications left by a test process that was killed (Serve is detached) would hold
-        # the route prefix; only this module's own names are removed.
-        for stale in [a for a in serve.status().applications if a.startswith("c2pg-test-")]:
-            serve.delete(stale)
-    actual_port = _serve_port()
-    name = name or f"c2pg-test-{uuid.uuid4().hex[:8]}"
-    serve.run(ControlPlane.bind(str(config), env or {}), name=name, route_prefix=route_prefix, blocking=False)
-    api = Api(f"http://127.0.0.1:{actual_port}{'' if route_prefix == '/' else route_prefix}",
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})  # joins a running Serve as it is
+    name = f"c2pg-test-{uuid.uuid4().hex[:8]}"
+    serve.run(ControlPlane.bind(str(config), env or {}), name=name, route_prefix=f"/{name}", blocking=False)
+    api = Api(f"http://127.0.0.1:{_serve_port()}", f"/{name}",
               load_config(config, env={**os.environ, **(env or {})}).api.token.get())
     deadline = time.monotonic() + 120
     while True:
@@ -135,8 +134,8 @@ def _serve_port() -> int:
 
 
 def shutdown_serve() -> None:
-    global _started_serve
+    """Stop Serve if no application is left (another test process may still use it)."""
     from ray import serve
 
-    serve.shutdown()
-    _started_serve = False
+    if not serve.status().applications:
+        serve.shutdown()

@@ -20,7 +20,13 @@ from engine.config import load_config
 from engine.sync_supervisor import find, get_or_start
 from engine.topic_tail import TopicTail
 from tests.conftest import ROOT
-from tests.integration.serve_helpers import KS, TARGET_SCHEMA, Api, pipeline_file, serve_app_running, shutdown_serve
+from tests.integration.serve_helpers import (
+    KS,
+    TARGET_SCHEMA,
+    pipeline_file,
+    serve_app_running,
+    shutdown_serve,
+)
 
 SUFFIX = uuid.uuid4().hex[:8]
 SYNCED = f"synced_{SUFFIX}"      # CDC on; sync runs on it
@@ -107,7 +113,7 @@ def test_status_shows_partitions_offsets_lag_and_workers_of_the_running_sync(set
     assert _table(status, SNAP)["partitions"] == []  # no topic: no CDC events for it
     listed = api.get("/v1/pipelines").json()
     assert listed == [{"name": cfg.name, "tables": [f"{KS}.{x}" for x in (SYNCED, SNAP, RECON)],
-                       "sync": "running", "lag": 0, "href": f"/v1/pipelines/{cfg.name}/status"}]
+                       "sync": "running", "lag": 0, "href": f"{api.prefix}/v1/pipelines/{cfg.name}/status"}]
 
 
 def test_pause_keeps_offsets_while_events_arrive_and_resume_catches_up(setup, cass, pg):
@@ -174,7 +180,7 @@ def test_a_dead_letter_is_listed_shown_and_replayed_through_the_api(setup, cass,
 
 
 def test_snapshot_submitted_through_the_api_completes_with_a_readable_report(setup, cass, pg):
-    cfg, api = setup
+    _, api = setup
     cass.execute(f"CREATE TABLE IF NOT EXISTS {KS}.{SNAP} (id int PRIMARY KEY, v text)")
     for i in range(300):
         cass.execute(f"INSERT INTO {KS}.{SNAP} (id, v) VALUES (%s, %s)", (i, f"v{i}"))
@@ -182,6 +188,7 @@ def test_snapshot_submitted_through_the_api_completes_with_a_readable_report(set
     assert r.status_code == 202, r.text
     sub = r.json()
     assert sub["state"] == "pending" and sub["job_id"] == f"c2pg-snapshot-{sub['id']}"
+    assert sub["href"] == f"{api.prefix}/v1/snapshots/{sub['id']}"  # links carry the route prefix
     # Done when the run record says so and the job's driver has exited.
     run = api.wait(sub["href"], lambda b: b["state"] in ("succeeded", "failed")
                    and b["job"]["status"] in ("SUCCEEDED", "FAILED"), timeout_s=240, interval_s=2)
@@ -199,7 +206,7 @@ def test_snapshot_submitted_through_the_api_completes_with_a_readable_report(set
 
 
 def test_snapshot_of_a_missing_cassandra_table_fails_with_the_reason(setup):
-    cfg, api = setup
+    _, api = setup
     # RECON is a pipeline table, but it does not exist in Cassandra yet unless the reconcile
     # test ran first; use a fresh pipeline-listed name by dropping it.
     r = api.post("/v1/snapshots", json={"table": f"{KS}.{RECON}"})
@@ -212,7 +219,7 @@ def test_snapshot_of_a_missing_cassandra_table_fails_with_the_reason(setup):
 def test_reconcile_submitted_through_the_api_completes_with_a_readable_report(setup, cass, pg):
     """Runs ``python -m jobs.reconcile --config --table --run-id [--repair] [--splits]`` (issue
     #5), which writes _c2pg.runs (kind reconcile), run_splits and reconcile_diffs."""
-    cfg, api = setup
+    _, api = setup
     cass.execute(f"CREATE TABLE IF NOT EXISTS {KS}.{RECON} (id int PRIMARY KEY, v text)")
     for i in range(200):
         cass.execute(f"INSERT INTO {KS}.{RECON} (id, v) VALUES (%s, %s)", (i, f"v{i}"))
@@ -249,11 +256,11 @@ def test_status_page_in_headless_chromium_shows_pipeline_lag_runs_and_readiness(
     url = f"{api.base}/#token={api.token}"
     flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--window-size=1400,1000", "--virtual-time-budget=10000"]
-    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
     assert 'data-loaded="true"' in dom, dom[-2000:]
     assert f"pipeline {cfg.name}" in dom
     assert f"{KS}.{SYNCED}" in dom and f"{TARGET_SCHEMA}.{SYNCED}" in dom
-    components = re.search(r'<table id="components">.*?</table>', dom, re.S).group(0)
+    components = re.search(r'<table id="components">.*?</table>', dom, re.DOTALL).group(0)
     for name in ("postgres", "cassandra", "kafka", "schema_registry", "vault", "sync"):
         assert re.search(rf'<td>{name}[^<]*(<span[^>]*>[^<]*</span>)?</td>\s*<td class="up">', components), components
     assert "snapshot" in dom  # the runs of the tests above
@@ -263,7 +270,8 @@ def test_status_page_in_headless_chromium_shows_pipeline_lag_runs_and_readiness(
     subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)
     assert shot.exists() and shot.stat().st_size > 10_000
     # Without the token the page asks for it instead of showing data.
-    dom = subprocess.run([*flags, "--dump-dom", api.base + "/"], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run([*flags, "--dump-dom", api.base + "/"], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
     assert re.search(r'<div id="error">[^<]*the API token is missing or wrong', dom)
-    sync_table = re.search(r'<table id="tables">.*?</table>', dom, re.S).group(0)
+    sync_table = re.search(r'<table id="tables">.*?</table>', dom, re.DOTALL).group(0)
     assert f"{KS}.{SYNCED}" not in sync_table  # /v1 data needs the token (/readyz is open)

@@ -53,7 +53,7 @@ def _wait_readyz(api: Api, done, timeout_s: float) -> tuple[int, dict]:
 
 
 def test_readyz_is_200_with_every_component_checked(api: Api):
-    code, body = _wait_readyz(api, lambda c, b: c == 200, 120)
+    _, body = _wait_readyz(api, lambda c, b: c == 200, 120)
     assert body["ready"] is True and body["failed"] == []
     names = {c["name"] for c in body["components"]}
     assert names == {"postgres", "cassandra", "kafka", "schema_registry", "vault", "sync"}
@@ -70,7 +70,7 @@ def test_readyz_names_a_stopped_component_and_recovers(stack, api: Api, service:
     _wait_readyz(api, lambda c, b: c == 200, 180)
     try:
         stack.down([service], on_event=lambda m: None)
-        code, body = _wait_readyz(api, lambda c, b: c == 503 and component in b["failed"], 60)
+        _, body = _wait_readyz(api, lambda c, b: c == 503 and component in b["failed"], 60)
         assert body["ready"] is False
         assert body["failed"] == [component], body["failed"]  # only the stopped one is down
         down = next(c for c in body["components"] if c["name"] == component)
@@ -78,5 +78,5 @@ def test_readyz_names_a_stopped_component_and_recovers(stack, api: Api, service:
         assert "Traceback" not in down["error"]
     finally:
         stack.up(on_event=lambda m: None)
-    code, body = _wait_readyz(api, lambda c, b: c == 200, 180)
+    _, body = _wait_readyz(api, lambda c, b: c == 200, 180)
     assert body["ready"] is True and body["failed"] == []
