@@ -713,6 +713,12 @@ FINISH_RUN = sql.SQL(
 INSERT_RECONCILE_DIFFS = sql.SQL(
     "INSERT INTO _c2pg.reconcile_diffs (run_id, split_index, start_token, end_token, token, key, kind, "
     "columns, detail) VALUES %s RETURNING id")
+# The drift each table's last completed reconcile found (the metric, exported by the sync
+# supervisor: a job's own gauge ends with its process, before Ray exports it).
+LATEST_RECONCILE_DRIFT = sql.SQL(
+    "SELECT DISTINCT ON (keyspace, source_table) keyspace || '.' || source_table, stats -> 'differences' "
+    "FROM _c2pg.runs WHERE kind = 'reconcile' AND status = 'completed' AND pipeline = %s "
+    "ORDER BY keyspace, source_table, finished_at DESC")
 MARK_REPAIRED = sql.SQL(
     "UPDATE _c2pg.reconcile_diffs AS d SET repaired = v.repaired, repair_note = v.note "
     "FROM (VALUES %s) AS v(id, repaired, note) WHERE d.id = v.id")

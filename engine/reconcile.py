@@ -815,13 +815,35 @@ def _finish(conn, run_id: str, status: str, result: ReconcileResult | None, erro
 
 
 def _export_metrics(pipeline: str, qualified: str, result: ReconcileResult) -> None:
-    """``c2pg_reconcile_drift_rows{pipeline,table,kind}``: the last run's drift (Grafana)."""
+    """Set the drift gauge from this run (seen only if Ray exports it before the job ends;
+    :func:`export_drift` from the long-lived supervisor is what Grafana relies on)."""
+    _set_drift(pipeline, qualified, result.differences)
+
+
+def export_drift(conn, pipeline: str) -> int:
+    """``c2pg_reconcile_drift_rows{pipeline,table,kind}`` from each table's last completed
+    reconcile in ``_c2pg.runs``. Called by the sync supervisor on its schema-check cadence;
+    returns how many tables it reported."""
+    with conn, conn.cursor() as cur:
+        cur.execute(d.LATEST_RECONCILE_DRIFT, (pipeline,))
+        rows = cur.fetchall()
+    for table, differences in rows:
+        _set_drift(pipeline, table, differences or {})
+    return len(rows)
+
+
+_drift_gauge = None
+
+
+def _set_drift(pipeline: str, table: str, differences: dict) -> None:
+    global _drift_gauge
     try:
         from ray.util.metrics import Gauge
 
-        gauge = Gauge("c2pg_reconcile_drift_rows", "Rows that differ between Cassandra and PostgreSQL, "
-                      "by kind, as found by the last reconcile", tag_keys=("pipeline", "table", "kind"))
-        for kind, n in result.differences.items():
-            gauge.set(n, tags={"pipeline": pipeline, "table": qualified, "kind": kind})
+        if _drift_gauge is None:
+            _drift_gauge = Gauge("c2pg_reconcile_drift_rows", "Rows that differ between Cassandra and PostgreSQL, "
+                                 "by kind, as found by the last reconcile", tag_keys=("pipeline", "table", "kind"))
+        for kind in KINDS:
+            _drift_gauge.set(int(differences.get(kind, 0)), tags={"pipeline": pipeline, "table": table, "kind": kind})
     except Exception as exc:  # noqa: BLE001 - metrics are best effort; the run's record is the truth
         logger.warning("could not export the drift metric", error=str(exc))

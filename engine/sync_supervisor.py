@@ -168,6 +168,7 @@ class SyncSupervisor:
                 if now >= next_schema:
                     next_schema = now + self.cfg.sync.schema_check_interval.total_seconds()
                     self._check_schemas()
+                    self._export_drift()
                 if now >= next_sweep:
                     next_sweep = now + self.cfg.sync.ttl_sweep_interval.total_seconds()
                     self._sweep()
@@ -200,6 +201,17 @@ class SyncSupervisor:
             self._targets(conn, session)
         finally:
             cluster.shutdown()
+            conn.close()
+
+    def _export_drift(self) -> None:
+        """Publish each table's last reconcile drift as a metric: a reconcile job ends before
+        Ray exports the gauge it sets, this long-lived actor does not."""
+        from engine.reconcile import export_drift
+
+        conn = self._connect()
+        try:
+            export_drift(conn, self.cfg.name)
+        finally:
             conn.close()
 
     def _sweep(self) -> None:

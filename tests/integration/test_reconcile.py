@@ -264,3 +264,39 @@ def test_reconcile_of_a_table_without_target_is_a_usage_error(cass, pipeline):
             run_reconcile(pipeline, TableConfig(keyspace=KS, table=name, target_schema=SCHEMA, target_table=name))
     finally:
         cass.execute(f"DROP TABLE {KS}.{name}")
+
+
+def test_the_last_reconcile_drift_is_exported_as_a_metric_by_the_supervisor(snapshotted, pg):
+    """A reconcile job ends before Ray exports its gauge; the supervisor publishes the drift
+    of each table's last reconcile (``ray_c2pg_reconcile_drift_rows``) for Grafana."""
+    import urllib.request
+
+    cfg, table, name = snapshotted
+    with pg.cursor() as cur:
+        cur.execute(f"UPDATE {SCHEMA}.\"{name}\" SET a = 'changed' WHERE pk = 1 AND ck = 1")
+    assert run_reconcile(cfg, table).differences["mismatch"] == 1
+    sync_cfg = cfg.model_copy(update={
+        "pipeline": cfg.pipeline.model_copy(update={"name": f"t-{name}"}), "tables": (table,),
+        "sync": cfg.sync.model_copy(update={"schema_check_interval": timedelta(seconds=2)})})
+    with pg.cursor() as cur:  # the run belongs to the pipeline that reconciled it
+        cur.execute("UPDATE _c2pg.runs SET pipeline = %s WHERE kind = 'reconcile' AND source_table = %s",
+                    (sync_cfg.name, name))
+    sup = get_or_start(sync_cfg)
+    port = ray.nodes()[0]["MetricsExportPort"]
+    want = f'table="{KS}.{name}"'
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            lines = [line for line in body.splitlines()
+                     if line.startswith("ray_c2pg_reconcile_drift_rows{") and want in line and 'kind="mismatch"' in line]
+            if lines:
+                break
+            assert time.monotonic() < deadline, "no drift metric for the table after 90 s"
+            time.sleep(3)
+        assert float(lines[0].rsplit(" ", 1)[1]) == 1.0
+    finally:
+        try:
+            ray.get(sup.stop.remote(), timeout=60)
+        finally:
+            ray.kill(sup, no_restart=True)
