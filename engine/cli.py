@@ -109,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     hl = sub.add_parser("health", help="check every component a pipeline uses")
     hl.add_argument("--config", type=Path, required=True)
     hl.add_argument("--json", action="store_true")
+    hl.add_argument("--sync", action="store_true",
+                    help="also check the pipeline's sync supervisor (joins the Ray cluster: RAY_ADDRESS or the stack's)")
     hl.set_defaults(func=_health)
     return p
 
@@ -299,7 +301,11 @@ def _health(args: argparse.Namespace) -> int:
     from engine.health import pipeline_checks, run_checks
 
     cfg = load_config(args.config)
-    results = run_checks(pipeline_checks(cfg), timeout_s=6)
+    if args.sync:
+        from engine.ray_connect import ensure_ray
+
+        ensure_ray(persistent=True, log_to_driver=False)
+    results = run_checks(pipeline_checks(cfg, sync=args.sync), timeout_s=6)
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
     else:

@@ -39,3 +39,15 @@ def test_cli_health_exits_1_and_reports_json_when_a_component_is_down(example_pi
     out = json.loads(capsys.readouterr().out)
     assert code == 1
     assert {r["name"]: r["ok"] for r in out}["cassandra"] is False
+
+
+def test_cli_health_with_sync_reports_a_pipeline_without_supervisor(example_pipeline_path, ray_cluster,
+                                                                      monkeypatch, capsys):
+    import uuid
+
+    name = f"health-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("C2PG__PIPELINE__NAME", name)
+    assert cli.main(["health", "--config", str(example_pipeline_path), "--sync", "--json"]) == 1
+    results = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert results["postgres"]["ok"] and results["kafka"]["ok"]
+    assert not results["sync"]["ok"] and f"no sync supervisor running for pipeline '{name}'" in results["sync"]["error"]
