@@ -39,12 +39,18 @@ def ensure_ray(*, persistent: bool = False, log_to_driver: bool = True,
 
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address
+    address = choose_address(persistent=persistent)
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=log_to_driver, logging_level=logging_level)
+    return address
+
+
+def choose_address(*, persistent: bool = False) -> str:
+    """Steps 2–4 of the module docstring: the address ``ray.init`` will be given."""
     address = os.environ.get("RAY_ADDRESS") or (f"{STACK_GCS[0]}:{STACK_GCS[1]}" if _answers(*STACK_GCS)
                                                 else "local")
     if address == "local" and persistent:
         raise NoRayCluster("no Ray cluster to run sync on: set RAY_ADDRESS to the cluster's GCS address "
                            "(host:port), or start the local stack and run: eval \"$(c2pg stack env)\"")
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=log_to_driver, logging_level=logging_level)
     return address
 
 
