@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -54,7 +54,7 @@ def load_source(session, rows: int) -> float:
     stmt = session.prepare(f"INSERT INTO {KS}.{TABLE} (id, u, name, qty, price, at, active, amount, attrs, note) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
     t0 = time.perf_counter()
-    base = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    base = datetime(2020, 1, 1, tzinfo=UTC)
     batch = 20_000
     for start in range(0, rows, batch):
         args = [(i, uuid.UUID(int=i * 7919 + 1), f"customer {i}", i % 1000, i / 7.0,
@@ -156,7 +156,7 @@ def main() -> None:
         "source_load_s": round(load_s, 1),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": f".venv/bin/python -m benchmarks.snapshot --rows {args.rows}",
     }
     RESULTS.mkdir(exist_ok=True)

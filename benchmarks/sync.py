@@ -27,7 +27,7 @@ import os
 import platform
 import random
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -145,7 +145,8 @@ def run_c2pg(cfg, workers: int, events: int, timeout_s: float = 900, rate: float
     conn = psycopg2.connect(**cfg.postgres.connect_kwargs())
     with conn, conn.cursor() as cur:
         cur.execute(f"DROP TABLE IF EXISTS bench.sync_{workers}")
-        cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = 'bench' AND target_table = %s", (f"sync_{workers}",))
+        cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = 'bench' AND target_table = %s",
+                    (f"sync_{workers}",))
         cur.execute("DELETE FROM _c2pg.offsets WHERE pipeline = %s", (name,))
     old = find(name)
     if old is not None:
@@ -234,7 +235,7 @@ def main() -> None:
         "latency_rate_events_per_s": latency["rate"],
         "jdbc_sink": jdbc_result,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": f".venv/bin/python -m benchmarks.sync --events {args.events} --keys {args.keys}",
     }
     RESULTS.mkdir(exist_ok=True)

@@ -13,6 +13,7 @@ Cassandra value (``Codec.from_driver``) against the PostgreSQL value (``Codec.sa
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import psycopg2
 from psycopg2 import sql
@@ -43,7 +44,9 @@ def differences(session, conn, keyspace: str, table: str, target_schema: str, ta
     for row in got_rows:
         key = tuple(codec.from_pg(v) for codec, v in zip(codecs[:n_key], row[:n_key]))
         got[key] = row
-    diffs = [("missing", k) for k in want.keys() - got.keys()] + [("extra", k) for k in got.keys() - want.keys()]
+    # ("missing" | "extra", key) or ("mismatch", key, column, wanted, got)
+    diffs: list[tuple[Any, ...]] = [("missing", k) for k in want.keys() - got.keys()]
+    diffs += [("extra", k) for k in got.keys() - want.keys()]
     for k in want.keys() & got.keys():
         for c, codec, w, g in zip(cols, codecs, want[k], got[k]):
             if not codec.same(w, g):

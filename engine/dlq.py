@@ -47,7 +47,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import psycopg2
 from psycopg2.extras import execute_values
@@ -325,7 +325,8 @@ class _ReplayApplier(TableApplier):
 
     def _load(self) -> None:
         super()._load()
-        self.writer = _CapturingWriter(self.writer, self._failures)
+        # A SyncWriter by duck typing (it wraps one), which the annotation cannot say.
+        self.writer = _CapturingWriter(self.writer, self._failures)  # type: ignore[assignment]
 
     def _decode_all(self, records):
         events, dead = super()._decode_all(records)
@@ -390,7 +391,7 @@ class _InReplayTransaction:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> Literal[False]:
         return False
 
     def commit(self) -> None:

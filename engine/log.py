@@ -28,7 +28,7 @@ def configure(level: str | None = None, *, json: bool | None = None) -> None:
         json = fmt == "json"
     elif json is None:
         json = not sys.stderr.isatty()
-    shared = [
+    shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

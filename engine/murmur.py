@@ -16,7 +16,7 @@ import ipaddress
 import struct
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from cassandra.murmur3 import murmur3
@@ -38,11 +38,11 @@ def _timestamp(text: str) -> bytes:
     if t.endswith("+00"):
         t = t[:-3] + "+00:00"
     dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
-    ms = (dt - datetime(1970, 1, 1, tzinfo=timezone.utc)) // _MS
+    ms = (dt - datetime(1970, 1, 1, tzinfo=UTC)) // _MS
     return struct.pack(">q", ms)
 
 
-_MS = datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=timezone.utc) - datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _varint(n: int) -> bytes:
@@ -53,6 +53,8 @@ def _varint(n: int) -> bytes:
 def _decimal(text: str) -> bytes:
     d = Decimal(text)
     sign, digits, exp = d.as_tuple()
+    if not isinstance(exp, int):  # NaN or infinity: CQL decimals are finite
+        raise ValueError(f"not a finite decimal: {text!r}")
     unscaled = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
     return struct.pack(">i", -exp) + _varint(unscaled)
 
@@ -88,7 +90,7 @@ def token_function(schema: TableSchema) -> Callable[[Sequence[str]], int]:
     """A function of the partition-key values (COPY text, in key order) to their token."""
     kinds = [c.cql_type.kind for c in schema.partition_key]
     missing = [k for k in kinds if k not in SERIALIZERS]
-    serializers = [SERIALIZERS.get(k) for k in kinds]
+    serializers = [SERIALIZERS[k] for k in kinds if k in SERIALIZERS]  # complete unless missing
 
     def token(values: Sequence[str]) -> int:
         if missing:

@@ -21,6 +21,7 @@ import os
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import psycopg2
 from cassandra import ConsistencyLevel
@@ -120,8 +121,11 @@ def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | N
         for note in schema.unsupported_by_cdc():
             logger.warning("cdc limitation", table=schema.qualified, note=note)
         ensure_state(conn)
-        target = ensure_target(conn, schema, table_cfg.target_schema, table_cfg.target_table, evolve=evolve)
+        # The documented defaults, for a TableConfig built without the pipeline's validation.
+        target = ensure_target(conn, schema, table_cfg.target_schema or cfg.postgres.schema,
+                               table_cfg.target_table or table_cfg.table, evolve=evolve)
         ensure_ray()
+        mode: Literal["direct", "merge"]
         if resume:
             run_id, plan = _load_resume(conn, resume, schema.qualified)
             mode = "merge"

@@ -73,8 +73,10 @@ class TableApplier:
         """Read the table definition and prepare the target: create it (with its token index:
         sync may run without a snapshot) or add the columns Cassandra gained since."""
         schema = read_table(self.cql, self.table.keyspace, self.table.table)
-        self.target: Target = ensure_target(self.conn, schema, self.table.target_schema,
-                                            self.table.target_table, evolve=True, defer_token_index=False)
+        # The documented defaults, for a TableConfig built without the pipeline's validation.
+        self.target: Target = ensure_target(self.conn, schema, self.table.target_schema or self.cfg.postgres.schema,
+                                            self.table.target_table or self.table.table, evolve=True,
+                                            defer_token_index=False)
         self.decoder = EventDecoder(self.target.schema, value_format=self.cfg.kafka.value_format,
                                     registry=self.registry)
         self.writer = SyncWriter(self.conn, self.target, self.cfg.name)

@@ -80,9 +80,12 @@ class TopicTail:
             msg = self._consumer.poll(0.2)
             if msg is None or msg.error():
                 continue
-            event = TailedEvent(msg.topic(), msg.partition(), msg.offset(),
-                                msg.key().decode() if msg.key() else None,
-                                msg.value().decode() if msg.value() else None, time.monotonic())
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            # A consumed message without an error always carries its position.
+            assert topic is not None and partition is not None and offset is not None
+            key, value = msg.key(), msg.value()
+            event = TailedEvent(topic, partition, offset, key.decode() if key else None,
+                                value.decode() if value else None, time.monotonic())
             if key_filter is not None and not key_filter(event.key):
                 continue
             out.append(event)

@@ -35,7 +35,7 @@ import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, time as dtime, timedelta, timezone
+from datetime import UTC, date, datetime, time as dtime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -601,7 +601,7 @@ _TS_END_US = 9_224_318_016_000_000_000
 _DATE_MIN_DAYS = -2_440_588
 _DATE_END_DAYS = 2_145_042_906
 _EPOCH = datetime(1970, 1, 1)
-_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 _UNIX_ORDINAL = 719_163                           # date(1970, 1, 1).toordinal()
 
@@ -1011,7 +1011,7 @@ def register_pg_text_casts(conn_or_cursor: Any) -> None:
     """
     import psycopg2.extensions as ext
 
-    def as_text(value: str | None, cur: Any) -> str | None:
+    def as_text(value: str | bytes | None, cur: Any) -> str | bytes | None:
         return value
 
     for name, oid, array_oid in _TEXT_CAST_OIDS:

@@ -158,9 +158,9 @@ def java_bin(service: str, major: int = 17) -> str:
         m = re.search(r"(?:java-|temurin-|jdk-?)(\d+)", home.name)
         if m and (int(m.group(1)) == major or (major > 17 and int(m.group(1)) >= major)):
             candidates.append(str(home))
-    for home in candidates:
-        if home and Path(home, "bin", "java").exists():
-            return str(Path(home, "bin", "java"))
+    for candidate in candidates:
+        if candidate and Path(candidate, "bin", "java").exists():
+            return str(Path(candidate, "bin", "java"))
     if major == 17:
         return require_tool(service, "java", "install OpenJDK 17 (apt-get install openjdk-17-jre-headless)")
     raise StackError(service, f"needs Java {major} or newer: set C2PG_JAVA{major}_HOME or install "

@@ -74,7 +74,9 @@ def sync_table(cass, pg, pipeline, ray_cluster, request):
 
 def test_every_kind_of_write_reaches_postgres_and_the_tables_end_equal(cass, pg, sync_table):
     cfg, t, sup = sync_table
-    q = lambda stmt, *args: cass.execute(stmt.format(t=f"{KS}.{t}"), args)
+    def q(stmt, *args):
+        return cass.execute(stmt.format(t=f"{KS}.{t}"), args)
+
     for pk in range(5):
         for ck in range(4):
             q("INSERT INTO {t} (pk, ck, a, b, s) VALUES (%s, %s, %s, %s, %s)", pk, ck, f"a{pk}.{ck}", pk * 10 + ck,
@@ -92,7 +94,9 @@ def test_every_kind_of_write_reaches_postgres_and_the_tables_end_equal(cass, pg,
     q("UPDATE {t} SET a = null WHERE pk = 7 AND ck = 7")                            # ... and emptied again
     # A set append arrives as the added element only (Debezium cannot tell append from
     # overwrite): the documented limit that scheduled reconcile repairs.
-    appended = lambda d: d[0] == "mismatch" and d[2] == "s" and d[1] == ("4", "0")
+    def appended(d):
+        return d[0] == "mismatch" and d[2] == "s" and d[1] == ("4", "0")
+
     assert wait_equal(cass, pg, KS, t, "sync_test", t, timeout_s=90, expected=appended) == []
     status = ray.get(sup.status.remote())
     assert all(w["state"] in ("running", "paused") for w in status["workers"])
@@ -247,8 +251,8 @@ def test_replaying_the_topic_and_shuffled_duplicates_end_equal(cass, pg, sync_ta
     with pg, pg.cursor() as cur:
         cur.execute(f'TRUNCATE sync_test."{t}"')
         cur.execute("DELETE FROM _c2pg.offsets WHERE pipeline = %s", (cfg.name,))
-        cur.execute("INSERT INTO _c2pg.offsets (pipeline, topic, kafka_partition, next_offset) VALUES %s"
-                    % ", ".join(f"('{cfg.name}', '{topic}', {p}, {ends[p]})" for p in parts))
+        cur.executemany("INSERT INTO _c2pg.offsets (pipeline, topic, kafka_partition, next_offset) "
+                        "VALUES (%s, %s, %s, %s)", [(cfg.name, topic, p, ends[p]) for p in parts])
     sup = get_or_start(cfg)
     try:
         assert wait_equal(cass, pg, KS, t, "sync_test", t, timeout_s=90) == []

@@ -12,7 +12,7 @@ import io
 import json
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -220,26 +220,26 @@ def test_values_are_what_postgres_holds(pg, loaded):
                             "v::text, nested::text, addr->>'street', l, s, fl, fs, fm::text, naddr::text "
                             "FROM {}.all_types ORDER BY ck").format(sql.Identifier(SCHEMA)))
         rows = {r[0]: r[1:] for r in cur.fetchall()}
-    vi, dc, ts, ts_ms, dt, tm, du, t, b, ip, f, d, v, nested, street, l, s, fl, fs, fm, naddr = rows[1]
+    vi, dc, ts, ts_ms, dt, tm, du, t, b, ip, f, d, v, nested, street, lst, s, fl, fs, fm, naddr = rows[1]
     assert (vi, dc) == ("123456789012345678901234567890", "-12345.678901234567890123")
-    assert ts == TS_1969.replace(tzinfo=timezone.utc) and ts_ms == Decimal(-14182939877)
+    assert ts == TS_1969.replace(tzinfo=UTC) and ts_ms == Decimal(-14182939877)
     assert (dt, tm, du) == ("1900-01-01", "23:59:59.123456", "01:02:03.004005")   # ns truncated
     assert t == "héllo 🌍" and bytes(b) == b"\xca\xfe" and ip == "192.168.0.1/32"
     assert (f, d) == ("1.5", "-2.25e+300")
     assert v == "{0.1,-1.5,3.4028235e+38}"
     assert json.loads(nested) == [{"a": 1}, {}] and street == "Main"
-    assert l == [1, 2, 3] and s == ["a", "b"] and fl == [4, 5] and fs == ["y", "z"]
+    assert lst == [1, 2, 3] and s == ["a", "b"] and fl == [4, 5] and fs == ["y", "z"]
     assert naddr == '{"zip": 1, "street": "Side"}'
-    vi, dc, ts, ts_ms, dt, tm, du, t, b, ip, f, d, v, nested, street, l, s, fl, fs, fm, naddr = rows[2]
+    vi, dc, ts, ts_ms, dt, tm, du, t, b, ip, f, d, v, nested, street, lst, s, fl, fs, fm, naddr = rows[2]
     assert vi == "-" + "1" + "0" * 40 and dc == "1.000000000000000000000000000001"
     assert ts_ms == Decimal(-2208988799999)                      # 1900-01-01 00:00:00.001
     assert dt == "0222-09-04 BC" and du == "-1 years -2 mons -3 days -04:05:06.000007"
     assert t == "" and bytes(b) == b"" and ip == "::ffff:1.2.3.4/128"
     assert (f, d) == ("NaN", "Infinity") and v == "{NaN,Infinity,-0}"
-    assert l is None and s is None                                # empty non-frozen → NULL
+    assert lst is None and s is None                                # empty non-frozen → NULL
     assert fl == [] and fs == [] and fm == "{}" and nested == "[]"  # empty frozen → empty
     assert naddr is None                                          # non-frozen UDT, all fields null
-    vi, dc, ts, ts_ms, dt, tm, du, t, b, ip, f, d, v, nested, street, l, s, fl, fs, fm, naddr = rows[3]
+    vi, dc, ts, ts_ms, dt, tm, du, t, b, ip, f, d, v, nested, street, lst, s, fl, fs, fm, naddr = rows[3]
     assert dc == "1000000000000000000000000000000" and ts_ms == Decimal(253402300799999)
     assert dt == "9999-12-31" and t == "back\\slash\ttab\nnewline\rcr" and bytes(b) == bytes(range(256))
     assert du == "178956970 years 7 mons 2147483647 days 2562047:47:16.854775"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import structlog
@@ -37,7 +37,7 @@ def json_lines(text: str) -> list[dict]:
 def test_json_line_carries_bound_context_timestamp_and_level(capfd):
     log.configure(json=True)
     log.bind(**CONTEXT)
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
 
     log.get("c2pg.test").info("batch flushed", rows=3)
 
@@ -49,7 +49,7 @@ def test_json_line_carries_bound_context_timestamp_and_level(capfd):
     assert {k: line[k] for k in CONTEXT} == CONTEXT  # partition stays an int
     stamp = datetime.fromisoformat(line["timestamp"])
     assert stamp.tzinfo is not None and stamp.utcoffset() == timedelta(0)
-    assert before - timedelta(seconds=1) <= stamp <= datetime.now(timezone.utc) + timedelta(seconds=1)
+    assert before - timedelta(seconds=1) <= stamp <= datetime.now(UTC) + timedelta(seconds=1)
 
 
 def test_bind_skips_none_and_later_lines_keep_the_context(capfd):

@@ -10,7 +10,7 @@ import math
 import pickle
 import struct
 import uuid
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -452,7 +452,7 @@ def test_bad_debezium_values_are_value_errors(typ, value):
 # -- the PostgreSQL side ------------------------------------------------------------------------
 
 def test_from_pg_psycopg2_objects():
-    utc = timezone.utc
+    utc = UTC
     cases = [
         ("int", -42, -42), ("varint", Decimal("1" + "0" * 40), 10**40),
         ("decimal", Decimal("0.00"), Decimal("-0.00")),
@@ -510,7 +510,7 @@ def test_from_pg_text_output():
 def test_from_pg_shows_differences():
     k = c("frozen<address>")
     assert k.from_pg('{"street": "A", "zip": 1, "extra": 2}') != k.from_driver(("A", 1))
-    assert c("timestamp").from_pg(datetime(2000, 1, 1, 0, 0, 0, 1, tzinfo=timezone.utc)) == \
+    assert c("timestamp").from_pg(datetime(2000, 1, 1, 0, 0, 0, 1, tzinfo=UTC)) == \
         "2000-01-01 00:00:00.000001+00"                            # µs PostgreSQL holds are shown
     assert not c("list<int>").same(None, [])                        # '{}' in PG, null in Cassandra
     assert c("duration").from_pg(timedelta(days=32, seconds=1)) == "768:00:01"   # psycopg2 folds months
