@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 st = requests.get(f"{url}/v1/pipelines/{PIPELINE}/status", timeout=5,
                                   headers={"Authorization": f"Bearer {token}"})
-                if st.status_code == 200 and st.json()["tables"][0]["partitions"] and st.json()["tables"][0]["lag"] == 0:
+                first = st.json()["tables"][0] if st.status_code == 200 else {}
+                if first.get("partitions") and first.get("lag") == 0:
                     break
             except requests.RequestException:
                 pass

@@ -109,8 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     hl = sub.add_parser("health", help="check every component a pipeline uses")
     hl.add_argument("--config", type=Path, required=True)
     hl.add_argument("--json", action="store_true")
-    hl.add_argument("--sync", action="store_true",
-                    help="also check the pipeline's sync supervisor (joins the Ray cluster: RAY_ADDRESS or the stack's)")
+    hl.add_argument("--sync", action="store_true", help="also check the pipeline's sync supervisor "
+                                                        "(joins the Ray cluster: RAY_ADDRESS or the stack's)")
     hl.set_defaults(func=_health)
     return p
 
@@ -183,12 +183,12 @@ def _stack_env(args: argparse.Namespace) -> int:
     stack = _stack(args)
     vault = stack.services["vault"]
     print(f"export VAULT_ADDR=http://{v.HOST}:{vault.port}")
-    print(f"export VAULT_TOKEN={vault.root_token}")  # type: ignore[attr-defined]
+    print(f"export VAULT_TOKEN={vault.root_token}")
     print(f"export C2PG_STACK_DIR={stack.paths.root}")
     ray = stack.services["ray"]
     # Drivers (ray.init, python -m jobs.*) connect to the GCS; `ray job submit` to the Jobs API.
-    print(f"export RAY_ADDRESS={ray.gcs_address}")  # type: ignore[attr-defined]
-    print(f"export RAY_API_SERVER_ADDRESS={ray.dashboard_url}")  # type: ignore[attr-defined]
+    print(f"export RAY_ADDRESS={ray.gcs_address}")
+    print(f"export RAY_API_SERVER_ADDRESS={ray.dashboard_url}")
     print("export RAY_AUTH_MODE=token")
     return 0
 

@@ -278,7 +278,7 @@ with warnings.catch_warnings():
         database: NonEmptyStr
         user: NonEmptyStr
         password: Secret
-        schema: Identifier = "public"
+        schema: Identifier = "public"  # type: ignore[assignment]  # shadows BaseModel.schema (deprecated)
         connect_timeout: Duration = timedelta(seconds=10)
         sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca",
                          "verify-full"] = "prefer"
@@ -533,7 +533,7 @@ def _check_tables(tables: tuple[TableConfig, ...]) -> Iterator[str]:
         if first != i:
             yield f"tables[{i}]: {t.keyspace}.{t.table} is already listed as tables[{first}]"
             continue
-        target = (t.target_schema, t.target_table or t.table)  # schema filled in on load
+        target = (t.target_schema or "", t.target_table or t.table)  # schema filled in on load
         first = targets.setdefault(target, i)
         if first != i:
             yield (f"tables[{i}].target_table: {target[0]}.{target[1]} is already the target "
@@ -696,8 +696,8 @@ def parse_env_overrides(env: Mapping[str, str]) -> tuple[list[EnvOverride], list
 
     Path parts are case-insensitive; the value is parsed as YAML (``5``, ``true``,
     ``[a, b]``), falling back to the raw string when it is not valid YAML. An empty value
-    unsets the setting, so its default applies (``null`` sets it to null). Only settings can be overridden, not whole sections, and nothing under
-    the top-level ``tables`` list.
+    unsets the setting, so its default applies (``null`` sets it to null). Only settings can be
+    overridden, not whole sections, and nothing under the top-level ``tables`` list.
     """
     overrides, problems = [], []
     for variable in sorted(env):
@@ -796,7 +796,7 @@ def _validate(data: dict[str, Any], overrides: list[EnvOverride]
 
 
 def _valid_sections(data: dict[str, Any]) -> dict[str, Any]:
-    data = PipelineConfig._default_target_schema(data)
+    data = PipelineConfig._default_target_schema(data)  # type: ignore[operator]  # the validator's function
     sections: dict[str, Any] = {}
     for name, field in PipelineConfig.model_fields.items():
         if name not in data and field.is_required():
@@ -811,7 +811,9 @@ def _valid_sections(data: dict[str, Any]) -> dict[str, Any]:
 
 @functools.cache
 def _adapter(section: str) -> TypeAdapter[Any]:
-    return TypeAdapter(PipelineConfig.model_fields[section].annotation)
+    annotation = PipelineConfig.model_fields[section].annotation
+    assert annotation is not None
+    return TypeAdapter(annotation)
 
 
 def _format_error(err: Mapping[str, Any], origin: Mapping[tuple[str, ...], str]) -> str:

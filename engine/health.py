@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 Check = Callable[[], "str | None"]
 
@@ -164,7 +165,7 @@ def check_kafka(*, bootstrap_servers: str, topics: list[str] | None = None,
 
     # librdkafka's own connection errors go to a silenced logger: the exception below is
     # the answer, and a probe of a stopped broker must not flood the caller's stderr.
-    conf: dict[str, object] = {"bootstrap.servers": bootstrap_servers,
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers,
                                "socket.timeout.ms": int(timeout_s * 1000), "logger": _QUIET}
     conf.update(extra or {})
     admin = AdminClient(conf)

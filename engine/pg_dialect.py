@@ -267,7 +267,7 @@ def cell_killed(schema: TableSchema, row: str, tomb: str, column: str) -> sql.Co
         d=d, col=sql.Literal(column), same=same)
 
 
-def describe_target(target_schema: str, target_table: str) -> tuple[sql.Composed, tuple]:
+def describe_target(target_schema: str, target_table: str) -> tuple[sql.Composable, tuple]:
     """Columns and types of an existing table (empty result when it does not exist)."""
     return (sql.SQL("SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
                     "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -326,7 +326,7 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
         return sql.SQL("{}.{}[{}]").format(alias, ident(meta), sql.Literal(i))
 
     kill = sql.SQL("k.kill_ts")
-    select_cols = [sql.SQL("{}.{}").format(s, ident(name)) for name in pk]
+    select_cols: list[sql.Composable] = [sql.SQL("{}.{}").format(s, ident(name)) for name in pk]
     wt_items, exp_items = [], []
     for i, col in enumerate(schema.regular, start=1):
         ckill = sql.Identifier(f"kill_{i}")

@@ -406,7 +406,7 @@ class _KeyReader:
         out: dict[int, list[_Row]] = defaultdict(list)
         results = execute_concurrent_with_args(self.session, self.stmt, [(t - 1, t) for t in tokens],
                                                concurrency=32, raise_on_first_error=True)
-        for ok, result in results:
+        for _ok, result in results:  # raise_on_first_error: every result here succeeded
             for raw in result:
                 if not self.rows.unrepresentable(raw):
                     row = self.rows.cassandra(raw)
@@ -770,7 +770,8 @@ def _result(run_id: str, qualified: str, target: str, outcomes: list[SplitOutcom
         sub_ranges=sum(o.sub_ranges for o in outcomes),
         sub_ranges_differing=sum(o.sub_ranges_differing for o in outcomes),
         rows_compared_exactly=sum(o.rows_compared_exactly for o in outcomes), differences=counts,
-        rechecked=sum(len(o.diffs) for o in outcomes), unsettled=len(unsettled), unrepresentable=sum(o.unrepresentable for o in outcomes), repaired=repaired,
+        rechecked=sum(len(o.diffs) for o in outcomes), unsettled=len(unsettled),
+        unrepresentable=sum(o.unrepresentable for o in outcomes), repaired=repaired,
         seconds=round(seconds, 3), compare_seconds=round(compare_seconds, 3), retries=sum(o.retries for o in outcomes),
         diffs_truncated=any(o.diffs_total > len(o.diffs) for o in outcomes), drift_by_range=ranges,
         sample=[_diff_json(x) for x in drift[:20]])

@@ -85,7 +85,8 @@ def drift_svg(ranges: Sequence[dict], width: int = 900, height: int = 220) -> st
                 continue
             h = n / top * (plot_h - 10)
             y -= h
-            parts.append(f'<rect x="{x0:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{colour}" stroke="#fff" stroke-width="0.5">'
+            parts.append(f'<rect x="{x0:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{colour}" '
+                         'stroke="#fff" stroke-width="0.5">'
                          f'<title>range {r["split_index"]} ({r["start_token"]}, {r["end_token"]}]: '
                          f'{n} {kind} of {r["rows"]} rows</title></rect>')
     parts.append(f'<text x="0" y="{plot_h + 16}" font-size="11">token -2^63</text>')

@@ -66,7 +66,7 @@ def recent_runs(conn, pipeline: str, *, kind: str | None = None, limit: int = 20
     its split progress (``splits_done``, ``splits_total``)."""
     if not table_exists(conn, "_c2pg.runs"):
         return []
-    where = sql.SQL("r.pipeline = %s")
+    where: sql.Composable = sql.SQL("r.pipeline = %s")
     params: list[Any] = [pipeline]
     if kind is not None:
         where += sql.SQL(" AND r.kind = %s")

@@ -48,9 +48,9 @@ def actor_name(pipeline: str) -> str:
 
 def get_or_start(cfg: PipelineConfig):
     """The pipeline's supervisor: the running one, or a new detached one."""
-    return SyncSupervisor.options(name=actor_name(cfg.name), namespace=NAMESPACE, lifetime="detached",
-                                  get_if_exists=True, max_restarts=-1, max_concurrency=8,
-                                  num_cpus=0).remote(cfg)
+    return SyncSupervisor.options(  # type: ignore[attr-defined]  # a Ray actor class
+        name=actor_name(cfg.name), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        max_restarts=-1, max_concurrency=8, num_cpus=0).remote(cfg)
 
 
 def find(pipeline: str):
@@ -187,8 +187,8 @@ class SyncSupervisor:
             except Exception as exc:  # noqa: BLE001 - one missing table must not stop the others
                 log.warning("table %s.%s: %s", t.keyspace, t.table, exc)
                 continue
-            out.append(ensure_target(conn, schema, t.target_schema, t.target_table, evolve=True,
-                                     defer_token_index=False))
+            out.append(ensure_target(conn, schema, t.target_schema or self.cfg.postgres.schema,
+                                     t.target_table or t.table, evolve=True, defer_token_index=False))
         return out
 
     def _check_schemas(self) -> None:
@@ -265,7 +265,7 @@ class SyncSupervisor:
     def _start_slot(self, slot: int, partitions: list[tuple[str, int]]) -> None:
         from engine.sync_worker import PartitionWorker
 
-        actor = PartitionWorker.options(num_cpus=0.5).remote(
+        actor = PartitionWorker.options(num_cpus=0.5).remote(  # type: ignore[attr-defined]
             self.cfg, slot, partitions, sorted(self.paused_tables), self.paused_all)
         with self._lock:
             old = self.slots.get(slot, {})

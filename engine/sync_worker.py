@@ -58,7 +58,7 @@ class WorkerState:
     paused_all: bool = False
 
 
-@ray.remote(concurrency_groups={"loop": 1, "control": 4})
+@ray.remote(concurrency_groups={"loop": 1, "control": 4})  # type: ignore[call-overload]
 class PartitionWorker:
     def __init__(self, cfg: PipelineConfig, worker_id: int, partitions: list[tuple[str, int]],
                  paused_tables: list[str] | None = None, paused_all: bool = False):
@@ -68,9 +68,9 @@ class PartitionWorker:
         c2pg_log.bind(pipeline=cfg.name)
         self.cfg = cfg
         self.worker_id = worker_id
-        self.partitions = [tuple(p) for p in partitions]
+        self.partitions: list[tuple[str, int]] = [(str(t), int(p)) for t, p in partitions]
         self.state = WorkerState(paused_tables=set(paused_tables or []), paused_all=paused_all)
-        self.parts = {p: PartitionState(*p) for p in self.partitions}
+        self.parts = {(t, p): PartitionState(t, p) for t, p in self.partitions}
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._watermarks_at = 0.0
@@ -124,7 +124,7 @@ class PartitionWorker:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         from engine import cql
-        from engine.sync_apply import Record, TableApplier
+        from engine.sync_apply import TableApplier
 
         cfg = self.cfg
         conn = psycopg2.connect(**cfg.postgres.connect_kwargs(application_name=f"c2pg-sync-{self.worker_id}"))
@@ -203,7 +203,8 @@ class PartitionWorker:
 
         s = self.cfg.sync
         deadline = time.monotonic() + s.batch_max_wait.total_seconds()
-        batch, size = [], 0
+        batch: list[Record] = []
+        size = 0
         while len(batch) < s.batch_max_events and size < s.batch_max_bytes:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._stop.is_set():

@@ -272,7 +272,7 @@ def _reconcile(cfg: PipelineConfig, table) -> bool:
     with psycopg2.connect(**cfg.postgres.connect_kwargs(application_name="c2pg-demo")) as conn, conn.cursor() as cur:
         cur.execute("SELECT kind, key, columns, repaired, repair_note FROM _c2pg.reconcile_diffs "
                     "WHERE run_id = %s ORDER BY kind", (found.run_id,))
-        for kind, key, columns, repaired, note in cur.fetchall():
+        for kind, key, columns, _repaired, note in cur.fetchall():
             print(f"   {kind:<9} key {key}  {', '.join(columns) or '':<10} -> {note}")
     if found.report_html:
         print(f"   drift per token range (open in a browser): {found.report_html}")

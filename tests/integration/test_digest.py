@@ -151,7 +151,8 @@ _VALUES = {
     "list<double>": st.lists(_floats.filter(lambda x: not math.isnan(x)), min_size=1, max_size=4),
     "set<float>": st.frozensets(_f32.filter(lambda x: not math.isnan(x)), min_size=1, max_size=4).map(
         lambda s: sorted(s)),
-    "frozen<list<text>>": st.lists(_text, max_size=4), "tuple<int, text>": st.tuples(st.integers(-2**31, 2**31 - 1), _text),
+    "frozen<list<text>>": st.lists(_text, max_size=4),
+    "tuple<int, text>": st.tuples(st.integers(-2**31, 2**31 - 1), _text),
     # The driver formats inet with the C library's inet_ntop.
     "inet": st.ip_addresses().map(lambda a: socket.inet_ntop(
         socket.AF_INET6 if a.version == 6 else socket.AF_INET, a.packed)),

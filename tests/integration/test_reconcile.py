@@ -289,7 +289,8 @@ def test_the_last_reconcile_drift_is_exported_as_a_metric_by_the_supervisor(snap
         while True:
             body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
             lines = [line for line in body.splitlines()
-                     if line.startswith("ray_c2pg_reconcile_drift_rows{") and want in line and 'kind="mismatch"' in line]
+                     if line.startswith("ray_c2pg_reconcile_drift_rows{") and want in line
+                     and 'kind="mismatch"' in line]
             if lines:
                 break
             assert time.monotonic() < deadline, "no drift metric for the table after 90 s"

@@ -56,14 +56,16 @@ def test_reconcile_as_a_ray_job_and_from_the_cli(stack, pipeline, ray_cluster, m
         assert report["differences"] == {"missing": 0, "extra": 0, "mismatch": 1}
         assert report["sample"][0]["key"] == ["7"] and report["sample"][0]["columns"] == ["v"]
         assert "<svg" in (tmp_path / "drift.html").read_text()
-        fixed = subprocess.run([*cli, "--repair"], check=False, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+        fixed = subprocess.run([*cli, "--repair"], check=False, capture_output=True, text=True, env=env, timeout=300,
+                               cwd=ROOT)
         assert fixed.returncode == 0, fixed.stderr[-2000:]
         assert "repaired 1 written, 0 deleted" in fixed.stdout
         with conn.cursor() as cur:
             cur.execute(f'SELECT v FROM public."{name}" WHERE id = 7')
             assert cur.fetchone()[0] == "v7"
         bad = subprocess.run([sys.executable, "-m", "jobs.reconcile", "--config", str(EXAMPLE_PIPELINE),
-                              "--table", f"{KS}.nope"], check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
+                              "--table", f"{KS}.nope"], check=False, capture_output=True, text=True, timeout=120,
+                             cwd=ROOT)
         assert bad.returncode == 2 and "nope" in bad.stderr
     finally:
         with conn.cursor() as cur:

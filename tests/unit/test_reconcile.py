@@ -19,7 +19,9 @@ from engine.types import codec, parse_cql_type
 
 
 def _schema() -> TableSchema:
-    t = lambda s: parse_cql_type(s, {})
+    def t(s: str):
+        return parse_cql_type(s, {})
+
     return TableSchema("ks", "t", (Column("pk", "partition_key", 0, t("int")),),
                        (Column("ck", "clustering", 0, t("int")),),
                        (Column("a", "regular", -1, t("text")), Column("m", "regular", -1, t("map<text, int>"))),

@@ -196,8 +196,8 @@ def test_committed_serve_config_is_what_serve_build_generates(tmp_path):
     out = tmp_path / "serve_config.yaml"
     serve = ROOT / ".venv" / "bin" / "serve"
     cmd = [str(serve) if serve.exists() else "serve", "build", "serve_app.app:app", "-o", str(out)]
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env={"PATH": f"{ROOT / '.venv' / 'bin'}:/usr/bin:/bin",
-                                                                         "HOME": str(tmp_path)})
+    env = {"PATH": f"{ROOT / '.venv' / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env=env)
     committed = yaml.safe_load((ROOT / "serve_app" / "serve_config.yaml").read_text())
     assert yaml.safe_load(out.read_text()) == committed, (
         "rebuild: serve build serve_app.app:app -o serve_app/serve_config.yaml")
