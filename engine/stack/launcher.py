@@ -161,7 +161,7 @@ class Stack:
         return out
 
     def _spawn(self, svc: Service) -> subprocess.Popen:
-        for port in [svc.port, *[v.PORTS[p] for p in EXTRA_PORTS.get(svc.name, [])]]:
+        for port in _ports(svc):
             if _port_open(port):
                 raise svc.fail(f"port {v.HOST}:{port} is already in use by a process this stack "
                                "did not start (stop it, or change engine/stack/versions.py)")
@@ -210,6 +210,9 @@ class Stack:
                 if pid is None:
                     continue
                 _terminate(pid, min(timeout_s, svc.stop_timeout_s))
+                # A JVM killed at the deadline can hold its ports a moment longer; an `up`
+                # right after (the readiness tests do that) must not find them taken.
+                _wait_ports_closed(_ports(svc), 15.0)
                 say(f"{name}: stopped (pid {pid})")
             self._save_state(state)
 
@@ -254,6 +257,16 @@ def _port_open(port: int) -> bool:
         return s.connect_ex((v.HOST, port)) == 0
 
 
+def _ports(svc: Service) -> list[int]:
+    return [svc.port, *[v.PORTS[p] for p in EXTRA_PORTS.get(svc.name, [])]]
+
+
+def _wait_ports_closed(ports: list[int], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while any(_port_open(p) for p in ports) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def _terminate(pid: int, timeout_s: float) -> None:
     """SIGTERM the process group the launcher created; SIGKILL what is left at the deadline."""
     try:
@@ -268,6 +281,9 @@ def _terminate(pid: int, timeout_s: float) -> None:
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 10.0  # SIGKILL is not instant: wait for the exit
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _alive(pid: int) -> bool:

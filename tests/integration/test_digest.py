@@ -26,6 +26,7 @@ from engine.config import TableConfig
 from engine.reconcile import run_reconcile
 from engine.schema import read_table
 from engine.snapshot import run_snapshot
+from engine.target import ensure_state
 from engine.token_ranges import MAX_TOKEN, MIN_TOKEN
 from engine.types import codec, copy_line, parse_cql_type
 from tests.integration.test_types_roundtrip import COLUMNS, ROWS
@@ -55,6 +56,7 @@ def cass(stack, pipeline):
 @pytest.fixture(scope="module")
 def pg(pipeline):
     conn = psycopg2.connect(**pipeline.postgres.connect_kwargs())
+    ensure_state(conn)  # a fresh database has no _c2pg yet when this module runs first
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(d.RECONCILE_SESSION)
