@@ -684,14 +684,10 @@ def select_rows_by_tokens(schema: TableSchema, target_schema: str, target_table:
         cols=_reconcile_select(schema), target=ident(target_schema, target_table), token=ident(META_TOKEN))
 
 
-def estimated_rows(target_schema: str, target_table: str) -> tuple[str, tuple[str]]:
-    """The planner's row estimate (-1 or 0 before the first ANALYZE)."""
-    return ("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)",
-            (f"{_quote(target_schema)}.{_quote(target_table)}",))
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+def estimated_rows(target_schema: str, target_table: str) -> tuple[str, tuple[str, str]]:
+    """The planner's row estimate (-1 or 0 before the first ANALYZE; no row: no table)."""
+    return ("SELECT c.reltuples::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s", (target_schema, target_table))
 
 
 RECONCILE_SESSION = sql.SQL(

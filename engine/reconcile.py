@@ -236,7 +236,7 @@ def diff_rows(rows: _Rows, split_index: int, cassandra: Iterable[_Row], postgres
                                    "cassandra_wt": c.wts[j], "postgres_wt": p.wts[j]}
         if differing:
             out.append(Diff(split_index, c.token, key, "mismatch", tuple(differing), detail, c.newest(), p.newest()))
-    out.sort(key=lambda x: (x.token, tuple("" if k is None else k for k in x.key)))
+    out.sort(key=lambda x: (x.token, x.key))
     return out
 
 
@@ -393,8 +393,10 @@ class _CassandraDigests:
 class _KeyReader:
     """Reads whole partitions by token from both sides (driver side, small sets)."""
 
-    def __init__(self, cfg: PipelineConfig, target: Target, consistency: str, session, conn):
-        self.cfg, self.target, self.session, self.conn = cfg, target, session, conn
+    BATCH = 1000  # partitions per round trip
+
+    def __init__(self, target: Target, consistency: str, session, conn):
+        self.target, self.session, self.conn = target, session, conn
         self.rows = _Rows(target.schema)
         self.stmt = session.prepare(select_statement(target.schema))
         self.stmt.consistency_level = cql.consistency_level(consistency)
@@ -424,17 +426,19 @@ class _KeyReader:
                 out[row.token].append(row)
         return out
 
+    def read(self, tokens: Iterable[int]) -> Iterator[tuple[int, list[_Row], list[_Row]]]:
+        """Per token (ascending): its rows in Cassandra and in PostgreSQL, read in batches."""
+        ordered = sorted(set(tokens))
+        for i in range(0, len(ordered), self.BATCH):
+            batch = ordered[i:i + self.BATCH]
+            c, p = self.cassandra(batch), self.postgres(batch)
+            for t in batch:
+                yield t, c.get(t, []), p.get(t, [])
+
     def diff(self, candidates: Sequence[Diff]) -> list[Diff]:
         """The differences now, in the partitions of ``candidates`` (all their rows)."""
         split_of = {c.token: c.split_index for c in candidates}
-        tokens = sorted(split_of)
-        found = []
-        for i in range(0, len(tokens), 1000):
-            batch = tokens[i:i + 1000]
-            c, p = self.cassandra(batch), self.postgres(batch)
-            for t in batch:
-                found += diff_rows(self.rows, split_of[t], c.get(t, ()), p.get(t, ()))
-        return found
+        return [x for t, c, p in self.read(split_of) for x in diff_rows(self.rows, split_of[t], c, p)]
 
 
 def recheck(reader: _KeyReader, candidates: list[Diff], run_started_us: int, delay_s: float,
@@ -476,20 +480,15 @@ class RepairPlan:
 def plan_repair(reader: _KeyReader, drift: Sequence[Diff], run_started_us: int) -> RepairPlan:
     """Read the drifted partitions from Cassandra (at the configured consistency, with
     write times) and PostgreSQL, and decide per key (see the module docstring)."""
-    tokens = sorted({x.token for x in drift})
     wanted = {(x.token, x.key) for x in drift}
-    c_rows: dict[int, list[_Row]] = defaultdict(list)
-    p_rows: dict[int, list[_Row]] = defaultdict(list)
-    for i in range(0, len(tokens), 1000):
-        batch = tokens[i:i + 1000]
-        for t, rs in reader.cassandra(batch).items():
-            c_rows[t] += rs
-        for t, rs in reader.postgres(batch).items():
-            p_rows[t] += rs
+    c_rows: dict[int, list[_Row]] = {}
+    p_rows: dict[int, list[_Row]] = {}
+    for t, c_list, p_list in reader.read(t for t, _ in wanted):
+        c_rows[t], p_rows[t] = c_list, p_list
     rows = reader.rows
     read_us = int(time.time() * 1_000_000)
     plan = RepairPlan(Reduced({}, []), {})
-    for token, key in sorted(wanted, key=lambda tk: (tk[0], tuple("" if k is None else k for k in tk[1]))):
+    for token, key in sorted(wanted):
         c = next((r for r in c_rows.get(token, ()) if r.key == key), None)
         p = next((r for r in p_rows.get(token, ()) if r.key == key), None)
         if c is None and p is None:
@@ -652,7 +651,7 @@ def run_reconcile(cfg: PipelineConfig, table_cfg: TableConfig, *, repair: bool |
                 compare_started = time.monotonic()
                 outcomes = _compare_all(cfg, settings, plan, conn, run_id, concurrency, progress, schema.qualified)
                 compare_seconds = time.monotonic() - compare_started
-                reader = _KeyReader(cfg, target, consistency, session, conn)
+                reader = _KeyReader(target, consistency, session, conn)
                 candidates = [x for o in outcomes for x in o.diffs]
                 t_recheck = time.monotonic()
                 drift, unsettled = recheck(reader, candidates, run_started_us, rc.recheck_delay.total_seconds(),
@@ -680,7 +679,6 @@ def run_reconcile(cfg: PipelineConfig, table_cfg: TableConfig, *, repair: bool |
 
                     result.report_html = reconcile_report.write_html(result, drift, html_path)
                 _finish(conn, run_id, "completed", result, None)
-                _export_metrics(cfg.name, schema.qualified, result)
                 return result
             except BaseException as exc:  # Ctrl-C included: the run record must not stay 'running'
                 with contextlib.suppress(Exception):
@@ -815,16 +813,11 @@ def _finish(conn, run_id: str, status: str, result: ReconcileResult | None, erro
         cur.execute(d.FINISH_RUN, (status, json.dumps(stats, default=str), error, run_id))
 
 
-def _export_metrics(pipeline: str, qualified: str, result: ReconcileResult) -> None:
-    """Set the drift gauge from this run (seen only if Ray exports it before the job ends;
-    :func:`export_drift` from the long-lived supervisor is what Grafana relies on)."""
-    _set_drift(pipeline, qualified, result.differences)
-
-
 def export_drift(conn, pipeline: str) -> int:
     """``c2pg_reconcile_drift_rows{pipeline,table,kind}`` from each table's last completed
     reconcile in ``_c2pg.runs``. Called by the sync supervisor on its schema-check cadence;
-    returns how many tables it reported."""
+    returns how many tables it reported. (Not set by the reconcile job itself: a job's
+    gauge ends with its process, before Ray exports it.)"""
     with conn, conn.cursor() as cur:
         cur.execute(d.LATEST_RECONCILE_DRIFT, (pipeline,))
         rows = cur.fetchall()

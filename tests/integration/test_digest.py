@@ -80,13 +80,11 @@ def loaded(cass, pg, pipeline, ray_cluster):
     layout = RowLayout.of(schema)
     codecs = schema.codecs()
     columns = list(zip(*raw))
-    texts = [digest.column_texts(digest.form_of(c), c, columns[at] if at is not None else (None,) * len(raw),
-                                 _column_converter(c)).to_pylist()
-             for c, at in zip(codecs, layout.value_at, strict=True)]
+    arrays = [digest.column_texts(digest.form_of(c), c, columns[at] if at is not None else (None,) * len(raw),
+                                  _column_converter(c)) for c, at in zip(codecs, layout.value_at, strict=True)]
+    texts = [a.to_pylist() for a in arrays]
     by_key = {(r[1], r[2]): [col[i] for col in texts] for i, r in enumerate(raw)}
-    hashes = digest.row_digests(digest.row_text_array(
-        [digest.column_texts(digest.form_of(c), c, columns[at] if at is not None else (None,) * len(raw),
-                             _column_converter(c)) for c, at in zip(codecs, layout.value_at, strict=True)]))
+    hashes = digest.row_digests(digest.row_text_array(arrays))
     return table, schema, by_key, {(r[1], r[2]): int(h) for r, h in zip(raw, hashes, strict=True)}
 
 

@@ -226,7 +226,7 @@ def test_a_repair_racing_a_newer_sync_write_keeps_the_newer_value(synced, cass, 
     conn = psycopg2.connect(**cfg.postgres.connect_kwargs())
     try:
         target = ensure_target(conn, read_table(session, KS, name), SCHEMA, name)
-        reader = _KeyReader(cfg, target, "LOCAL_QUORUM", session, conn)
+        reader = _KeyReader(target, "LOCAL_QUORUM", session, conn)
         with conn.cursor() as cur:
             cur.execute(f"SELECT _c2pg_token FROM {SCHEMA}.\"{name}\" WHERE pk = 5 AND ck = 5")
             token = cur.fetchone()[0]
