@@ -9,7 +9,8 @@ waits minutes for a GCS that never answers. So the address is chosen here, in th
 2. ``RAY_ADDRESS`` — set by ``ray job submit``, by ``eval "$(c2pg stack env)"``, or by the
    operator;
 3. the local stack's Ray head (``c2pg stack up``), when its GCS port answers;
-4. a new Ray instance for this process alone (``address="local"``) — unless the caller
+4. a new Ray instance for this process alone (``address="local"``, with a token in a
+   temporary file, never ``~/.ray``) — unless the caller
    needs a cluster that outlives it (``persistent``: sync's detached actors), which is then
    a :class:`NoRayCluster` error naming the fix.
 """
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
+import tempfile
 
 from engine.errors import C2pgError
 from engine.stack import versions
@@ -40,6 +43,8 @@ def ensure_ray(*, persistent: bool = False, log_to_driver: bool = True,
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address
     address = choose_address(persistent=persistent)
+    if address == "local":
+        _private_token()
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=log_to_driver, logging_level=logging_level)
     return address
 
@@ -52,6 +57,21 @@ def choose_address(*, persistent: bool = False) -> str:
         raise NoRayCluster("no Ray cluster to run sync on: set RAY_ADDRESS to the cluster's GCS address "
                            "(host:port), or start the local stack and run: eval \"$(c2pg stack env)\"")
     return address
+
+
+def _private_token() -> None:
+    """A token for a private Ray instance, in a temporary file of its own.
+
+    Ray turns token authentication on for a new local instance and, with no token given,
+    writes one to ``~/.ray/auth_token``; c2pg never writes the user's home, so it gives Ray
+    a token of its own first (unless the environment already names one)."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    path = os.path.join(tempfile.mkdtemp(prefix="c2pg-ray-token-"), "auth_token")
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+        fh.write(secrets.token_hex(32))
+    os.environ["RAY_AUTH_TOKEN_PATH"] = path
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def _answers(host: str, port: int, timeout_s: float = 0.5) -> bool:

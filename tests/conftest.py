@@ -78,11 +78,17 @@ def _restore_logging():
 
 def pytest_configure(config):
     """Route c2pg's structlog output through stdlib logging, as every c2pg process does,
-    so tests can read it with caplog; speak Ray's token authentication (Ray reads the mode
-    once, when first imported, so it is set before any test module imports ray)."""
+    so tests can read it with caplog; speak Ray's token authentication with the stack's
+    token (Ray reads the mode once, when first imported, so it is set before any test module
+    imports ray)."""
     from engine import log
 
+    from engine.stack.root import ray_token_path
+
     os.environ["RAY_AUTH_MODE"] = "token"
+    # The stack's own token (created by the `stack` fixture's `up` if the stack is not
+    # running yet, before any test connects to Ray); never ~/.ray.
+    os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(ray_token_path()))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     log.configure("INFO", json=True)
 

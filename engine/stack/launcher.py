@@ -30,19 +30,12 @@ import structlog
 from engine import health
 from engine.errors import StackError
 from engine.stack import versions as v
+from engine.stack.root import default_root
 from engine.stack.services import Service, StackPaths, all_services
 
 log = structlog.get_logger("c2pg.stack")
 
 EXTRA_PORTS = {"kafka": ["kafka_controller"], "cassandra": ["cassandra_storage", "cassandra_jmx"]}
-
-
-def default_root() -> Path:
-    """``$C2PG_STACK_DIR``, else ``.stack`` at the top of the checkout (git-ignored)."""
-    env = os.environ.get("C2PG_STACK_DIR")
-    if env:
-        return Path(env).resolve()
-    return Path(__file__).resolve().parents[2] / ".stack"
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +159,9 @@ class Stack:
                 raise svc.fail(f"port {v.HOST}:{port} is already in use by a process this stack "
                                "did not start (stop it, or change engine/stack/versions.py)")
         svc.prepare()
-        svc.data_dir.mkdir(parents=True, exist_ok=True)  # the child's cwd, even if prepare() is a no-op
+        # The child's cwd, even if prepare() is a no-op, and its HOME: servers write there
+        # (OpenBao's dev token helper writes ~/.vault-token), never in the user's home.
+        svc.data_dir.mkdir(parents=True, exist_ok=True)
         out = open(svc.log_file, "ab")  # noqa: SIM115 - handed to the child
         out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {svc.name}\n".encode())
         out.flush()
@@ -174,7 +169,7 @@ class Stack:
             return subprocess.Popen(svc.command(), stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True,
                                     cwd=svc.data_dir, user=svc.run_as,
-                                    env={**os.environ, **svc.env})
+                                    env={**os.environ, "HOME": str(svc.data_dir), **svc.env})
         except OSError as exc:
             raise svc.fail(f"could not start: {exc}") from exc
         finally:

@@ -1,4 +1,4 @@
-"""The six servers of the local stack: how each is installed, configured, started and probed.
+"""The seven servers of the local stack: how each is installed, configured, started and probed.
 
 Each :class:`Service` knows its own files under the stack directory and nothing of the
 others; :mod:`engine.stack.launcher` owns the order (Debezium waits for Cassandra and
@@ -25,6 +25,7 @@ from pathlib import Path
 from engine import health
 from engine.errors import StackError
 from engine.stack import versions as v
+from engine.stack.root import RAY_TOKEN_FILE, ray_token_path
 
 MAVEN_DIR = Path(__file__).with_name("maven")
 
@@ -198,13 +199,14 @@ def copy_maven_deps(service: str, pom: str, props: dict[str, str], into: Path, l
     marker.write_text(json.dumps(props))
 
 
-def read_or_create_secret(paths: StackPaths, name: str, nbytes: int = 18) -> str:
+def read_or_create_secret(paths: StackPaths, name: str, nbytes: int = 18, hex_token: bool = False) -> str:
     """A generated credential kept (0600) under the stack directory, stable across restarts."""
     paths.secrets.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.secrets, 0o700)
     f = paths.secrets / name
     if not f.exists():
-        f.write_text(secrets.token_urlsafe(nbytes))
+        f.touch(mode=0o600)  # never readable by others, not even for an instant
+        f.write_text(secrets.token_hex(nbytes) if hex_token else secrets.token_urlsafe(nbytes))
         os.chmod(f, 0o600)
     return f.read_text().strip()
 
@@ -725,8 +727,12 @@ class RayHead(Service):
     """A Ray head node for ``ray job submit``, the dashboard and the tests' Ray workloads.
 
     ``ray start --block`` keeps a foreground process the launcher can own. Ray's own token
-    authentication stays on: Ray writes the token to ``~/.ray/auth_token`` and clients need
-    ``RAY_AUTH_MODE=token`` (``c2pg stack env`` prints it). The session directory is short
+    authentication stays on, with a token the stack owns: :meth:`prepare` creates it in
+    ``<stack>/secrets/ray-auth-token`` and Ray is pointed at it with ``RAY_AUTH_TOKEN_PATH``,
+    so nothing is read from or written to the user's home (Ray's default, ``~/.ray/auth_token``,
+    is what a fresh machine lacks). Clients find the same file: :mod:`engine` sets
+    ``RAY_AUTH_TOKEN_PATH`` when it is imported, and ``c2pg stack env`` prints it for the
+    shell and ``ray job submit``. The session directory is short
     and under /tmp because Ray's socket paths must stay under the 107-byte limit. ``ray
     start --block`` ignores SIGTERM once its children exit, hence a short stop timeout:
     the process group is killed after it (Ray's state is disposable).
@@ -736,7 +742,12 @@ class RayHead(Service):
         super().__init__("ray", v.PORTS["ray_dashboard"], paths, start_timeout_s=120, stop_timeout_s=8)
         bindir = str(Path(sys.executable).parent)
         self.env = {"PATH": f"{bindir}:{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
-                    "RAY_AUTH_MODE": "token"}
+                    "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+
+    @property
+    def token_path(self) -> Path:
+        """The stack's Ray token (created by :meth:`prepare`; every client of this head uses it)."""
+        return ray_token_path(self.paths.root)
 
     @property
     def temp_dir(self) -> Path:
@@ -753,6 +764,9 @@ class RayHead(Service):
 
     def prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # 256 random bits as hex, the form `ray get-auth-token --generate` writes; kept across
+        # restarts so drivers and jobs started before a restart still authenticate.
+        read_or_create_secret(self.paths, RAY_TOKEN_FILE, nbytes=32, hex_token=True)
 
     def command(self) -> list[str]:
         ray = str(Path(sys.executable).with_name("ray"))
@@ -767,15 +781,17 @@ class RayHead(Service):
 
     def probe(self) -> str | None:
         version = health.check_http_json(self.dashboard_url + "/api/version", timeout_s=3,
-                                          headers=ray_auth_headers())
+                                          headers=ray_auth_headers(self.token_path))
         assert isinstance(version, dict)
         return f"Ray {version.get('ray_version')}"
 
 
-def ray_auth_headers() -> dict[str, str]:
-    """The bearer token Ray's dashboard expects (``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``)."""
+def ray_auth_headers(token_path: Path | None = None) -> dict[str, str]:
+    """The bearer token Ray's dashboard expects: ``RAY_AUTH_TOKEN``, else the file
+    ``token_path`` (a stack's own), else ``RAY_AUTH_TOKEN_PATH``, else the local stack's token
+    file. Empty when there is none (the request then fails with Ray's 401, which says so)."""
     token = os.environ.get("RAY_AUTH_TOKEN")
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    path = token_path or Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or ray_token_path())
     if not token and path.exists():
         token = path.read_text().strip()
     return {"Authorization": f"Bearer {token}"} if token else {}
