@@ -39,3 +39,5 @@ def test_ci_runs_lint_and_fails_when_it_fails():
     ci = (ROOT / ".ci" / "run").read_text()
     assert ci.index("bash scripts/lint.sh") < ci.index("./scripts/test.sh")
     assert "lint_rc=$?" in ci and 'rc=$lint_rc' in ci
+    # The README's first command (the demo) runs in CI too, and its failure fails CI.
+    assert "demo_rc=$?" in ci and 'rc=$demo_rc' in ci
