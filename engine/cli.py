@@ -2,22 +2,35 @@
 
 Exit codes: 0 success, 1 failure, 2 bad configuration or arguments, 3 local stack failure.
 Every subcommand's work lives in the library; this module only wires it to the terminal.
+What a user reads in ``c2pg … --help`` is written in :func:`build_parser`; the jobs'
+``add_arguments`` define the arguments ``c2pg snapshot``/``reconcile`` share with ``python -m
+jobs.…``, and every pipeline-file argument comes from :func:`add_config_argument`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 from engine import log
 from engine.errors import C2pgError
 
+PIPELINE_ENV = "C2PG_PIPELINE_CONFIG"
+# The default of every pipeline-file argument. argparse passes a string default through the
+# argument's type when the argument is not given, once parsing is done: that is where the
+# variable is read (so it is the environment at parse time, not at import time) or its
+# absence reported. A literal "$C2PG_PIPELINE_CONFIG" (an unexpanded pod argument) reads it too.
+_FROM_ENV = f"${PIPELINE_ENV}"
+EXAMPLE = "examples/pipeline.local.yaml"
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     log.configure(args.log_level)
     try:
@@ -29,90 +42,353 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="c2pg", description=__doc__.splitlines()[0])
-    p.add_argument("--log-level", default="INFO")
-    sub = p.add_subparsers(required=True, metavar="COMMAND")
+def add_config_argument(p: argparse.ArgumentParser, name: str = "--config") -> None:
+    """Add the pipeline file: ``--config FILE`` (or an optional positional ``name``).
 
-    stack = sub.add_parser("stack", help="the local stack of real servers").add_subparsers(
-        required=True, metavar="ACTION")
-    up = stack.add_parser("up", help="install (cached), start and wait for the servers")
-    up.add_argument("services", nargs="*", help="default: all")
+    Callers: this module and the jobs' ``add_arguments``, so ``c2pg …`` and ``python -m
+    jobs.…`` agree. The default is ``$C2PG_PIPELINE_CONFIG`` (the Kubernetes pods export
+    it); with neither, parsing fails with exit code 2 and a message naming both.
+    """
+    how = f"{name} FILE" if name.startswith("-") else "FILE"
+
+    def pipeline_file(text: str) -> Path:
+        if text == _FROM_ENV:
+            text = os.environ.get(PIPELINE_ENV, "")
+        if not text:
+            raise argparse.ArgumentTypeError(f"no pipeline file: pass {how} or set {PIPELINE_ENV}")
+        return Path(text)
+
+    p.add_argument(name, type=pipeline_file, default=_FROM_ENV, nargs=None if name.startswith("-") else "?",
+                   metavar="FILE", help=f"the pipeline YAML (default: ${PIPELINE_ENV})")
+
+
+# --- help text ----------------------------------------------------------------------------
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples keep their line breaks; an option's default follows its
+    help unless the help already says it or there is nothing to say (no default, a flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _prose(text: str) -> str:
+    """Paragraphs (separated by a blank line) wrapped to a terminal's width."""
+    return "\n\n".join(textwrap.fill(para, 78) for para in text.split("\n\n"))
+
+
+def _examples(*commands: str) -> str:
+    """An epilog: "examples:" then one indented command a line, trailing "# why" aligned."""
+    rows = [c.partition("  # ") for c in commands]
+    width = max((len(cmd) for cmd, sep, _ in rows if sep), default=0)
+    lines = [f"  {cmd:<{width}}  # {why}" if sep else f"  {cmd}" for cmd, sep, why in rows]
+    return ("examples:\n" if len(lines) > 1 else "example:\n") + "\n".join(lines)
+
+
+def _command(sub, name: str, summary: str, description: str, *examples: str) -> argparse.ArgumentParser:
+    """A (sub-)command: ``summary`` is its line in the parent's list, ``description`` says
+    what it does and prints, ``examples`` are complete command lines."""
+    return sub.add_parser(name, help=summary, description=_prose(description), epilog=_examples(*examples),
+                          formatter_class=_HelpFormatter)
+
+
+def _actions(p: argparse.ArgumentParser, what: str):
+    return p.add_subparsers(required=True, metavar="ACTION", title="actions",
+                            help=f"{what} (each has its own --help)")
+
+
+# --- the parser -----------------------------------------------------------------------------
+
+DESCRIPTION = (
+    "c2pg keeps PostgreSQL tables equal to Cassandra tables, on Ray. `snapshot` copies a table "
+    "once (Ray Data, by token range); `sync` then applies the Debezium change stream from Kafka "
+    "continuously (Ray actors, last write wins); `reconcile` proves both sides equal by token "
+    "range and repairs the drift it finds; `dlq` shows and replays what could not be applied; "
+    "`health` checks every server a pipeline uses. `stack` runs a local stack of the real "
+    "servers (Cassandra, Debezium, Kafka, PostgreSQL, OpenBao, Apicurio, Ray) for development "
+    "and tests.\n\n"
+    "A pipeline file (YAML, see `c2pg config check`) names the source, the change stream, the "
+    "target and the tables; commands take it as --config FILE or from $C2PG_PIPELINE_CONFIG.\n\n"
+    "Exit codes: 0 success, 1 failure, 2 bad configuration or arguments, 3 a local stack "
+    "failure (or, with reconcile --fail-on-drift, drift left).")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``c2pg`` command tree, with the help each command shows."""
+    p = argparse.ArgumentParser(
+        prog="c2pg", description=_prose(DESCRIPTION), formatter_class=_HelpFormatter, epilog=_examples(
+            "c2pg stack up  # start the local stack",
+            f"c2pg config check {EXAMPLE}",
+            f"c2pg snapshot --config {EXAMPLE} --table demo.users",
+            f"c2pg sync start --config {EXAMPLE}",
+            f"c2pg sync status --config {EXAMPLE}",
+            f"c2pg reconcile --config {EXAMPLE} --table demo.users --repair",
+            "c2pg sync --help  # the help of a command"))
+    p.add_argument("--log-level", default="INFO", metavar="LEVEL",
+                   help="DEBUG, INFO, WARNING or ERROR; C2PG_LOG_LEVEL overrides it")
+    sub = p.add_subparsers(required=True, metavar="COMMAND", title="commands",
+                           help="what to do (each has its own --help)")
+    _add_stack(sub)
+    _add_config(sub)
+    _add_snapshot_and_reconcile(sub)
+    _add_sync(sub)
+    _add_dlq(sub)
+    _add_health(sub)
+    return p
+
+
+_parser = build_parser  # the name tests/unit/test_docs_operations.py calls
+
+
+def _add_stack(sub) -> None:
+    services = "postgres, vault, kafka, cassandra, registry, debezium, ray"
+    stack = _actions(_command(
+        sub, "stack", "the local stack of real servers",
+        "Run the local stack: real servers on 127.0.0.1, without Docker: PostgreSQL, OpenBao "
+        "(Vault), Kafka, Cassandra, Apicurio Registry, the Debezium Cassandra connector and a "
+        "Ray head. The first `up` installs them into .stack/ (or $C2PG_STACK_DIR); later runs "
+        "start from that cache. The demo, the tests and CI use it.",
+        "c2pg stack up", "c2pg stack status", "c2pg stack down"), "what to do with the stack")
+
+    up = _command(
+        stack, "up", "install (cached), start and wait for the servers",
+        "Install (the first time; cached), start and wait until each server answers a real "
+        "health check, then print the status table. Named services start with the services "
+        "they depend on; those already running are left as they are.\n\n"
+        "Exit codes: 0 every service healthy, 1 some not healthy, 3 a service could not be "
+        "installed or started (the message names its log file).",
+        "c2pg stack up  # every service",
+        "c2pg stack up debezium  # and cassandra and kafka, which it needs")
+    up.add_argument("services", nargs="*", metavar="SERVICE", help=f"{services} (default: all)")
     up.set_defaults(func=_stack_up)
-    down = stack.add_parser("down", help="stop the servers this stack started")
-    down.add_argument("services", nargs="*")
+
+    down = _command(
+        stack, "down", "stop the servers this stack started",
+        "Stop the servers this stack started, in reverse start order (SIGTERM, then SIGKILL). A "
+        "named service is stopped alone, not the services that depend on it. Processes the "
+        "stack did not start are left alone.",
+        "c2pg stack down", "c2pg stack down debezium  # restart it with: c2pg stack up debezium")
+    down.add_argument("services", nargs="*", metavar="SERVICE", help=f"{services} (default: all)")
     down.set_defaults(func=_stack_down)
-    st = stack.add_parser("status", help="each service with port, pid, health, memory")
-    st.add_argument("--json", action="store_true")
+
+    st = _command(
+        stack, "status", "each service with port, pid, health, memory",
+        "Print each service with its port, pid, resident memory and the result of a real "
+        "health check (a query, a metadata request or an HTTP probe, not just an open port).\n\n"
+        "Exit codes: 0 every service healthy, 1 otherwise.",
+        "c2pg stack status", "c2pg stack status --json")
+    st.add_argument("--json", action="store_true", help="print the services as a JSON list")
     st.set_defaults(func=_stack_status)
-    lg = stack.add_parser("logs", help="print a service's log (or the list of logs)")
-    lg.add_argument("service", nargs="?")
-    lg.add_argument("-n", "--lines", type=int, default=50)
-    lg.add_argument("-f", "--follow", action="store_true")
+
+    lg = _command(
+        stack, "logs", "print a service's log (or the list of logs)",
+        "Print the last lines of a service's log file; without a service, print each service "
+        "with the path of its log file.\n\n"
+        "Exit codes: 0, 1 the service has written no log yet.",
+        "c2pg stack logs  # where each log is", "c2pg stack logs kafka -n 200 -f")
+    lg.add_argument("service", nargs="?", metavar="SERVICE", help=f"one of {services} (default: list the logs)")
+    lg.add_argument("-n", "--lines", type=int, default=50, metavar="N", help="how many lines from the end")
+    lg.add_argument("-f", "--follow", action="store_true", help="then print lines as they are written (Ctrl-C stops)")
     lg.set_defaults(func=_stack_logs)
-    env = stack.add_parser("env", help="print shell exports for the stack (VAULT_ADDR, ...)")
+
+    env = _command(
+        stack, "env", "print shell exports for the stack (VAULT_ADDR, ...)",
+        "Print the shell exports that point clients at the stack: VAULT_ADDR and VAULT_TOKEN "
+        "(the dev server's root token), C2PG_STACK_DIR, RAY_ADDRESS (the GCS: drivers and "
+        "python -m jobs.*), RAY_API_SERVER_ADDRESS (the Jobs API: ray job submit), "
+        "RAY_AUTH_TOKEN_PATH (the stack's own Ray token) and RAY_AUTH_MODE=token.",
+        "c2pg stack env", 'eval "$(c2pg stack env)"  # in this shell')
     env.set_defaults(func=_stack_env)
 
-    cfg = sub.add_parser("config", help="pipeline configuration").add_subparsers(
-        required=True, metavar="ACTION")
-    check = cfg.add_parser("check", help="validate a pipeline file; print it with secrets masked")
-    check.add_argument("file", type=Path)
+
+def _add_config(sub) -> None:
+    cfg = _actions(_command(
+        sub, "config", "pipeline configuration",
+        "Pipeline files. A pipeline file (YAML) names the Cassandra source, the Kafka topics "
+        "of the Debezium change stream, the PostgreSQL target, the tables to replicate and the "
+        "settings of snapshot, sync and reconcile. Any setting can be overridden from the "
+        "environment (C2PG__SECTION__KEY=value); secrets are references (vault:PATH#KEY, "
+        "env:NAME, file:PATH).",
+        f"c2pg config check {EXAMPLE}"), "what to do with a pipeline file")
+
+    check = _command(
+        cfg, "check", "validate a pipeline file; print it with secrets masked",
+        "Validate a pipeline file and resolve its secrets, then print it as YAML with the "
+        "secrets masked. Every problem is listed at once on stderr.\n\n"
+        "Exit codes: 0 valid, 2 invalid or a secret that cannot be resolved.",
+        f"c2pg config check {EXAMPLE}",
+        f"c2pg config check --no-secrets {EXAMPLE}  # without asking Vault")
+    add_config_argument(check, "file")
     check.add_argument("--no-secrets", action="store_true",
                        help="validate without resolving secrets (no Vault round trip)")
     check.set_defaults(func=_config_check)
 
+
+def _add_snapshot_and_reconcile(sub) -> None:
+    from jobs import reconcile as reconcile_job
     from jobs import snapshot as snapshot_job
 
-    snap = sub.add_parser("snapshot", help="copy a Cassandra table into PostgreSQL (Ray Data)")
+    snap = _command(
+        sub, "snapshot", "copy a Cassandra table into PostgreSQL (Ray Data)",
+        "Copy a Cassandra table into PostgreSQL once, in parallel with Ray Data: the token "
+        "ring is cut into splits, each read from Cassandra and written with COPY, then merged "
+        "into the target by last write wins, so a snapshot may run while sync applies "
+        "changes. The target table is created when missing. Prints a summary line; the run "
+        "and its splits are recorded in _c2pg.runs and _c2pg.run_splits. The same job runs "
+        "as `python -m jobs.snapshot` (ray job submit).\n\n"
+        "Exit codes: 0 copied completely; 1 rows that could not be converted (in "
+        "_c2pg.dead_letters) or unfinished splits (the message names the run to --resume); 2 "
+        "bad configuration or arguments, or a target that differs from the table.",
+        f"c2pg snapshot --config {EXAMPLE} --table demo.users",
+        f"c2pg snapshot --config {EXAMPLE} --table demo.users --splits 64 --consistency ONE",
+        f"c2pg snapshot --config {EXAMPLE} --table demo.users --resume 6f1d2c3b-8e4a-4f0e-9b1a-2c3d4e5f6a7b")
     snapshot_job.add_arguments(snap)
     snap.set_defaults(func=snapshot_job.run)
 
-    from jobs import reconcile as reconcile_job
-
-    rec = sub.add_parser("reconcile", help="prove PostgreSQL equals Cassandra by token range; --repair drift")
+    rec = _command(
+        sub, "reconcile", "prove PostgreSQL equals Cassandra by token range; --repair drift",
+        "Prove a PostgreSQL target equal to its Cassandra table: both sides are digested by "
+        "token range, rows are compared only where the digests differ, and each difference is "
+        "read again so rows written meanwhile are not reported as drift. With --repair the "
+        "drift is repaired through the last-write-wins merge. Prints progress and a summary; "
+        "every difference is in _c2pg.reconcile_diffs, and a page of the drift per token "
+        "range is written when there is drift. The same job runs as `python -m "
+        "jobs.reconcile`.\n\n"
+        f"Exit codes: 0 the run completed (drift or not); 1 the run failed; 2 bad "
+        f"configuration or arguments, or no target yet; {reconcile_job.DRIFT_EXIT} with "
+        "--fail-on-drift, drift left unrepaired.",
+        f"c2pg reconcile --config {EXAMPLE} --table demo.users",
+        f"c2pg reconcile --config {EXAMPLE} --table demo.users --repair",
+        f"c2pg reconcile --config {EXAMPLE} --table demo.users --fail-on-drift --output report.json")
     reconcile_job.add_arguments(rec)
     rec.set_defaults(func=reconcile_job.run)
 
-    sync = sub.add_parser("sync", help="continuous sync (Ray actors)").add_subparsers(
-        required=True, metavar="ACTION")
-    for action, help_text in (("start", "start the pipeline's supervisor (detached) and return"),
-                              ("stop", "drain the workers and remove the supervisor"),
-                              ("status", "per partition: offset, lag, last write applied, events/s"),
-                              ("pause", "stop applying (the whole pipeline, or --table KS.TABLE)"),
-                              ("resume", "apply again")):
-        sp = sync.add_parser(action, help=help_text)
-        sp.add_argument("--config", type=Path, required=True)
-        if action in ("pause", "resume"):
-            sp.add_argument("--table", help="KEYSPACE.TABLE (default: every table)")
-        if action == "status":
-            sp.add_argument("--json", action="store_true")
-        sp.set_defaults(func=_sync, action=action)
 
-    dlq = sub.add_parser("dlq", help="dead letters: events and rows c2pg could not apply").add_subparsers(
-        required=True, metavar="ACTION")
-    dl = dlq.add_parser("list", help="newest first")
-    dl.add_argument("--config", type=Path, required=True)
-    dl.add_argument("--table", help="KEYSPACE.TABLE")
-    dl.add_argument("--origin", choices=["sync", "snapshot"])
-    dl.add_argument("--limit", type=int, default=50)
+def _add_sync(sub) -> None:
+    sync = _actions(_command(
+        sub, "sync", "continuous sync (Ray actors)",
+        "Continuous sync: a detached supervisor actor on the Ray cluster runs the pipeline's "
+        "workers; each consumes the Debezium change events of its Kafka partitions, keeps the "
+        "last write per key and applies them to PostgreSQL, committing offsets only once the "
+        "write is durable. These commands join the cluster at $RAY_ADDRESS, else the local "
+        "stack's, and find the supervisor by the pipeline's name.",
+        f"c2pg sync start --config {EXAMPLE}", f"c2pg sync status --config {EXAMPLE}",
+        f"c2pg sync stop --config {EXAMPLE}"), "what to do with the pipeline's sync")
+    no_sync = "1 no sync is running for the pipeline"
+
+    start = _command(
+        sync, "start", "start the pipeline's supervisor (detached) and return",
+        "Start the pipeline's supervisor, or find the running one, wait until it answers and "
+        "return: it keeps running on the cluster (python -m jobs.sync also follows its "
+        "progress). Prints the number of tables and workers.\n\n"
+        "Exit codes: 0 running, 2 bad configuration or no Ray cluster to run on.",
+        f"c2pg sync start --config {EXAMPLE}",
+        f"C2PG_PIPELINE_CONFIG={EXAMPLE} c2pg sync start  # as in the pods")
+    add_config_argument(start)
+    start.set_defaults(func=_sync, action="start")
+
+    stop = _command(
+        sync, "stop", "drain the workers and remove the supervisor",
+        "Drain: every worker finishes its batch and commits its offsets; then the supervisor "
+        "is removed. A later start resumes from those offsets.\n\n"
+        f"Exit codes: 0 stopped, {no_sync}.",
+        f"c2pg sync stop --config {EXAMPLE}")
+    add_config_argument(stop)
+    stop.set_defaults(func=_sync, action="stop")
+
+    status = _command(
+        sync, "status", "per partition: offset, lag, last write applied, events/s",
+        "Print a summary line (events remaining, rate, time to catch up), then per worker and "
+        "Kafka partition: state, table, offset, lag, events/s and the Cassandra write time of "
+        "the last write applied.\n\n"
+        f"Exit codes: 0, {no_sync}.",
+        f"c2pg sync status --config {EXAMPLE}", f"c2pg sync status --config {EXAMPLE} --json")
+    add_config_argument(status)
+    status.add_argument("--json", action="store_true", help="print the supervisor's status as JSON")
+    status.set_defaults(func=_sync, action="status")
+
+    pause = _command(
+        sync, "pause", "stop applying (the whole pipeline, or --table KS.TABLE)",
+        "Stop applying change events, for every table or one. The workers keep their "
+        "offsets, so nothing is skipped: resume applies from where they paused.\n\n"
+        f"Exit codes: 0 paused, {no_sync}.",
+        f"c2pg sync pause --config {EXAMPLE}", f"c2pg sync pause --config {EXAMPLE} --table demo.users")
+    add_config_argument(pause)
+    pause.add_argument("--table", metavar="KEYSPACE.TABLE", help="the table to pause (default: every table)")
+    pause.set_defaults(func=_sync, action="pause")
+
+    resume = _command(
+        sync, "resume", "apply again after pause",
+        "Apply change events again after a pause, for every table or one: without --table, "
+        "every pause is lifted.\n\n"
+        f"Exit codes: 0 resumed, {no_sync}.",
+        f"c2pg sync resume --config {EXAMPLE}", f"c2pg sync resume --config {EXAMPLE} --table demo.users")
+    add_config_argument(resume)
+    resume.add_argument("--table", metavar="KEYSPACE.TABLE", help="the table to resume (default: every table)")
+    resume.set_defaults(func=_sync, action="resume")
+
+
+def _add_dlq(sub) -> None:
+    dlq = _actions(_command(
+        sub, "dlq", "dead letters: events and rows c2pg could not apply",
+        "Dead letters: change events (sync) and rows (snapshot) that c2pg could not apply, "
+        "kept in the target database's _c2pg.dead_letters with the error and the raw key "
+        "and value. Sync does not stop for them.",
+        f"c2pg dlq list --config {EXAMPLE}", f"c2pg dlq replay --config {EXAMPLE}"),
+        "what to do with dead letters")
+
+    dl = _command(
+        dlq, "list", "the dead letters not replayed yet, newest first",
+        "Print the pipeline's dead letters not replayed yet, newest first: id, origin, table, "
+        "where (topic/partition@offset, or the row key), when, and the error.",
+        f"c2pg dlq list --config {EXAMPLE}",
+        f"c2pg dlq list --config {EXAMPLE} --table demo.users --origin sync --limit 10")
+    add_config_argument(dl)
+    dl.add_argument("--table", metavar="KEYSPACE.TABLE", help="only this table's")
+    dl.add_argument("--origin", choices=["sync", "snapshot"], help="only those from sync or from snapshot")
+    dl.add_argument("--limit", type=int, default=50, metavar="N", help="print at most N")
     dl.add_argument("--all", action="store_true", help="include replayed ones")
     dl.set_defaults(func=_dlq, action="list")
-    ds = dlq.add_parser("show", help="one dead letter with its raw key and value")
-    ds.add_argument("--config", type=Path, required=True)
-    ds.add_argument("id", type=int)
+
+    ds = _command(
+        dlq, "show", "one dead letter with its raw key and value",
+        "Print one dead letter as JSON, with its error and its raw key and value.",
+        f"c2pg dlq show --config {EXAMPLE} 42")
+    add_config_argument(ds)
+    ds.add_argument("id", type=int, metavar="ID", help="the dead letter's id (the ID column of dlq list)")
     ds.set_defaults(func=_dlq, action="show")
-    dr = dlq.add_parser("replay", help="apply sync dead letters again through the sync path")
-    dr.add_argument("--config", type=Path, required=True)
-    dr.add_argument("ids", type=int, nargs="*", help="default: every unreplayed one of the pipeline")
+
+    dr = _command(
+        dlq, "replay", "apply sync dead letters again through the sync path",
+        "Apply sync dead letters again through the sync path, once their cause is fixed (a "
+        "column type, a missing column). Kafka offsets do not move. Prints how many were "
+        "replayed, failed again or were skipped, and why.\n\n"
+        "Exit codes: 0 none failed again, 1 some failed again.",
+        f"c2pg dlq replay --config {EXAMPLE}  # every unreplayed one", f"c2pg dlq replay --config {EXAMPLE} 42 43")
+    add_config_argument(dr)
+    dr.add_argument("ids", type=int, nargs="*", metavar="ID",
+                    help="the dead letters to replay (default: every unreplayed one of the pipeline)")
     dr.set_defaults(func=_dlq, action="replay")
 
-    hl = sub.add_parser("health", help="check every component a pipeline uses")
-    hl.add_argument("--config", type=Path, required=True)
-    hl.add_argument("--json", action="store_true")
+
+def _add_health(sub) -> None:
+    hl = _command(
+        sub, "health", "check every component a pipeline uses",
+        "Check every component the pipeline uses, each with a real request, in parallel: "
+        "PostgreSQL, Cassandra, Kafka (and the tables' topics), the schema registry and "
+        "Vault when configured, and with --sync the pipeline's sync supervisor. Prints one "
+        "line per component with its latency.\n\n"
+        "Exit codes: 0 every component ok, 1 some down, 2 bad configuration.",
+        f"c2pg health --config {EXAMPLE}", f"c2pg health --config {EXAMPLE} --sync --json")
+    add_config_argument(hl)
+    hl.add_argument("--json", action="store_true", help="print the checks as a JSON list")
     hl.add_argument("--sync", action="store_true", help="also check the pipeline's sync supervisor "
                                                         "(joins the Ray cluster: RAY_ADDRESS or the stack's)")
     hl.set_defaults(func=_health)
-    return p
 
 
 # --- stack ------------------------------------------------------------------------------
@@ -189,6 +465,8 @@ def _stack_env(args: argparse.Namespace) -> int:
     # Drivers (ray.init, python -m jobs.*) connect to the GCS; `ray job submit` to the Jobs API.
     print(f"export RAY_ADDRESS={ray.gcs_address}")
     print(f"export RAY_API_SERVER_ADDRESS={ray.dashboard_url}")
+    # `ray job submit` from a shell whose HOME has no ~/.ray/auth_token needs the stack's own.
+    print(f"export RAY_AUTH_TOKEN_PATH={ray.token_path}")
     print("export RAY_AUTH_MODE=token")
     return 0
 

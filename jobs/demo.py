@@ -26,9 +26,9 @@ import time
 import uuid
 from collections import Counter
 from decimal import Decimal
-from pathlib import Path
 
 from engine import cql, log
+from engine.cli import add_config_argument
 from engine.config import PipelineConfig, load_config
 from engine.errors import C2pgError
 from engine.snapshot import run_snapshot
@@ -44,7 +44,7 @@ DDL_TABLE = """CREATE TABLE IF NOT EXISTS {ks}.{t} (
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__.splitlines()[0])
-    p.add_argument("--config", type=Path, required=True)
+    add_config_argument(p)
     p.add_argument("--rows", type=int, default=20, help="users to insert (then update/delete some)")
     p.add_argument("--keep", action="store_true",
                    help="keep the demo table's earlier rows (default: start from an empty table)")

@@ -25,22 +25,29 @@ import sys
 from pathlib import Path
 
 from engine import log
+from engine.cli import add_config_argument
 from jobs import _entry
 
 DRIFT_EXIT = 3
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, required=True, help="pipeline YAML")
-    p.add_argument("--table", required=True, help="KEYSPACE.TABLE in Cassandra")
+    """The arguments of ``python -m jobs.reconcile`` and ``c2pg reconcile``."""
+    add_config_argument(p)  # --config FILE, else $C2PG_PIPELINE_CONFIG
+    p.add_argument("--table", required=True, metavar="KEYSPACE.TABLE",
+                   help="the Cassandra table to compare with its PostgreSQL target")
     p.add_argument("--repair", action="store_true", default=None,
                    help="repair the drift found (default: reconcile.repair)")
-    p.add_argument("--splits", type=int, help="number of token-range splits (default: by size)")
-    p.add_argument("--consistency", help="read consistency (default: reconcile.consistency, then snapshot's)")
-    p.add_argument("--concurrency", type=int, help="max concurrent compare tasks")
-    p.add_argument("--output", type=Path, help="write the report as JSON here too")
-    p.add_argument("--html", type=Path, help="where to write the drift page when drift is found")
-    p.add_argument("--run-id", help="the new run's id (a UUID), chosen by the caller (the Serve app)")
+    p.add_argument("--splits", type=int, metavar="N", help="number of token-range splits (default: by size)")
+    p.add_argument("--consistency", metavar="LEVEL",
+                   help="read consistency (default: reconcile.consistency, then snapshot's)")
+    p.add_argument("--concurrency", type=int, metavar="N",
+                   help="max concurrent compare tasks (default: the cluster's CPUs / snapshot.task_cpus)")
+    p.add_argument("--output", type=Path, metavar="FILE", help="write the report as JSON here too")
+    p.add_argument("--html", type=Path, metavar="FILE",
+                   help="where to write the drift page when drift is found (default: c2pg-reconcile-<run>.html)")
+    p.add_argument("--run-id", metavar="UUID",
+                   help="the new run's id, chosen by the caller such as the Serve app (default: a new one)")
     p.add_argument("--fail-on-drift", action="store_true", help=f"exit {DRIFT_EXIT} when unrepaired drift remains")
 
 

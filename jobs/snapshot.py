@@ -22,20 +22,26 @@ import sys
 from pathlib import Path
 
 from engine import log
+from engine.cli import add_config_argument
 from jobs import _entry
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, required=True, help="pipeline YAML")
-    p.add_argument("--table", required=True, help="KEYSPACE.TABLE in Cassandra")
-    p.add_argument("--splits", type=int, help="number of token-range splits (default: by size)")
-    p.add_argument("--consistency", help="read consistency (default: snapshot.consistency)")
+    """The arguments of ``python -m jobs.snapshot`` and ``c2pg snapshot``."""
+    add_config_argument(p)  # --config FILE, else $C2PG_PIPELINE_CONFIG
+    p.add_argument("--table", required=True, metavar="KEYSPACE.TABLE",
+                   help="the Cassandra table to copy; its target is the pipeline's entry for it, "
+                        "else the same name in postgres.schema")
+    p.add_argument("--splits", type=int, metavar="N", help="number of token-range splits (default: by size)")
+    p.add_argument("--consistency", metavar="LEVEL",
+                   help="read consistency, e.g. LOCAL_QUORUM or ONE (default: snapshot.consistency)")
     p.add_argument("--resume", metavar="RUN_ID", help="redo only the unfinished splits of that run")
     p.add_argument("--evolve", action="store_true", help="add columns missing in an existing target")
-    p.add_argument("--concurrency", type=int, help="max concurrent read/write tasks")
-    p.add_argument("--output", type=Path, help="write the result as JSON here too")
-    p.add_argument("--run-id", help="the new run's id (a UUID), chosen by the caller: the Serve app "
-                                    "returns it before the job starts (default: a new one)")
+    p.add_argument("--concurrency", type=int, metavar="N",
+                   help="max concurrent read/write tasks (default: Ray Data decides)")
+    p.add_argument("--output", type=Path, metavar="FILE", help="write the result as JSON here too")
+    p.add_argument("--run-id", metavar="UUID", help="the new run's id, chosen by the caller: the Serve app "
+                                                    "returns it before the job starts (default: a new one)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,14 +17,14 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 from engine import log
+from engine.cli import add_config_argument
 from jobs import _entry
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, required=True)
+    add_config_argument(p)
     p.add_argument("--interval", type=float, default=5.0, help="seconds between progress lines")
     p.add_argument("--until-caught-up", action="store_true",
                    help="return once every partition is caught up (sync keeps running)")
