@@ -3,9 +3,10 @@
 Called by the sync worker for every record it polls, before the batch is reduced: build one
 :class:`EventDecoder` per table where the work runs (it holds the columns' codecs and, for
 Avro, a registry client and its parsed schemas), then call :meth:`EventDecoder.decode` per
-record. The event shape is in ``shared/reference/debezium-cassandra.md`` and the facts
-observed on the local stack in ``docs/local-stack.md``; ``tests/fixtures/debezium`` holds
-real records, which are the truth this module is tested against.
+record. The event shape this module relies on is described in ``docs/debezium-events.md``
+and the facts observed on the local stack in ``docs/local-stack.md``;
+``tests/fixtures/debezium`` holds real records, which are the truth this module is tested
+against.
 
 Outcomes of one record, and what the caller does with each:
 

@@ -4,12 +4,12 @@ Identifiers always go through :class:`psycopg2.sql.Identifier`; values are param
 Callers (the snapshot Datasink, the sync writer, reconcile) get :class:`psycopg2.sql.Composed`
 objects and run them in their own transactions (:mod:`engine.pg_writer`).
 
-The merge statement is the heart of the replication contract (DESIGN.md, "What equal
-means"): a staged cell replaces the stored one only when its write time is newer, with ties
-broken deterministically (a deletion beats a live value; otherwise the greater value, by
-its text form); a cell written at or before a recorded row or partition deletion is
-dropped. The statement is idempotent and commutative: applying the same staged rows twice,
-or batches in any order, leaves the same table.
+The merge statement is the heart of the replication contract (docs/architecture.md, "The
+replication contract", rules 2 and 3): a staged cell replaces the stored one only when its
+write time is newer, with ties broken deterministically (a deletion beats a live value;
+otherwise the greater value, by its text form); a cell written at or before a recorded row
+or partition deletion is dropped. The statement is idempotent and commutative: applying
+the same staged rows twice, or batches in any order, leaves the same table.
 """
 
 from __future__ import annotations

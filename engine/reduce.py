@@ -6,7 +6,7 @@ PostgreSQL already holds. A pure function of its input: the same events, in any 
 with any duplicates, reduce to the same result (tested against a reference model with
 hypothesis in ``tests/unit/test_reduce.py``).
 
-The rules (DESIGN.md, "What equal means"), per cell:
+The rules (docs/architecture.md, "The replication contract", rules 2 and 3), per cell:
 
 - the write with the greater timestamp wins;
 - at equal timestamps a deletion (null value) beats a live value, and between two live

@@ -5,25 +5,25 @@ on its own PostgreSQL connection; each call is one short transaction, so a failu
 connection, a deadlock victim) changes nothing and the next interval simply runs again.
 Both operations are idempotent.
 
-**TTL sweep (DESIGN.md rule 5).** Cassandra emits no event when a TTL runs out, so
-:func:`sweep_expired` removes expired cells itself: an expired cell becomes NULL and
-*keeps its write time* in ``_c2pg_wt`` — in Cassandra an expired cell is a deletion at its
-write timestamp, so a write at or before that time arriving later must still lose, and a
-newer one wins. Rows left with no live cell and no row marker are deleted, their cells kept
-as ``cell`` tombstones, exactly as the sync writer does (ADR 0002, addendum, step 4).
-Between two sweeps an expired cell is still visible in PostgreSQL: the lag of the copy is
-up to one interval.
+**TTL sweep (docs/architecture.md, "The replication contract", rule 5).** Cassandra emits
+no event when a TTL runs out, so :func:`sweep_expired` removes expired cells itself: an
+expired cell becomes NULL and *keeps its write time* in ``_c2pg_wt`` — in Cassandra an
+expired cell is a deletion at its write timestamp, so a write at or before that time
+arriving later must still lose, and a newer one wins. Rows left with no live cell and no
+row marker are deleted, their cells kept as ``cell`` tombstones, exactly as the sync writer
+does (ADR 0002, addendum, step 4). Between two sweeps an expired cell is still visible in
+PostgreSQL: the lag of the copy is up to one interval.
 
 Known gap: Debezium does not say whether the row marker of an ``INSERT … USING TTL`` has a
 TTL (it has, in Cassandra), and the layout has no expiry for ``_c2pg_row_ts``; so a row
 created that way keeps an all-NULL row in PostgreSQL after its cells expire, where
 Cassandra has no row. Reconcile reports it.
 
-**Tombstone purge (DESIGN.md rule 4).** :func:`purge_tombstones` deletes the deletions
-older than ``sync.tombstone_retention`` (by their Cassandra deletion time,
-``_c2pg_deleted_at``). A tombstone is what stops an *older* write that arrives *later*
-from resurrecting deleted data; once it is purged, nothing does. The retention must
-therefore outlast every way such a write can still reach c2pg:
+**Tombstone purge (docs/architecture.md, "The replication contract", rule 4).**
+:func:`purge_tombstones` deletes the deletions older than ``sync.tombstone_retention`` (by
+their Cassandra deletion time, ``_c2pg_deleted_at``). A tombstone is what stops an *older*
+write that arrives *later* from resurrecting deleted data; once it is purged, nothing does.
+The retention must therefore outlast every way such a write can still reach c2pg:
 
 - Kafka: a write older than the deletion was produced before it (give or take the
   connector's lag), and Kafka keeps it ``retention.ms`` — plus up to ``segment.ms``, since
