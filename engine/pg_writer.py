@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from psycopg2.extras import execute_values
 
+from engine import faults
 from engine import pg_dialect as d
 from engine.events import Bound
 from engine.murmur import token_function
@@ -64,6 +65,7 @@ class SyncWriter:
         self.conn = conn
         self.target = target
         self.pipeline = pipeline
+        self.rows_applied = 0  # rows merged by this writer's committed batches (fault hook filter)
         schema = target.schema
         self.schema = schema
         self.n_pk = len(schema.partition_key)
@@ -109,6 +111,10 @@ class SyncWriter:
             if offsets:
                 execute_values(cur, self.sql_offsets,
                                [(self.pipeline, topic, part, nxt) for (topic, part), nxt in offsets.items()])
+            # Everything is written, nothing committed: the crash tests stop the world here.
+            faults.hit("sync.commit", pipeline=self.pipeline, rows=self.rows_applied,
+                       table=f"{self.schema.keyspace}.{self.schema.table}")
+        self.rows_applied += len(batch.rows)
         return ApplyStats(len(batch.rows), len(batch.tombstones), len(dead), time.perf_counter() - t0)
 
     def _row_lines(self, batch: Reduced) -> str:

@@ -716,10 +716,10 @@ def _compare_all(cfg: PipelineConfig, settings: CompareSettings, plan: list[Toke
     """One Ray task per split, at most ``concurrency`` at once; a progress line every few seconds."""
     import ray
 
-    from engine.snapshot import _fault_env
+    from engine import faults
 
     task = ray.remote(compare_split).options(num_cpus=cfg.snapshot.task_cpus, max_retries=3,
-                                             **_fault_env())
+                                             **faults.runtime_env())
     limit = concurrency or max(1, int(ray.cluster_resources().get("CPU", 2) / cfg.snapshot.task_cpus))
     queue = list(plan)
     running: dict[Any, TokenSplit] = {}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ from typing import Literal
 import psycopg2
 from cassandra import ConsistencyLevel
 
-from engine import cql, log
+from engine import cql, faults, log
 from engine.cassandra_source import CassandraDatasource, ReadSettings
 from engine.config import PipelineConfig, TableConfig
 from engine.errors import C2pgError
@@ -181,20 +180,13 @@ def _copy(cfg: PipelineConfig, target, plan: list[TokenSplit], sink: PostgresDat
 
     source = CassandraDatasource(ReadSettings(cfg.cassandra, target.schema, consistency, cfg.snapshot.page_size,
                                               cfg.snapshot.max_retries, read_started_us), plan)
-    env = _fault_env()
+    env = faults.runtime_env()
     # One block per read task output: a split's part must reach the sink whole (it is
     # committed with its run_parts row), so Ray Data must not split blocks here.
     ds = ray.data.read_datasource(source, concurrency=concurrency, override_num_blocks=len(plan),
                                   num_cpus=cfg.snapshot.task_cpus, **env)
     ds.write_datasink(sink, concurrency=concurrency,
                       ray_remote_args={"num_cpus": cfg.snapshot.task_cpus, **env})
-
-
-def _fault_env() -> dict:
-    """Hand the driver's fault-injection settings (tests only, :mod:`engine.faults`) to the
-    tasks: workers started before the test set them would not see them otherwise."""
-    env = {k: os.environ[k] for k in ("C2PG_FAULTS", "C2PG_FAULTS_DIR") if k in os.environ}
-    return {"runtime_env": {"env_vars": env}} if env else {}  # read_datasource/remote args key
 
 
 def _record_run(conn, run_id: str, cfg: PipelineConfig, qualified: str, target, plan: list[TokenSplit],

@@ -25,6 +25,7 @@ import time
 
 import ray
 
+from engine import faults
 from engine.config import PipelineConfig
 
 log = logging.getLogger("c2pg.sync.supervisor")
@@ -50,7 +51,7 @@ def get_or_start(cfg: PipelineConfig):
     """The pipeline's supervisor: the running one, or a new detached one."""
     return SyncSupervisor.options(  # type: ignore[attr-defined]  # a Ray actor class
         name=actor_name(cfg.name), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        max_restarts=-1, max_concurrency=8, num_cpus=0).remote(cfg)
+        max_restarts=-1, max_concurrency=8, num_cpus=0, **faults.runtime_env()).remote(cfg)
 
 
 def find(pipeline: str):
@@ -262,15 +263,16 @@ class SyncSupervisor:
                     self._start_slot(slot, wanted[slot])
         self._save_assignment()
 
-    def _start_slot(self, slot: int, partitions: list[tuple[str, int]]) -> None:
+    def _start_slot(self, slot: int, partitions: list[tuple[str, int]], failures: list[float] | None = None) -> None:
         from engine.sync_worker import PartitionWorker
 
-        actor = PartitionWorker.options(num_cpus=0.5).remote(  # type: ignore[attr-defined]
+        actor = PartitionWorker.options(num_cpus=0.5, **faults.runtime_env()).remote(  # type: ignore[attr-defined]
             self.cfg, slot, partitions, sorted(self.paused_tables), self.paused_all)
         with self._lock:
             old = self.slots.get(slot, {})
             self.slots[slot] = {"actor": actor, "ref": actor.run.remote(), "partitions": partitions,
-                                "failures": old.get("failures", []), "next_start": 0.0}
+                                "failures": old.get("failures", []) if failures is None else failures,
+                                "next_start": 0.0}
 
     def _stop_slot(self, slot: int) -> None:
         with self._lock:
@@ -307,9 +309,7 @@ class SyncSupervisor:
             self._stop.wait(delay)
             with self._lock:
                 self.slots.pop(slot, None)
-            self._start_slot(slot, s["partitions"])
-            with self._lock:
-                self.slots[slot]["failures"] = failures
+            self._start_slot(slot, s["partitions"], failures)
 
     # --- desired state in PostgreSQL ----------------------------------------------------
 

@@ -54,6 +54,7 @@ class WorkerState:
     state: str = "starting"  # starting | running | paused | retrying | stopped | failed
     error: str | None = None
     batches: int = 0
+    retries: int = 0  # batches not applied (rewound and read again), since the worker started
     paused_tables: set[str] = field(default_factory=set)
     paused_all: bool = False
 
@@ -85,7 +86,7 @@ class PartitionWorker:
         with self._lock:
             lat = sorted(self.latencies)
             return {"worker": self.worker_id, "state": self.state.state, "error": self.state.error,
-                    "batches": self.state.batches,
+                    "batches": self.state.batches, "retries": self.state.retries,
                     "latency_ms": {"p50": round(lat[len(lat) // 2], 1), "p99": round(lat[int(len(lat) * 0.99)], 1),
                                    "events": len(lat)} if lat else None, "paused_all": self.state.paused_all,
                     "paused_tables": sorted(self.state.paused_tables),
@@ -162,6 +163,7 @@ class PartitionWorker:
                     log.warning("batch not applied (%s: %s); retrying in %.0fs", type(exc).__name__, exc, backoff)
                     with self._lock:
                         self.state.state, self.state.error = "retrying", f"{type(exc).__name__}: {exc}"
+                        self.state.retries += 1
                     self._rewind(consumer, conn)
                     self._stop.wait(backoff)
                     backoff = min(30.0, backoff * 2)
@@ -237,6 +239,8 @@ class PartitionWorker:
                 self.latencies.extend(committed_ms - r.timestamp_ms for r in records if r.timestamp_ms)
                 self.state.batches += 1
                 self.state.error = None
+                if self.state.state == "retrying":  # recovered; _apply_pauses says paused if so
+                    self.state.state = "running"
                 for (t, p), nxt in next_offsets.items():
                     st = self.parts[(t, p)]
                     n = sum(1 for r in records if r.partition == p)

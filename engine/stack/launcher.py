@@ -204,7 +204,7 @@ class Stack:
                 state.pop(name, None)
                 if pid is None:
                     continue
-                _terminate(pid, min(timeout_s, svc.stop_timeout_s))
+                _terminate(pid, min(timeout_s, svc.stop_timeout_s), svc.stop_signal)
                 # A JVM killed at the deadline can hold its ports a moment longer; an `up`
                 # right after (the readiness tests do that) must not find them taken.
                 _wait_ports_closed(_ports(svc), 15.0)
@@ -262,23 +262,38 @@ def _wait_ports_closed(ports: list[int], timeout_s: float) -> None:
         time.sleep(0.2)
 
 
-def _terminate(pid: int, timeout_s: float) -> None:
-    """SIGTERM the process group the launcher created; SIGKILL what is left at the deadline."""
+def _terminate(pid: int, timeout_s: float, sig: int = signal.SIGTERM) -> None:
+    """Signal the process group the launcher created (``sig``: the server's orderly stop);
+    SIGKILL what is left at the deadline. Returns when no process of the group is left: a
+    server's child (the postmaster under ``runuser``) that outlived the recorded pid would
+    make the next start find its lock file and refuse."""
     try:
         pgid = os.getpgid(pid)
-        os.killpg(pgid, signal.SIGTERM)
+        os.killpg(pgid, sig)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not _alive(pid) and not _group_alive(pgid):
             return
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
     deadline = time.monotonic() + 10.0  # SIGKILL is not instant: wait for the exit
-    while _alive(pid) and time.monotonic() < deadline:
+    while (_alive(pid) or _group_alive(pgid)) and time.monotonic() < deadline:
         time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (not zombie) process is left in process group ``pgid``."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def _alive(pid: int) -> bool:

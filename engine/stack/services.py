@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import re
 import secrets
 import shutil
@@ -103,7 +104,8 @@ class Service:
     start_timeout_s: float = 90.0
     run_as: str | None = None  # a user name when the server refuses to run as root
     env: dict[str, str] = field(default_factory=dict)
-    stop_timeout_s: float = 30.0  # SIGTERM, then SIGKILL of the process group after this
+    stop_timeout_s: float = 30.0  # stop_signal, then SIGKILL of the process group after this
+    stop_signal: int = signal.SIGTERM
 
     @property
     def log_file(self) -> Path:
@@ -233,8 +235,11 @@ class Postgres(Service):
     ROLE = "c2pg"
 
     def __init__(self, paths: StackPaths):
+        # SIGINT is PostgreSQL's fast shutdown (what `pg_ctl stop` sends): it ends the open
+        # sessions and exits cleanly. SIGTERM, a smart shutdown, would wait for every client
+        # to disconnect — a sync worker never does — until the SIGKILL at the deadline.
         super().__init__("postgres", v.PORTS["postgres"], paths, start_timeout_s=60,
-                         run_as="postgres" if os.geteuid() == 0 else None)
+                         run_as="postgres" if os.geteuid() == 0 else None, stop_signal=signal.SIGINT)
 
     @property
     def bindir(self) -> Path:

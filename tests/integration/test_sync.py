@@ -7,6 +7,7 @@ read of the Cassandra table, every row and column.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -14,13 +15,14 @@ import psycopg2
 import pytest
 import ray
 
-from engine import cql
+from engine import cql, faults
 from engine.compare import wait_equal
 from engine.sync_supervisor import find, get_or_start
 from tests.integration.cdc_scenarios import (
     TopicTail,
     capture_with_restart,
     fresh_sync_pipeline,
+    type_is_new,
     wait_for_table_capture,
 )
 
@@ -146,60 +148,134 @@ def _offsets(pg, pipeline: str) -> dict:
         return {(t, p): o for t, p, o in cur.fetchall()}
 
 
+def _wait_status(sup, ready, what: str, timeout_s: float = 60) -> dict:
+    """Poll the supervisor's status until ``ready(status)``; fail naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = ray.get(sup.status.remote())
+        if ready(status):
+            return status
+        assert time.monotonic() < deadline, f"not {what} within {timeout_s:.0f}s: {status['workers']}"
+        time.sleep(0.1)
+
+
 def test_pause_stops_applying_and_resume_catches_up(cass, pg, sync_table):
     cfg, t, sup = sync_table
     cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (1, 1, 'before pause')")
     assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
     ray.get(sup.pause.remote())
-    time.sleep(1)
+    # "paused" is set at the top of the worker's loop: a batch in flight has committed.
+    status = _wait_status(sup, lambda st: {w["state"] for w in st["workers"]} == {"paused"}, "all workers paused")
     before = _offsets(pg, cfg.name)
+    batches = sum(w["batches"] for w in status["workers"])
     for i in range(20):
         cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (2, %s, 'while paused')", (i,))
-    time.sleep(6)  # the events reach Kafka (~1 s) and would have been applied by now
+    # The events are in Kafka and the workers know it (their lag counts them): a running
+    # worker would apply them within one batch wait (200 ms); give it five times that.
+    status = _wait_status(sup, lambda st: sum(p["lag"] or 0 for w in st["workers"] for p in w["partitions"]) >= 20,
+                          "the paused events counted as lag")
+    time.sleep(1.0)
     assert _offsets(pg, cfg.name) == before, "offsets stay while paused"
     status = ray.get(sup.status.remote())
     assert {w["state"] for w in status["workers"]} == {"paused"}
-    assert sum(p["lag"] or 0 for w in status["workers"] for p in w["partitions"]) >= 20
+    assert sum(w["batches"] for w in status["workers"]) == batches, "no batch applied while paused"
     ray.get(sup.resume.remote())
     assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
 
 
-def test_killing_a_worker_mid_stream_loses_nothing(cass, pg, sync_table):
+@pytest.fixture()
+def held_commit(monkeypatch, tmp_path):
+    """Arm the ``sync.commit`` fault point before the supervisor starts (request this fixture
+    before ``sync_table``): the first batch after the first committed row stops inside its
+    transaction — merged, offsets written, not committed — until the test releases it."""
+    monkeypatch.setenv("C2PG_FAULTS", "sync.commit:after=1,action=hold,times=1")
+    monkeypatch.setenv("C2PG_FAULTS_DIR", str(tmp_path / "faults"))
+    yield tmp_path / "faults"
+    faults.release("sync.commit", directory=tmp_path / "faults")
+
+
+def _hold_a_batch_mid_stream(cass, pg, t: str, held_dir, rows: int) -> tuple[_Writer, dict]:
+    """Start a write stream and return once a batch of it is provably in flight."""
+    # The sentinel row committed: the worker runs, and the next batch is the stream's.
+    assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
+    writer = _Writer(cass, t, rows=rows)
+    held = faults.wait_held("sync.commit", timeout_s=120, directory=held_dir)
+    assert held["table"] == f"{KS}.{t}"
+    return writer, held
+
+
+def _wait_gone(pid: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        assert time.monotonic() < deadline, f"process {pid} still alive {timeout_s:.0f}s after the kill"
+        time.sleep(0.05)
+
+
+def _write_more(cass, t: str, start: int, rows: int) -> None:
+    """Writes after the fault: the stream goes on through it."""
+    stmt = cass.prepare(f"INSERT INTO {KS}.{t} (pk, ck, a, b) VALUES (?, ?, ?, ?)")
+    for i in range(start, start + rows):
+        cass.execute(stmt, (i % 50, i, f"after{i}", i))
+
+
+def test_killing_a_worker_mid_batch_loses_nothing(held_commit, cass, pg, sync_table):
     cfg, t, sup = sync_table
-    writer = _Writer(cass, t, rows=400)
-    time.sleep(2)
+    writer, held = _hold_a_batch_mid_stream(cass, pg, t, held_commit, rows=400)
     victims = ray.get(sup.workers.remote())
     for actor in victims.values():
         ray.kill(actor, no_restart=True)
+    _wait_gone(int(held["pid"]))  # the worker holding the uncommitted batch is among them
+    _write_more(cass, t, 10_000, 100)
     writer.join()
     assert wait_equal(cass, pg, KS, t, "sync_test", t, timeout_s=120) == []
     status = ray.get(sup.status.remote())
-    assert sum(w["restarts"] for w in status["workers"]) >= 1
+    assert {w["worker"]: w["restarts"] for w in status["workers"]} == {slot: 1 for slot in victims}
+    assert {w["state"] for w in status["workers"]} == {"running"}
 
 
-def test_killing_the_supervisor_mid_stream_loses_nothing(cass, pg, sync_table):
+def test_killing_the_supervisor_mid_batch_loses_nothing(held_commit, cass, pg, sync_table):
+    from ray.util.state import get_actor
+
     cfg, t, sup = sync_table
-    writer = _Writer(cass, t, rows=300)
-    time.sleep(2)
+    first = ray.get(sup.status.remote())["started_at"]
+    writer, held = _hold_a_batch_mid_stream(cass, pg, t, held_commit, rows=300)
     ray.kill(sup, no_restart=False)  # Ray restarts it (max_restarts=-1); its workers die with it
+    _wait_gone(int(held["pid"]))
+    _write_more(cass, t, 10_000, 100)
     writer.join()
     assert wait_equal(cass, pg, KS, t, "sync_test", t, timeout_s=120) == []
-    assert ray.get(sup.ping.remote()) == "ok"
+    status = ray.get(sup.status.remote())
+    assert status["started_at"] > first, "a new incarnation of the supervisor runs the pipeline"
+    assert get_actor(sup._actor_id.hex()).num_restarts == 1
+    assert {w["state"] for w in status["workers"]} == {"running"}
 
 
-def test_a_postgres_restart_mid_stream_loses_nothing(cass, pg, sync_table, stack):
+def test_a_postgres_restart_mid_batch_loses_nothing(held_commit, cass, pg, sync_table, stack):
     cfg, t, sup = sync_table
-    writer = _Writer(cass, t, rows=300)
-    time.sleep(2)
+    writer, held = _hold_a_batch_mid_stream(cass, pg, t, held_commit, rows=300)
     stack.down(["postgres"], on_event=lambda m: None)
-    time.sleep(3)
-    stack.up(["postgres"], on_event=lambda m: None)
+    try:
+        faults.release("sync.commit", directory=held_commit)  # its commit meets a closed connection
+        deadline = time.monotonic() + 60
+        while not any(w.get("retries") for w in ray.get(sup.status.remote())["workers"]):
+            assert time.monotonic() < deadline, "no worker recorded the failed batch"
+            time.sleep(0.1)
+    finally:
+        stack.up(["postgres"], on_event=lambda m: None)
+    _write_more(cass, t, 10_000, 100)
     writer.join()
     fresh = psycopg2.connect(**cfg.postgres.connect_kwargs())
     try:
         assert wait_equal(cass, fresh, KS, t, "sync_test", t, timeout_s=120) == []
     finally:
         fresh.close()
+    workers = ray.get(sup.status.remote())["workers"]
+    assert sum(w["retries"] for w in workers) >= 1 and sum(w["restarts"] for w in workers) == 0
+    assert {(w["state"], w["error"]) for w in workers} == {("running", None)}
 
 
 def test_replaying_the_topic_and_shuffled_duplicates_end_equal(cass, pg, sync_table, pipeline):
@@ -334,6 +410,7 @@ def test_a_column_added_in_cassandra_is_added_in_postgres_by_its_first_event(cas
 def test_udt_frozen_collections_maps_and_ttl_reach_postgres(cass, pg, pipeline, stack, ray_cluster):
     """A UDT table needs the connector restarted after the type exists (docs/local-stack.md)."""
     name = "rich_types_" + uuid.uuid4().hex[:6]
+    new_type = type_is_new(cass, KS, "addr")
     cass.execute(f"CREATE TYPE IF NOT EXISTS {KS}.addr (street text, zip int)")
     cass.execute(f"DROP TABLE IF EXISTS {KS}.{name}")
     cass.execute(f"CREATE TABLE {KS}.{name} (id int PRIMARY KEY, home frozen<addr>, tags frozen<list<text>>, "
@@ -341,7 +418,7 @@ def test_udt_frozen_collections_maps_and_ttl_reach_postgres(cass, pg, pipeline, 
     cfg = _fresh_target(pg, pipeline, name)
     with TopicTail(f"c2pg.{KS}.{name}", {"bootstrap.servers": "127.0.0.1:9092"}) as tail:
         capture_with_restart(stack, tail, lambda: cass.execute(
-            f"INSERT INTO {KS}.{name} (id, note) VALUES (-1, 'sentinel')"), f"{KS}.{name}")
+            f"INSERT INTO {KS}.{name} (id, note) VALUES (-1, 'sentinel')"), f"{KS}.{name}", new_type=new_type)
     sup = get_or_start(cfg)
     try:
         for i in range(10):
