@@ -71,7 +71,10 @@ def _private_token() -> None:
     with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
         fh.write(secrets.token_hex(32))
     os.environ["RAY_AUTH_TOKEN_PATH"] = path
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # RAY_AUTH_MODE stays unset: ray.init() of a new local instance then turns token mode on
+    # itself, refreshing the configuration it read when `ray` was imported (setting the
+    # variable here, after that import, would leave this process speaking no token while
+    # the servers it starts demand one).
 
 
 def _answers(host: str, port: int, timeout_s: float = 0.5) -> bool:
