@@ -160,7 +160,11 @@ def test_damage_in_postgres_is_found_classified_and_repaired(snapshotted, pg, tm
 def test_writes_made_in_cassandra_while_sync_is_paused_are_found_and_repaired(synced, cass, pg):
     cfg, table, name, sup = synced
     ray.get(sup.pause.remote())
-    time.sleep(2)  # let a batch in flight commit
+    # "paused" is set at the top of the worker's loop: a batch in flight has committed.
+    deadline = time.monotonic() + 60
+    while {w["state"] for w in ray.get(sup.status.remote())["workers"]} != {"paused"}:
+        assert time.monotonic() < deadline, "the workers did not pause within 60 s"
+        time.sleep(0.1)
     cass.execute(f"UPDATE {KS}.{name} SET a = 'while paused' WHERE pk = 1 AND ck = 1")
     # (An overwrite: an append would come back wrong when sync resumes and replays it, the
     # documented Debezium limit that the next scheduled reconcile repairs.)

@@ -69,7 +69,9 @@ def setup(stack, ray_cluster, cass, pg, tmp_path_factory):
             lambda: cass.execute(f"INSERT INTO {KS}.{SYNCED} (id, v) VALUES (0, 'first')"), 60)
     name = f"serve-{SUFFIX}"
     path = pipeline_file(tmp_path_factory.mktemp("serve-pipeline"), name, [SYNCED, SNAP, RECON],
-                         api={"rate_limit_per_minute": 100_000})
+                         api={"rate_limit_per_minute": 100_000},
+                         # Drift here is made on purpose, with no writes in flight: one short re-check.
+                         reconcile={"recheck_delay": "1s"})
     cfg = load_config(path)
     sup = get_or_start(cfg)
     ray.get(sup.ping.remote())
@@ -191,7 +193,7 @@ def test_snapshot_submitted_through_the_api_completes_with_a_readable_report(set
     assert sub["href"] == f"{api.prefix}/v1/snapshots/{sub['id']}"  # links carry the route prefix
     # Done when the run record says so and the job's driver has exited.
     run = api.wait(sub["href"], lambda b: b["state"] in ("succeeded", "failed")
-                   and b["job"]["status"] in ("SUCCEEDED", "FAILED"), timeout_s=240, interval_s=2)
+                   and b["job"]["status"] in ("SUCCEEDED", "FAILED"), timeout_s=240, interval_s=0.5)
     assert run["state"] == "succeeded", run
     assert run["progress"]["splits_done"] == run["progress"]["splits_total"] == 4
     assert run["progress"]["fraction"] == 1.0
@@ -211,7 +213,7 @@ def test_snapshot_of_a_missing_cassandra_table_fails_with_the_reason(setup):
     # test ran first; use a fresh pipeline-listed name by dropping it.
     r = api.post("/v1/snapshots", json={"table": f"{KS}.{RECON}"})
     assert r.status_code == 202
-    run = api.wait(r.json()["href"], lambda b: b["state"] in ("succeeded", "failed"), timeout_s=180, interval_s=2)
+    run = api.wait(r.json()["href"], lambda b: b["state"] in ("succeeded", "failed"), timeout_s=180, interval_s=0.5)
     assert run["state"] == "failed"
     assert RECON in run["error"] and "Traceback" not in run["error"]
 
@@ -225,14 +227,14 @@ def test_reconcile_submitted_through_the_api_completes_with_a_readable_report(se
         cass.execute(f"INSERT INTO {KS}.{RECON} (id, v) VALUES (%s, %s)", (i, f"v{i}"))
     r = api.post("/v1/snapshots", json={"table": f"{KS}.{RECON}", "splits": 4})
     assert api.wait(r.json()["href"], lambda b: b["state"] in ("succeeded", "failed"),
-                    timeout_s=240, interval_s=2)["state"] == "succeeded"
+                    timeout_s=240, interval_s=0.5)["state"] == "succeeded"
     # Drift: one row changed in Cassandra only (no CDC on this table), one row deleted in PostgreSQL.
     cass.execute(f"UPDATE {KS}.{RECON} SET v = 'changed' WHERE id = 7")
     with pg, pg.cursor() as cur:
         cur.execute(f'DELETE FROM {TARGET_SCHEMA}."{RECON}" WHERE id = 11')
     r = api.post("/v1/reconciliations", json={"table": f"{KS}.{RECON}", "splits": 4})
     assert r.status_code == 202, r.text
-    run = api.wait(r.json()["href"], lambda b: b["state"] in ("succeeded", "failed"), timeout_s=300, interval_s=2)
+    run = api.wait(r.json()["href"], lambda b: b["state"] in ("succeeded", "failed"), timeout_s=300, interval_s=0.5)
     assert run["state"] == "succeeded", run
     assert run["progress"]["splits_done"] == run["progress"]["splits_total"] > 0
     report = run["report"]
@@ -242,7 +244,7 @@ def test_reconcile_submitted_through_the_api_completes_with_a_readable_report(se
     assert {d["kind"] for d in run["diffs"]} == {"mismatch", "missing"}
     # Repair through the API, then a clean run.
     r = api.post("/v1/reconciliations", json={"table": f"{KS}.{RECON}", "repair": True})
-    run = api.wait(r.json()["href"], lambda b: b["state"] in ("succeeded", "failed"), timeout_s=300, interval_s=2)
+    run = api.wait(r.json()["href"], lambda b: b["state"] in ("succeeded", "failed"), timeout_s=300, interval_s=0.5)
     assert run["state"] == "succeeded", run
     assert run["report"]["repaired"]["rows_written"] + run["report"]["repaired"]["rows_deleted"] >= 2, run
     assert wait_equal(cass, pg, KS, RECON, TARGET_SCHEMA, RECON, timeout_s=10) == []

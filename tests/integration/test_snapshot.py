@@ -68,8 +68,10 @@ def _checksum(rows) -> str:
 
 
 def _fill_events(cass, table: str, partitions: int, per_partition: int) -> None:
+    # No CDC: the snapshot reads the same either way, and 100,000 change events would keep the
+    # connector and Kafka busy well into the tests after this one.
     cass.execute(f"CREATE TABLE {KS}.{table} (pk int, ck int, payload text, n bigint, amount decimal, "
-                 f"tags set<text>, PRIMARY KEY (pk, ck)) WITH cdc = true")
+                 f"tags set<text>, PRIMARY KEY (pk, ck))")
     stmt = cass.prepare(f"INSERT INTO {KS}.{table} (pk, ck, payload, n, amount, tags) VALUES (?, ?, ?, ?, ?, ?)")
     args = [(p, c, f"row {p}/{c} \t with tab", p * 1_000_000 + c, Decimal(f"{p}.{c:04d}"), {f"t{c % 3}"})
             for p in range(partitions) for c in range(per_partition)]
