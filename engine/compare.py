@@ -64,4 +64,4 @@ def wait_equal(session, conn, keyspace, table, target_schema, target_table, time
                  if not expected(d)]
         if not diffs or time.monotonic() > deadline:
             return diffs
-        time.sleep(1)
+        time.sleep(0.5)
