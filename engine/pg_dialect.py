@@ -6,22 +6,273 @@ objects and run them in their own transactions (:mod:`engine.pg_writer`).
 
 The merge statement is the heart of the replication contract (docs/architecture.md, "The
 replication contract", rules 2 and 3): a staged cell replaces the stored one only when its
-write time is newer, with ties broken deterministically (a deletion beats a live value;
-otherwise the greater value, by its text form); a cell written at or before a recorded row
-or partition deletion is dropped. The statement is idempotent and commutative: applying
-the same staged rows twice, or batches in any order, leaves the same table.
+write time is newer, with ties broken as Cassandra breaks them (a deletion beats a live
+value, then TTL and expiry, then the greater serialized value: :func:`_wins`); a cell
+written at or before a recorded row or partition deletion is dropped. The statement is
+idempotent and commutative: applying the same staged rows twice, or batches in any order,
+leaves the same table.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 
 from psycopg2 import sql
 
-from engine.schema import META_EXP, META_ROW_TS, META_TOKEN, META_WT, TableSchema
+from engine.cassandra_bytes import FIXED_SIZE_KINDS
+from engine.schema import META_EXP, META_ROW_TS, META_TOKEN, META_WT, Column, TableSchema
+from engine.types import CqlType, pg_type
 
 STATE_SCHEMA = "_c2pg"
 STAGE = "_c2pg_stage"
+
+# Cassandra's tie rule in SQL (``_wins``, :func:`cassandra_bytes`): functions that compute a
+# stored value's Cassandra serialization where PostgreSQL has no built-in for it. Created
+# (or replaced: the definitions are versioned with the code) with the rest of the state.
+_TIE_RULE_FUNCTIONS = [
+    # big-endian unsigned ``u`` in ``n`` bytes (mod 256^n)
+    r"""CREATE OR REPLACE FUNCTION _c2pg.cass_be(u numeric, n int) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $f$
+DECLARE
+    b bytea := decode(repeat('00', n), 'hex');
+BEGIN
+    FOR i IN REVERSE n - 1..0 LOOP
+        b := set_byte(b, i, mod(u, 256)::int);
+        u := div(u, 256);
+    END LOOP;
+    RETURN b;
+END
+$f$""",
+    # big-endian two's complement bytes → numeric
+    r"""CREATE OR REPLACE FUNCTION _c2pg.cass_signed(b bytea) RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $f$
+DECLARE
+    n numeric := 0;
+BEGIN
+    FOR i IN 0..length(b) - 1 LOOP
+        n := n * 256 + get_byte(b, i);
+    END LOOP;
+    IF length(b) > 0 AND get_byte(b, 0) >= 128 THEN
+        n := n - 256::numeric ^ length(b);
+    END IF;
+    RETURN n;
+END
+$f$""",
+    # varint: minimal two's complement (Java's BigInteger.toByteArray)
+    r"""CREATE OR REPLACE FUNCTION _c2pg.cass_varint(n numeric) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $f$
+DECLARE
+    k int := 1;
+    lim numeric := 128;
+BEGIN
+    WHILE n >= lim OR n < -lim LOOP
+        k := k + 1;
+        lim := lim * 256;
+    END LOOP;
+    RETURN _c2pg.cass_be(CASE WHEN n < 0 THEN n + lim * 2 ELSE n END, k);
+END
+$f$""",
+    # decimal: int32 scale, then the unscaled value as a varint
+    r"""CREATE OR REPLACE FUNCTION _c2pg.cass_decimal(d numeric) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $f$
+    SELECT CASE WHEN d = 'NaN' OR d = 'Infinity' OR d = '-Infinity' THEN convert_to(d::text, 'UTF8')
+                ELSE int4send(scale(d)) || _c2pg.cass_varint(trunc(d * 10::numeric ^ scale(d))) END
+$f$""",
+    # Cassandra's unsigned vint (VIntCoding): leading one bits count the extra bytes
+    r"""CREATE OR REPLACE FUNCTION _c2pg.cass_uvint(u numeric) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $f$
+DECLARE
+    extra int := 0;
+    b bytea;
+BEGIN
+    IF u < 0 OR u >= 18446744073709551616 THEN
+        RAISE EXCEPTION 'c2pg: % does not fit an unsigned vint', u;
+    END IF;
+    WHILE extra < 8 AND u >= 2::numeric ^ (7 * (extra + 1)) LOOP
+        extra := extra + 1;
+    END LOOP;
+    b := _c2pg.cass_be(u, extra + 1);
+    RETURN set_byte(b, 0, get_byte(b, 0) | ((255 << (8 - extra)) & 255));
+END
+$f$""",
+    # signed vint: zig-zag, then unsigned vint
+    r"""CREATE OR REPLACE FUNCTION _c2pg.cass_vint(n numeric) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $f$
+    SELECT _c2pg.cass_uvint(CASE WHEN n >= 0 THEN 2 * n ELSE -2 * n - 1 END)
+$f$""",
+    # duration: months, days, nanoseconds as three signed vints
+    r"""CREATE OR REPLACE FUNCTION _c2pg.cass_duration(months numeric, days numeric, ns numeric) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $f$
+    SELECT _c2pg.cass_vint(months) || _c2pg.cass_vint(days) || _c2pg.cass_vint(ns)
+$f$""",
+    # an interval's months, days and µs (interval_send: int8 µs, int4 days, int4 months)
+    r"""CREATE OR REPLACE FUNCTION _c2pg.cass_interval(v interval) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $f$
+    SELECT _c2pg.cass_duration(_c2pg.cass_signed(substring(b FROM 13 FOR 4)),
+                               _c2pg.cass_signed(substring(b FROM 9 FOR 4)),
+                               _c2pg.cass_signed(substring(b FROM 1 FOR 8)) * 1000)
+    FROM (SELECT interval_send(v) AS b) AS s
+$f$""",
+    # date: days since 1970 + 2^31 as an unsigned int32
+    r"""CREATE OR REPLACE FUNCTION _c2pg.cass_date(days bigint) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $f$
+    SELECT _c2pg.cass_be(days + 2147483648, 4)
+$f$""",
+    # days since 1970 of a proleptic Gregorian date, any year (Hinnant's days_from_civil)
+    r"""CREATE OR REPLACE FUNCTION _c2pg.cass_days(y bigint, m int, d int) RETURNS bigint
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $f$
+    SELECT era * 146097 + doe - 719468
+    FROM (SELECT CASE WHEN m <= 2 THEN y - 1 ELSE y END AS yy) AS a,
+         LATERAL (SELECT floor(yy / 400.0)::bigint AS era) AS b,
+         LATERAL (SELECT yy - era * 400 AS yoe) AS c,
+         LATERAL (SELECT (153 * (CASE WHEN m > 2 THEN m - 3 ELSE m + 9 END) + 2) / 5 + d - 1 AS doy) AS e,
+         LATERAL (SELECT yoe * 365 + yoe / 4 - yoe / 100 + doy AS doe) AS f
+$f$""",
+    # the numeric part of Cassandra's order of a set element / map key (NULL: order by bytes)
+    r"""CREATE OR REPLACE FUNCTION _c2pg.cass_order_num(b bytea, kind text) RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $f$
+DECLARE
+    x numeric;
+BEGIN
+    IF kind IN ('tinyint', 'smallint', 'int', 'bigint', 'counter', 'varint', 'timestamp', 'time') THEN
+        RETURN _c2pg.cass_signed(b);
+    ELSIF kind = 'decimal' THEN
+        -- unscaled × 10^-scale, exactly: numeric's input reads the exponent without rounding
+        RETURN (_c2pg.cass_signed(substring(b FROM 5))::text || 'e'
+                || (-_c2pg.cass_signed(substring(b FROM 1 FOR 4)))::text)::numeric;
+    ELSIF kind IN ('float', 'double') THEN
+        x := _c2pg.cass_signed(b);
+        RETURN CASE WHEN x < 0 THEN -1 - x - 2::numeric ^ (8 * length(b) - 1) ELSE x END;
+    END IF;
+    RETURN NULL;
+END
+$f$""",
+    # the bytes part of that order: uuid/timeuuid rearranged as UUIDType/TimeUUIDType order them
+    r"""CREATE OR REPLACE FUNCTION _c2pg.cass_order_bytes(b bytea, kind text) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $f$
+DECLARE
+    h text := encode(b, 'hex');
+    hi bytea;
+    lo bytea := substring(b FROM 9);
+BEGIN
+    IF kind NOT IN ('uuid', 'timeuuid') THEN
+        RETURN b;
+    END IF;
+    IF substr(h, 13, 1) = '1' THEN
+        hi := decode(substr(h, 13, 4) || substr(h, 9, 4) || substr(h, 1, 8), 'hex');
+    ELSE
+        hi := decode(substr(h, 13, 1) || substr(h, 1, 12) || substr(h, 14, 3), 'hex');
+    END IF;
+    IF kind = 'timeuuid' THEN
+        FOR i IN 0..7 LOOP
+            lo := set_byte(lo, i, get_byte(lo, i) # 128);
+        END LOOP;
+    END IF;
+    RETURN hi || lo;
+END
+$f$""",
+    # a value held in jsonb (c2pg's canonical JSON) of the CQL type described by ``t``
+    r"""CREATE OR REPLACE FUNCTION _c2pg.cass_json(v jsonb, t jsonb) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $f$
+DECLARE
+    k text := t ->> 'k';
+    s text;
+    m text[];
+    et jsonb;
+    out bytea := '\x';
+    n int;
+    ek text;
+    fixed boolean;
+BEGIN
+    IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+        RETURN NULL;
+    END IF;
+    s := v #>> '{}';
+    CASE k
+    WHEN 'int' THEN RETURN int4send(s::numeric::int);
+    WHEN 'bigint', 'counter' THEN RETURN int8send(s::numeric::bigint);
+    WHEN 'smallint' THEN RETURN int2send(s::numeric::smallint);
+    WHEN 'tinyint' THEN RETURN substring(int2send(s::numeric::smallint) FROM 2);
+    WHEN 'varint' THEN RETURN _c2pg.cass_varint(s::numeric);
+    WHEN 'decimal' THEN RETURN _c2pg.cass_decimal(s::numeric);
+    WHEN 'float' THEN RETURN float4send(s::real);
+    WHEN 'double' THEN RETURN float8send(s::float8);
+    WHEN 'boolean' THEN RETURN boolsend(s::boolean);
+    WHEN 'text', 'ascii' THEN RETURN convert_to(s, 'UTF8');
+    WHEN 'blob' THEN RETURN decode(substr(s, 3), 'hex');
+    WHEN 'uuid', 'timeuuid' THEN RETURN uuid_send(s::uuid);
+    WHEN 'inet' THEN RETURN substring(inet_send(s::inet) FROM 5);
+    WHEN 'timestamp' THEN
+        m := regexp_match(s, '^([+-]?\d{4,})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z$');
+        RETURN int8send(floor(((((_c2pg.cass_days(m[1]::bigint, m[2]::int, m[3]::int) * 24 + m[4]::int) * 60
+                        + m[5]::int) * 60 + m[6]::int) * 1000000::numeric
+                        + rpad(left(coalesce(m[7], '0'), 6), 6, '0')::int) / 1000)::bigint);
+    WHEN 'date' THEN
+        m := regexp_match(s, '^([+-]?\d{4,})-(\d\d)-(\d\d)$');
+        RETURN _c2pg.cass_date(_c2pg.cass_days(m[1]::bigint, m[2]::int, m[3]::int));
+    WHEN 'time' THEN
+        m := regexp_match(s, '^(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?$');
+        RETURN int8send(((m[1]::bigint * 60 + m[2]::int) * 60 + m[3]::int) * 1000000000
+                        + rpad(coalesce(m[4], '0'), 9, '0')::bigint);
+    WHEN 'duration' THEN
+        m := regexp_match(s, '^P(?:(-?\d+)M)?(?:(-?\d+)D)?'
+                             '(?:T(?:(-?\d+)H)?(?:(-?\d+)M)?(?:(-?)(\d+)(?:\.(\d{1,9}))?S)?)?$');
+        RETURN _c2pg.cass_duration(coalesce(m[1], '0')::numeric, coalesce(m[2], '0')::numeric,
+            (coalesce(m[3], '0')::numeric * 60 + coalesce(m[4], '0')::numeric) * 60000000000
+            + CASE WHEN m[5] = '-' THEN -1 ELSE 1 END
+              * (coalesce(m[6], '0')::numeric * 1000000000 + rpad(coalesce(m[7], '0'), 9, '0')::numeric));
+    WHEN 'list', 'set', 'vector' THEN
+        et := t -> 'p' -> 0;
+        ek := et ->> 'k';
+        fixed := ek IN ('int', 'bigint', 'counter', 'float', 'double', 'boolean', 'uuid', 'timeuuid', 'timestamp');
+        SELECT count(*)::int,
+               coalesce(string_agg(CASE WHEN k = 'vector' AND fixed THEN b
+                                        WHEN k = 'vector' THEN _c2pg.cass_uvint(length(b)) || b
+                                        WHEN b IS NULL THEN '\xffffffff'::bytea
+                                        ELSE int4send(length(b)) || b END, '\x'::bytea
+                                   ORDER BY CASE WHEN k = 'set' THEN b IS NOT NULL END,
+                                            CASE WHEN k = 'set' THEN _c2pg.cass_order_num(b, ek) END,
+                                            CASE WHEN k = 'set' THEN _c2pg.cass_order_bytes(b, ek) END, o),
+                        '\x'::bytea)
+          INTO n, out
+          FROM jsonb_array_elements(v) WITH ORDINALITY AS a(e, o),
+               LATERAL (SELECT _c2pg.cass_json(a.e, et) AS b) AS x;
+        RETURN CASE WHEN k = 'vector' THEN out ELSE int4send(n) || out END;
+    WHEN 'map' THEN
+        et := t -> 'p' -> 0;
+        ek := et ->> 'k';
+        SELECT count(*)::int,
+               coalesce(string_agg(int4send(length(kb)) || kb
+                                   || coalesce(int4send(length(vb)) || vb, '\xffffffff'::bytea),
+                                   '\x'::bytea ORDER BY _c2pg.cass_order_num(kb, ek), _c2pg.cass_order_bytes(kb, ek)),
+                        '\x'::bytea)
+          INTO n, out
+          FROM jsonb_each(v) AS a(key, value),
+               LATERAL (SELECT _c2pg.cass_json(CASE WHEN et ? 'p' THEN a.key::jsonb ELSE to_jsonb(a.key) END, et) AS kb,
+                               _c2pg.cass_json(a.value, t -> 'p' -> 1) AS vb) AS x;
+        RETURN int4send(n) || out;
+    WHEN 'tuple' THEN
+        SELECT coalesce(string_agg(coalesce(int4send(length(b)) || b, '\xffffffff'::bytea), '\x'::bytea ORDER BY o),
+                        '\x'::bytea)
+          INTO out
+          FROM jsonb_array_elements(t -> 'p') WITH ORDINALITY AS p(pt, o),
+               LATERAL (SELECT _c2pg.cass_json(v -> (o::int - 1), p.pt) AS b) AS x;
+        RETURN out;
+    WHEN 'udt' THEN
+        SELECT coalesce(string_agg(coalesce(int4send(length(b)) || b, '\xffffffff'::bytea), '\x'::bytea ORDER BY o),
+                        '\x'::bytea)
+          INTO out
+          FROM jsonb_array_elements(t -> 'p') WITH ORDINALITY AS p(pt, o),
+               LATERAL (SELECT _c2pg.cass_json(v -> (t -> 'f' ->> (o::int - 1)), p.pt) AS b) AS x;
+        RETURN out;
+    ELSE
+        RAISE EXCEPTION 'c2pg: no Cassandra serialization for CQL type %', t;
+    END CASE;
+END
+$f$""",
+]
+
 
 STATE_DDL = [
     "CREATE SCHEMA IF NOT EXISTS _c2pg",
@@ -108,6 +359,7 @@ STATE_DDL = [
         repair_note text,
         found_at timestamptz NOT NULL DEFAULT now())""",
     "CREATE INDEX IF NOT EXISTS reconcile_diffs_run ON _c2pg.reconcile_diffs (run_id, kind)",
+    *_TIE_RULE_FUNCTIONS,
 ]
 
 
@@ -346,7 +598,7 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
 
     sets, wins_any, new_wt, new_exp = [], [], [], []
     for i, col in enumerate(schema.regular, start=1):
-        wins = _wins(x, t, col.name, i, source_wins_ties)
+        wins = _wins(x, t, col, i, source_wins_ties)
         wins_any.append(wins)
         sets.append(sql.SQL("{c} = CASE WHEN {w} THEN {x}.{c} ELSE {t}.{c} END").format(
             c=ident(col.name), w=wins, x=x, t=t))
@@ -381,26 +633,124 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
     )
 
 
-def _wins(x: sql.Composable, t: sql.Composable, column: str, i: int, source_wins_ties: bool = False) -> sql.Composed:
+def _wins(x: sql.Composable, t: sql.Composable, col: Column, i: int, source_wins_ties: bool = False) -> sql.Composed:
     """Does the staged cell (``EXCLUDED``) beat the stored one (``t``) at position ``i``?
 
-    Newer write time wins. At equal time a deletion (NULL value) beats a live value, and
-    between two live values the greater text form wins (byte order, ``COLLATE "C"``, so the
-    database's locale cannot change the outcome): a deterministic order, so every
-    replica of the same events converges (Cassandra compares serialized bytes instead; the
-    two can differ only for different values written at the same microsecond, and
-    reconcile reports it). With ``source_wins_ties`` (repair) the staged cell wins any tie.
+    Cassandra's rule (``org.apache.cassandra.db.rows.Cells.resolveRegular``, the same as
+    :func:`engine.reduce.wins` inside a batch): the newer write time wins; at an equal time
+    a deletion (NULL value) beats a live value, a value with a TTL (``_c2pg_exp``) beats one
+    without, of two with a TTL the later expiry (in whole seconds) wins, and then the
+    greater serialized value, compared as unsigned bytes (``bytea`` order) — Cassandra's
+    bytes of the stored value, computed by :func:`cassandra_bytes` from the column's CQL
+    type. The ``CASE`` computes them only for two live values of the same time and expiry.
+    With ``source_wins_ties`` (repair) the staged cell wins any tie.
     """
     xw = sql.SQL("{}.{}[{}]").format(x, ident(META_WT), sql.Literal(i))
     tw = sql.SQL("{}.{}[{}]").format(t, ident(META_WT), sql.Literal(i))
     if source_wins_ties:
         return sql.SQL("({xw} IS NOT NULL AND ({tw} IS NULL OR {xw} >= {tw}))").format(xw=xw, tw=tw)
+    xe = sql.SQL("{}.{}[{}]").format(x, ident(META_EXP), sql.Literal(i))
+    te = sql.SQL("{}.{}[{}]").format(t, ident(META_EXP), sql.Literal(i))
+    xv = sql.SQL("{}.{}").format(x, ident(col.name))
+    tv = sql.SQL("{}.{}").format(t, ident(col.name))
+    live_tie = sql.SQL(
+        "CASE WHEN ({xe} IS NULL) <> ({te} IS NULL) THEN {xe} IS NOT NULL "
+        "WHEN {xe} / 1000000 <> {te} / 1000000 THEN {xe} / 1000000 > {te} / 1000000 "
+        "ELSE {xb} > {tb} END"
+    ).format(xe=xe, te=te, xb=cassandra_bytes(xv, col.cql_type), tb=cassandra_bytes(tv, col.cql_type))
     return sql.SQL(
         "({xw} IS NOT NULL AND ({tw} IS NULL OR {xw} > {tw} OR ({xw} = {tw} AND ("
-        "({x}.{c} IS NULL AND {t}.{c} IS NOT NULL) OR "
-        "({x}.{c} IS NOT NULL AND {t}.{c} IS NOT NULL AND "
-        "{x}.{c}::text COLLATE \"C\" > {t}.{c}::text COLLATE \"C\")))))"
-    ).format(xw=xw, tw=tw, x=x, t=t, c=ident(column))
+        "({xv} IS NULL AND {tv} IS NOT NULL) OR "
+        "({xv} IS NOT NULL AND {tv} IS NOT NULL AND {live_tie})))))"
+    ).format(xw=xw, tw=tw, xv=xv, tv=tv, live_tie=live_tie)
+
+
+# A stored value → Cassandra's serialized bytes (engine.cassandra_bytes computes the same in
+# Python; docs/types.md, "Cassandra's tie rule", has the table). PostgreSQL's send functions
+# already write Cassandra's big-endian forms for the fixed-width types.
+_SCALAR_BYTES = {
+    "int": "int4send({v})",
+    "bigint": "int8send({v})",
+    "counter": "int8send({v})",
+    "smallint": "int2send({v})",
+    "tinyint": "substring(int2send({v}) FROM 2)",  # stored as smallint: its low byte
+    "varint": "_c2pg.cass_varint({v})",
+    "decimal": "_c2pg.cass_decimal({v})",
+    "float": "float4send({v})",
+    "double": "float8send({v})",
+    "boolean": "boolsend({v})",
+    "text": "convert_to({v}, 'UTF8')",
+    "ascii": "convert_to({v}, 'UTF8')",
+    "blob": "{v}",
+    "uuid": "uuid_send({v})",
+    "timeuuid": "uuid_send({v})",
+    "inet": "substring(inet_send({v}) FROM 5)",  # inet_send: family, bits, is_cidr, length, address
+    "timestamp": "int8send(floor(EXTRACT(EPOCH FROM {v}) * 1000)::bigint)",  # epoch ms (numeric: exact)
+    "date": "_c2pg.cass_date({v} - DATE '1970-01-01')",
+    "time": "int8send((EXTRACT(EPOCH FROM {v}) * 1000000000)::bigint)",  # ns of the day
+    "duration": "_c2pg.cass_interval({v})",
+}
+
+
+def cassandra_bytes(value: sql.Composable, t: CqlType, *, time_as: str = "time") -> sql.Composable:
+    """SQL: Cassandra's serialized bytes (``bytea``) of ``value``, a stored value of CQL type
+    ``t`` in its mapped PostgreSQL type (docs/types.md). Used by :func:`_wins` at ties.
+
+    Scalars use the send functions (adjusted for ``tinyint``, ``date``, ``timestamp``,
+    ``time``, ``inet``) or ``_c2pg`` functions (``varint``, ``decimal``, ``duration``);
+    ``T[]`` columns (list/set/vector of a scalar) are packed here from their elements, a
+    set in Cassandra's element order; ``jsonb`` columns (map, UDT, tuple, nested) go through
+    ``_c2pg.cass_json`` with a description of the type.
+    """
+    pg = pg_type(t, time_as=time_as)  # type: ignore[arg-type]
+    if t.is_scalar:
+        return _scalar_bytes(value, t.kind, pg.sql)
+    if pg.is_array:
+        return _array_bytes(value, t, pg.sql[:-2])
+    return sql.SQL("_c2pg.cass_json({}, {}::jsonb)").format(value, sql.Literal(json.dumps(_type_description(t))))
+
+
+def _scalar_bytes(value: sql.Composable, kind: str, pg_sql: str) -> sql.Composable:
+    if kind == "time" and pg_sql == "bigint":  # time_as='bigint': nanoseconds already
+        return sql.SQL("int8send({})").format(value)
+    return sql.SQL(_SCALAR_BYTES[kind]).format(v=value)
+
+
+def _array_bytes(value: sql.Composable, t: CqlType, element_pg_sql: str) -> sql.Composable:
+    """A list/set: int32 count, then each element as int32 length + bytes (-1: NULL), a set
+    sorted as Cassandra sorts its elements; a vector: the elements alone when their size is
+    fixed, else each after an unsigned-vint length."""
+    kind = t.params[0].kind
+    b = sql.SQL("_c2pg_b.b")
+    if t.kind == "vector":
+        head: sql.Composable = sql.SQL("''::bytea")
+        item: sql.Composable = (b if kind in FIXED_SIZE_KINDS
+                                else sql.SQL("_c2pg.cass_uvint(length({b})) || {b}").format(b=b))
+    else:
+        head = sql.SQL("int4send(count(*)::int)")
+        item = sql.SQL("CASE WHEN {b} IS NULL THEN decode('ffffffff', 'hex') ELSE int4send(length({b})) || {b} END"
+                       ).format(b=b)
+    order: sql.Composable
+    if t.kind == "set":
+        order = sql.SQL("{b} IS NOT NULL, _c2pg.cass_order_num({b}, {k}), _c2pg.cass_order_bytes({b}, {k}), "
+                        "_c2pg_e.n").format(b=b, k=sql.Literal(kind))
+    else:
+        order = sql.SQL("_c2pg_e.n")
+    return sql.SQL(
+        "(SELECT {head} || COALESCE(string_agg({item}, ''::bytea ORDER BY {order}), ''::bytea) "
+        "FROM unnest({v}) WITH ORDINALITY AS _c2pg_e(e, n), LATERAL (SELECT {scalar} AS b) AS _c2pg_b)"
+    ).format(head=head, item=item, order=order, v=value,
+             scalar=_scalar_bytes(sql.SQL("_c2pg_e.e"), kind, element_pg_sql))
+
+
+def _type_description(t: CqlType) -> dict:
+    """``_c2pg.cass_json``'s description of a CQL type: kind, parameters, UDT field names."""
+    d: dict = {"k": t.kind}
+    if t.params:
+        d["p"] = [_type_description(p) for p in t.params]
+    if t.field_names:
+        d["f"] = list(t.field_names)
+    return d
 
 
 def insert_dead_letters() -> sql.SQL:

@@ -9,8 +9,9 @@ hypothesis in ``tests/unit/test_reduce.py``).
 The rules (docs/architecture.md, "The replication contract", rules 2 and 3), per cell:
 
 - the write with the greater timestamp wins;
-- at equal timestamps a deletion (null value) beats a live value, and between two live
-  values the greater value (by its text, byte order) wins — the same tie rule as the merge;
+- at equal timestamps Cassandra's tie rule (:func:`wins`), the same as the merge's: a
+  deletion (null value) beats a live value, a value with a TTL beats one without, the later
+  expiry wins, then the greater serialized value (Cassandra's bytes, :mod:`engine.cassandra_bytes`);
 - a row deletion at T kills every cell and the row marker of that row written at or before
   T; a partition deletion does so for every row of the partition; a range deletion for the
   rows whose clustering values fall in the range.
@@ -21,11 +22,12 @@ arriving in a later batch cannot resurrect data) and applies them to rows alread
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from engine.events import Bound, Cell, ChangeEvent, Op
+from engine.types import copy_unescape
 
 TombstoneKind = Literal["row", "partition", "range"]
 
@@ -65,24 +67,53 @@ class Reduced:
         return not self.rows and not self.tombstones
 
 
-def wins(new: Cell, old: Cell | None) -> bool:
-    """Does ``new`` replace ``old``? Newer time; at a tie a deletion, then the greater text."""
+def text_bytes(value: str) -> bytes:
+    """The UTF-8 bytes of a canonical text: Cassandra's serialized value for ``text`` and
+    ``ascii`` columns, and :func:`wins`'s order when the column's type is not given."""
+    return copy_unescape(value).encode()
+
+
+def wins(new: Cell, old: Cell | None, serialize: Callable[[str], bytes] = text_bytes) -> bool:
+    """Does ``new`` replace ``old``? Cassandra's rule for two writes of one cell
+    (``org.apache.cassandra.db.rows.Cells.resolveRegular``, Cassandra 5.0):
+
+    1. the greater write time wins;
+    2. at an equal time a deletion (``None``) beats a live value (two deletions: keep ``old``);
+    3. a live value with a TTL (``expires_us``) beats one without — Cassandra treats an
+       expiring cell like the tombstone it will become (CASSANDRA-14592);
+    4. of two values with a TTL, the later expiry wins, compared in whole seconds (Cassandra's
+       local deletion time has seconds);
+    5. otherwise the greater serialized value wins, compared as unsigned bytes (Cassandra's
+       ``ValueAccessor.compare`` → ``ByteBufferUtil.compareUnsigned``); ``serialize`` turns
+       the canonical text into those bytes (:func:`engine.cassandra_bytes.serializer` of the
+       column's type; the default is right for text columns only). Equal bytes keep ``old``.
+    """
     if old is None:
         return True
     if new.ts != old.ts:
         return new.ts > old.ts
     if new.value is None or old.value is None:
         return new.value is None and old.value is not None
-    return new.value.encode() > old.value.encode()
+    if (new.expires_us is None) != (old.expires_us is None):
+        return new.expires_us is not None
+    if new.expires_us is not None and old.expires_us is not None:
+        new_s, old_s = new.expires_us // 1_000_000, old.expires_us // 1_000_000
+        if new_s != old_s:
+            return new_s > old_s
+    return serialize(new.value) > serialize(old.value)
 
 
-def reduce_events(events: Iterable[ChangeEvent], n_partition_key: int, compare=None) -> Reduced:
+def reduce_events(events: Iterable[ChangeEvent], n_partition_key: int, compare=None,
+                  serializers: Mapping[str, Callable[[str], bytes]] | None = None) -> Reduced:
     """Fold ``events`` (one table) into one :class:`RowWrite` per key and the deletions.
 
     ``n_partition_key`` says how many leading ``key`` values are the partition key (the rest
     are clustering values), to match rows against partition and range deletions;
-    ``compare`` orders clustering values (see :func:`kill_ts`).
+    ``compare`` orders clustering values (see :func:`kill_ts`); ``serializers`` gives, by
+    column name, Cassandra's bytes of a value for the tie rule of :func:`wins`
+    (:func:`engine.cassandra_bytes.column_serializers`; a column without one compares as text).
     """
+    by_name = serializers or {}
     rows: dict[tuple[str, ...], RowWrite] = {}
     tombs: dict[tuple, Tombstone] = {}
     for ev in events:
@@ -91,7 +122,7 @@ def reduce_events(events: Iterable[ChangeEvent], n_partition_key: int, compare=N
             if row is None:
                 row = rows[ev.key] = RowWrite(ev.key)
             for name, cell in ev.cells:
-                if wins(cell, row.cells.get(name)):
+                if wins(cell, row.cells.get(name), by_name.get(name, text_bytes)):
                     row.cells[name] = cell
             if ev.row_marker and (row.row_ts is None or ev.ts > row.row_ts):
                 row.row_ts = ev.ts
@@ -187,8 +218,6 @@ def typed_compare(schema):
     (``pg_dialect.clustering_order_key``)."""
     import uuid
     from decimal import Decimal
-
-    from engine.types import copy_unescape
 
     def key_fn(kind: str):
         if kind in ("tinyint", "smallint", "int", "bigint", "varint", "counter"):

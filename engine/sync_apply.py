@@ -20,6 +20,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine.cassandra_bytes import column_serializers
 from engine.config import PipelineConfig, TableConfig
 from engine.decode import DecodeError, EventDecoder, SchemaChanged
 from engine.events import ChangeEvent, Origin
@@ -82,6 +83,8 @@ class TableApplier:
         self.writer = SyncWriter(self.conn, self.target, self.cfg.name)
         self.n_pk = len(self.target.schema.partition_key)
         self.compare = typed_compare(self.target.schema)
+        # Cassandra's tie rule compares serialized values: each column's bytes by its type.
+        self.serializers = column_serializers(self.target.schema)
 
     def refresh_schema(self) -> None:
         """Read the table again and add new columns to PostgreSQL (the periodic check, and
@@ -100,7 +103,7 @@ class TableApplier:
                 good.append(ev)
             except TokenError as exc:
                 dead.append(_dead(rec, exc))
-        reduced = reduce_events(good, self.n_pk, self.compare)
+        reduced = reduce_events(good, self.n_pk, self.compare, self.serializers)
         stats: ApplyStats = self.writer.apply(reduced, next_offsets, dead)
         return BatchResult(len(records), stats.rows, stats.tombstones, stats.dead_letters,
                            max((e.ts for e in good), default=None), stats.seconds, tuple(dead))

@@ -111,3 +111,53 @@ def test_reduce_keeps_the_newest_of_each_deletion():
     a = ChangeEvent("ks", "t", Op.PARTITION_DELETE, 5, ("1",))
     b = ChangeEvent("ks", "t", Op.PARTITION_DELETE, 9, ("1",))
     assert reduce_events([b, a, b], 1).tombstones == [Tombstone("partition", ("1",), 9)]
+
+
+# --- Cassandra's tie rule (Cells.resolveRegular): TTL, expiry, then unsigned serialized bytes ---
+
+def _int_bytes(text: str) -> bytes:
+    from cassandra.cqltypes import Int32Type  # the oracle: the driver's own serializer
+
+    return Int32Type.serialize(int(text), 4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-(2**31), 2**31 - 1), st.integers(-(2**31), 2**31 - 1), st.integers(1, 5))
+def test_at_equal_time_the_greater_unsigned_serialized_value_wins(a, b, t):
+    from engine.cassandra_bytes import serializer
+    from engine.types import parse_cql_type
+
+    ser = serializer(parse_cql_type("int"))
+    new, old = Cell(str(a), t), Cell(str(b), t)
+    assert wins(new, old, ser) == (_int_bytes(str(a)) > _int_bytes(str(b)))
+    # Exactly one of two different values wins, whichever arrives first.
+    assert a == b or wins(new, old, ser) != wins(old, new, ser)
+
+
+def test_the_issue_cassandra_kept_10_over_9_and_minus_1_over_1():
+    from engine.cassandra_bytes import column_serializers
+    from engine.schema import Column, TableSchema
+    from engine.types import parse_cql_type
+
+    schema = TableSchema("ks", "t", (Column("pk", "partition_key", 0, parse_cql_type("int")),), (),
+                         (Column("a", "regular", -1, parse_cql_type("int")),
+                          Column("b", "regular", -1, parse_cql_type("bigint"))), True)
+    sers = column_serializers(schema)
+    for first, second, kept in (("9", "10", "10"), ("1", "-1", "-1")):
+        for order in ((first, second), (second, first)):
+            evs = [ChangeEvent("ks", "t", Op.UPSERT, 7, ("1",), (("a", Cell(v, 7)), ("b", Cell(v, 7)))) for v in order]
+            row = reduce_events(evs, 1, None, sers).rows[("1",)]
+            assert row.cells["a"].value == row.cells["b"].value == kept
+    # Without the column types the old text order would keep 9 and 1: that was the bug.
+    assert not wins(Cell("10", 7), Cell("9", 7))
+
+
+def test_at_equal_time_a_ttl_beats_no_ttl_and_the_later_expiry_wins_before_values():
+    assert wins(Cell("a", 5, expires_us=9_000_000), Cell("z", 5))
+    assert not wins(Cell("z", 5), Cell("a", 5, expires_us=9_000_000))
+    assert wins(Cell("a", 5, expires_us=10_000_000), Cell("z", 5, expires_us=9_000_000))
+    # Expiries in the same second (Cassandra's local deletion time has seconds): the value decides.
+    assert wins(Cell("z", 5, expires_us=9_000_001), Cell("a", 5, expires_us=9_999_999))
+    assert not wins(Cell("a", 5, expires_us=9_999_999), Cell("z", 5, expires_us=9_000_001))
+    # A deletion still beats a value with a TTL.
+    assert wins(Cell(None, 5), Cell("a", 5, expires_us=9_000_000))

@@ -1,0 +1,408 @@
+"""Cassandra's serialized bytes of a cell value, computed from c2pg's canonical COPY text.
+
+Why: Cassandra breaks a tie between two live cells of the same write time by their bytes.
+``org.apache.cassandra.db.rows.Cells`` (Cassandra 5.0), ``resolveRegular``: at equal
+timestamps a tombstone beats an expiring (TTL) cell, an expiring cell beats a plain live
+one, of two expiring cells the later local deletion time wins, and only then are the values
+compared — through ``ValueAccessor.compare``, which for buffers ends in
+``ByteBufferUtil.compareUnsigned``: lexicographic over **unsigned** bytes, a proper prefix
+first. So ``10`` beats ``9`` as an ``int`` (``…0a`` > ``…09``) and ``-1`` beats ``1``
+(``ff…`` > ``00…``), where c2pg's text comparison gave the opposite.
+
+Callers: :func:`engine.reduce.wins` (within one batch, through :func:`column_serializers`)
+and the tests. The merge computes the same bytes in PostgreSQL
+(``engine.pg_dialect.cassandra_bytes``); docs/types.md, "Cassandra's tie rule", has the
+table of both and what c2pg's text cannot carry.
+
+The bytes are Cassandra's own value encoding (the native protocol's value form, also what
+Cassandra stores in a cell): big-endian fixed-width integers and IEEE floats, minimal two's
+complement for ``varint``, scale + unscaled for ``decimal``, UTF-8 for text, days + 2^31 for
+``date``, epoch milliseconds for ``timestamp``, nanoseconds of the day for ``time``, three
+zig-zag vints for ``duration``, and for frozen collections, UDTs and tuples the int32-sized
+layout (a set sorted and a map sorted by key in Cassandra's order of the element type).
+
+Where the canonical text has less than Cassandra had, the bytes are those of what c2pg
+stores: ``time`` and ``duration`` nanoseconds are truncated to microseconds, a ``decimal``
+with a negative scale has scale 0, a NaN is the canonical NaN, a ``-0.0`` inside ``jsonb``
+is ``0.0``. A non-frozen collection or
+UDT (one cell per element in Cassandra) is serialized as if frozen: one whole value, which
+keeps the comparison deterministic but is not what Cassandra does element by element.
+
+Failure: a text that is not the canonical form of its type raises ``ValueError``; c2pg's
+codecs only produce canonical texts, so it means a bug upstream, not bad data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import struct
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+# The private parsers of PostgreSQL's output texts: one definition of each text form.
+from engine.types import (
+    CqlType,
+    _date_core_pg,
+    _days_from_civil,
+    _duration_core_pg,
+    _time_core_pg,
+    _ts_core_pg,
+    _varint_core_str,
+    copy_unescape,
+    pg_type,
+)
+
+__all__ = ["FIXED_SIZE_KINDS", "column_serializers", "order_key", "serializer", "uvint", "vint"]
+
+Serializer = Callable[[str], bytes]
+
+_NULL_ELEMENT = b"\xff\xff\xff\xff"  # int32 length -1: a null element or field
+
+# vector<T, n> with a fixed-size T packs its elements without lengths (the driver's
+# ``serial_size`` list, which matches Cassandra 5.0's ``valueLengthIfFixed``).
+FIXED_SIZE_KINDS = frozenset({"int", "bigint", "counter", "float", "double", "boolean", "uuid", "timeuuid",
+                              "timestamp"})
+_SIGNED_INT = frozenset({"tinyint", "smallint", "int", "bigint", "counter", "timestamp", "time", "varint"})
+_INT_WIDTH = {"tinyint": 1, "smallint": 2, "int": 4, "bigint": 8, "counter": 8}
+
+
+# -- encodings --------------------------------------------------------------------------
+
+def _varint(n: int) -> bytes:
+    """Minimal big-endian two's complement (Java's ``BigInteger.toByteArray``; 0 is one byte)."""
+    return n.to_bytes(((n if n >= 0 else ~n).bit_length() // 8) + 1, "big", signed=True)
+
+
+def uvint(u: int) -> bytes:
+    """Cassandra's unsigned vint: the count of extra bytes as leading one bits of the first
+    byte, then the value big-endian (1 to 9 bytes)."""
+    if u < 0 or u >= 1 << 64:
+        raise ValueError(f"{u} does not fit an unsigned vint")
+    extra = 0
+    while extra < 8 and u >= 1 << (7 * (extra + 1)):
+        extra += 1
+    body = bytearray(u.to_bytes(extra + 1, "big"))
+    body[0] |= (0xFF << (8 - extra)) & 0xFF
+    return bytes(body)
+
+
+def vint(n: int) -> bytes:
+    """Cassandra's signed vint: zig-zag, then :func:`uvint`."""
+    return uvint(2 * n if n >= 0 else -2 * n - 1)
+
+
+def _decimal(d: Decimal) -> bytes:
+    if not d.is_finite():
+        # Cassandra's BigDecimal has no NaN/Infinity; c2pg never stores one from Cassandra.
+        # PostgreSQL's output text of the value, like the SQL side.
+        return (b"NaN" if d.is_nan() else b"-Infinity" if d < 0 else b"Infinity")
+    sign, digits, exponent = d.as_tuple()
+    assert isinstance(exponent, int)
+    unscaled = int("".join(map(str, digits)) or "0")
+    return struct.pack(">i", -exponent) + _varint(-unscaled if sign else unscaled)
+
+
+_ISO_TS = re.compile(r"([+-]?\d{4,})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z\Z")
+_ISO_DATE = re.compile(r"([+-]?\d{4,})-(\d\d)-(\d\d)\Z")
+_ISO_DURATION = re.compile(r"P(?:(-?\d+)M)?(?:(-?\d+)D)?"
+                           r"(?:T(?:(-?\d+)H)?(?:(-?\d+)M)?(?:(-?)(\d+)(?:\.(\d{1,9}))?S)?)?\Z")
+
+
+def _iso_ts_ms(s: str) -> int:
+    m = _ISO_TS.match(s)
+    if not m:
+        raise ValueError(f"not c2pg's ISO timestamp: {s[:60]!r}")
+    y, mo, d, h, mi, sec, frac = m.groups()
+    us = ((((_days_from_civil(int(y), int(mo), int(d)) * 24 + int(h)) * 60 + int(mi)) * 60 + int(sec))
+          * 1_000_000 + int((frac or "0")[:6].ljust(6, "0")))
+    return us // 1000
+
+
+def _iso_date_days(s: str) -> int:
+    m = _ISO_DATE.match(s)
+    if not m:
+        raise ValueError(f"not c2pg's ISO date: {s[:60]!r}")
+    return _days_from_civil(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+
+
+def _iso_duration(s: str) -> tuple[int, int, int]:
+    m = _ISO_DURATION.match(s)
+    if not m:
+        raise ValueError(f"not c2pg's ISO duration: {s[:60]!r}")
+    months, days, h, mi, sign, sec, frac = m.groups()
+    ns = int(sec or 0) * 1_000_000_000 + int((frac or "0").ljust(9, "0"))
+    ns = (-ns if sign == "-" else ns) + (int(h or 0) * 60 + int(mi or 0)) * 60_000_000_000
+    return int(months or 0), int(days or 0), ns
+
+
+def _duration(core: tuple[int, int, int]) -> bytes:
+    return vint(core[0]) + vint(core[1]) + vint(core[2])
+
+
+def _inet(s: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6 if ":" in s else socket.AF_INET, s)
+
+
+_PG_SPACE = " \t\n\r\v\f"  # array_in's white space (scanner_isspace), nothing more
+
+
+def _array_elements(s: str) -> list[str | None]:
+    """The element texts of a one-dimensional array literal in ``array_out``'s form (None:
+    NULL). Unquoted elements are trimmed of PostgreSQL's white space only: ``str.strip``
+    would also drop characters such as U+001F or U+00A0 that ``array_out`` leaves unquoted."""
+    if not (s.startswith("{") and s.endswith("}")):
+        raise ValueError(f"not a PostgreSQL array literal: {s[:60]!r}")
+    out: list[str | None] = []
+    i, end = 1, len(s) - 1
+    while i < end:
+        if s[i] == '"':
+            buf, i = [], i + 1
+            while s[i] != '"':
+                if s[i] == "\\":
+                    i += 1
+                buf.append(s[i])
+                i += 1
+            out.append("".join(buf))
+            i += 1
+        else:
+            j = s.find(",", i)
+            j = end if j < 0 else j
+            token = s[i:j].strip(_PG_SPACE)
+            out.append(None if token.upper() == "NULL" else token)
+            i = j
+        i += 1  # the comma
+    return out
+
+
+def _date(days: int) -> bytes:
+    return struct.pack(">I", days + (1 << 31))
+
+
+# -- scalars: from the canonical text (COPY-unescaped) and from the value inside jsonb ---------
+#
+# Inside jsonb a scalar is its JSON form (docs/types.md, "jsonb"); as a map key, the key's
+# text. Numbers arrive as Decimal (exact), so one function serves a number and its text.
+
+def _scalar_from_text(kind: str) -> Callable[[str], bytes]:
+    if kind in _INT_WIDTH:
+        width = _INT_WIDTH[kind]
+        return lambda s: int(s).to_bytes(width, "big", signed=True)
+    if kind == "varint":
+        return lambda s: _varint(_varint_core_str(s))
+    if kind == "decimal":
+        return lambda s: _decimal(Decimal(s))
+    if kind == "float":
+        return lambda s: struct.pack(">f", float(s))
+    if kind == "double":
+        return lambda s: struct.pack(">d", float(s))
+    if kind == "boolean":
+        return lambda s: b"\x01" if s in ("t", "true") else b"\x00"
+    if kind in ("text", "ascii"):
+        return lambda s: s.encode("utf-8")
+    if kind == "blob":
+        return lambda s: bytes.fromhex(s[2:])
+    if kind in ("uuid", "timeuuid"):
+        return lambda s: uuid.UUID(s).bytes
+    if kind == "inet":
+        return _inet
+    if kind == "timestamp":
+        return lambda s: struct.pack(">q", _ts_core_pg(s) // 1000)
+    if kind == "date":
+        return lambda s: _date(_date_core_pg(s))
+    if kind == "time":
+        return lambda s: struct.pack(">q", _time_core_pg(s))
+    if kind == "duration":
+        return lambda s: _duration(_duration_core_pg(s))
+    raise ValueError(f"no serializer for CQL type {kind!r}")
+
+
+def _json_float(v: Any) -> float:
+    """A float inside jsonb: a JSON number is stored as ``numeric``, which has no negative
+    zero, so ``-0.0`` is held (and serialized) as ``0.0``; a string (NaN, ±Infinity, a map
+    key) keeps its sign."""
+    x = float(v)
+    return 0.0 if x == 0.0 and isinstance(v, Decimal) else x
+
+
+def _scalar_from_json(kind: str) -> Callable[[Any], bytes]:
+    if kind in _INT_WIDTH:
+        width = _INT_WIDTH[kind]
+        return lambda v: int(Decimal(v)).to_bytes(width, "big", signed=True)
+    if kind == "varint":
+        return lambda v: _varint(int(Decimal(v)))
+    if kind == "decimal":
+        return lambda v: _decimal(Decimal(v))
+    if kind == "float":
+        return lambda v: struct.pack(">f", _json_float(v))
+    if kind == "double":
+        return lambda v: struct.pack(">d", _json_float(v))
+    if kind == "boolean":
+        return lambda v: b"\x01" if v is True or v == "true" else b"\x00"
+    if kind == "timestamp":
+        return lambda v: struct.pack(">q", _iso_ts_ms(v))
+    if kind == "date":
+        return lambda v: _date(_iso_date_days(v))
+    if kind == "time":
+        return lambda v: struct.pack(">q", _time_core_pg(v))
+    if kind == "duration":
+        return lambda v: _duration(_iso_duration(v))
+    return _scalar_from_text(kind)  # text, ascii, blob, uuid, timeuuid, inet: same string
+
+
+# -- Cassandra's order of set elements and map keys -----------------------------------------
+
+def _signed(b: bytes) -> int:
+    return int.from_bytes(b, "big", signed=True)
+
+
+def _uuid_order(b: bytes) -> bytes:
+    """``UUIDType``'s order as bytes: a version-1 uuid by its time fields (high, mid, low),
+    any other by its version nibble then the rest of its high half; then the low half."""
+    h = b.hex()
+    if h[12] == "1":
+        return bytes.fromhex(h[12:16] + h[8:12] + h[0:8]) + b[8:]
+    return bytes.fromhex(h[12] + h[0:12] + h[13:16]) + b[8:]
+
+
+def _timeuuid_order(b: bytes) -> bytes:
+    """``TimeUUIDType``'s order: the time fields, then the low half as signed bytes."""
+    return _uuid_order(b)[:8] + bytes(x ^ 0x80 for x in b[8:])
+
+
+def order_key(t: CqlType) -> Callable[[bytes], tuple]:
+    """A sort key, from the serialized bytes, that orders values of ``t`` as Cassandra orders
+    them in a set or among map keys: numbers by value (a float's ``-0.0`` before ``0.0``,
+    NaN last), ``uuid``/``timeuuid`` by ``UUIDType``/``TimeUUIDType``'s order, everything
+    else by unsigned bytes. A frozen collection, UDT or tuple as an element is ordered by its
+    bytes (Cassandra compares it element by element; the two can differ)."""
+    k = t.kind
+    if k in _SIGNED_INT:
+        return lambda b: (_signed(b), b)
+    if k == "decimal":
+        def dec(b: bytes) -> tuple:
+            return (Decimal(_signed(b[4:])).scaleb(-_signed(b[:4])), b)
+        return dec
+    if k in ("float", "double"):
+        top = 1 << (8 * (4 if k == "float" else 8) - 1)
+
+        def flt(b: bytes) -> tuple:
+            x = _signed(b)
+            return (-1 - x - top if x < 0 else x, b)
+        return flt
+    if k == "uuid":
+        return lambda b: (0, _uuid_order(b))
+    if k == "timeuuid":
+        return lambda b: (0, _timeuuid_order(b))
+    return lambda b: (0, b)
+
+
+# -- composites -----------------------------------------------------------------------------
+
+def _sized(b: bytes | None) -> bytes:
+    return _NULL_ELEMENT if b is None else struct.pack(">i", len(b)) + b
+
+
+def _pack(t: CqlType, items: list[bytes | None]) -> bytes:
+    """A list/set/vector of serialized elements (a set's already in Cassandra's order)."""
+    if t.kind == "vector":
+        if t.params[0].kind in FIXED_SIZE_KINDS:
+            return b"".join(b or b"" for b in items)
+        return b"".join(uvint(len(b or b"")) + (b or b"") for b in items)
+    return struct.pack(">i", len(items)) + b"".join(_sized(b) for b in items)
+
+
+def _sort_set(t: CqlType, items: list[bytes | None]) -> list[bytes | None]:
+    if t.kind != "set":
+        return items
+    key = order_key(t.params[0])
+    return sorted(items, key=lambda b: (0,) if b is None else (1, *key(b)))
+
+
+def _from_json(t: CqlType) -> Callable[[Any], bytes | None]:
+    """A value as parsed from c2pg's canonical JSON (numbers as Decimal) → bytes; None for
+    JSON null."""
+    k = t.kind
+    if t.is_scalar:
+        f = _scalar_from_json(k)
+        return lambda v: None if v is None else f(v)
+    if k in ("list", "set", "vector"):
+        elem = _from_json(t.params[0])
+        return lambda v: None if v is None else _pack(t, _sort_set(t, [elem(x) for x in v]))
+    if k == "map":
+        key_of = _key_from_text(t.params[0])
+        value_of = _from_json(t.params[1])
+        order = order_key(t.params[0])
+
+        def mapping(v: Any) -> bytes | None:
+            if v is None:
+                return None
+            entries = sorted(((key_of(a), value_of(b)) for a, b in v.items()), key=lambda e: order(e[0]))
+            return struct.pack(">i", len(entries)) + b"".join(_sized(a) + _sized(b) for a, b in entries)
+        return mapping
+    if k == "tuple":
+        fields = [_from_json(p) for p in t.params]
+
+        def tup(v: Any) -> bytes | None:
+            if v is None:
+                return None
+            v = list(v) + [None] * (len(fields) - len(v))
+            return b"".join(_sized(f(x)) for f, x in zip(fields, v, strict=False))
+        return tup
+    if k == "udt":
+        named = list(zip(t.field_names, (_from_json(p) for p in t.params), strict=True))
+        return lambda v: None if v is None else b"".join(_sized(f(v.get(n))) for n, f in named)
+    raise ValueError(f"no serializer for CQL type {t.cql()!r}")
+
+
+def _key_from_text(t: CqlType) -> Callable[[str], bytes]:
+    """A map key's text (the jsonb object key) → bytes; a collection key is its JSON text."""
+    if t.is_scalar:
+        return _scalar_from_json(t.kind)
+    inner = _from_json(t)
+
+    def composite(s: str) -> bytes:
+        b = inner(_loads(s))
+        assert b is not None
+        return b
+    return composite
+
+
+def _loads(s: str) -> Any:
+    return json.loads(s, parse_float=Decimal, parse_int=Decimal)
+
+
+# -- the public entry points ----------------------------------------------------------------
+
+def serializer(t: CqlType, *, time_as: str = "time") -> Serializer:
+    """``f(copy_text) -> bytes`` for a column of type ``t``: Cassandra's serialized value of
+    the canonical COPY text c2pg stores (``engine.types``), escaped as COPY escapes it.
+    Build it once per column, where it runs (it is a closure: not picklable)."""
+    pg = pg_type(t, time_as=time_as)  # type: ignore[arg-type]
+    if t.is_scalar:
+        scalar = _scalar_from_text(t.kind)
+        return lambda text: scalar(copy_unescape(text))
+    if pg.is_array:
+        elem = _scalar_from_text(t.params[0].kind)
+
+        def array(text: str) -> bytes:
+            items = [None if e is None else elem(e) for e in _array_elements(copy_unescape(text))]
+            return _pack(t, _sort_set(t, items))
+        return array
+    inner = _from_json(t)
+
+    def document(text: str) -> bytes:
+        b = inner(_loads(copy_unescape(text)))
+        assert b is not None
+        return b
+    return document
+
+
+def column_serializers(schema) -> dict[str, Serializer]:
+    """One :func:`serializer` per regular column of ``schema`` (an
+    :class:`engine.schema.TableSchema`), by name: what :func:`engine.reduce.reduce_events`
+    takes to break live-live ties the way Cassandra does."""
+    return {c.name: serializer(c.cql_type) for c in schema.regular if not c.dropped}
