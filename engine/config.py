@@ -373,8 +373,10 @@ class ReconcileConfig(_Section):
 
     ``digest_rows``: rows per digested sub-range (smaller: less re-read around a difference,
     more digests). ``recheck_delay``/``recheck_rounds``: how long and how often a difference
-    written during the run is read again before it is called unsettled (set the delay above
-    the sync lag). ``consistency``: reads and repairs (default: ``snapshot.consistency``).
+    is read again: one still changing at the last round is unsettled, one unchanged is drift
+    whatever its write time says (set the delay above the sync lag: a write sync has not
+    delivered within the rounds is reported as drift). ``consistency``: reads and repairs
+    (default: ``snapshot.consistency``).
     ``max_diffs``: differences kept in detail per token range (all are counted).
     """
 

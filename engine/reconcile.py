@@ -18,16 +18,24 @@ row per split), and runs one Ray task per split (:func:`compare_split`):
    PostgreSQL), ``mismatch`` (with the differing columns).
 
 Live traffic: every difference is read again on both sides (by partition token) after
-``reconcile.recheck_delay``; one that persists is drift unless a write time on either side
-is at or after the run's start, in which case it is read again, up to
-``reconcile.recheck_rounds`` times, and then reported as ``unsettled`` (in flight), not as
-drift. So a reconcile under continuous sync reports no false drift.
+``reconcile.recheck_delay``, up to ``reconcile.recheck_rounds`` times (:func:`recheck`). One
+that is still there is drift when no write time on either side is at or after the run's
+start, or, at the last round, when nothing about it changed since the read before — so a
+write time in the future delays the verdict but never hides drift (it is flagged "future
+write time"). One still changing at the last round is ``unsettled`` (in flight), not drift.
+So a reconcile under continuous sync reports no false drift.
 
-Repair (``repair=True``): the drifted keys are read from Cassandra once more, with write
-times, at the configured consistency, and applied through :class:`~engine.pg_writer.SyncWriter`
-(the sync merge, with the source winning ties): a cell newer in PostgreSQL is never
-overwritten. An ``extra`` row is deleted (a row tombstone at its own newest write time) only
-when Cassandra confirms it absent and its write times are older than the run start.
+Repair (``repair=True``): the drifted keys are read again on both sides, with write times, at
+the configured consistency (:func:`plan_repair`), applied through
+:class:`~engine.pg_writer.SyncWriter` (the sync merge, the source winning ties), and read
+again (:func:`verify_repair`): a key counts as repaired only when that re-read finds no
+difference, else it is "not repaired", with the reason. A cell the merge cannot win
+(PostgreSQL holds it at a newer write time than Cassandra's) falls under the authoritative
+rule: replaced by Cassandra's value at Cassandra's time only when the reads are at a quorum
+or stronger, both sides still hold what the re-check saw, and PostgreSQL still holds that
+write time when the overwrite runs (:func:`_row_repair`, :func:`apply_repair`). An ``extra``
+row is deleted (a row tombstone at its own newest write time) when Cassandra confirms it
+absent and the row was neither written in the future nor changed since the re-check.
 
 Failure: a task that fails is retried by Ray; a run that cannot finish is recorded as
 ``failed`` with the error, and :class:`ReconcileFailed` names it. Differences are values,
@@ -42,17 +50,18 @@ import math
 import sys
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, cast
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal, cast
 
 import numpy as np
 import psycopg2
 from cassandra import ConsistencyLevel
+from psycopg2 import sql
 from psycopg2.extras import execute_values
 
-from engine import cql, digest, log
+from engine import cql, digest, log, reconcile_report
 from engine import pg_dialect as d
 from engine.cassandra_source import ReadSettings, RowLayout, SplitReader, _column_converter, select_statement
 from engine.config import CassandraConfig, PipelineConfig, PostgresConfig, TableConfig
@@ -61,10 +70,10 @@ from engine.events import Cell
 from engine.pg_writer import SyncWriter
 from engine.ray_connect import ensure_ray
 from engine.reduce import Reduced, RowWrite, Tombstone
-from engine.schema import TableSchema, read_table
+from engine.schema import META_EXP, META_TOKEN, META_WT, TableSchema, read_table
 from engine.target import Target, ensure_state, ensure_target
 from engine.token_ranges import TokenSplit, plan_splits
-from engine.types import ValueConversionError, register_pg_text_casts
+from engine.types import ValueConversionError, copy_unescape, register_pg_text_casts
 
 logger = log.get("c2pg.reconcile")
 
@@ -120,10 +129,21 @@ class Diff:
     detail: dict = field(default_factory=dict, compare=False, hash=False)
     cassandra_wt: int | None = None
     postgres_wt: int | None = None
+    future: bool = False  # drift whose write time was ahead of the clock when it was judged
 
     def live(self, run_started_us: int) -> bool:
-        """Written at or after the run's start on either side: in flight, not drift."""
+        """Written at or after the run's start on either side: maybe in flight, read again."""
         return any(w is not None and w >= run_started_us for w in (self.cassandra_wt, self.postgres_wt))
+
+    def written_after(self, now_us: int) -> bool:
+        """A write time later than ``now_us`` on either side (``USING TIMESTAMP`` ahead)."""
+        return any(w is not None and w > now_us for w in (self.cassandra_wt, self.postgres_wt))
+
+    def same_as(self, other: Diff) -> bool:
+        """The same difference as ``other`` read earlier: same kind, columns, values and write
+        times on both sides, so nothing was written to the key between the two reads."""
+        return (self.kind, self.columns, self.cassandra_wt, self.postgres_wt, self.detail) == \
+            (other.kind, other.columns, other.cassandra_wt, other.postgres_wt, other.detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +417,7 @@ class _KeyReader:
 
     def __init__(self, target: Target, consistency: str, session, conn):
         self.target, self.session, self.conn = target, session, conn
+        self.consistency = consistency
         self.rows = _Rows(target.schema)
         self.stmt = session.prepare(select_statement(target.schema))
         self.stmt.consistency_level = cql.consistency_level(consistency)
@@ -443,109 +464,333 @@ class _KeyReader:
 
 def recheck(reader: _KeyReader, candidates: list[Diff], run_started_us: int, delay_s: float,
             rounds: int) -> tuple[list[Diff], list[Diff]]:
-    """``(drift, unsettled)``: the candidates' partitions read again after ``delay_s``.
+    """``(drift, unsettled)``: the candidates' partitions read again, up to ``rounds`` times,
+    ``delay_s`` apart.
 
-    A difference is drift only when it was already there one delay earlier and no write
-    time on either side is at or after the run start. A newer one, or one seen for the
-    first time (a row of the same partition changed meanwhile: a deletion leaves no write
-    time to look at), is read again, up to ``rounds`` times, and then reported as
-    unsettled (in flight), never as drift.
+    A difference is drift when a re-read finds it again one delay later and either no write
+    time on either side is at or after the run start, or — at the last round — nothing about
+    it changed since the read before (values and write times on both sides): whatever its
+    write times say, nothing was in flight for that key. So a write time in the future
+    (``USING TIMESTAMP`` ahead of the clock), which is always "after the run start", costs
+    the re-check rounds but never hides drift; such drift is flagged ``future``. What is
+    left after the last round — a difference that changed between the last two reads, or
+    was seen there for the first time (a deletion leaves no write time to look at) — is
+    unsettled: in flight, not drift.
     """
     drift: list[Diff] = []
+    decided: set[tuple] = set()  # a partition read again also returns its drift found earlier
+    previous = {(x.token, x.key): x for x in candidates}
     pending = candidates
-    seen = {(x.token, x.key) for x in candidates}
-    for _ in range(max(1, rounds)):
+    rounds = max(1, rounds)
+    for round_no in range(1, rounds + 1):
         if not pending:
             break
         time.sleep(delay_s)
-        now = reader.diff(pending)
-        settled = [x for x in now if (x.token, x.key) in seen and not x.live(run_started_us)]
-        drift += settled
-        pending = [x for x in now if (x.token, x.key) not in seen or x.live(run_started_us)]
-        seen = {(x.token, x.key) for x in pending}
+        now = [x for x in reader.diff(pending) if (x.token, x.key) not in decided]
+        now_us = int(time.time() * 1_000_000)
+        last = round_no == rounds
+        pending = []
+        for x in now:
+            before = previous.get((x.token, x.key))
+            if before is not None and (not x.live(run_started_us) or (last and x.same_as(before))):
+                drift.append(replace(x, future=x.written_after(now_us)))
+                decided.add((x.token, x.key))
+            else:
+                pending.append(x)
+        previous = {(x.token, x.key): x for x in pending}
     return drift, pending
+
+
+# --- repair: plan, apply, verify ----------------------------------------------------------------
+
+# Reads that see every write acknowledged at a quorum: the only answers a repair may impose
+# on a NEWER PostgreSQL cell (the authoritative overwrite; docs/reconcile.md#repair).
+AUTHORITATIVE_READS = frozenset({"QUORUM", "LOCAL_QUORUM", "EACH_QUORUM", "SERIAL", "LOCAL_SERIAL", "ALL"})
+
+
+@dataclass(frozen=True, slots=True)
+class Overwrite:
+    """One row's cells the merge cannot repair: PostgreSQL holds them at a newer write time
+    than Cassandra's, so last-write-wins keeps PostgreSQL's value. ``cells`` are Cassandra's
+    (value, write time, expiry); ``stored_wts`` the PostgreSQL write times they replace —
+    the overwrite applies only while the row still holds exactly those."""
+
+    token: int
+    key: tuple[str, ...]
+    cells: dict[str, Cell]
+    stored_wts: dict[str, int]
+
+
+@dataclass(slots=True)
+class RowRepair:
+    """What a repair does to one drifted row Cassandra has (:func:`_row_repair`)."""
+
+    write: RowWrite  # through the merge
+    overwrite: dict[str, Cell]  # column → Cassandra's cell, replacing a newer stored one
+    stored_wts: dict[str, int]  # column → the stored write time that overwrite expects
+    blocked: dict[str, str]  # column → why the repair leaves it as it is
 
 
 @dataclass
 class RepairPlan:
-    """What a repair will write: built from a fresh Cassandra read (:func:`plan_repair`),
-    applied by :func:`apply_repair`. ``notes`` says, per drifted key, what happens to it."""
+    """What a repair does, per drifted ``(token, key)``: built from a fresh read of both
+    sides (:func:`plan_repair`), applied by :func:`apply_repair` (which records each
+    overwrite's outcome here), judged by :func:`verify_repair`."""
 
     batch: Reduced
-    notes: dict[tuple, str]
-    rows_written: int = 0
-    rows_deleted: int = 0
+    notes: dict[tuple, str]  # what the repair does to the key
+    read_us: int = 0  # when the repair read the two sides
+    overwrites: list[Overwrite] = field(default_factory=list)
+    written: set[tuple] = field(default_factory=set)
+    deleted: set[tuple] = field(default_factory=set)
+    blocked: dict[tuple, str] = field(default_factory=dict)  # what the repair leaves as it is, and why
 
 
 def plan_repair(reader: _KeyReader, drift: Sequence[Diff], run_started_us: int) -> RepairPlan:
-    """Read the drifted partitions from Cassandra (at the configured consistency, with
-    write times) and PostgreSQL, and decide per key (see the module docstring)."""
-    wanted = {(x.token, x.key) for x in drift}
+    """Read the drifted partitions again (Cassandra at the configured consistency, with
+    write times) and decide per key: Cassandra's row written through the merge, the cells
+    the merge cannot win overwritten under the authoritative rule (:func:`_row_repair`), a
+    row Cassandra does not have deleted (:func:`_plan_delete`), or the key left, with why."""
+    seen = {(x.token, x.key): x for x in drift}
     c_rows: dict[int, list[_Row]] = {}
     p_rows: dict[int, list[_Row]] = {}
-    for t, c_list, p_list in reader.read(t for t, _ in wanted):
+    for t, c_list, p_list in reader.read(t for t, _ in seen):
         c_rows[t], p_rows[t] = c_list, p_list
-    rows = reader.rows
-    read_us = int(time.time() * 1_000_000)
-    plan = RepairPlan(Reduced({}, []), {})
-    for token, key in sorted(wanted):
+    plan = RepairPlan(Reduced({}, []), {}, int(time.time() * 1_000_000))
+    for ident, x in sorted(seen.items(), key=lambda item: item[0]):
+        token, key = ident
         c = next((r for r in c_rows.get(token, ()) if r.key == key), None)
         p = next((r for r in p_rows.get(token, ()) if r.key == key), None)
         if c is None and p is None:
-            plan.notes[(token, key)] = "already equal (absent on both sides)"
+            plan.notes[ident] = "already equal (absent on both sides)"
         elif c is None:
             assert p is not None
-            newest = p.newest()
-            if newest is not None and newest >= run_started_us:
-                plan.notes[(token, key)] = "skipped: written in PostgreSQL after the run started"
-                continue
-            plan.batch.tombstones.append(Tombstone("row", key, newest if newest is not None else 0))
-            plan.rows_deleted += 1
-            plan.notes[(token, key)] = "deleted (absent in Cassandra)"
+            _plan_delete(plan, ident, x, p, run_started_us)
         elif c.error:
-            plan.notes[(token, key)] = f"not repairable: {c.error}"
+            plan.blocked[ident] = f"cannot be stored in PostgreSQL: {c.error}"
         else:
-            write, note = _row_write(rows, c, p, read_us, run_started_us)
-            plan.batch.rows[key] = write
-            plan.rows_written += 1
-            plan.notes[(token, key)] = note
+            r = _row_repair(reader.rows, c, p, x, read_us=plan.read_us, run_started_us=run_started_us,
+                            consistency=reader.consistency)
+            plan.batch.rows[key] = r.write
+            plan.written.add(ident)
+            plan.notes[ident] = "written from Cassandra"
+            if r.overwrite:
+                plan.overwrites.append(Overwrite(token, key, r.overwrite, r.stored_wts))
+            if r.blocked:
+                plan.blocked[ident] = "; ".join(f"{column}: {why}" for column, why in r.blocked.items())
     return plan
 
 
-def _row_write(rows: _Rows, c: _Row, p: _Row | None, read_us: int, run_started_us: int) -> tuple[RowWrite, str]:
-    """The Cassandra row as a write: every cell at its Cassandra write time; a cell NULL in
-    Cassandra but set in PostgreSQL becomes a deletion at the stored cell's own time."""
+def _plan_delete(plan: RepairPlan, ident: tuple, seen: Diff, p: _Row, run_started_us: int) -> None:
+    """A row Cassandra confirms absent: a row tombstone at the row's own newest write time,
+    so nothing written later is touched and an older event replayed later cannot bring it
+    back. Left alone when that time is in the future (the tombstone would hide every write
+    of the key until then) or when the row was written after the run started and changed
+    since the re-check (in flight)."""
+    newest = p.newest()
+    if newest is not None and newest > plan.read_us:
+        plan.blocked[ident] = (f"not deleted: its write time {newest} is in the future, and a deletion at that "
+                               "time would hide every write of this key until then (delete it by hand if "
+                               "Cassandra's absence is right)")
+    elif newest is not None and newest >= run_started_us and not (seen.kind == "extra"
+                                                                   and seen.postgres_wt == newest):
+        plan.blocked[ident] = "not deleted: written in PostgreSQL since the re-check (in flight)"
+    else:
+        plan.batch.tombstones.append(Tombstone("row", ident[1], newest if newest is not None else 0))
+        plan.deleted.add(ident)
+        plan.notes[ident] = "deleted (absent in Cassandra)"
+
+
+def _row_repair(rows: _Rows, c: _Row, p: _Row | None, seen: Diff | None, *, read_us: int, run_started_us: int,
+                consistency: str) -> RowRepair:
+    """The Cassandra row ``c`` as a repair of the stored row ``p``, cell by cell:
+
+    - a cell Cassandra has is written at its Cassandra write time through the merge, which
+      also wins a tie;
+    - a cell NULL in Cassandra but set in PostgreSQL becomes a deletion at the stored cell's
+      own write time (so a newer write survives), unless it was written after the run
+      started and is no longer what the re-check saw (in flight);
+    - a differing cell PostgreSQL holds at a NEWER write time than Cassandra's, which the
+      merge would keep, falls under the authoritative rule: replaced by Cassandra's value at
+      Cassandra's write time when (1) the reads are at a quorum consistency or stronger, and
+      (2) both sides still hold the values and write times the re-check saw (the difference
+      persisted); :func:`apply_repair` adds (3): PostgreSQL still holds that write time when
+      the overwrite runs. Otherwise the cell is left, with the reason.
+    """
     cells: dict[str, Cell] = {}
-    newer = []
+    overwrite: dict[str, Cell] = {}
+    stored_wts: dict[str, int] = {}
+    blocked: dict[str, str] = {}
     for j, column in enumerate(rows.regular):
         if column.dropped:
             continue
         at = rows.n_key + j
         text, wt, ttl = c.texts[at], c.wts[j], c.ttls_or_exps[j]
-        stored_wt = None if p is None else p.wts[j]
+        stored, stored_wt = (None, None) if p is None else (p.texts[at], p.wts[j])
         if text is not None:
-            wt = wt if wt is not None else 0  # a live cell always has one; 0 loses to any write
-            cells[column.name] = Cell(text, wt, read_us + ttl * 1_000_000 if ttl else None)
-            if stored_wt is not None and stored_wt > wt:
-                newer.append(column.name)
-        elif p is not None and p.texts[at] is not None:
-            p_wt = p.wts[j]
-            if p_wt is not None and p_wt >= run_started_us:
-                newer.append(column.name)
+            # A live cell always has a write time; 0 would lose to any write.
+            cell = Cell(text, wt if wt is not None else 0, read_us + ttl * 1_000_000 if ttl else None)
+            if stored_wt is None or stored_wt <= cell.ts or rows.codecs[at].same(text, stored):
+                cells[column.name] = cell
+            elif consistency not in AUTHORITATIVE_READS:
+                blocked[column.name] = (f"PostgreSQL holds it at a newer write time ({stored_wt} > {cell.ts}) and "
+                                        f"a read at {consistency} may not overwrite that (QUORUM or stronger may)")
+            elif not _as_seen(rows, seen, j, c, p):
+                blocked[column.name] = (f"PostgreSQL holds it at a newer write time ({stored_wt} > {cell.ts}), "
+                                        "changed since the re-check (in flight)")
+            else:
+                overwrite[column.name], stored_wts[column.name] = cell, stored_wt
+        elif stored is not None:
+            if stored_wt is not None and stored_wt >= run_started_us and not _as_seen(rows, seen, j, c, p):
+                blocked[column.name] = "set in PostgreSQL since the re-check (in flight)"
                 continue
-            cells[column.name] = Cell(None, p_wt if p_wt is not None else 0)
-    has_live = any(cell.value is not None for cell in cells.values())
-    write = RowWrite(c.key, cells, None if has_live else read_us)
-    if newer:
-        return write, f"written; PostgreSQL keeps newer cells: {', '.join(newer)}"
-    return write, "written from Cassandra"
+            cells[column.name] = Cell(None, stored_wt if stored_wt is not None else 0)
+    has_live = any(cell.value is not None for cell in (*cells.values(), *overwrite.values()))
+    return RowRepair(RowWrite(c.key, cells, None if has_live else read_us), overwrite, stored_wts, blocked)
 
 
-def apply_repair(conn, target: Target, pipeline: str, plan: RepairPlan) -> None:
-    """Apply ``plan`` in one transaction through the sync merge (source wins ties)."""
-    if plan.batch.empty:
-        return
-    SyncWriter(conn, target, pipeline, source_wins_ties=True).apply(plan.batch, {})
+def _as_seen(rows: _Rows, seen: Diff | None, j: int, c: _Row, p: _Row | None) -> bool:
+    """Both sides of regular column ``j`` still hold the values and write times the
+    re-check's last read recorded for that column (so the difference persisted, and no
+    write landed on either side since)."""
+    if seen is None or seen.kind != "mismatch" or p is None:
+        return False
+    was = seen.detail.get(rows.regular[j].name)
+    if not isinstance(was, dict):
+        return False
+    at = rows.n_key + j
+    now = {"cassandra": _cut(c.texts[at]), "postgres": _cut(_pg_text(rows.codecs[at], p.texts[at])),
+           "cassandra_wt": c.wts[j], "postgres_wt": p.wts[j]}
+    return all(was.get(k) == v for k, v in now.items())
+
+
+def apply_repair(conn, target: Target, pipeline: str, plan: RepairPlan) -> int:
+    """Apply ``plan``: its writes and deletions in one transaction through the sync merge
+    (the source wins ties, a newer stored cell is kept), then its overwrites in a second
+    transaction, each a compare-and-set on the stored write times, so a sync write that
+    lands in between wins and the overwrite changes nothing (the key is then left, with the
+    reason). Returns the number of cells overwritten; each overwrite is logged."""
+    if not plan.batch.empty:
+        SyncWriter(conn, target, pipeline, source_wins_ties=True).apply(plan.batch, {})
+    if not plan.overwrites:
+        return 0
+    overwritten = 0
+    with conn, conn.cursor() as cur:
+        for o in plan.overwrites:
+            ident = (o.token, o.key)
+            statement, params = _overwrite(target, o)
+            cur.execute(statement, params)
+            columns = ", ".join(o.cells)
+            if cur.rowcount == 1:
+                overwritten += len(o.cells)
+                plan.notes[ident] = (f"written from Cassandra; newer PostgreSQL cells ({columns}) replaced by "
+                                     "Cassandra's (authoritative overwrite)")
+                logger.warning("repair replaced newer PostgreSQL cells by Cassandra's (authoritative overwrite)",
+                               key=list(o.key), columns=list(o.cells),
+                               cassandra_wt={k: cell.ts for k, cell in o.cells.items()},
+                               postgres_wt=o.stored_wts)
+            else:
+                why = f"{columns}: changed in PostgreSQL during the repair, not overwritten"
+                plan.blocked[ident] = "; ".join(filter(None, (plan.blocked.get(ident), why)))
+    return overwritten
+
+
+def _overwrite(target: Target, o: Overwrite) -> tuple[sql.Composed, dict[str, Any]]:
+    """The authoritative overwrite of one row: ``UPDATE`` the cells of ``o`` to Cassandra's
+    values, write times and expiries where the row's key matches and every one of those
+    cells still holds the write time the repair read (``_c2pg_wt`` positions follow the
+    catalog order, as in the merge). Values travel as parameters cast to the column type,
+    the text the COPY of the merge would carry, unescaped."""
+    schema = target.schema
+    regular = [c.name for c in schema.regular]
+    kinds = {c.name: c.pg_sql_type for c in schema.columns}
+    params: dict[str, Any] = {"token": o.token}
+
+    def stored(meta: str, i: int) -> sql.Composable:
+        return sql.SQL("t.{}[{}]").format(d.ident(meta), sql.Literal(i))
+
+    sets: list[sql.Composable] = []
+    wts: list[sql.Composable] = []
+    exps: list[sql.Composable] = []
+    where: list[sql.Composable] = [sql.SQL("t.{} = %(token)s").format(d.ident(META_TOKEN))]
+    for i, (column, text) in enumerate(zip(schema.primary_key, o.key, strict=True)):
+        params[f"k{i}"] = copy_unescape(text)
+        where.append(sql.SQL("t.{} = {}::{}").format(d.ident(column.name), sql.Placeholder(f"k{i}"),
+                                                     sql.SQL(kinds[column.name])))
+    for i, name in enumerate(regular, start=1):
+        cell = o.cells.get(name)
+        if cell is None:
+            wts.append(stored(META_WT, i))
+            exps.append(stored(META_EXP, i))
+            continue
+        assert cell.value is not None  # only live Cassandra cells are overwritten
+        params.update({f"v{i}": copy_unescape(cell.value), f"wt{i}": cell.ts, f"exp{i}": cell.expires_us,
+                       f"was{i}": o.stored_wts[name]})
+        sets.append(sql.SQL("{} = {}::{}").format(d.ident(name), sql.Placeholder(f"v{i}"), sql.SQL(kinds[name])))
+        wts.append(sql.SQL("{}::bigint").format(sql.Placeholder(f"wt{i}")))
+        exps.append(sql.SQL("{}::bigint").format(sql.Placeholder(f"exp{i}")))
+        where.append(sql.SQL("{} = {}").format(stored(META_WT, i), sql.Placeholder(f"was{i}")))
+    sets.append(sql.SQL("{} = ARRAY[{}]::bigint[]").format(d.ident(META_WT), sql.SQL(", ").join(wts)))
+    sets.append(sql.SQL("{} = ARRAY[{}]::bigint[]").format(d.ident(META_EXP), sql.SQL(", ").join(exps)))
+    statement = sql.SQL("UPDATE {} AS t SET {} WHERE {}").format(
+        d.ident(target.target_schema, target.target_table), sql.SQL(", ").join(sets), sql.SQL(" AND ").join(where))
+    return statement, params
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How the repair of one drifted key ended, by the re-read after it: ``written`` or
+    ``deleted`` (repaired: the re-read finds no difference), ``not_repaired`` (it still
+    finds one), ``equal`` (no difference, but not by the repair's hand)."""
+
+    outcome: Literal["written", "deleted", "not_repaired", "equal"]
+    note: str
+
+    @property
+    def repaired(self) -> bool:
+        return self.outcome in ("written", "deleted")
+
+
+def verify_repair(reader: _KeyReader, drift: Sequence[Diff], plan: RepairPlan, delay_s: float) -> dict[tuple, Verdict]:
+    """Per drifted ``(token, key)``, the repair's verdict from a re-read of both sides after
+    it, compared as the re-check compares (:meth:`_KeyReader.diff`). A key is repaired only
+    when the re-read finds no difference for it; whatever the plan meant to do, a difference
+    still there means "not repaired", with the plan's reason when it had one. A difference
+    written after the repair's read (in flight) is read once more, after ``delay_s``."""
+    wanted = {(x.token, x.key) for x in drift}
+    remaining = {(x.token, x.key): x for x in reader.diff(drift) if (x.token, x.key) in wanted}
+    moving = [x for x in remaining.values() if x.live(plan.read_us)]
+    if moving:
+        time.sleep(delay_s)
+        again = {(x.token, x.key): x for x in reader.diff(moving)}
+        for x in moving:
+            ident = (x.token, x.key)
+            if ident in again:
+                remaining[ident] = again[ident]
+            else:
+                del remaining[ident]
+    verdicts: dict[tuple, Verdict] = {}
+    for ident in wanted:
+        left = remaining.get(ident)
+        if left is not None:
+            why = plan.blocked.get(ident) or _still(left)
+            verdicts[ident] = Verdict("not_repaired", f"not repaired: {why}")
+        elif ident in plan.written:
+            verdicts[ident] = Verdict("written", plan.notes[ident])
+        elif ident in plan.deleted:
+            verdicts[ident] = Verdict("deleted", plan.notes[ident])
+        else:
+            verdicts[ident] = Verdict("equal", plan.notes.get(ident) or "equal at the repair (another write)")
+    return verdicts
+
+
+def _still(x: Diff) -> str:
+    if x.kind == "missing":
+        return ("still missing after the repair (a deletion recorded in PostgreSQL after Cassandra's cells "
+                "drops them from the merge)")
+    if x.kind == "extra":
+        return "still present after the repair"
+    return f"still differs after the repair in {', '.join(x.columns)}"
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -567,6 +812,8 @@ class ReconcileResult:
     rechecked: int  # differences of the first pass, read again after the delay
     unsettled: int
     unrepresentable: int
+    # rows_written / rows_deleted: repaired, as the re-read after the repair proved;
+    # not_repaired: still differing after it (each with its reason in _c2pg.reconcile_diffs).
     repaired: dict[str, int]
     seconds: float  # the whole run: compare, re-check delays, repair, bookkeeping
     compare_seconds: float  # the parallel digest/compare pass alone
@@ -575,6 +822,10 @@ class ReconcileResult:
     drift_by_range: list[dict]
     report_html: str | None = None
     sample: list[dict] = field(default_factory=list)
+    repair: bool = False  # the run repaired (``repaired`` says how that ended)
+    future_write_time: int = 0  # drift rows with a write time ahead of the clock
+    cells_overwritten: int = 0  # by the repair's authoritative overwrite
+    equal_at_repair: int = 0  # drift rows the repair found equal without writing them (another write)
 
     @property
     def rows_per_s(self) -> float:
@@ -585,10 +836,17 @@ class ReconcileResult:
     def drift(self) -> int:
         return sum(self.differences.values())
 
+    @property
+    def unrepaired(self) -> int:
+        """Drift the run leaves behind: all of it without repair, else what the re-read after
+        the repair still finds (``--fail-on-drift`` exits 3 when this is not 0)."""
+        return self.repaired["not_repaired"] if self.repair else self.drift
+
     def stats(self) -> dict:
         out = asdict(self)
         out["rows_per_s"] = round(self.rows_per_s, 1)
         out["drift"] = self.drift
+        out["unrepaired"] = self.unrepaired
         return out
 
 
@@ -658,26 +916,17 @@ def run_reconcile(cfg: PipelineConfig, table_cfg: TableConfig, *, repair: bool |
                                            rc.recheck_rounds) if candidates else ([], [])
                 logger.info("re-check done", candidates=len(candidates), drift=len(drift), unsettled=len(unsettled),
                             seconds=round(time.monotonic() - t_recheck, 2))
-                repaired = {"rows_written": 0, "rows_deleted": 0, "not_repaired": 0}
-                notes: dict[tuple, str] = {}
+                verdicts: dict[tuple, Verdict] = {}
+                overwritten = 0
                 if repair and drift:
-                    t_read = time.monotonic()
-                    repair_plan = plan_repair(reader, drift, run_started_us)
-                    t_apply = time.monotonic()
-                    apply_repair(conn, target, cfg.name, repair_plan)
-                    logger.info("repair applied", read_s=round(t_apply - t_read, 2),
-                                apply_s=round(time.monotonic() - t_apply, 2), rows=len(repair_plan.batch.rows),
-                                tombstones=len(repair_plan.batch.tombstones))
-                    notes = repair_plan.notes
-                    repaired = {"rows_written": repair_plan.rows_written, "rows_deleted": repair_plan.rows_deleted,
-                                "not_repaired": sum(1 for n in notes.values() if n.startswith("not repairable"))}
-                result = _result(run_id, schema.qualified, qualified_target, outcomes, drift, unsettled, repaired,
-                                 time.monotonic() - started, compare_seconds)
-                _store_diffs(conn, run_id, plan, drift, notes)
+                    verdicts, overwritten = _repair(conn, reader, target, cfg.name, drift, run_started_us,
+                                                    rc.recheck_delay.total_seconds())
+                result = _result(run_id, schema.qualified, qualified_target, outcomes, drift, unsettled,
+                                 repair, verdicts, overwritten, time.monotonic() - started, compare_seconds)
+                _store_diffs(conn, run_id, plan, drift, verdicts)
                 if result.drift:
-                    from engine import reconcile_report
-
-                    result.report_html = reconcile_report.write_html(result, drift, html_path)
+                    result.report_html = reconcile_report.write_html(
+                        result, drift, html_path, {ident: v.note for ident, v in verdicts.items()})
                 _finish(conn, run_id, "completed", result, None)
                 return result
             except BaseException as exc:  # Ctrl-C included: the run record must not stay 'running'
@@ -749,18 +998,40 @@ def _compare_all(cfg: PipelineConfig, settings: CompareSettings, plan: list[Toke
     return sorted(outcomes, key=lambda o: o.split.index)
 
 
+def _repair(conn, reader: _KeyReader, target: Target, pipeline: str, drift: list[Diff], run_started_us: int,
+            delay_s: float) -> tuple[dict[tuple, Verdict], int]:
+    """Plan, apply and verify the repair of ``drift``: per key its verdict, and the number
+    of cells overwritten under the authoritative rule."""
+    t_read = time.monotonic()
+    plan = plan_repair(reader, drift, run_started_us)
+    t_apply = time.monotonic()
+    overwritten = apply_repair(conn, target, pipeline, plan)
+    t_verify = time.monotonic()
+    verdicts = verify_repair(reader, drift, plan, delay_s)
+    logger.info("repair applied and verified", read_s=round(t_apply - t_read, 2),
+                apply_s=round(t_verify - t_apply, 2), verify_s=round(time.monotonic() - t_verify, 2),
+                rows=len(plan.batch.rows), tombstones=len(plan.batch.tombstones), cells_overwritten=overwritten,
+                not_repaired=sum(v.outcome == "not_repaired" for v in verdicts.values()))
+    return verdicts, overwritten
+
+
 def _result(run_id: str, qualified: str, target: str, outcomes: list[SplitOutcome], drift: list[Diff],
-            unsettled: list[Diff], repaired: dict, seconds: float, compare_seconds: float) -> ReconcileResult:
+            unsettled: list[Diff], repair: bool, verdicts: dict[tuple, Verdict], cells_overwritten: int,
+            seconds: float, compare_seconds: float) -> ReconcileResult:
     """The run's figures; ``drift_by_range`` feeds the drift page and the status page."""
     counts = {k: 0 for k in KINDS}
     for x in drift:
         counts[x.kind] += 1
     per_split: dict[int, dict] = {o.split.index: {"split_index": o.split.index, "start_token": o.split.start,
                                                    "end_token": o.split.end, "rows": o.cassandra_rows,
-                                                   **{k: 0 for k in KINDS}} for o in outcomes}
+                                                   **{k: 0 for k in KINDS}, "future": 0} for o in outcomes}
     for x in drift:
         per_split[x.split_index][x.kind] += 1
+        per_split[x.split_index]["future"] += x.future
     ranges = sorted(per_split.values(), key=lambda r: r["start_token"])
+    verdict_counts = Counter(v.outcome for v in verdicts.values())
+    repaired = {"rows_written": verdict_counts["written"], "rows_deleted": verdict_counts["deleted"],
+                "not_repaired": verdict_counts["not_repaired"]}
     return ReconcileResult(
         run_id=run_id, table=qualified, target=target, status="completed",
         rows_compared=sum(o.cassandra_rows for o in outcomes), postgres_rows=sum(o.postgres_rows for o in outcomes),
@@ -772,11 +1043,14 @@ def _result(run_id: str, qualified: str, target: str, outcomes: list[SplitOutcom
         unrepresentable=sum(o.unrepresentable for o in outcomes), repaired=repaired,
         seconds=round(seconds, 3), compare_seconds=round(compare_seconds, 3), retries=sum(o.retries for o in outcomes),
         diffs_truncated=any(o.diffs_total > len(o.diffs) for o in outcomes), drift_by_range=ranges,
-        sample=[_diff_json(x) for x in drift[:20]])
+        sample=[_diff_json(x) for x in drift[:20]], repair=repair,
+        future_write_time=sum(x.future for x in drift), cells_overwritten=cells_overwritten,
+        equal_at_repair=verdict_counts["equal"])
 
 
 def _diff_json(x: Diff) -> dict:
-    return {"token": x.token, "key": list(x.key), "kind": x.kind, "columns": list(x.columns), "detail": x.detail}
+    return {"token": x.token, "key": list(x.key), "kind": x.kind, "columns": list(x.columns), "detail": x.detail,
+            "flags": [reconcile_report.FUTURE_FLAG] if x.future else []}
 
 
 def _record_run(conn, run_id: str, cfg: PipelineConfig, target: Target, plan: list[TokenSplit], args: dict) -> None:
@@ -786,7 +1060,11 @@ def _record_run(conn, run_id: str, cfg: PipelineConfig, target: Target, plan: li
         execute_values(cur, d.INSERT_RUN_SPLITS.as_string(conn), [(run_id, s.index, s.start, s.end) for s in plan])
 
 
-def _store_diffs(conn, run_id: str, plan: list[TokenSplit], drift: list[Diff], notes: dict[tuple, str]) -> None:
+def _store_diffs(conn, run_id: str, plan: list[TokenSplit], drift: list[Diff],
+                 verdicts: dict[tuple, Verdict]) -> None:
+    """One ``_c2pg.reconcile_diffs`` row per drifted key; a flagged row's ``detail`` carries
+    ``_c2pg_flags`` (the ``_c2pg_`` prefix is c2pg's, so no column name collides); with a
+    repair, ``repaired`` and ``repair_note`` are the verdict of the re-read after it."""
     if not drift:
         return
     by_index = {s.index: s for s in plan}
@@ -794,17 +1072,14 @@ def _store_diffs(conn, run_id: str, plan: list[TokenSplit], drift: list[Diff], n
         rows = []
         for x in drift:
             s = by_index[x.split_index]
+            detail = {**x.detail, "_c2pg_flags": [reconcile_report.FUTURE_FLAG]} if x.future else x.detail
             rows.append((run_id, x.split_index, s.start, s.end, x.token, json.dumps(list(x.key)), x.kind,
-                         list(x.columns), json.dumps(x.detail, default=str)))
+                         list(x.columns), json.dumps(detail, default=str)))
         ids = execute_values(cur, d.INSERT_RECONCILE_DIFFS.as_string(conn), rows, fetch=True)
-        if notes:
-            marks = []
-            for (row_id,), x in zip(ids, drift, strict=True):
-                note = notes.get((x.token, x.key))
-                if note is not None:
-                    marks.append((row_id, note.startswith(("written", "deleted")), note))
-            if marks:
-                execute_values(cur, d.MARK_REPAIRED.as_string(conn), marks)
+        marks = [(row_id, v.repaired, v.note) for (row_id,), x in zip(ids, drift, strict=True)
+                 if (v := verdicts.get((x.token, x.key))) is not None]
+        if marks:
+            execute_values(cur, d.MARK_REPAIRED.as_string(conn), marks)
 
 
 def _finish(conn, run_id: str, status: str, result: ReconcileResult | None, error: str | None) -> None:

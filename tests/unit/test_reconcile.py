@@ -1,6 +1,7 @@
-"""Reconcile's pure parts: digest texts, the merge-join's classification, repair decisions,
-the live-traffic rule and the report. (Against the real servers: tests/integration/
-test_reconcile.py and test_digest.py.)"""
+"""Reconcile's pure parts: digest texts, the merge-join's classification, the live-traffic
+rule and the report (the re-check's verdicts and the repair's decisions:
+test_reconcile_honest.py). (Against the real servers: tests/integration/test_reconcile.py,
+test_reconcile_honest.py and test_digest.py.)"""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from hypothesis import strategies as st
 
 from engine import digest
 from engine.cassandra_source import _column_converter
-from engine.events import Cell
-from engine.reconcile import Diff, _row_write, _Rows, diff_rows
+from engine.reconcile import Diff, _Rows, diff_rows
 from engine.reconcile_report import drift_svg, render_html
 from engine.schema import Column, TableSchema
 from engine.types import codec, parse_cql_type
@@ -61,25 +61,6 @@ def test_a_difference_is_live_when_either_side_was_written_at_or_after_the_run_s
     assert Diff(0, 1, ("1",), "extra", postgres_wt=100).live(100)
     assert not Diff(0, 1, ("1",), "missing", cassandra_wt=99).live(100)
     assert not Diff(0, 1, ("1",), "extra").live(100)
-
-
-def test_repair_writes_cassandra_cells_and_deletes_cells_null_in_cassandra_at_their_own_time():
-    rows, c = _c(1, ("1", "1"), "x", None, wts=(30, None))
-    p = _p(1, ("1", "1"), "y", '{"k": 2}', wts=(30, 25))
-    write, note = _row_write(rows, c, p, read_us=1_000, run_started_us=500)
-    assert write.cells == {"a": Cell("x", 30, None), "m": Cell(None, 25)}
-    assert write.row_ts is None and note == "written from Cassandra"
-
-
-def test_repair_never_claims_cells_newer_in_postgres_and_keeps_marker_only_rows():
-    rows, c = _c(1, ("1", "1"), "old", None, wts=(30, None))
-    p = _p(1, ("1", "1"), "newer", '{"k": 2}', wts=(40, 600))          # m written after the run start
-    write, note = _row_write(rows, c, p, read_us=1_000, run_started_us=500)
-    assert write.cells == {"a": Cell("old", 30, None)}                # the merge keeps 'newer' (40 > 30)
-    assert note == "written; PostgreSQL keeps newer cells: a, m"
-    _, marker_only = _c(2, ("2", "1"), None, None, wts=(None, None))
-    write, _ = _row_write(rows, marker_only, None, read_us=1_000, run_started_us=500)
-    assert write.cells == {} and write.row_ts == 1_000
 
 
 def test_jsonb_text_prints_like_postgres():
@@ -140,7 +121,7 @@ def test_the_drift_page_escapes_keys_and_values():
     from types import SimpleNamespace
 
     result = SimpleNamespace(table="ks.t", target="s.t", run_id="r1", rows_compared=10, ranges=1, seconds=1.0,
-                             drift=1, unsettled=0, repaired={"rows_written": 0},
+                             drift=1, unsettled=0, repaired={"rows_written": 0}, repair=False, future_write_time=0,
                              differences={"missing": 0, "extra": 0, "mismatch": 1}, drift_by_range=[])
     page = render_html(result, [Diff(0, 5, ("<b>",), "mismatch", ("a",), {"a": {"cassandra": "<script>"}})])
     assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;" in page
