@@ -506,18 +506,33 @@ def _sync(args: argparse.Namespace) -> int:
             print(json.dumps(status, indent=2, default=str))
             return 0
         print(progress(status)[2])
-        print(f"{'WORKER':<7} {'STATE':<10} {'TABLE':<28} {'PART':>4} {'OFFSET':>9} {'LAG':>7} "
-              f"{'EVENTS/S':>9}  LAST WRITE APPLIED")
-        for w in status["workers"]:
-            for p in w.get("partitions", []):
-                ts = p.get("last_write_ts_us")
-                last = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts / 1e6)) if ts else "-"
-                print(f"{w['worker']:<7} {w['state']:<10} {p.get('table', p['topic']):<28} {p['partition']:>4} "
-                      f"{p.get('offset', '-')!s:>9} {p.get('lag', '-')!s:>7} "
-                      f"{p.get('events_per_s', 0):>9}  {last}")
-            if w.get("error"):
-                print(f"        error: {w['error']}")
+        _print_sync_status(status, time.time())
     return 0
+
+
+def _print_sync_status(status: dict, now_s: float) -> None:
+    """The per-partition table of ``c2pg sync status`` (``now_s``: this machine's clock).
+
+    events/s is the workers' figure over their last ``RATE_WINDOW_S``. A last write more
+    than ``FUTURE_TOLERANCE_S`` after this clock — or one the worker flagged by its own
+    clock — gets a remark: it is a client's wrong timestamp, not how far sync has come."""
+    from engine.sync_status import describe_duration, format_write_time, in_future, seconds_ahead
+
+    print(f"{'WORKER':<7} {'STATE':<10} {'TABLE':<28} {'PART':>4} {'OFFSET':>9} {'LAG':>7} "
+          f"{'EVENTS/S':>9}  LAST WRITE APPLIED")
+    for w in status["workers"]:
+        for p in w.get("partitions", []):
+            ts = p.get("last_write_ts_us")
+            last = format_write_time(ts)
+            if in_future(ts, now_s):
+                last += f" (future: {describe_duration(seconds_ahead(ts, now_s))} ahead of this clock)"
+            elif p.get("last_write_in_future"):
+                last += " (future by the worker's clock)"
+            print(f"{w['worker']:<7} {w['state']:<10} {p.get('table', p['topic']):<28} {p['partition']:>4} "
+                  f"{p.get('offset', '-')!s:>9} {p.get('lag', '-')!s:>7} "
+                  f"{p.get('events_per_s', 0):>9}  {last}")
+        if w.get("error"):
+            print(f"        error: {w['error']}")
 
 
 # --- dead letters -------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import ray
 
 from engine.config import PipelineConfig, TableConfig
+from engine.sync_status import WindowRate, in_future
 
 log = logging.getLogger("c2pg.sync.worker")
 
@@ -38,9 +39,10 @@ class PartitionState:
     partition: int
     next_offset: int | None = None  # committed: the next offset to apply
     high_watermark: int | None = None
-    last_write_ts_us: int | None = None
+    last_write_ts_us: int | None = None  # the newest Cassandra write time applied (a maximum)
     events: int = 0
-    rate: float = 0.0  # events/s, smoothed
+    # events/s over the last RATE_WINDOW_S; counts from when the worker built this state.
+    rate: WindowRate = field(default_factory=lambda: WindowRate(time.monotonic()))
 
     @property
     def lag(self) -> int | None:
@@ -85,6 +87,7 @@ class PartitionWorker:
     def status(self) -> dict:
         with self._lock:
             lat = sorted(self.latencies)
+            mono, wall = time.monotonic(), time.time()
             return {"worker": self.worker_id, "state": self.state.state, "error": self.state.error,
                     "batches": self.state.batches, "retries": self.state.retries,
                     "latency_ms": {"p50": round(lat[len(lat) // 2], 1), "p99": round(lat[int(len(lat) * 0.99)], 1),
@@ -92,8 +95,10 @@ class PartitionWorker:
                     "paused_tables": sorted(self.state.paused_tables),
                     "partitions": [{"topic": p.topic, "partition": p.partition, "table": self._table_name(p.topic),
                                     "offset": p.next_offset, "high_watermark": p.high_watermark, "lag": p.lag,
-                                    "last_write_ts_us": p.last_write_ts_us, "events": p.events,
-                                    "events_per_s": round(p.rate, 1)} for p in self.parts.values()]}
+                                    "last_write_ts_us": p.last_write_ts_us,
+                                    "last_write_in_future": in_future(p.last_write_ts_us, wall),
+                                    "events": p.events, "events_per_s": round(p.rate.per_second(mono), 1)}
+                                   for p in self.parts.values()]}
 
     @ray.method(concurrency_group="control")
     def pause(self, table: str | None = None) -> None:
@@ -234,7 +239,7 @@ class PartitionWorker:
             result = appliers[topic].apply(records, next_offsets)
             _metrics().record(self.cfg.name, self._table_name(topic), result, time.monotonic() - t0)
             self._publish_dead(result.dead)
-            committed_ms = time.time() * 1000
+            committed_ms, committed_at = time.time() * 1000, time.monotonic()
             with self._lock:
                 self.latencies.extend(committed_ms - r.timestamp_ms for r in records if r.timestamp_ms)
                 self.state.batches += 1
@@ -248,8 +253,7 @@ class PartitionWorker:
                     st.next_offset = nxt
                     if result.max_write_ts_us:
                         st.last_write_ts_us = max(st.last_write_ts_us or 0, result.max_write_ts_us)
-                    elapsed = max(1e-3, time.monotonic() - t0)
-                    st.rate = 0.8 * st.rate + 0.2 * (n / elapsed) if st.rate else n / elapsed
+                    st.rate.add(n, committed_at)
 
     def _publish_dead(self, dead) -> None:
         """Copy committed dead letters to ``kafka.dlq_topic`` when one is set (at least once:

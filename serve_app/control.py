@@ -36,6 +36,7 @@ import structlog
 
 from engine import health, runs
 from engine.config import PipelineConfig, TableConfig
+from engine.sync_status import in_future, iso_write_time
 from serve_app.security import ApiError
 
 log = structlog.get_logger("c2pg.serve")
@@ -213,6 +214,7 @@ class Control:
             problems.append(exc.message)
         parts: dict[str, list[dict]] = {q: [] for q in self.tables}
         workers = []
+        now = time.time()
         if sup is not None:
             for w in sup.get("workers", []):
                 workers.append({"worker": w.get("worker"), "state": w.get("state"), "error": w.get("error"),
@@ -221,9 +223,13 @@ class Control:
                 for p in w.get("partitions", []):
                     q = topics.get(p["topic"])
                     if q is not None:
+                        # Flagged by the worker's clock or this replica's (a worker may predate the flag).
+                        ts = p.get("last_write_ts_us")
+                        future = bool(p.get("last_write_in_future")) or in_future(ts, now)
                         parts[q].append({"partition": p["partition"], "offset": p.get("offset"),
                                          "high_watermark": p.get("high_watermark"), "lag": p.get("lag"),
-                                         "last_write_applied": _ts(p.get("last_write_ts_us")),
+                                         "last_write_applied": iso_write_time(ts), "last_write_ts_us": ts,
+                                         "last_write_in_future": future,
                                          "events": p.get("events", 0), "events_per_s": p.get("events_per_s", 0.0),
                                          "dead_letters": None if dead is None else dead.get((q, p["partition"]), 0),
                                          "worker": w.get("worker"), "worker_state": w.get("state")})
@@ -231,7 +237,8 @@ class Control:
             for o in committed:
                 parts[topics[o["topic"]]].append({
                     "partition": o["partition"], "offset": o["offset"], "high_watermark": None, "lag": None,
-                    "last_write_applied": None, "events": 0, "events_per_s": 0.0,
+                    "last_write_applied": None, "last_write_ts_us": None, "last_write_in_future": False,
+                    "events": 0, "events_per_s": 0.0,
                     "dead_letters": None if dead is None else dead.get((topics[o["topic"]], o["partition"]), 0),
                     "worker": None,
                     "worker_state": "stopped", "committed_at": o["updated_at"]})
@@ -241,14 +248,15 @@ class Control:
         for q, t in self.tables.items():
             ps = sorted(parts[q], key=lambda p: p["partition"])
             lags = [p["lag"] for p in ps if p["lag"] is not None]
-            writes = [p["last_write_applied"] for p in ps if p["last_write_applied"]]
+            writes = [p["last_write_ts_us"] for p in ps if p["last_write_ts_us"]]
             tables.append({"table": q, "target": f"{t.target_schema}.{t.target_table}",
                            "topic": self.cfg.kafka.topic_for(t.keyspace, t.table),
                            "paused": paused_all or q in paused_tables,
                            "dead_letters": None if dead is None else sum(n for (t_, _), n in dead.items() if t_ == q),
                            "lag": sum(lags) if lags else None,
                            "events_per_s": round(sum(p["events_per_s"] for p in ps), 1),
-                           "last_write_applied": max(writes) if writes else None, "partitions": ps})
+                           "last_write_applied": iso_write_time(max(writes)) if writes else None,
+                           "last_write_in_future": any(p["last_write_in_future"] for p in ps), "partitions": ps})
         return {"pipeline": self.cfg.name, "as_of": _now(),
                 "sync": {"state": state, "error": error, "paused_all": paused_all,
                          "paused_tables": sorted(paused_tables),
