@@ -358,10 +358,17 @@ def _array_elem(s: str) -> str:
     return s
 
 
+# The whitespace array_in trims around an unquoted element: ASCII only (PostgreSQL 15
+# arrayfuncs.c ``array_isspace``; the same six as the ``scanner_isspace`` later versions use).
+# ``str.strip()`` would also drop U+001F, U+00A0, U+2028 ..., which array_out leaves unquoted.
+_PG_ARRAY_SPACE = " \t\n\r\v\f"
+
+
 def _parse_pg_array(s: str) -> list[str | None]:
     """Parse a one-dimensional PostgreSQL array literal (``array_out`` form) into element
     texts (``None`` for NULL). Used by ``from_pg`` when psycopg2 has no array caster for the
-    element type (uuid[], inet[] ...) and hands back the literal."""
+    element type (uuid[], inet[] ...) and hands back the literal. Around an unquoted element
+    it trims what array_in trims (:data:`_PG_ARRAY_SPACE`), nothing else."""
     if s.startswith("["):                       # explicit bounds: [0:2]={...}
         s = s[s.index("=") + 1:]
     if not (s.startswith("{") and s.endswith("}")):
@@ -385,7 +392,7 @@ def _parse_pg_array(s: str) -> list[str | None]:
             j = i
             while s[j] not in ",}":
                 j += 1
-            tok = s[i:j].strip()
+            tok = s[i:j].strip(_PG_ARRAY_SPACE)
             if tok == "{" or tok.startswith("{"):
                 raise ValueConversionError("multi-dimensional arrays are not produced by c2pg")
             out.append(None if tok.upper() == "NULL" else tok)

@@ -13,21 +13,67 @@ applies :class:`~engine.reduce.Reduced` batches the way the sync writer must, st
 2. shadow the stored rows the new deletions cover: cells written at or before become a
    deletion at that time, an older row marker goes;
 3. merge each reduced row: drop what a recorded deletion covers, then per cell
-   last-write-wins (:func:`engine.reduce.wins`), the row marker keeps the newest;
+   last-write-wins (:func:`cell_wins`), the row marker keeps the newest;
 4. remove rows left with no live cell and no marker — Cassandra has no such row — and keep
    their cell deletions as ``cell`` tombstones, so an older write arriving later still loses.
 
 The property: any events, batched in any way, applied in any order and repeated, leave
 ``Target.materialize() == Cassandra.materialize()``. The SQL of the sync writer is then
 checked against ``Target`` on real PostgreSQL.
+
+Both models are oracles, so they are written from the rules as Cassandra states them
+(docs/types.md, "Cassandra's tie rule"; docs/architecture.md, "The replication contract"),
+not from the code they judge: the cell rule (:func:`cell_wins`) and the range test
+(:func:`in_range`) are their own, and a value's bytes come from the cassandra-driver's
+serializers, not from :mod:`engine.cassandra_bytes`. From ``engine`` they take only the data
+types and, in :func:`apply_in_batches`, the reducer under test.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from engine.events import Cell, ChangeEvent, Op
-from engine.reduce import Reduced, Tombstone, in_range, reduce_events, wins
+from cassandra.cqltypes import AsciiType, Int32Type, LongType, UTF8Type
+
+from engine.events import Bound, Cell, ChangeEvent, Op
+from engine.reduce import Reduced, Tombstone, reduce_events
+
+# The CQL types the model's values may have: the Python value of a canonical text, and the
+# driver's serializer for it (protocol v4). A column not named in ``types`` is text.
+_TYPES = {
+    "text": (str, UTF8Type),
+    "ascii": (str, AsciiType),
+    "int": (int, Int32Type),
+    "bigint": (int, LongType),
+}
+
+
+def driver_bytes(value: str, cql_type: str = "text") -> bytes:
+    """Cassandra's serialized value of ``value`` (the text the events carry), by the driver."""
+    if cql_type in ("text", "ascii") and "\\" in value:
+        # Events carry COPY text: with a backslash it is an escape, not the value itself.
+        raise ValueError(f"the model takes text values without backslashes, not {value!r}")
+    python, serializer = _TYPES[cql_type]
+    return serializer.serialize(python(value), 4)
+
+
+def _rank(cell: Cell, cql_type: str) -> tuple[int, bool, bool, int, bytes]:
+    """The order in which Cassandra resolves two writes of one cell (Cells.resolveRegular):
+    the write time; then a deletion over a live value; then a value with a TTL over one
+    without; then the later expiry in whole seconds; then the greater serialized value,
+    as unsigned bytes with a proper prefix first — which is how Python orders ``bytes``."""
+    if cell.value is None:
+        return (cell.ts, True, False, 0, b"")
+    if cell.expires_us is None:
+        return (cell.ts, False, False, 0, driver_bytes(cell.value, cql_type))
+    return (cell.ts, False, True, cell.expires_us // 1_000_000, driver_bytes(cell.value, cql_type))
+
+
+def cell_wins(new: Cell, old: Cell | None, cql_type: str = "text") -> bool:
+    """Does ``new`` replace ``old``? The higher rank wins; an equal rank is the same write
+    (or two deletions at one time), so ``old`` stays."""
+    return old is None or _rank(new, cql_type) > _rank(old, cql_type)
 
 
 def _int_compare(_: int, a: str, b: str) -> int:
@@ -36,6 +82,23 @@ def _int_compare(_: int, a: str, b: str) -> int:
 
 def _desc_compare(i: int, a: str, b: str) -> int:
     return -_int_compare(i, a, b)
+
+
+def in_range(clustering: tuple[str, ...], start: Bound | None, end: Bound | None, compare) -> bool:
+    """Is the row inside the range deletion ``start``..``end`` (an absent bound is open)?
+    A bound is a prefix of the clustering values, compared position by position in
+    clustering order; a row whose first values equal it is on the bound."""
+
+    def side(bound: Bound) -> int:  # the row is before (-1), on (0) or after (1) the bound
+        for i, v in enumerate(bound.values):
+            c = compare(i, clustering[i], v)
+            if c != 0:
+                return 1 if c > 0 else -1
+        return 0
+
+    after_start = start is None or side(start) > 0 or (side(start) == 0 and start.inclusive)
+    before_end = end is None or side(end) < 0 or (side(end) == 0 and end.inclusive)
+    return after_start and before_end
 
 
 def covering_kill(key: tuple[str, ...], tombs, n_pk: int, compare=_int_compare) -> int | None:
@@ -53,6 +116,7 @@ def covering_kill(key: tuple[str, ...], tombs, n_pk: int, compare=_int_compare) 
 class Cassandra:
     n_pk: int
     compare: object = _int_compare  # clustering order (``_desc_compare`` for a DESC column)
+    types: Mapping[str, str] = field(default_factory=dict)  # column → CQL type; text if absent
     cells: dict[tuple, Cell] = field(default_factory=dict)  # (key, column) → winning write
     markers: dict[tuple, int] = field(default_factory=dict)
     tombs: list[Tombstone] = field(default_factory=list)
@@ -60,7 +124,7 @@ class Cassandra:
     def apply(self, ev: ChangeEvent) -> None:
         if ev.op is Op.UPSERT:
             for name, cell in ev.cells:
-                if wins(cell, self.cells.get((ev.key, name))):
+                if cell_wins(cell, self.cells.get((ev.key, name)), self.types.get(name, "text")):
                     self.cells[(ev.key, name)] = cell
             if ev.row_marker:
                 self.markers[ev.key] = max(ev.ts, self.markers.get(ev.key, ev.ts))
@@ -91,6 +155,7 @@ class StoredRow:
 class Target:
     n_pk: int
     compare: object = _int_compare
+    types: Mapping[str, str] = field(default_factory=dict)
     rows: dict[tuple, StoredRow] = field(default_factory=dict)
     tombs: list = field(default_factory=list)  # Tombstone, or ("cell", key, column, ts)
 
@@ -112,7 +177,7 @@ class Target:
                 cell_kill = self._cell_kill(key, name)
                 if (kill is not None and cell.ts <= kill) or (cell_kill is not None and cell.ts <= cell_kill):
                     continue
-                if wins(cell, row.cells.get(name)):
+                if cell_wins(cell, row.cells.get(name), self.types.get(name, "text")):
                     row.cells[name] = cell
             if write.row_ts is not None and (kill is None or write.row_ts > kill):
                 row.row_ts = max(write.row_ts, row.row_ts or write.row_ts)
@@ -131,10 +196,20 @@ class Target:
                 for key, row in self.rows.items()}
 
 
-def apply_in_batches(events: list[ChangeEvent], cuts: list[int], n_pk: int, compare=_int_compare) -> Target:
-    target = Target(n_pk, compare)
+def apply_in_batches(events: list[ChangeEvent], cuts: list[int], n_pk: int, compare=_int_compare,
+                     types: Mapping[str, str] | None = None) -> Target:
+    """Reduce ``events`` with the reducer under test, cut into batches at ``cuts``, and apply
+    the batches to a :class:`Target`. ``types`` (column → CQL type) also gives the reducer
+    the columns' serializers, as the sync worker does."""
+    serializers = None
+    if types:
+        from engine.cassandra_bytes import serializer
+        from engine.types import parse_cql_type
+
+        serializers = {name: serializer(parse_cql_type(t)) for name, t in types.items()}
+    target = Target(n_pk, compare, dict(types or {}))
     bounds = [0, *sorted(set(c % (len(events) + 1) for c in cuts)), len(events)]
     for a, b in zip(bounds, bounds[1:], strict=False):
         if b > a:
-            target.apply(reduce_events(events[a:b], n_pk, compare))
+            target.apply(reduce_events(events[a:b], n_pk, compare, serializers))
     return target

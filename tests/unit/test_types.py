@@ -79,6 +79,23 @@ def array_elements(literal: str) -> list[str | None]:
         i += 1
 
 
+# PostgreSQL's array whitespace (arrayfuncs.c array_isspace): only these six, all ASCII.
+PG_ARRAY_SPACE = " \t\n\r\v\f"
+
+
+def array_out(elements: list[str | None]) -> str:
+    """PostgreSQL's ``array_out`` of a one-dimensional text[]: an element is quoted when it is
+    empty, reads as NULL, or holds ``"``, ``\\``, ``{``, ``}``, ``,`` or array whitespace;
+    inside quotes ``"`` and ``\\`` are backslash-escaped."""
+    def one(e: str | None) -> str:
+        if e is None:
+            return "NULL"
+        if e == "" or e.upper() == "NULL" or any(ch in '"\\{},' + PG_ARRAY_SPACE for ch in e):
+            return '"' + e.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return e
+    return "{" + ",".join(one(e) for e in elements) + "}"
+
+
 # -- parsing ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text,kind", [
@@ -516,6 +533,17 @@ def test_from_pg_shows_differences():
     assert c("duration").from_pg(timedelta(days=32, seconds=1)) == "768:00:01"   # psycopg2 folds months
 
 
+def test_from_pg_text_array_trims_only_postgres_whitespace():
+    """array_out leaves U+001F, U+00A0, U+0085, U+2028, U+3000 unquoted (they are not
+    PostgreSQL's array whitespace): they belong to the element. array_in's own whitespace
+    around an unquoted element is not part of it."""
+    k = c("list<text>")
+    literal = "{\x1fa\xa0,\u2028b\x85,\u3000,\x1c\x1d\x1e, \t\vc d\f\r\n,NULL}"
+    expected = ["\x1fa\xa0", "\u2028b\x85", "\u3000", "\x1c\x1d\x1e", "c d", None]
+    assert k.from_pg(literal) == k.from_driver(expected)
+    assert array_elements(copy_unescape(k.from_pg(literal))) == expected
+
+
 # -- property tests -------------------------------------------------------------------------------
 
 def same_float(x: float, y: float) -> bool:
@@ -579,6 +607,19 @@ def test_prop_int_list_round_trips(xs):
 @given(st.lists(text_no_nul, min_size=1))
 def test_prop_text_list_round_trips(xs):
     assert array_elements(copy_unescape(c("list<text>").from_driver(xs))) == xs
+
+
+# Text rich in what str.strip() removes and PostgreSQL keeps, next to PostgreSQL's whitespace.
+_edge_text = st.text(alphabet=st.sampled_from(
+    list(PG_ARRAY_SPACE) + ["\x1c", "\x1f", "\x85", "\xa0", "\u2028", "\u2029", "\u3000", "a", '"', ",", "\\"]))
+
+
+@given(st.lists(_edge_text | st.none(), min_size=1))
+def test_prop_text_array_from_postgres_output_reads_back(xs):
+    k = c("list<text>")
+    literal = array_out(xs)
+    assert array_elements(copy_unescape(k.from_pg(literal))) == xs
+    assert k.from_pg(literal) == k.from_driver(xs)
 
 
 @given(st.dictionaries(text_no_nul, st.integers(-2**31, 2**31 - 1) | st.none()))
