@@ -373,9 +373,9 @@ class _CapturingWriter:
         self._writer = writer
         self._failures = failures
 
-    def apply(self, batch, offsets, dead=()):
+    def apply(self, batch, offsets, dead=(), **clock):
         self._failures.extend(dead)
-        return self._writer.apply(batch, offsets, ())
+        return self._writer.apply(batch, offsets, (), **clock)  # clock: the batch's now_us
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._writer, name)

@@ -8,7 +8,8 @@ The merge statement is the heart of the replication contract (docs/architecture.
 replication contract", rules 2 and 3): a staged cell replaces the stored one only when its
 write time is newer, with ties broken as Cassandra breaks them (a deletion beats a live
 value, then TTL and expiry, then the greater serialized value: :func:`_wins`); a cell
-written at or before a recorded row or partition deletion is dropped. The statement is
+written at or before a recorded row or partition deletion is dropped; a cell whose TTL has
+run out by the merge's clock is a deletion at its write time. The statement is
 idempotent and commutative: applying the same staged rows twice, or batches in any order,
 leaves the same table.
 """
@@ -550,6 +551,18 @@ def copy_stage(columns: list[str]) -> sql.Composed:
     return copy_into(ident(STAGE), columns)
 
 
+# The clock the merge judges expiries by, in µs: the instant the sync writer set for its
+# transaction (``set_config('c2pg.now_us', …, true)``, :data:`SET_MERGE_NOW`: the same
+# instant the batch was reduced at, so reducer and merge agree on which cells are dead), or
+# else PostgreSQL's statement time (snapshot's and repair's merges). ``NULLIF``: once set in
+# a session, an unset transaction-local setting reads as '' rather than NULL.
+NOW_SETTING = "c2pg.now_us"
+MERGE_NOW_US = sql.SQL(
+    "COALESCE(NULLIF(current_setting({setting}, true), '')::bigint, "
+    "(extract(epoch FROM statement_timestamp()) * 1000000)::bigint)").format(setting=sql.Literal(NOW_SETTING))
+SET_MERGE_NOW = sql.SQL("SELECT set_config({}, %s, true)").format(sql.Literal(NOW_SETTING))
+
+
 def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table: str, *,
           source_wins_ties: bool = False) -> sql.Composed:
     """Apply the staged rows to the target with per-cell last-write-wins.
@@ -568,6 +581,17 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
        (:func:`_wins`), and ``_c2pg_wt``/``_c2pg_exp`` follow the winner per position;
        the row marker keeps the greater time;
     4. rows where nothing wins are left untouched (no dead tuple).
+
+    A staged cell **dead on arrival** — its ``_c2pg_exp`` at or before the merge's clock
+    (:data:`MERGE_NOW_US`) — is applied as a deletion at its write time, never as a live
+    value (Cassandra reads an expired cell as a tombstone of the same timestamp): its value
+    becomes NULL and it keeps ``_c2pg_wt``, so it shadows older stored cells, loses to newer
+    ones and, at an equal time, beats a live one (:func:`_wins`). It also keeps its
+    ``_c2pg_exp``: the TTL sweep (:func:`expire_cells`) then clears it and removes the row if
+    nothing else keeps it alive — the sync writer removes such rows in the same transaction
+    already (:func:`remove_empty_rows`), snapshot's merge has no such step. Sync's reducer has
+    turned the cells dead at the same instant into deletions before staging, so this
+    matters for cells the reducer saw live, for snapshot and for repair.
     """
     target = ident(target_schema, target_table)
     pk = [c.name for c in schema.primary_key]
@@ -584,8 +608,11 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
         ckill = sql.Identifier(f"kill_{i}")
         alive = sql.SQL("(({kill} IS NULL OR {wt} > {kill}) AND (k.{ck} IS NULL OR {wt} > k.{ck}))").format(
             kill=kill, wt=at(s, META_WT, i), ck=ckill)
-        select_cols.append(sql.SQL("CASE WHEN {alive} THEN {s}.{c} END").format(
-            alive=alive, s=s, c=ident(col.name)))
+        # Dead on arrival (expired at the merge's clock): a deletion at its write time.
+        live = sql.SQL("({alive} AND NOT COALESCE({e} <= {now}, false))").format(
+            alive=alive, e=at(s, META_EXP, i), now=MERGE_NOW_US)
+        select_cols.append(sql.SQL("CASE WHEN {live} THEN {s}.{c} END").format(
+            live=live, s=s, c=ident(col.name)))
         wt_items.append(sql.SQL("CASE WHEN {alive} THEN {wt} END").format(alive=alive, wt=at(s, META_WT, i)))
         exp_items.append(sql.SQL("CASE WHEN {alive} THEN {e} END").format(alive=alive, e=at(s, META_EXP, i)))
     select_cols.append(sql.SQL("{}.{}").format(s, ident(META_TOKEN)))
@@ -643,7 +670,11 @@ def _wins(x: sql.Composable, t: sql.Composable, col: Column, i: int, source_wins
     greater serialized value, compared as unsigned bytes (``bytea`` order) — Cassandra's
     bytes of the stored value, computed by :func:`cassandra_bytes` from the column's CQL
     type. The ``CASE`` computes them only for two live values of the same time and expiry.
-    With ``source_wins_ties`` (repair) the staged cell wins any tie.
+    A stored value whose ``_c2pg_exp`` has passed (:data:`MERGE_NOW_US`; not swept yet) is a
+    deletion at its write time, as the sweep will make it: at an equal time a live staged
+    value does not beat it, whatever its expiry. (A staged value dead on arrival was made
+    NULL by :func:`merge` already.) With ``source_wins_ties`` (repair) the staged cell wins
+    any tie.
     """
     xw = sql.SQL("{}.{}[{}]").format(x, ident(META_WT), sql.Literal(i))
     tw = sql.SQL("{}.{}[{}]").format(t, ident(META_WT), sql.Literal(i))
@@ -661,8 +692,8 @@ def _wins(x: sql.Composable, t: sql.Composable, col: Column, i: int, source_wins
     return sql.SQL(
         "({xw} IS NOT NULL AND ({tw} IS NULL OR {xw} > {tw} OR ({xw} = {tw} AND ("
         "({xv} IS NULL AND {tv} IS NOT NULL) OR "
-        "({xv} IS NOT NULL AND {tv} IS NOT NULL AND {live_tie})))))"
-    ).format(xw=xw, tw=tw, xv=xv, tv=tv, live_tie=live_tie)
+        "({xv} IS NOT NULL AND {tv} IS NOT NULL AND NOT COALESCE({te} <= {now}, false) AND {live_tie})))))"
+    ).format(xw=xw, tw=tw, xv=xv, tv=tv, te=te, now=MERGE_NOW_US, live_tie=live_tie)
 
 
 # A stored value → Cassandra's serialized bytes (engine.cassandra_bytes computes the same in

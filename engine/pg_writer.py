@@ -6,7 +6,10 @@ transaction (ADR 0002, addendum):
 
 1. stage the batch's deletions (COPY) and record them in the tombstone table;
 2. shadow the stored rows they cover (cells at or before a deletion become NULL);
-3. stage the reduced rows (COPY) and run the LWW merge;
+3. stage the reduced rows (COPY) and run the LWW merge, judging TTL expiries by the
+   batch's clock (``now_us``: the instant the batch was reduced at, so a cell dead for the
+   reducer is dead for the merge, and a cell the reducer saw live is written live and left
+   to the TTL sweep if it expires before commit);
 4. remove rows left with no live cell and no row marker, keeping their cell deletions;
 5. insert the batch's dead letters;
 6. move the Kafka offsets of every partition in the batch (``_c2pg.offsets``).
@@ -85,13 +88,22 @@ class SyncWriter:
         self.sql_remove_empty = as_text(d.remove_empty_rows(schema, t_schema, t_table, tomb))
         self.sql_dead = as_text(d.insert_dead_letters())
         self.sql_offsets = as_text(d.SAVE_OFFSETS)
+        self.sql_set_now = as_text(d.SET_MERGE_NOW)
 
     def apply(self, batch: Reduced, offsets: Mapping[tuple[str, int], int],
-              dead: Iterable[DeadLetter] = ()) -> ApplyStats:
-        """Apply ``batch`` and move ``offsets`` ((topic, partition) → next offset to read)."""
+              dead: Iterable[DeadLetter] = (), *, now_us: int | None = None) -> ApplyStats:
+        """Apply ``batch`` and move ``offsets`` ((topic, partition) → next offset to read).
+
+        ``now_us`` is the clock the merge judges TTL expiries by (a staged cell whose expiry
+        is at or before it is a deletion at its write time, ``pg_dialect.merge``): pass the
+        ``now_us`` the batch was reduced with (:func:`engine.reduce.reduce_events`). ``None``:
+        PostgreSQL's statement time.
+        """
         t0 = time.perf_counter()
         dead = list(dead)
         with self.conn, self.conn.cursor() as cur:
+            if now_us is not None:  # transaction-local: gone at commit or rollback
+                cur.execute(self.sql_set_now, (str(int(now_us)),))
             cur.execute(self.sql_create_tstage)
             cur.execute(self.sql_create_stage)
             if batch.tombstones:

@@ -14,7 +14,13 @@ The rules (docs/architecture.md, "The replication contract", rules 2 and 3), per
   expiry wins, then the greater serialized value (Cassandra's bytes, :mod:`engine.cassandra_bytes`);
 - a row deletion at T kills every cell and the row marker of that row written at or before
   T; a partition deletion does so for every row of the partition; a range deletion for the
-  rows whose clustering values fall in the range.
+  rows whose clustering values fall in the range;
+- a cell dead on arrival — written with a TTL whose expiry (:attr:`Cell.expires_us`) is at
+  or before the batch's ``now_us`` — is a deletion of that cell at its write time
+  (:func:`dead_on_arrival`), never a live value: Cassandra reads an expired cell as a
+  tombstone with the same timestamp, so it shadows older writes, loses to newer ones and,
+  at an equal time, beats a live value. This is what makes replaying a topic from its
+  beginning after a snapshot exact for TTL'd cells whose TTL ran out long ago.
 
 Deletions are kept as :class:`Tombstone` values: the merge records them (so an older write
 arriving in a later batch cannot resurrect data) and applies them to rows already stored.
@@ -87,6 +93,10 @@ def wins(new: Cell, old: Cell | None, serialize: Callable[[str], bytes] = text_b
        ``ValueAccessor.compare`` → ``ByteBufferUtil.compareUnsigned``); ``serialize`` turns
        the canonical text into those bytes (:func:`engine.cassandra_bytes.serializer` of the
        column's type; the default is right for text columns only). Equal bytes keep ``old``.
+
+    ``wins`` has no clock: a cell whose TTL ran out must be passed as the deletion it is
+    (:func:`dead_on_arrival`; :func:`reduce_events` does so), so that at an equal time it
+    beats a live value whatever that value's expiry.
     """
     if old is None:
         return True
@@ -103,8 +113,21 @@ def wins(new: Cell, old: Cell | None, serialize: Callable[[str], bytes] = text_b
     return serialize(new.value) > serialize(old.value)
 
 
+def dead_on_arrival(cell: Cell, now_us: int | None) -> Cell:
+    """``cell`` as it stands at ``now_us``: a live value whose TTL ran out (``expires_us <=
+    now_us``; Cassandra: live while ``now < localDeletionTime``) is a deletion at its write
+    time, ``Cell(None, cell.ts)`` — the same thing the TTL sweep makes of a stored cell
+    (``engine.sweep``). ``now_us=None`` judges nothing (for callers and models that have no
+    clock; sync always passes one). Every other cell is returned as is."""
+    if now_us is not None and cell.expires_us is not None and cell.value is not None \
+            and cell.expires_us <= now_us:
+        return Cell(None, cell.ts)
+    return cell
+
+
 def reduce_events(events: Iterable[ChangeEvent], n_partition_key: int, compare=None,
-                  serializers: Mapping[str, Callable[[str], bytes]] | None = None) -> Reduced:
+                  serializers: Mapping[str, Callable[[str], bytes]] | None = None, *,
+                  now_us: int | None = None) -> Reduced:
     """Fold ``events`` (one table) into one :class:`RowWrite` per key and the deletions.
 
     ``n_partition_key`` says how many leading ``key`` values are the partition key (the rest
@@ -112,6 +135,14 @@ def reduce_events(events: Iterable[ChangeEvent], n_partition_key: int, compare=N
     ``compare`` orders clustering values (see :func:`kill_ts`); ``serializers`` gives, by
     column name, Cassandra's bytes of a value for the tie rule of :func:`wins`
     (:func:`engine.cassandra_bytes.column_serializers`; a column without one compares as text).
+
+    ``now_us`` is the clock the batch is judged by (µs, the sync worker's wall clock read
+    once per batch, :func:`engine.sweep.wall_clock_us`): a cell whose expiry is at or before
+    it is reduced as a deletion at its write time (:func:`dead_on_arrival`). The sync writer
+    passes the same instant to the merge (:meth:`engine.pg_writer.SyncWriter.apply`), so the
+    reducer and the merge never disagree on which cells are dead; a cell that expires after
+    ``now_us`` is written live with its expiry and the TTL sweep expires it later.
+    ``None`` judges no expiry (the function is then independent of time).
     """
     by_name = serializers or {}
     rows: dict[tuple[str, ...], RowWrite] = {}
@@ -122,6 +153,7 @@ def reduce_events(events: Iterable[ChangeEvent], n_partition_key: int, compare=N
             if row is None:
                 row = rows[ev.key] = RowWrite(ev.key)
             for name, cell in ev.cells:
+                cell = dead_on_arrival(cell, now_us)
                 if wins(cell, row.cells.get(name), by_name.get(name, text_bytes)):
                     row.cells[name] = cell
             if ev.row_marker and (row.row_ts is None or ev.ts > row.row_ts):

@@ -28,6 +28,7 @@ from engine.murmur import TokenError
 from engine.pg_writer import ApplyStats, DeadLetter, SyncWriter
 from engine.reduce import reduce_events, typed_compare
 from engine.schema import read_table
+from engine.sweep import wall_clock_us
 from engine.target import Target, ensure_target
 
 log = logging.getLogger("c2pg.sync.apply")
@@ -103,8 +104,12 @@ class TableApplier:
                 good.append(ev)
             except TokenError as exc:
                 dead.append(_dead(rec, exc))
-        reduced = reduce_events(good, self.n_pk, self.compare, self.serializers)
-        stats: ApplyStats = self.writer.apply(reduced, next_offsets, dead)
+        # One clock per batch, read once: the reducer and the merge judge TTL expiries at the
+        # same instant (a cell dead on arrival is a deletion at its write time; one that
+        # expires after this instant is written live and expired by the TTL sweep).
+        now_us = wall_clock_us()
+        reduced = reduce_events(good, self.n_pk, self.compare, self.serializers, now_us=now_us)
+        stats: ApplyStats = self.writer.apply(reduced, next_offsets, dead, now_us=now_us)
         return BatchResult(len(records), stats.rows, stats.tombstones, stats.dead_letters,
                            max((e.ts for e in good), default=None), stats.seconds, tuple(dead))
 

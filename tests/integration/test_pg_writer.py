@@ -8,6 +8,7 @@ real table and must leave exactly what the model (and so the Cassandra reference
 from __future__ import annotations
 
 import os
+import time
 
 import psycopg2
 import pytest
@@ -21,7 +22,8 @@ from engine.target import ensure_state, ensure_target
 from engine.pg_writer import DeadLetter, SyncWriter
 from engine.types import parse_cql_type
 from tests.unit.lww_model import _desc_compare, _int_compare
-from tests.unit.test_reduce import events, reference
+from tests.unit.test_reduce import NOW as UNIT_NOW
+from tests.unit.test_reduce import as_deletions, events, reference, ttl_events
 
 # Each example rebuilds a real table: 60 in the suite; C2PG_PROPERTY_EXAMPLES=500 for a deep run.
 EXAMPLES = int(os.environ.get("C2PG_PROPERTY_EXAMPLES", "60"))
@@ -135,3 +137,93 @@ def test_range_deletions_follow_cassandra_clustering_order(conn, kind, values, s
         rows = dict(cur.fetchall())
     assert set(rows) == set(values) - deleted
     assert all(b == "late" for b in rows.values())
+
+
+# --- A cell dead on arrival is a deletion at its write time, in the merge too -------------
+
+NOW = 1_700_000_000_000_000  # the batch clock the writer passes to the merge (µs)
+PAST, FUTURE = NOW - 60_000_000, NOW + 3_600_000_000
+
+
+def _rows(conn) -> dict:
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT ck, a, b, c, _c2pg_wt, _c2pg_row_ts FROM writer_test.model ORDER BY ck")
+        return {ck: rest for ck, *rest in cur.fetchall()}
+
+
+def _stage(writer, rows: dict, now_us: int | None = NOW, marker: set = frozenset()) -> None:
+    """Apply rows as staged, bypassing the reducer's judgment: the merge alone decides."""
+    from engine.reduce import Reduced, RowWrite
+
+    writer.apply(Reduced({("1", str(ck)): RowWrite(("1", str(ck)), cells, 1 if ck in marker else None)
+                          for ck, cells in rows.items()}, []), {}, now_us=now_us)
+
+
+def _dead(t: int) -> Cell:
+    return Cell("dead", t, PAST)
+
+
+def test_the_merge_applies_a_staged_cell_expired_at_its_clock_as_a_deletion_at_its_time(conn):
+    target = _fresh_target(conn)
+    writer = SyncWriter(conn, target, "test")
+    # Stored: a, b, c live at time 10, without TTL (c with a TTL still running).
+    _stage(writer, {ck: {"a": Cell("stored", 10), "b": Cell("stored", 10), "c": Cell("stored", 10, FUTURE)}
+                    for ck in (1, 2)}, marker={1, 2})
+    _stage(writer, {1: {"a": _dead(15), "b": _dead(5), "c": _dead(10)},  # newer, older, equal time
+                    2: {"a": Cell("live", 10, FUTURE + 1), "b": _dead(10)},  # equal time: live; dead
+                    3: {"a": _dead(20), "b": _dead(20)},                   # a new key: only dead cells
+                    4: {"a": _dead(20), "b": Cell("live", 20)}})           # a new key: one live cell
+    got = _rows(conn)
+    assert got[1] == [None, "stored", None, [15, 10, 10], 1], "newer and equal-time dead cells delete"
+    assert got[2][:4] == ["live", None, "stored", [10, 10, 10]], \
+        "at an equal time a dead cell beats a live one; a live one of later expiry still wins its tie"
+    assert 3 not in got, "a row of dead cells only is not kept ..."
+    assert got[4] == [None, "live", None, [20, 20, None], None]
+    # ... but its cell deletions are: older writes arriving later lose, newer ones win.
+    _stage(writer, {3: {"a": Cell("older", 19)}, 1: {"a": Cell("older", 14), "c": Cell("same", 10)}})
+    assert 3 not in _rows(conn) and _rows(conn)[1][:3] == [None, "stored", None]
+    _stage(writer, {3: {"b": Cell("newer", 21)}})
+    assert _rows(conn)[3][:3] == [None, "newer", None]
+
+
+def test_a_stored_cell_expired_but_not_swept_is_a_deletion_for_a_live_tie(conn):
+    from engine.sweep import sweep_expired
+
+    target = _fresh_target(conn)
+    writer = SyncWriter(conn, target, "test")
+    _stage(writer, {1: {"a": Cell("short", 10, NOW + 1_000_000)}}, now_us=NOW, marker={1})  # live when written
+    later = NOW + 2_000_000                                                                 # ... expired now
+    _stage(writer, {1: {"a": Cell("long", 10, NOW + 3_600_000_000)}}, now_us=later)
+    assert _rows(conn)[1][0] == "short", "not replaced by a live value of the same time"
+    assert sweep_expired(conn, target, later) == 1
+    assert _rows(conn)[1][:4] == [None, None, None, [10, None, None]]
+
+
+def test_without_a_batch_clock_the_merge_judges_by_postgres_time(conn):
+    target = _fresh_target(conn)
+    writer = SyncWriter(conn, target, "test")
+    wall = time.time_ns() // 1000
+    _stage(writer, {1: {"a": Cell("expired", 10, wall - 10_000_000), "b": Cell("live", 10, wall + 3_600_000_000)}},
+           now_us=None, marker={1})
+    assert _rows(conn)[1][:4] == [None, "live", None, [10, 10, None]]
+
+
+@settings(max_examples=max(EXAMPLES // 2, 10), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(ttl_events(), max_size=20), st.randoms(use_true_random=False),
+       st.lists(st.integers(min_value=0, max_value=25), max_size=5))
+def test_sql_writer_with_expired_cells_equals_the_reference_read_as_deletions(conn, evs, rnd, cuts):
+    """Sync's path: the reducer and the merge judge expiry by one clock (``UNIT_NOW``)."""
+    target = _fresh_target(conn)
+    writer = SyncWriter(conn, target, "test")
+    shuffled = list(evs)
+    rnd.shuffle(shuffled)
+    bounds = [0, *sorted({c % (len(shuffled) + 1) for c in cuts}), len(shuffled)]
+    for a, b in zip(bounds, bounds[1:]):
+        if b > a:
+            # As sync does: the reducer and the merge judge expiry by the same clock. (The
+            # reducer must judge too: two cells of one time inside a batch, one expired and one
+            # live with a later expiry, must reduce to the deletion, not the later expiry.)
+            batch = reduce_events(shuffled[a:b], 1, _int_compare, now_us=UNIT_NOW)
+            writer.apply(batch, {("t", 0): b}, now_us=UNIT_NOW)
+    assert _materialize(conn) == reference(as_deletions(evs), _int_compare)

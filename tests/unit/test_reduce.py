@@ -161,3 +161,99 @@ def test_at_equal_time_a_ttl_beats_no_ttl_and_the_later_expiry_wins_before_value
     assert not wins(Cell("a", 5, expires_us=9_999_999), Cell("z", 5, expires_us=9_000_001))
     # A deletion still beats a value with a TTL.
     assert wins(Cell(None, 5), Cell("a", 5, expires_us=9_000_000))
+
+
+# --- A cell dead on arrival is a deletion at its write time (Cassandra: an expired cell reads
+# as a tombstone of the same timestamp; rule 5) ---
+
+NOW = 5_000_000  # the batch's clock (µs); expiries in whole seconds around it
+expiries = st.sampled_from([None, None, 3_000_000, 5_000_000, 6_000_000, 8_000_000])
+
+
+def expired(value: str, t: int, exp: int = NOW - 1_000_000) -> Cell:
+    return Cell(value, t, expires_us=exp)
+
+
+def _cell_after(evs, now_us=NOW) -> Cell:
+    return reduce_events(evs, 1, now_us=now_us).rows[("1", "1")].cells["a"]
+
+
+def _up(cell: Cell) -> ChangeEvent:
+    return ChangeEvent("ks", "t", Op.UPSERT, cell.ts, ("1", "1"), (("a", cell),))
+
+
+def test_an_expired_cell_beats_an_older_live_value_as_a_deletion_at_its_timestamp():
+    for order in ((Cell("old", 5), expired("ttl", 10)), (expired("ttl", 10), Cell("old", 5))):
+        assert _cell_after([_up(c) for c in order]) == Cell(None, 10)
+
+
+def test_an_expired_cell_loses_to_a_newer_write():
+    for order in ((Cell("new", 15), expired("ttl", 10)), (expired("ttl", 10), Cell("new", 15))):
+        assert _cell_after([_up(c) for c in order]) == Cell("new", 15)
+    newer_deletion = Cell(None, 15)
+    assert _cell_after([_up(expired("ttl", 10)), _up(newer_deletion)]) == newer_deletion
+
+
+def test_at_an_equal_timestamp_an_expired_cell_beats_a_live_one_whatever_its_ttl():
+    for live in (Cell("zzz", 10), Cell("zzz", 10, expires_us=NOW + 3_600_000_000)):
+        for order in ((live, expired("a", 10)), (expired("a", 10), live)):
+            assert _cell_after([_up(c) for c in order]) == Cell(None, 10)
+
+
+def test_a_cell_is_dead_at_its_expiry_and_live_just_before():
+    assert _cell_after([_up(expired("x", 10, exp=NOW))]) == Cell(None, 10)
+    live = expired("x", 10, exp=NOW + 1)
+    assert _cell_after([_up(live)]) == live, "written live with its expiry; the TTL sweep expires it"
+    assert _cell_after([_up(expired("x", 10))], now_us=None) == expired("x", 10), "no clock: nothing judged"
+
+
+def test_a_row_whose_only_cells_arrive_dead_keeps_them_as_deletions():
+    """The writer removes such a row (no live cell, no marker) and keeps the cell deletions,
+    so an older write arriving later still loses (lww_model.Target, step 4)."""
+    target = Target(n_pk=1)
+    target.apply(reduce_events([_up(expired("ttl", 10))], 1, now_us=NOW))
+    assert target.materialize() == {} and ("cell", ("1", "1"), "a", 10) in target.tombs
+    target.apply(reduce_events([_up(Cell("older", 7))], 1, now_us=NOW))
+    assert target.materialize() == {}
+    target.apply(reduce_events([_up(Cell("newer", 11))], 1, now_us=NOW))
+    assert target.materialize() == {("1", "1"): {"a": "newer"}}
+
+
+@st.composite
+def ttl_events(draw) -> ChangeEvent:
+    """:func:`events` with expiries on their live cells, some at or before :data:`NOW`."""
+    ev = draw(events())
+    if ev.op is not Op.UPSERT:
+        return ev
+    cells = tuple((n, c if c.value is None else Cell(c.value, c.ts, draw(expiries))) for n, c in ev.cells)
+    return ChangeEvent(ev.keyspace, ev.table, ev.op, ev.ts, ev.key, cells, row_marker=ev.row_marker)
+
+
+def as_deletions(evs, now_us=NOW) -> list[ChangeEvent]:
+    """The specification, written out: every cell expired at ``now_us`` replaced by a
+    deletion at its write time (what Cassandra reads it as)."""
+    out = []
+    for e in evs:
+        cells = tuple((n, Cell(None, c.ts) if c.expires_us is not None and c.expires_us <= now_us else c)
+                      for n, c in e.cells)
+        out.append(ChangeEvent(e.keyspace, e.table, e.op, e.ts, e.key, cells, e.row_marker,
+                               e.range_start, e.range_end))
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(ttl_events(), max_size=25), st.randoms(use_true_random=False),
+       st.lists(st.integers(min_value=0, max_value=30), max_size=6), st.integers(min_value=0, max_value=10))
+def test_replayed_expired_cells_in_any_order_and_batching_read_as_deletions(evs, rnd, cuts, dups):
+    shuffled = evs + [rnd.choice(evs) for _ in range(dups)] if evs else []
+    rnd.shuffle(shuffled)
+    cmp = lambda i, a, b: (int(a) > int(b)) - (int(a) < int(b))  # noqa: E731
+    target = Target(n_pk=1)
+    bounds = [0, *sorted({c % (len(shuffled) + 1) for c in cuts}), len(shuffled)]
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        if b > a:
+            target.apply(reduce_events(shuffled[a:b], 1, cmp, now_us=NOW))
+    assert target.materialize() == reference(as_deletions(evs))
+    # No value that is dead at NOW is ever staged as a live value.
+    for row in reduce_events(shuffled, 1, cmp, now_us=NOW).rows.values():
+        assert all(c.value is None or c.expires_us is None or c.expires_us > NOW for c in row.cells.values())
