@@ -552,7 +552,11 @@ def _blob_core_drv(v: Any) -> bytes:
 def _blob_core_dbz(v: Any) -> bytes:
     if isinstance(v, str):
         return base64.b64decode(v, validate=True)
-    return bytes(v)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v)
+    # Never bytes(v) of anything else: bytes(10**12) would allocate a terabyte of zeros from
+    # one bad event, and a list of ints would pass as bytes.
+    raise ValueConversionError(f"expected base64 text for a blob, got {v!r:.60}")
 
 
 def _blob_core_pg(v: Any) -> bytes:

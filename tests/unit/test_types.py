@@ -264,6 +264,13 @@ def test_values_postgres_cannot_store(text, value, match):
         c(text).from_driver(value)
 
 
+@pytest.mark.parametrize("value", [10**12, 17, [1, 2], 1.5, True])
+def test_a_blob_from_debezium_must_be_base64_text_and_a_number_never_allocates(value):
+    # bytes(10**12) would ask for a terabyte: one bad event must not take the worker down.
+    with pytest.raises(ValueConversionError, match="base64"):
+        c("blob").from_debezium(value)
+
+
 def test_decimal_numeric_limits_inclusive():
     assert len(c("decimal").from_driver(Decimal((0, (1,), -16383)))) == 16385
     assert c("decimal").from_driver(Decimal("1E+131071")) == "1" + "0" * 131071
