@@ -50,6 +50,7 @@ from engine.types import (
     _days_from_civil,
     _duration_core_pg,
     _time_core_pg,
+    parse_pg_array,
     _ts_core_pg,
     _varint_core_str,
     copy_unescape,
@@ -145,37 +146,6 @@ def _duration(core: tuple[int, int, int]) -> bytes:
 
 def _inet(s: str) -> bytes:
     return socket.inet_pton(socket.AF_INET6 if ":" in s else socket.AF_INET, s)
-
-
-_PG_SPACE = " \t\n\r\v\f"  # array_in's white space (scanner_isspace), nothing more
-
-
-def _array_elements(s: str) -> list[str | None]:
-    """The element texts of a one-dimensional array literal in ``array_out``'s form (None:
-    NULL). Unquoted elements are trimmed of PostgreSQL's white space only: ``str.strip``
-    would also drop characters such as U+001F or U+00A0 that ``array_out`` leaves unquoted."""
-    if not (s.startswith("{") and s.endswith("}")):
-        raise ValueError(f"not a PostgreSQL array literal: {s[:60]!r}")
-    out: list[str | None] = []
-    i, end = 1, len(s) - 1
-    while i < end:
-        if s[i] == '"':
-            buf, i = [], i + 1
-            while s[i] != '"':
-                if s[i] == "\\":
-                    i += 1
-                buf.append(s[i])
-                i += 1
-            out.append("".join(buf))
-            i += 1
-        else:
-            j = s.find(",", i)
-            j = end if j < 0 else j
-            token = s[i:j].strip(_PG_SPACE)
-            out.append(None if token.upper() == "NULL" else token)
-            i = j
-        i += 1  # the comma
-    return out
 
 
 def _date(days: int) -> bytes:
@@ -389,7 +359,7 @@ def serializer(t: CqlType, *, time_as: str = "time") -> Serializer:
         elem = _scalar_from_text(t.params[0].kind)
 
         def array(text: str) -> bytes:
-            items = [None if e is None else elem(e) for e in _array_elements(copy_unescape(text))]
+            items = [None if e is None else elem(e) for e in parse_pg_array(copy_unescape(text))]
             return _pack(t, _sort_set(t, items))
         return array
     inner = _from_json(t)

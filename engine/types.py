@@ -364,10 +364,11 @@ def _array_elem(s: str) -> str:
 _PG_ARRAY_SPACE = " \t\n\r\v\f"
 
 
-def _parse_pg_array(s: str) -> list[str | None]:
+def parse_pg_array(s: str) -> list[str | None]:
     """Parse a one-dimensional PostgreSQL array literal (``array_out`` form) into element
     texts (``None`` for NULL). Used by ``from_pg`` when psycopg2 has no array caster for the
-    element type (uuid[], inet[] ...) and hands back the literal. Around an unquoted element
+    element type (uuid[], inet[] ...) and hands back the literal, and by
+    :mod:`engine.cassandra_bytes` for the staged array columns of the tie rule. Around an unquoted element
     it trims what array_in trims (:data:`_PG_ARRAY_SPACE`), nothing else."""
     if s.startswith("["):                       # explicit bounds: [0:2]={...}
         s = s[s.index("=") + 1:]
@@ -1377,7 +1378,7 @@ def _array_fns(t: CqlType, s: _Scalar) -> tuple[Callable, Callable, Callable]:
     def f_pg(v: Any) -> str:
         # PostgreSQL's element order is the truth here: no re-sorting.
         if isinstance(v, str):
-            v = _parse_pg_array(v)
+            v = parse_pg_array(v)
         return finish("{" + ",".join(["NULL" if x is None else elem(text(pg(x))) for x in v]) + "}")
 
     return f_drv, f_dbz, f_pg
