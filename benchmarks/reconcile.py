@@ -38,7 +38,8 @@ def snapshot_read_rate(cfg, table: TableConfig) -> tuple[int, float]:
     """(rows, seconds) of reading the table the way the snapshot does, without writing."""
     import ray
 
-    from engine.cassandra_source import CassandraDatasource, ReadSettings
+    from engine.cassandra_source import ReadSettings
+    from engine.snapshot import CassandraDatasource
     from engine.schema import read_table
     from engine.snapshot import _connections
     from engine.token_ranges import plan_splits

@@ -1,7 +1,8 @@
-"""A Ray Data Datasource that reads a Cassandra table by token range, with write times.
+"""Reading a Cassandra table by token range, with write times.
 
-``CassandraDatasource`` is built on the driver by the snapshot job and pickled to the read
-tasks: it holds settings and the split plan, never a session. Each read task (one per
+The snapshot's Ray Data source (``engine.snapshot.CassandraDatasource``) and reconcile's
+compare tasks both read through :class:`SplitReader`; this module does not import Ray
+Data, so a compare task's worker does not pay for it. Each read task (one per
 :class:`~engine.token_ranges.TokenSplit`) opens its own session, pages through
 ``token(pk) > start AND token(pk) <= end`` at the configured consistency, and yields Arrow
 tables with one string column per Cassandra column (the value already in PostgreSQL COPY
@@ -28,8 +29,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from ray.data.block import BlockMetadata
-from ray.data.datasource import Datasource, ReadTask
 
 from engine import faults
 from engine.config import CassandraConfig
@@ -53,25 +52,6 @@ class ReadSettings:
     page_size: int
     max_retries: int
     read_started_us: int  # a row with no live regular cell gets this as its marker time
-
-
-class CassandraDatasource(Datasource):
-    def __init__(self, settings: ReadSettings, splits: list[TokenSplit]):
-        self.settings = settings
-        self.splits = splits
-
-    def get_name(self) -> str:
-        return f"Cassandra({self.settings.schema.qualified})"
-
-    def estimate_inmemory_data_size(self) -> int | None:
-        return None
-
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                       data_context=None) -> list[ReadTask]:
-        """One task per split, whatever ``parallelism`` says: splits are the unit of resume."""
-        return [ReadTask(SplitReader(self.settings, split),
-                         BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None))
-                for split in self.splits]
 
 
 def arrow_schema(schema: TableSchema) -> pa.Schema:
@@ -181,7 +161,7 @@ class SplitReader:
         from engine import cql
 
         s = self.settings
-        cluster, session = cql.connect(s.cassandra, row_factory=tuple_factory)
+        cluster, session = cql.connect(s.cassandra, row_factory=tuple_factory, metadata=False)
         try:
             stmt = session.prepare(select_statement(s.schema))
             stmt.consistency_level = cql.consistency_level(s.consistency)

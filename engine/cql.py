@@ -22,11 +22,16 @@ def consistency_level(name: str) -> int:
 
 
 def connect(cfg: CassandraConfig, *, keyspace: str | None = None,
-            row_factory=None) -> tuple[Cluster, Session]:
+            row_factory=None, metadata: bool = True) -> tuple[Cluster, Session]:
     """A new cluster object and session; the caller owns both (``cluster.shutdown()``).
 
     ``row_factory`` (e.g. ``cassandra.query.tuple_factory`` for bulk reads, which skips
     building a named tuple per row) defaults to the driver's named tuples.
+    ``metadata=False`` skips the driver's schema and token maps: a connect then costs one
+    round trip instead of reading every keyspace's schema (which grows with the cluster's
+    table count and costs the server CPU too). Split readers use it, as each Ray task opens
+    its own session and routes by the replicas its split already names; anything that
+    reads ``cluster.metadata`` keyspaces or plans by token needs the default.
     """
     auth = (PlainTextAuthProvider(cfg.username, cfg.password.get() if cfg.password else None)
             if cfg.username else None)
@@ -38,5 +43,6 @@ def connect(cfg: CassandraConfig, *, keyspace: str | None = None,
     )
     cluster = Cluster(list(cfg.contact_points), port=cfg.port, auth_provider=auth,
                       protocol_version=cfg.protocol_version,
+                      schema_metadata_enabled=metadata, token_metadata_enabled=metadata,
                       execution_profiles={EXEC_PROFILE_DEFAULT: profile})
     return cluster, cluster.connect(keyspace)

@@ -24,9 +24,11 @@ from typing import Literal
 
 import psycopg2
 from cassandra import ConsistencyLevel
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
 
 from engine import cql, faults, log
-from engine.cassandra_source import CassandraDatasource, ReadSettings
+from engine.cassandra_source import ReadSettings, SplitReader
 from engine.config import PipelineConfig, TableConfig
 from engine.errors import C2pgError
 from engine.pg_sink import PostgresDatasink, SinkSettings
@@ -171,6 +173,29 @@ def _connections(cfg: PipelineConfig):
     finally:
         cluster.shutdown()
         conn.close()
+
+
+class CassandraDatasource(Datasource):
+    """The snapshot's Ray Data source: built on the driver and pickled to the read tasks,
+    it holds settings and the split plan, never a session; each read task is a
+    :class:`~engine.cassandra_source.SplitReader`."""
+
+    def __init__(self, settings: ReadSettings, splits: list[TokenSplit]):
+        self.settings = settings
+        self.splits = splits
+
+    def get_name(self) -> str:
+        return f"Cassandra({self.settings.schema.qualified})"
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context=None) -> list[ReadTask]:
+        """One task per split, whatever ``parallelism`` says: splits are the unit of resume."""
+        return [ReadTask(SplitReader(self.settings, split),
+                         BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None))
+                for split in self.splits]
 
 
 def _copy(cfg: PipelineConfig, target, plan: list[TokenSplit], sink: PostgresDatasink, consistency: str,

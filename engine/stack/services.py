@@ -728,6 +728,13 @@ class Registry(Service):
 # --- Ray ------------------------------------------------------------------------------------
 
 
+# Snapshot and reconcile run 0.5-CPU tasks, so a 2-core head runs four at once, but Ray keeps
+# only num_cpus idle workers and kills the rest after one second idle: every run then paid a
+# fresh Python process with pyarrow and the drivers imported (1-2 s of CPU each) for tasks
+# that take a quarter second. The local head keeps up to eight idle workers for five minutes.
+WARM_WORKERS = {"RAY_num_workers_soft_limit": "8", "RAY_idle_worker_killing_time_threshold_ms": "300000"}
+
+
 class RayHead(Service):
     """A Ray head node for ``ray job submit``, the dashboard and the tests' Ray workloads.
 
@@ -747,7 +754,8 @@ class RayHead(Service):
         super().__init__("ray", v.PORTS["ray_dashboard"], paths, start_timeout_s=120, stop_timeout_s=8)
         bindir = str(Path(sys.executable).parent)
         self.env = {"PATH": f"{bindir}:{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
-                    "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+                    "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path),
+                    **WARM_WORKERS}
 
     @property
     def token_path(self) -> Path:

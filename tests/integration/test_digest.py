@@ -35,6 +35,13 @@ KS = "c2pg_digest_test"
 SCHEMA = "digest_test"
 
 
+@pytest.fixture(autouse=True)
+def _drift_pages_in_tmp(monkeypatch, tmp_path):
+    """A reconcile that finds drift writes its page to the working directory: keep the
+    tests' pages out of the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def cass(stack, pipeline):
     cluster, session = cql.connect(pipeline.cassandra)

@@ -33,6 +33,13 @@ SCHEMA = "reconcile_test"
 COLUMNS = "pk int, ck int, a text, n bigint, m map<text, int>, s set<text>, d double, PRIMARY KEY (pk, ck)"
 
 
+@pytest.fixture(autouse=True)
+def _drift_pages_in_tmp(monkeypatch, tmp_path):
+    """A reconcile that finds drift writes its page to the working directory: keep the
+    tests' pages out of the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def cass(stack, pipeline):
     cluster, session = cql.connect(pipeline.cassandra)

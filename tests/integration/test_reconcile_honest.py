@@ -37,6 +37,13 @@ CENTURY_US = 100 * 365 * 24 * 3600 * 1_000_000
 ADDED_LATER = "added later"
 
 
+@pytest.fixture(autouse=True)
+def _drift_pages_in_tmp(monkeypatch, tmp_path):
+    """A reconcile that finds drift writes its page to the working directory: keep the
+    tests' pages out of the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def cass(stack, pipeline):
     cluster, session = cql.connect(pipeline.cassandra)
