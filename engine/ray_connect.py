@@ -17,9 +17,11 @@ waits minutes for a GCS that never answers. So the address is chosen here, in th
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import secrets
+import shutil
 import socket
 import tempfile
 
@@ -67,7 +69,11 @@ def _private_token() -> None:
     a token of its own first (unless the environment already names one)."""
     if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
         return
-    path = os.path.join(tempfile.mkdtemp(prefix="c2pg-ray-token-"), "auth_token")
+    directory = tempfile.mkdtemp(prefix="c2pg-ray-token-")
+    # The private instance ends with this process, and so does its token (Ray's own atexit
+    # shutdown stops the servers; they read the file only at start).
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    path = os.path.join(directory, "auth_token")
     with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
         fh.write(secrets.token_hex(32))
     os.environ["RAY_AUTH_TOKEN_PATH"] = path
