@@ -343,6 +343,13 @@ class SyncConfig(_Section):
 
     A batch is flushed when it reaches ``batch_max_events`` or ``batch_max_bytes``, or is
     ``batch_max_wait`` old, whichever comes first.
+
+    ``read_back``: read from Cassandra (at ``cassandra.consistency``) the current value of
+    cells the connector cannot describe exactly — non-frozen collections and UDTs, whose
+    events carry only the touched elements, and ``duration``, which it folds — before each
+    batch is merged (``engine.readback``). Off: such cells are applied as the events carry
+    them (an append replaces the collection with the appended elements; a duration loses
+    its months and days) until reconcile repairs them.
     """
 
     workers: PositiveInt = 2
@@ -353,6 +360,7 @@ class SyncConfig(_Section):
     ttl_sweep_interval: Duration = timedelta(seconds=60)
     schema_check_interval: Duration = timedelta(seconds=60)
     poll_timeout: Duration = timedelta(milliseconds=100)
+    read_back: bool = True
 
 
 class SnapshotConfig(_Section):

@@ -105,10 +105,8 @@ class TableSchema:
             notes.append("counter tables are not captured by the connector")
         if any(_has_kind(c.cql_type, "vector") for c in self.columns):
             notes.append("vector columns stop the connector from capturing the table")
-        multi = [c.name for c in self.regular
-                 if c.cql_type.kind in ("list", "set", "map") and not c.cql_type.frozen]
-        if multi:
-            notes.append(f"non-frozen collections {multi}: appends and overwrites look alike in events")
+        # Non-frozen collections and durations are not listed: their events are inexact, but
+        # sync reads those cells back from Cassandra (engine.readback).
         return notes
 
 

@@ -26,6 +26,7 @@ from engine.decode import DecodeError, EventDecoder, SchemaChanged
 from engine.events import ChangeEvent, Origin
 from engine.murmur import TokenError
 from engine.pg_writer import ApplyStats, DeadLetter, SyncWriter
+from engine.readback import ReadBack, ReadBackStats
 from engine.reduce import reduce_events, typed_compare
 from engine.schema import read_table
 from engine.sweep import wall_clock_us
@@ -58,6 +59,7 @@ class BatchResult:
     max_write_ts_us: int | None
     seconds: float
     dead: tuple[DeadLetter, ...] = ()  # committed with the batch; the worker may also publish them
+    read_back: ReadBackStats = ReadBackStats()
 
 
 class TableApplier:
@@ -86,6 +88,10 @@ class TableApplier:
         self.compare = typed_compare(self.target.schema)
         # Cassandra's tie rule compares serialized values: each column's bytes by its type.
         self.serializers = column_serializers(self.target.schema)
+        # Cells the events cannot describe exactly (collection fragments, folded durations)
+        # are read back from Cassandra before the merge (engine.readback).
+        self.read_back = (ReadBack(self.target.schema, self.cql, self.cfg.cassandra.consistency, self.writer.token)
+                          if self.cfg.sync.read_back and self.cql is not None else None)
 
     def refresh_schema(self) -> None:
         """Read the table again and add new columns to PostgreSQL (the periodic check, and
@@ -109,9 +115,10 @@ class TableApplier:
         # expires after this instant is written live and expired by the TTL sweep).
         now_us = wall_clock_us()
         reduced = reduce_events(good, self.n_pk, self.compare, self.serializers, now_us=now_us)
+        read_back = self.read_back.apply(reduced) if self.read_back is not None else ReadBackStats()
         stats: ApplyStats = self.writer.apply(reduced, next_offsets, dead, now_us=now_us)
         return BatchResult(len(records), stats.rows, stats.tombstones, stats.dead_letters,
-                           max((e.ts for e in good), default=None), stats.seconds, tuple(dead))
+                           max((e.ts for e in good), default=None), stats.seconds, tuple(dead), read_back)
 
     def _decode_all(self, records: Sequence[Record]) -> tuple[list[tuple[ChangeEvent, Record]], list[DeadLetter]]:
         events, dead = [], []

@@ -1,0 +1,179 @@
+"""Read back from Cassandra the cells a change event cannot describe exactly.
+
+Called by :class:`engine.sync_apply.TableApplier` on every reduced batch, between the reducer
+and the writer, when ``sync.read_back`` is on (the default). Two kinds of cell arrive from
+the Debezium connector as something other than the value Cassandra holds:
+
+- **non-frozen collections and UDTs** (multi-cell columns): an event carries only the
+  elements its mutation wrote, so an append, a prepend, an element set by index, an element
+  removal and an overwrite look alike (``[1,2]`` + append ``3`` arrives as ``[3]``);
+- **``duration``** anywhere in a column's type: the connector folds months and days into
+  nanoseconds (30-day months), which cannot be unfolded.
+
+For each partition of the batch holding such a cell, the reader selects those columns of its
+rows (by token, one request per partition, many in flight, at ``cassandra.consistency``)
+with their write times, and replaces each event cell by what Cassandra holds for its row:
+
+- a multi-cell column gets Cassandra's whole value at ``max(MAXWRITETIME, event time)``.
+  The read happens after the event's mutation was applied in Cassandra (the connector reads
+  the commit log, which is written before the write is acknowledged), so the value
+  includes it; the event's own time is kept as the floor because a removal leaves a
+  tombstone, not an element, and may lower the newest element's time below what
+  PostgreSQL holds (``[1@t1, 2@t2]`` minus ``2`` at ``t3`` reads ``[1]`` with
+  ``MAXWRITETIME`` ``t1``: written at ``t3`` it wins over the stored ``t2``, as the removal
+  did in Cassandra). An empty collection is a deletion at the event's time.
+  Element TTLs are not read (as in the snapshot, docs/types.md);
+- a ``duration`` cell gets Cassandra's exact value when the read shows a write at or after
+  the event's time (the same write, or a newer one whose own event follows); otherwise
+  (deleted since, expired, or a replica that has not seen the write) the event's folded
+  value stays, the best there is, and :attr:`ReadBackStats.stale` counts it.
+
+Everything then goes through the same reducer output and merge as any cell, so order,
+duplicates and replays keep converging. A read that fails raises
+(:class:`ReadBackFailed`): the batch is not applied and is read again (offsets did not
+move), like any transient failure of the batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from engine import cql
+from engine.cassandra_source import _cql_ident, _multi_cell, _value
+from engine.errors import C2pgError
+from engine.events import Cell
+from engine.reduce import Reduced, RowWrite
+from engine.schema import Column, TableSchema
+from engine.types import CqlType, ValueConversionError
+
+CONCURRENCY = 32  # requests in flight per batch
+
+
+class ReadBackFailed(C2pgError):
+    """Cassandra did not answer a read-back (the batch is retried, nothing was applied)."""
+
+
+def contains_duration(t: CqlType) -> bool:
+    return t.kind == "duration" or any(contains_duration(p) for p in t.params)
+
+
+def needs_read_back(column: Column) -> bool:
+    """Does an event's cell of ``column`` differ from what Cassandra holds?"""
+    return not column.dropped and column.kind != "static" and (
+        _multi_cell(column.cql_type) or contains_duration(column.cql_type))
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBackStats:
+    rows: int = 0  # rows read from Cassandra
+    cells: int = 0  # event cells replaced by Cassandra's
+    stale: int = 0  # duration cells kept as the event had them (no write at or after it read)
+    seconds: float = 0.0
+
+
+class ReadBack:
+    """The reader of one table, on the sync worker's Cassandra session.
+
+    Built by :class:`~engine.sync_apply.TableApplier` with the table's schema and its token
+    function; holds one prepared statement (``SELECT`` the key and the read-back columns of
+    one partition, by token). :meth:`apply` mutates the batch's
+    :class:`~engine.reduce.RowWrite` cells in place. A partition is read whole: a batch
+    touching one row of a wide partition pays for the partition (the key's text form cannot
+    be bound as a clustering restriction without a conversion back to driver values).
+    """
+
+    def __init__(self, schema: TableSchema, session, consistency: str, token):
+        self.schema = schema
+        self.session = session
+        self.token = token
+        self.n_pk = len(schema.partition_key)
+        self.n_key = len(schema.primary_key)
+        self.columns = [c for c in schema.regular if needs_read_back(c)]
+        self.multi_cell = {c.name: _multi_cell(c.cql_type) for c in self.columns}
+        codecs = dict(zip((c.name for c in schema.columns), schema.codecs(), strict=True))
+        self.codecs = {c.name: codecs[c.name] for c in self.columns}
+        self.stmt = None
+        if self.columns:
+            q = _cql_ident
+            parts = [_value(c) for c in schema.primary_key]
+            for c in self.columns:
+                if self.multi_cell[c.name]:
+                    parts += [q(c.name), f"MAXWRITETIME({q(c.name)})"]
+                else:
+                    parts += [q(c.name), f"WRITETIME({q(c.name)})", f"TTL({q(c.name)})"]
+            pk = ", ".join(q(c.name) for c in schema.partition_key)
+            self.stmt = session.prepare(f"SELECT {', '.join(parts)} FROM {q(schema.keyspace)}.{q(schema.table)} "
+                                        f"WHERE token({pk}) = ?")
+            self.stmt.consistency_level = cql.consistency_level(consistency)
+            self.key_codecs = [codecs[c.name] for c in schema.primary_key]
+
+    @property
+    def active(self) -> bool:
+        return self.stmt is not None
+
+    def apply(self, batch: Reduced) -> ReadBackStats:
+        """Replace, in ``batch``, every read-back column's cell by Cassandra's current one."""
+        if self.stmt is None:
+            return ReadBackStats()
+        todo: list[RowWrite] = [row for row in batch.rows.values()
+                                if any(c.name in row.cells for c in self.columns)]
+        if not todo:
+            return ReadBackStats()
+        t0 = time.perf_counter()
+        found_rows = self._read({self.token(row.key[: self.n_pk]) for row in todo})
+        read_us = int(time.time() * 1_000_000)
+        cells = stale = 0
+        for row in todo:
+            found = found_rows.get(row.key)
+            at = self.n_key
+            for c in self.columns:
+                width = 2 if self.multi_cell[c.name] else 3
+                values = found[at:at + width] if found is not None else (None,) * width
+                at += width
+                event_cell = row.cells.get(c.name)
+                if event_cell is None:
+                    continue
+                new = self._cell(c, values, event_cell, read_us, row.key)
+                if new is None:
+                    stale += 1
+                    continue
+                row.cells[c.name] = new
+                cells += 1
+        return ReadBackStats(len(found_rows), cells, stale, time.perf_counter() - t0)
+
+    def _cell(self, c: Column, values: Sequence, event: Cell, read_us: int, key) -> Cell | None:
+        value, wt = values[0], values[1]
+        try:
+            text = self.codecs[c.name].from_driver(value)
+        except ValueConversionError as exc:
+            raise ReadBackFailed(f"read-back of {self.schema.qualified} column {c.name} at key {key}: {exc}") from exc
+        if self.multi_cell[c.name]:
+            if text is None:
+                return Cell(None, event.ts)
+            return Cell(text, max(wt if wt is not None else event.ts, event.ts))
+        if wt is None or wt < event.ts:
+            return None  # nothing at or after the event's write: keep the event's cell
+        ttl = values[2]
+        return Cell(text, wt, read_us + ttl * 1_000_000 if ttl else None)
+
+    def _read(self, tokens: set[int]) -> dict[tuple[str | None, ...], tuple]:
+        """The rows of the partitions with these tokens, by primary key (canonical text)."""
+        from cassandra.concurrent import execute_concurrent_with_args
+
+        try:
+            results = execute_concurrent_with_args(self.session, self.stmt, [(t,) for t in tokens],
+                                                   concurrency=CONCURRENCY, raise_on_first_error=True)
+        except Exception as exc:  # the driver's many request errors: all mean "not read"
+            raise ReadBackFailed(f"read-back of {self.schema.qualified}: {type(exc).__name__}: {exc}") from exc
+        out: dict[tuple[str | None, ...], tuple] = {}
+        for _ok, result in results:
+            for raw in result:
+                raw = tuple(raw)
+                try:
+                    key = tuple(codec.from_driver(v) for codec, v in zip(self.key_codecs, raw, strict=False))
+                except ValueConversionError:
+                    continue  # a key PostgreSQL cannot hold: no event of it reached the batch either
+                out[key] = raw
+        return out
