@@ -286,7 +286,10 @@ class _BlockBuilder:
                     dead.setdefault(int(i), (column.name, ValueConversionError(
                         "a partition with static values but no rows has no primary key in PostgreSQL")))
         absent = (None,) * n
-        wts, no_cell = _list_column([absent if at is None else cols[at] for at in self.wt_at], n)
+        wts, _ = _list_column([absent if at is None else cols[at] for at in self.wt_at], n)
+        # A static cell is the partition's: it does not make a clustering row live.
+        _, no_cell = _list_column([cols[at] for at, c in zip(self.wt_at, self.schema.regular, strict=True)
+                                   if at is not None and c.kind != "static"], n)
         exps = self._expiries(cols, n)
         # A row with no live regular cell exists through its row marker, whose time CQL
         # does not expose: the read's start time stands in (ADR 0002).

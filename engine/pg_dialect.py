@@ -605,9 +605,14 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
     select_cols: list[sql.Composable] = [sql.SQL("{}.{}").format(s, ident(name)) for name in pk]
     wt_items, exp_items = [], []
     for i, col in enumerate(schema.regular, start=1):
-        ckill = sql.Identifier(f"kill_{i}")
-        alive = sql.SQL("(({kill} IS NULL OR {wt} > {kill}) AND (k.{ck} IS NULL OR {wt} > k.{ck}))").format(
-            kill=kill, wt=at(s, META_WT, i), ck=ckill)
+        if col.kind == "static":
+            # A static cell belongs to the partition: only a partition deletion covers it
+            # (Cassandra's row and range deletions leave statics), and it has no cell tombstones.
+            alive = sql.SQL("(k.pkill_ts IS NULL OR {wt} > k.pkill_ts)").format(wt=at(s, META_WT, i))
+        else:
+            ckill = sql.Identifier(f"kill_{i}")
+            alive = sql.SQL("(({kill} IS NULL OR {wt} > {kill}) AND (k.{ck} IS NULL OR {wt} > k.{ck}))").format(
+                kill=kill, wt=at(s, META_WT, i), ck=ckill)
         # Dead on arrival (expired at the merge's clock): a deletion at its write time.
         live = sql.SQL("({alive} AND NOT COALESCE({e} <= {now}, false))").format(
             alive=alive, e=at(s, META_EXP, i), now=MERGE_NOW_US)
@@ -641,9 +646,11 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
     sets.append(sql.SQL("{rt} = GREATEST({t}.{rt}, {x}.{rt})").format(rt=ident(META_ROW_TS), t=t, x=x))
     wins_any.append(marker_wins)
 
-    cell_kills = [sql.SQL("max(d._c2pg_deleted_at) FILTER (WHERE {}) AS {}").format(
+    cell_kills: list[sql.Composable] = [sql.SQL("max(d._c2pg_deleted_at) FILTER (WHERE {}) AS {}").format(
         cell_killed(schema, "s", "d", col.name), sql.Identifier(f"kill_{i}"))
-        for i, col in enumerate(schema.regular, start=1)]
+        for i, col in enumerate(schema.regular, start=1) if col.kind != "static"]
+    if any(col.kind == "static" for col in schema.regular):
+        cell_kills.append(sql.SQL("max(d._c2pg_deleted_at) FILTER (WHERE d._c2pg_kind = 'partition') AS pkill_ts"))
     same_partition = sql.SQL(" AND ").join(sql.SQL("d.{c} = s.{c}").format(c=ident(c.name))
                                            for c in schema.partition_key)
     return sql.SQL(
@@ -819,13 +826,16 @@ def shadow_rows(schema: TableSchema, target_schema: str, target_table: str) -> s
     pk = [c.name for c in schema.primary_key]
     sets, wts, exps = [], [], []
     for i, col in enumerate(schema.regular, start=1):
+        # A static cell is covered by partition deletions only (``k.pkill``); Cassandra's row
+        # and range deletions leave a partition's statics.
+        k = sql.SQL("k.pkill") if col.kind == "static" else sql.SQL("k.kill")
         # A value without a write time was not written by c2pg (a hand-made row that
         # reconcile deletes): any covering deletion kills it.
-        dead = sql.SQL("(t.{wt}[{i}] <= k.kill OR (t.{wt}[{i}] IS NULL AND t.{c} IS NOT NULL))").format(
-            wt=ident(META_WT), i=sql.Literal(i), c=ident(col.name))
+        dead = sql.SQL("(t.{wt}[{i}] <= {k} OR ({k} IS NOT NULL AND t.{wt}[{i}] IS NULL AND t.{c} IS NOT NULL))"
+                       ).format(wt=ident(META_WT), i=sql.Literal(i), c=ident(col.name), k=k)
         sets.append(sql.SQL("{c} = CASE WHEN {dead} THEN NULL ELSE t.{c} END").format(c=ident(col.name), dead=dead))
-        wts.append(sql.SQL("CASE WHEN {dead} THEN k.kill ELSE t.{wt}[{i}] END").format(
-            dead=dead, wt=ident(META_WT), i=sql.Literal(i)))
+        wts.append(sql.SQL("CASE WHEN {dead} THEN {k} ELSE t.{wt}[{i}] END").format(
+            dead=dead, wt=ident(META_WT), i=sql.Literal(i), k=k))
         exps.append(sql.SQL("CASE WHEN {dead} THEN NULL ELSE t.{e}[{i}] END").format(
             dead=dead, e=ident(META_EXP), i=sql.Literal(i)))
     if schema.regular:
@@ -836,7 +846,8 @@ def shadow_rows(schema: TableSchema, target_schema: str, target_table: str) -> s
     join_key = sql.SQL(" AND ").join(sql.SQL("t.{c} = k.{c}").format(c=ident(c)) for c in pk)
     return sql.SQL(
         "UPDATE {target} AS t SET {sets} FROM ("
-        "SELECT {key_cols}, max(d.{deleted}) AS kill FROM {target} AS r JOIN {tstage} AS d ON {covers} "
+        "SELECT {key_cols}, max(d.{deleted}) AS kill, max(d.{deleted}) FILTER (WHERE d._c2pg_kind = 'partition') "
+        "AS pkill FROM {target} AS r JOIN {tstage} AS d ON {covers} "
         "GROUP BY {key_cols}) AS k WHERE {join_key}"
     ).format(target=target, sets=sql.SQL(", ").join(sets), key_cols=key_cols, deleted=ident(T_DELETED_AT),
              tstage=ident(TSTAGE), covers=covers(schema, "r", "d"), join_key=join_key)
@@ -849,9 +860,12 @@ def remove_empty_rows(schema: TableSchema, target_schema: str, target_table: str
     pk = [c.name for c in schema.partition_key]
     keys = [c.name for c in schema.primary_key]
     part = sql.SQL(", ").join(map(ident, pk))
-    empty = [sql.SQL("t.{} IS NULL").format(ident(c.name)) for c in schema.regular if not c.dropped]
+    # A static cell does not keep a clustering row alive (Cassandra: a row exists by its
+    # marker or a live regular cell); statics get no cell tombstones (they are the partition's).
+    empty = [sql.SQL("t.{} IS NULL").format(ident(c.name)) for c in schema.regular
+             if not c.dropped and (c.kind != "static" or not schema.clustering)]
     empty.append(sql.SQL("t.{} IS NULL").format(ident(META_ROW_TS)))
-    regular = [(i, c.name) for i, c in enumerate(schema.regular, start=1)]
+    regular = [(i, c.name) for i, c in enumerate(schema.regular, start=1) if c.kind != "static"]
     columns = (sql.SQL("(VALUES {}) AS c(name, pos)").format(sql.SQL(", ").join(
         sql.SQL("({}, {})").format(sql.Literal(n), sql.Literal(i)) for i, n in regular))
         if regular else None)
@@ -921,9 +935,13 @@ def expire_cells(schema: TableSchema, target_schema: str, target_table: str, tom
             t=t, e=ident(META_EXP), i=sql.Literal(i), now=now)
 
     any_due = sql.SQL("({})").format(sql.SQL(" OR ").join(due(i) for i, _ in live))
-    empty_after = sql.SQL("({} AND {}.{} IS NULL)").format(
+    # As in remove_empty_rows: a static cell does not keep a clustering row alive.
+    statics = {c.name for c in schema.regular if c.kind == "static"} if schema.clustering else set()
+    row_cells = [(i, name) for i, name in live if name not in statics]
+    empty_after = (sql.SQL("({} AND {}.{} IS NULL)").format(
         sql.SQL(" AND ").join(sql.SQL("({t}.{c} IS NULL OR {due})").format(t=t, c=ident(name), due=due(i))
-                              for i, name in live), t, ident(META_ROW_TS))
+                              for i, name in row_cells), t, ident(META_ROW_TS))
+        if row_cells else sql.SQL("({}.{} IS NULL)").format(t, ident(META_ROW_TS)))
     n_due = sql.SQL(" + ").join(sql.SQL("CASE WHEN {} THEN 1 ELSE 0 END").format(due(i)) for i, _ in live)
     live_pos = {i for i, _ in live}
     sets = [sql.SQL("{c} = CASE WHEN {due} THEN NULL ELSE {t}.{c} END").format(c=ident(name), due=due(i), t=t)
@@ -937,7 +955,8 @@ def expire_cells(schema: TableSchema, target_schema: str, target_table: str, tom
     same_key = sql.SQL(" AND ").join(sql.SQL("t.{c} = d.{c}").format(c=ident(c)) for c in keys)
     columns = sql.SQL("(VALUES {}) AS c(name, pos)").format(sql.SQL(", ").join(
         sql.SQL("({}, {})").format(sql.Literal(c.name), sql.Literal(i))
-        for i, c in enumerate(schema.regular, start=1)))
+        for i, c in enumerate(schema.regular, start=1) if c.kind != "static"
+    ) or sql.SQL("(NULL::text, NULL::int)"))
     return sql.SQL(
         "WITH due AS (SELECT {t_keys}, {n_due} AS n FROM {target} AS t WHERE {any_due} "
         "FOR UPDATE SKIP LOCKED), "

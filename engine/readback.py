@@ -28,6 +28,14 @@ with their write times, and replaces each event cell by what Cassandra holds for
   (deleted since, expired, or a replica that has not seen the write) the event's folded
   value stays, the best there is, and :attr:`ReadBackStats.stale` counts it.
 
+**Static columns** never reach Kafka (the connector skips them). For every partition a batch
+writes to, the same read returns the partition's static values with their write times, and
+every row of the partition read gets them, so a static changed in Cassandra reaches
+PostgreSQL with the next write to its partition (a write that sets only statics produces no
+event at all: reconcile covers it). A static deleted in Cassandra reads as null without a
+write time and is left to reconcile; a partition holding statics but no rows has no
+PostgreSQL row (its clustering columns would be null) and is skipped.
+
 Everything then goes through the same reducer output and merge as any cell, so order,
 duplicates and replays keep converging. A read that fails raises
 (:class:`ReadBackFailed`): the batch is not applied and is read again (offsets did not
@@ -60,7 +68,8 @@ def contains_duration(t: CqlType) -> bool:
 
 
 def needs_read_back(column: Column) -> bool:
-    """Does an event's cell of ``column`` differ from what Cassandra holds?"""
+    """Does an event's cell of ``column`` differ from what Cassandra holds? (Static columns
+    are never in an event; :class:`ReadBack` reads them for every partition of a batch.)"""
     return not column.dropped and column.kind != "static" and (
         _multi_cell(column.cql_type) or contains_duration(column.cql_type))
 
@@ -70,6 +79,7 @@ class ReadBackStats:
     rows: int = 0  # rows read from Cassandra
     cells: int = 0  # event cells replaced by Cassandra's
     stale: int = 0  # duration cells kept as the event had them (no write at or after it read)
+    statics: int = 0  # rows given their partition's static cells
     seconds: float = 0.0
 
 
@@ -77,11 +87,11 @@ class ReadBack:
     """The reader of one table, on the sync worker's Cassandra session.
 
     Built by :class:`~engine.sync_apply.TableApplier` with the table's schema and its token
-    function; holds one prepared statement (``SELECT`` the key and the read-back columns of
-    one partition, by token). :meth:`apply` mutates the batch's
-    :class:`~engine.reduce.RowWrite` cells in place. A partition is read whole: a batch
-    touching one row of a wide partition pays for the partition (the key's text form cannot
-    be bound as a clustering restriction without a conversion back to driver values).
+    function; holds one prepared statement (``SELECT`` the key, the read-back columns and
+    the static columns of one partition, by token). :meth:`apply` mutates the batch in
+    place. A partition is read whole: a batch touching one row of a wide partition pays for
+    the partition (the key's text form cannot be bound as a clustering restriction without a
+    conversion back to driver values), and static columns need every row anyway.
     """
 
     def __init__(self, schema: TableSchema, session, consistency: str, token):
@@ -91,14 +101,16 @@ class ReadBack:
         self.n_pk = len(schema.partition_key)
         self.n_key = len(schema.primary_key)
         self.columns = [c for c in schema.regular if needs_read_back(c)]
-        self.multi_cell = {c.name: _multi_cell(c.cql_type) for c in self.columns}
+        self.statics = [c for c in schema.regular if c.kind == "static" and not c.dropped]
+        self.multi_cell = {c.name: _multi_cell(c.cql_type) for c in (*self.columns, *self.statics)}
         codecs = dict(zip((c.name for c in schema.columns), schema.codecs(), strict=True))
-        self.codecs = {c.name: codecs[c.name] for c in self.columns}
+        self.codecs = {c.name: codecs[c.name] for c in (*self.columns, *self.statics)}
+        self.key_codecs = [codecs[c.name] for c in schema.primary_key]
         self.stmt = None
-        if self.columns:
+        if self.columns or self.statics:
             q = _cql_ident
             parts = [_value(c) for c in schema.primary_key]
-            for c in self.columns:
+            for c in (*self.columns, *self.statics):
                 if self.multi_cell[c.name]:
                     parts += [q(c.name), f"MAXWRITETIME({q(c.name)})"]
                 else:
@@ -107,29 +119,39 @@ class ReadBack:
             self.stmt = session.prepare(f"SELECT {', '.join(parts)} FROM {q(schema.keyspace)}.{q(schema.table)} "
                                         f"WHERE token({pk}) = ?")
             self.stmt.consistency_level = cql.consistency_level(consistency)
-            self.key_codecs = [codecs[c.name] for c in schema.primary_key]
 
     @property
     def active(self) -> bool:
         return self.stmt is not None
 
+    def _width(self, c: Column) -> int:
+        return 2 if self.multi_cell[c.name] else 3
+
     def apply(self, batch: Reduced) -> ReadBackStats:
-        """Replace, in ``batch``, every read-back column's cell by Cassandra's current one."""
+        """Replace, in ``batch``, every read-back column's cell by Cassandra's current one,
+        and give every stored row of each partition the batch writes to its partition's
+        static cells (a row of the partition the batch does not hold is added with only its
+        static cells: the merge updates it if PostgreSQL has it; if PostgreSQL does not have
+        it yet, the writer's removal of rows without a live regular cell or marker drops it
+        again in the same transaction)."""
         if self.stmt is None:
             return ReadBackStats()
-        todo: list[RowWrite] = [row for row in batch.rows.values()
-                                if any(c.name in row.cells for c in self.columns)]
-        if not todo:
+        names = {c.name for c in self.columns}
+        todo: list[RowWrite] = [row for row in batch.rows.values() if names.intersection(row.cells)]
+        partitions = {self.token(row.key[: self.n_pk]) for row in todo}
+        if self.statics:
+            partitions.update(self.token(row.key[: self.n_pk]) for row in batch.rows.values())
+        if not partitions:
             return ReadBackStats()
         t0 = time.perf_counter()
-        found_rows = self._read({self.token(row.key[: self.n_pk]) for row in todo})
+        found_rows = self._read(partitions)
         read_us = int(time.time() * 1_000_000)
         cells = stale = 0
         for row in todo:
             found = found_rows.get(row.key)
             at = self.n_key
             for c in self.columns:
-                width = 2 if self.multi_cell[c.name] else 3
+                width = self._width(c)
                 values = found[at:at + width] if found is not None else (None,) * width
                 at += width
                 event_cell = row.cells.get(c.name)
@@ -141,14 +163,44 @@ class ReadBack:
                     continue
                 row.cells[c.name] = new
                 cells += 1
-        return ReadBackStats(len(found_rows), cells, stale, time.perf_counter() - t0)
+        statics = self._statics(batch, found_rows, read_us) if self.statics else 0
+        return ReadBackStats(len(found_rows), cells, stale, statics, time.perf_counter() - t0)
+
+    def _statics(self, batch: Reduced, found_rows: dict, read_us: int) -> int:
+        """Static cells, as read, onto every row read (a live static cell only: a null static
+        has no write time to delete with; reconcile covers a static deleted in Cassandra)."""
+        start = self.n_key + sum(self._width(c) for c in self.columns)
+        given = 0
+        for key, raw in found_rows.items():
+            if any(v is None for v in key[self.n_pk:]):
+                continue  # a partition with statics but no rows: no PostgreSQL row can hold it
+            cells: dict[str, Cell] = {}
+            at = start
+            for c in self.statics:
+                width = self._width(c)
+                value, wt = raw[at], raw[at + 1]
+                ttl = raw[at + 2] if width == 3 else None
+                at += width
+                text = self._text(c, value, key)
+                if text is not None and wt is not None:
+                    cells[c.name] = Cell(text, wt, read_us + ttl * 1_000_000 if ttl else None)
+            if cells:
+                row = batch.rows.get(key)
+                if row is None:
+                    row = batch.rows[key] = RowWrite(key)
+                row.cells.update(cells)
+                given += 1
+        return given
+
+    def _text(self, c: Column, value, key) -> str | None:
+        try:
+            return self.codecs[c.name].from_driver(value)
+        except ValueConversionError as exc:
+            raise ReadBackFailed(f"read-back of {self.schema.qualified} column {c.name} at key {key}: {exc}") from exc
 
     def _cell(self, c: Column, values: Sequence, event: Cell, read_us: int, key) -> Cell | None:
         value, wt = values[0], values[1]
-        try:
-            text = self.codecs[c.name].from_driver(value)
-        except ValueConversionError as exc:
-            raise ReadBackFailed(f"read-back of {self.schema.qualified} column {c.name} at key {key}: {exc}") from exc
+        text = self._text(c, value, key)
         if self.multi_cell[c.name]:
             if text is None:
                 return Cell(None, event.ts)

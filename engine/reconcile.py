@@ -645,7 +645,10 @@ def _row_repair(rows: _Rows, c: _Row, p: _Row | None, seen: Diff | None, *, read
                 blocked[column.name] = "set in PostgreSQL since the re-check (in flight)"
                 continue
             cells[column.name] = Cell(None, stored_wt if stored_wt is not None else 0)
-    has_live = any(cell.value is not None for cell in (*cells.values(), *overwrite.values()))
+    # A clustering row lives by a regular cell or its marker; a static cell is the partition's.
+    statics = {c.name for c in rows.regular if c.kind == "static"}
+    has_live = any(cell.value is not None for name, cell in (*cells.items(), *overwrite.items())
+                   if name not in statics)
     return RowRepair(RowWrite(c.key, cells, None if has_live else read_us), overwrite, stored_wts, blocked)
 
 

@@ -100,7 +100,8 @@ class TableSchema:
             notes.append("the table is not WITH cdc = true: sync will not see its changes")
         statics = [c.name for c in self.regular if c.kind == "static"]
         if statics:
-            notes.append(f"static columns {statics} are not captured by the connector")
+            notes.append(f"static columns {statics} are not captured by the connector: sync reads them back "
+                         "with the partition's next write; a write of statics alone waits for it or reconcile")
         if any(c.cql_type.kind == "counter" for c in self.regular):
             notes.append("counter tables are not captured by the connector")
         if any(_has_kind(c.cql_type, "vector") for c in self.columns):

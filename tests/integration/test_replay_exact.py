@@ -5,9 +5,11 @@ The writes (issue "Exact under replay"): a list append, prepend, element set by 
 element removal; a set add and removal; a map element update and delete; a ``duration``
 with months, days and sub-second parts, and a frozen list of durations whose elements fold
 to the same nanoseconds (``1mo`` and ``30d``); TTL inserts and updates, short (expired
-before the replay) and long; equal-timestamp writes. Non-frozen collection events carry only
-the touched elements and durations arrive folded, so these are exact only through the
-read-back (``engine.readback``).
+before the replay) and long; equal-timestamp writes; a static column changed by a write that
+produces no event, a row deletion and an emptied row in its partition. Non-frozen collection events carry only
+the touched elements, durations arrive folded and statics not at all, so these are exact only
+through the read-back (``engine.readback``). Not here: a partition holding only static
+values, which no PostgreSQL row can hold (its clustering columns would be null).
 
 The oracle is a full read of Cassandra compared cell by cell (``engine.compare``, which
 shares no code with sync's decode, reduce, read-back or merge), plus values written out
@@ -52,7 +54,8 @@ def pg(pipeline):
     conn.close()
 
 
-def _write_every_kind(cass, t: str) -> None:
+def _write_every_kind(cass, t: str, applied) -> None:
+    """The writes; ``applied(pk, ck, column, value)`` returns once sync applied that cell."""
     def q(stmt: str) -> None:
         cass.execute(stmt.replace("{t}", t))
 
@@ -87,6 +90,16 @@ def _write_every_kind(cass, t: str) -> None:
     q(f"UPDATE {t} USING TIMESTAMP {base} SET i = 1, d = 2d WHERE pk = 4 AND ck = 1")
     q(f"UPDATE {t} USING TIMESTAMP {base} SET l = [5] WHERE pk = 4 AND ck = 2")
     q(f"UPDATE {t} USING TIMESTAMP {base} SET l = l + [6] WHERE pk = 4 AND ck = 2")
+    # Static columns never reach Kafka: the next write to their partition reads them back.
+    q("INSERT INTO {t} (pk, ck, st, x) VALUES (5, 0, 's1', 'a')")
+    q("INSERT INTO {t} (pk, ck, x) VALUES (5, 1, 'b')")
+    q("UPDATE {t} SET x = 'tmp' WHERE pk = 5 AND ck = 2")              # a row born by UPDATE ...
+    applied(5, 2, "st", "s1")                                           # (holding the static in PostgreSQL)
+    q("UPDATE {t} SET x = null WHERE pk = 5 AND ck = 2")               # ... gone again, statics or not
+    q("UPDATE {t} SET st = 's2' WHERE pk = 5")                         # no event at all
+    q("DELETE FROM {t} WHERE pk = 5 AND ck = 1")                       # a row deletion leaves the statics
+    q("INSERT INTO {t} (pk, ck, x) VALUES (5, 1, 'b2')")               # ... for the row written again
+    q("INSERT INTO {t} (pk, ck, x) VALUES (5, 3, 'c')")                # the partition's next write
 
 
 def _hand_checked(pg, schema: str, name: str) -> None:
@@ -103,6 +116,8 @@ def _hand_checked(pg, schema: str, name: str) -> None:
         assert cur.fetchall() == [(0, "1 mon"), (1, "30 days"), (2, "-1 years -2 days")]
         cur.execute(f'SELECT ck, l, s FROM "{schema}"."{name}" WHERE pk = 1 AND ck = 1')
         assert cur.fetchall() == [(1, None, ["n"])]
+        cur.execute(f'SELECT ck, st, x FROM "{schema}"."{name}" WHERE pk = 5 ORDER BY ck')
+        assert cur.fetchall() == [(0, "s2", "a"), (1, "s2", "b2"), (3, "s2", "c")]
 
 
 def _with_sweep(cfg, every: timedelta):
@@ -134,7 +149,7 @@ def test_every_write_kind_is_exact_by_sync_alone_and_replayed_onto_a_snapshot(ca
     t = f"{KS}.{name}"
     topic = f"c2pg.{KS}.{name}"
     cass.execute(f"CREATE TABLE {t} (pk int, ck int, l list<int>, s set<text>, m map<text, int>, d duration, "
-                 f"fd frozen<list<duration>>, i int, x text, PRIMARY KEY (pk, ck)) WITH cdc = true")
+                 f"fd frozen<list<duration>>, i int, x text, st text static, PRIMARY KEY (pk, ck)) WITH cdc = true")
     wait_for_table_capture(cass, KS, name, f"INSERT INTO {t} (pk, ck, x) VALUES (-1, 0, 'sentinel')")
 
     # (a) Sync alone, running while the writes happen. The TTL sweep runs every second so a
@@ -142,8 +157,21 @@ def test_every_write_kind_is_exact_by_sync_alone_and_replayed_onto_a_snapshot(ca
     alone = fresh_sync_pipeline(pg, pipeline, KS, "replay_alone", name)
     alone = _with_sweep(alone, timedelta(seconds=1))
     sup = get_or_start(alone)
+
+    def applied(pk: int, ck: int, column: str, value) -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with pg, pg.cursor() as cur:
+                    cur.execute(f'SELECT "{column}" FROM replay_alone."{name}" WHERE pk = %s AND ck = %s', (pk, ck))
+                    if cur.fetchall() == [(value,)]:
+                        return
+            except psycopg2.errors.UndefinedTable:
+                pass  # the worker creates the target with its first batch
+            assert time.monotonic() < deadline, f"({pk}, {ck}).{column} = {value!r} never applied"
+            time.sleep(0.2)
     try:
-        _write_every_kind(cass, t)
+        _write_every_kind(cass, t, applied)
         _caught_up(cass, t, topic)
         assert wait_equal(cass, pg, KS, name, "replay_alone", name, timeout_s=90) == []
         _hand_checked(pg, "replay_alone", name)
