@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from psycopg2 import sql
 
 from engine.cassandra_bytes import FIXED_SIZE_KINDS
 from engine.schema import META_EXP, META_ROW_TS, META_TOKEN, META_WT, Column, TableSchema
-from engine.types import CqlType, pg_type
+from engine.types import CqlType, copy_unescape, pg_type
 
 STATE_SCHEMA = "_c2pg"
 STAGE = "_c2pg_stage"
@@ -886,6 +888,52 @@ def remove_empty_rows(schema: TableSchema, target_schema: str, target_table: str
              column=ident(T_COLUMN), at=ident(T_DELETED_AT),
              gone_keys=sql.SQL(", ").join(sql.SQL("g.{}").format(ident(c)) for c in keys),
              wt=ident(META_WT), columns=columns)
+
+
+def overwrite_cells(schema: TableSchema, target_schema: str, target_table: str, token: int,
+                    key: Sequence[str], cells: Mapping[str, Any], stored_wts: Mapping[str, int | None]
+                    ) -> tuple[sql.Composed, dict[str, Any]]:
+    """Reconcile's authoritative overwrite of one row (``engine.reconcile.apply_repair``):
+    ``UPDATE`` the ``cells`` (column → live :class:`~engine.events.Cell`, COPY text) to
+    Cassandra's values, write times and expiries where the row's ``key`` (canonical text)
+    and ``token`` match and every one of those cells still holds the write time the repair
+    read (``stored_wts``) — a compare-and-set, so a sync write landing in between wins and
+    the statement changes nothing. ``_c2pg_wt`` positions follow the catalog order, as in
+    the merge. Values travel as parameters cast to the column type, the text the COPY of the
+    merge would carry, unescaped. Returns the statement and its parameters."""
+    regular = [c.name for c in schema.regular]
+    kinds = {c.name: c.pg_sql_type for c in schema.columns}
+    params: dict[str, Any] = {"token": token}
+
+    def stored(meta: str, i: int) -> sql.Composable:
+        return sql.SQL("t.{}[{}]").format(ident(meta), sql.Literal(i))
+
+    sets: list[sql.Composable] = []
+    wts: list[sql.Composable] = []
+    exps: list[sql.Composable] = []
+    where: list[sql.Composable] = [sql.SQL("t.{} = %(token)s").format(ident(META_TOKEN))]
+    for i, (column, text) in enumerate(zip(schema.primary_key, key, strict=True)):
+        params[f"k{i}"] = copy_unescape(text)
+        where.append(sql.SQL("t.{} = {}::{}").format(ident(column.name), sql.Placeholder(f"k{i}"),
+                                                     sql.SQL(kinds[column.name])))
+    for i, name in enumerate(regular, start=1):
+        cell = cells.get(name)
+        if cell is None:
+            wts.append(stored(META_WT, i))
+            exps.append(stored(META_EXP, i))
+            continue
+        assert cell.value is not None  # only live Cassandra cells are overwritten
+        params.update({f"v{i}": copy_unescape(cell.value), f"wt{i}": cell.ts, f"exp{i}": cell.expires_us,
+                       f"was{i}": stored_wts[name]})
+        sets.append(sql.SQL("{} = {}::{}").format(ident(name), sql.Placeholder(f"v{i}"), sql.SQL(kinds[name])))
+        wts.append(sql.SQL("{}::bigint").format(sql.Placeholder(f"wt{i}")))
+        exps.append(sql.SQL("{}::bigint").format(sql.Placeholder(f"exp{i}")))
+        where.append(sql.SQL("{} = {}").format(stored(META_WT, i), sql.Placeholder(f"was{i}")))
+    sets.append(sql.SQL("{} = ARRAY[{}]::bigint[]").format(ident(META_WT), sql.SQL(", ").join(wts)))
+    sets.append(sql.SQL("{} = ARRAY[{}]::bigint[]").format(ident(META_EXP), sql.SQL(", ").join(exps)))
+    statement = sql.SQL("UPDATE {} AS t SET {} WHERE {}").format(
+        ident(target_schema, target_table), sql.SQL(", ").join(sets), sql.SQL(" AND ").join(where))
+    return statement, params
 
 
 SAVE_OFFSETS = sql.SQL(

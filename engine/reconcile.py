@@ -70,10 +70,10 @@ from engine.events import Cell
 from engine.pg_writer import SyncWriter
 from engine.ray_connect import ensure_ray
 from engine.reduce import Reduced, RowWrite, Tombstone
-from engine.schema import META_EXP, META_TOKEN, META_WT, TableSchema, read_table
+from engine.schema import TableSchema, read_table
 from engine.target import Target, ensure_state, ensure_target
 from engine.token_ranges import TokenSplit, plan_splits
-from engine.types import ValueConversionError, copy_unescape, register_pg_text_casts
+from engine.types import ValueConversionError, register_pg_text_casts
 
 logger = log.get("c2pg.reconcile")
 
@@ -699,45 +699,9 @@ def apply_repair(conn, target: Target, pipeline: str, plan: RepairPlan) -> int:
 
 
 def _overwrite(target: Target, o: Overwrite) -> tuple[sql.Composed, dict[str, Any]]:
-    """The authoritative overwrite of one row: ``UPDATE`` the cells of ``o`` to Cassandra's
-    values, write times and expiries where the row's key matches and every one of those
-    cells still holds the write time the repair read (``_c2pg_wt`` positions follow the
-    catalog order, as in the merge). Values travel as parameters cast to the column type,
-    the text the COPY of the merge would carry, unescaped."""
-    schema = target.schema
-    regular = [c.name for c in schema.regular]
-    kinds = {c.name: c.pg_sql_type for c in schema.columns}
-    params: dict[str, Any] = {"token": o.token}
-
-    def stored(meta: str, i: int) -> sql.Composable:
-        return sql.SQL("t.{}[{}]").format(d.ident(meta), sql.Literal(i))
-
-    sets: list[sql.Composable] = []
-    wts: list[sql.Composable] = []
-    exps: list[sql.Composable] = []
-    where: list[sql.Composable] = [sql.SQL("t.{} = %(token)s").format(d.ident(META_TOKEN))]
-    for i, (column, text) in enumerate(zip(schema.primary_key, o.key, strict=True)):
-        params[f"k{i}"] = copy_unescape(text)
-        where.append(sql.SQL("t.{} = {}::{}").format(d.ident(column.name), sql.Placeholder(f"k{i}"),
-                                                     sql.SQL(kinds[column.name])))
-    for i, name in enumerate(regular, start=1):
-        cell = o.cells.get(name)
-        if cell is None:
-            wts.append(stored(META_WT, i))
-            exps.append(stored(META_EXP, i))
-            continue
-        assert cell.value is not None  # only live Cassandra cells are overwritten
-        params.update({f"v{i}": copy_unescape(cell.value), f"wt{i}": cell.ts, f"exp{i}": cell.expires_us,
-                       f"was{i}": o.stored_wts[name]})
-        sets.append(sql.SQL("{} = {}::{}").format(d.ident(name), sql.Placeholder(f"v{i}"), sql.SQL(kinds[name])))
-        wts.append(sql.SQL("{}::bigint").format(sql.Placeholder(f"wt{i}")))
-        exps.append(sql.SQL("{}::bigint").format(sql.Placeholder(f"exp{i}")))
-        where.append(sql.SQL("{} = {}").format(stored(META_WT, i), sql.Placeholder(f"was{i}")))
-    sets.append(sql.SQL("{} = ARRAY[{}]::bigint[]").format(d.ident(META_WT), sql.SQL(", ").join(wts)))
-    sets.append(sql.SQL("{} = ARRAY[{}]::bigint[]").format(d.ident(META_EXP), sql.SQL(", ").join(exps)))
-    statement = sql.SQL("UPDATE {} AS t SET {} WHERE {}").format(
-        d.ident(target.target_schema, target.target_table), sql.SQL(", ").join(sets), sql.SQL(" AND ").join(where))
-    return statement, params
+    """The authoritative overwrite of one row (SQL: :func:`engine.pg_dialect.overwrite_cells`)."""
+    return d.overwrite_cells(target.schema, target.target_schema, target.target_table, o.token, o.key,
+                             o.cells, o.stored_wts)
 
 
 @dataclass(frozen=True, slots=True)

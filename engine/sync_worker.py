@@ -334,6 +334,9 @@ class _Metrics:
                                    tag_keys=("pipeline", "table"))
         self.lag_gauge = metrics.Gauge("c2pg_sync_lag", "records not yet applied, per partition",
                                        tag_keys=("pipeline", "topic", "partition"))
+        self.read_back = metrics.Counter("c2pg_sync_read_back_rows",
+                                         "rows read back from Cassandra before the merge (engine.readback)",
+                                         tag_keys=("pipeline", "table"))
 
     def record(self, pipeline: str, table: str, result, seconds: float) -> None:
         tags = {"pipeline": pipeline, "table": table}
@@ -346,6 +349,8 @@ class _Metrics:
             self.applied.inc(result.applied_rows, tags)
         if result.dead_letters:
             self.dead.inc(result.dead_letters, tags)
+        if result.read_back.rows:
+            self.read_back.inc(result.read_back.rows, tags)
         self.latency.observe(seconds, tags)
         self.batch.observe(result.events, tags)
         if result.max_write_ts_us:
