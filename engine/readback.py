@@ -212,12 +212,14 @@ class ReadBack:
 
     def _read(self, tokens: set[int]) -> dict[tuple[str | None, ...], tuple]:
         """The rows of the partitions with these tokens, by primary key (canonical text)."""
+        from cassandra import DriverException
+        from cassandra.cluster import NoHostAvailable
         from cassandra.concurrent import execute_concurrent_with_args
 
         try:
             results = execute_concurrent_with_args(self.session, self.stmt, [(t,) for t in tokens],
                                                    concurrency=CONCURRENCY, raise_on_first_error=True)
-        except Exception as exc:  # the driver's many request errors: all mean "not read"
+        except (DriverException, NoHostAvailable) as exc:  # timeouts, unavailable, no host: "not read"
             raise ReadBackFailed(f"read-back of {self.schema.qualified}: {type(exc).__name__}: {exc}") from exc
         out: dict[tuple[str | None, ...], tuple] = {}
         for _ok, result in results:
