@@ -201,3 +201,28 @@ def test_every_write_kind_is_exact_by_sync_alone_and_replayed_onto_a_snapshot(ca
     finally:
         _stop(sup)
     _reconcile_clean(replay)
+
+
+def test_a_partition_key_of_several_columns_is_read_back_by_token(cass, pg, pipeline, ray_cluster):
+    """The read-back's other path: partitions read one ``token(pk) = ?`` request each (a
+    composite partition key cannot be read with ``pk IN ?``)."""
+    name = "token_" + uuid.uuid4().hex[:8]
+    t = f"{KS}.{name}"
+    cass.execute(f"CREATE TABLE {t} (a int, b text, ck int, l list<int>, d duration, st text static, "
+                 f"PRIMARY KEY ((a, b), ck)) WITH cdc = true")
+    wait_for_table_capture(cass, KS, name, f"INSERT INTO {t} (a, b, ck) VALUES (-1, 's', 0)")
+    cfg = fresh_sync_pipeline(pg, pipeline, KS, "replay_token", name)
+    sup = get_or_start(cfg)
+    try:
+        for a in range(3):
+            cass.execute(f"INSERT INTO {t} (a, b, ck, l, d, st) VALUES ({a}, 'k', 0, [1], 1mo, 's1')")
+            cass.execute(f"UPDATE {t} SET l = l + [2] WHERE a = {a} AND b = 'k' AND ck = 0")
+            cass.execute(f"UPDATE {t} SET d = 2mo3d WHERE a = {a} AND b = 'k' AND ck = 0")
+            cass.execute(f"UPDATE {t} SET st = 's2' WHERE a = {a} AND b = 'k'")
+            cass.execute(f"INSERT INTO {t} (a, b, ck) VALUES ({a}, 'k', 1)")
+        assert wait_equal(cass, pg, KS, name, "replay_token", name, timeout_s=60) == []
+        with pg, pg.cursor() as cur:
+            cur.execute(f'SELECT DISTINCT l, d::text, st FROM replay_token."{name}" WHERE a >= 0 AND ck = 0')
+            assert cur.fetchall() == [([1, 2], "2 mons 3 days", "s2")]
+    finally:
+        _stop(sup)
