@@ -56,8 +56,8 @@ from engine.cassandra_source import _cql_ident, _multi_cell, _value
 from engine.errors import C2pgError
 from engine.events import Cell
 from engine.reduce import Reduced, RowWrite
-from engine.schema import Column, TableSchema
-from engine.types import CqlType, ValueConversionError, copy_unescape
+from engine.schema import Column, TableSchema, has_kind
+from engine.types import ValueConversionError, copy_unescape
 
 CONCURRENCY = 256  # token reads in flight per batch (benchmarks/readback.py: 32 → 39 s, 128 → 23 s, 512 → 20 s)
 KEYS_PER_READ = 64  # partitions per "pk IN ?" read
@@ -70,15 +70,11 @@ class ReadBackFailed(C2pgError):
     """Cassandra did not answer a read-back (the batch is retried, nothing was applied)."""
 
 
-def contains_duration(t: CqlType) -> bool:
-    return t.kind == "duration" or any(contains_duration(p) for p in t.params)
-
-
 def needs_read_back(column: Column) -> bool:
     """Does an event's cell of ``column`` differ from what Cassandra holds? (Static columns
     are never in an event; :class:`ReadBack` reads them for every partition of a batch.)"""
     return not column.dropped and column.kind != "static" and (
-        _multi_cell(column.cql_type) or contains_duration(column.cql_type))
+        _multi_cell(column.cql_type) or has_kind(column.cql_type, "duration"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,10 +131,6 @@ class ReadBack:
             if self.key_param is not None:
                 self.in_stmt = session.prepare(f"{select} WHERE {pk} IN ?")
                 self.in_stmt.consistency_level = cql.consistency_level(consistency)
-
-    @property
-    def active(self) -> bool:
-        return self.stmt is not None
 
     def _width(self, c: Column) -> int:
         return 2 if self.multi_cell[c.name] else 3

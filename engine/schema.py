@@ -104,15 +104,16 @@ class TableSchema:
                          "with the partition's next write; a write of statics alone waits for it or reconcile")
         if any(c.cql_type.kind == "counter" for c in self.regular):
             notes.append("counter tables are not captured by the connector")
-        if any(_has_kind(c.cql_type, "vector") for c in self.columns):
+        if any(has_kind(c.cql_type, "vector") for c in self.columns):
             notes.append("vector columns stop the connector from capturing the table")
         # Non-frozen collections and durations are not listed: their events are inexact, but
         # sync reads those cells back from Cassandra (engine.readback).
         return notes
 
 
-def _has_kind(t: CqlType, kind: str) -> bool:
-    return t.kind == kind or any(_has_kind(p, kind) for p in t.params)
+def has_kind(t: CqlType, kind: str) -> bool:
+    """Is ``kind`` the type ``t`` or any type nested in it?"""
+    return t.kind == kind or any(has_kind(p, kind) for p in t.params)
 
 
 def read_table(session, keyspace: str, table: str) -> TableSchema:
