@@ -73,7 +73,7 @@ def select_statement(schema: TableSchema) -> str:
     pk = ", ".join(q(c.name) for c in schema.partition_key)
     parts = [f"token({pk})"] + [_value(c) for c in schema.primary_key]
     for c in schema.live_regular:
-        if _multi_cell(c.cql_type):
+        if c.cql_type.multi_cell:
             # WRITETIME/TTL of a multi-cell column are lists with null elements, which the
             # Python driver cannot decode; MAXWRITETIME (Cassandra 5) gives the newest
             # element's time. Element TTLs are not read (docs/types.md).
@@ -91,11 +91,6 @@ def _value(c) -> str:
     if c.cql_type.kind == "timestamp":
         return f"toUnixTimestamp({_cql_ident(c.name)})"
     return _cql_ident(c.name)
-
-
-def _multi_cell(t) -> bool:
-    """Non-frozen collections and UDTs: stored as one cell per element or field."""
-    return t.kind in ("list", "set", "map", "udt") and not t.frozen
 
 
 def _cql_ident(name: str) -> str:
@@ -126,7 +121,7 @@ class RowLayout:
                 wt_at.append(None)
                 ttl_at.append(None)
                 continue
-            has_ttl = not _multi_cell(c.cql_type)
+            has_ttl = not c.cql_type.multi_cell
             value_at.append(at)
             wt_at.append(at + 1)
             ttl_at.append(at + 2 if has_ttl else None)

@@ -28,7 +28,8 @@ mutated real events).
 
 Which event becomes which :class:`~engine.events.Op` (the connector's ``op``):
 
-- ``i`` → ``UPSERT`` with ``row_marker=True``; ``u`` → ``UPSERT``. Both are partial writes:
+- ``i`` → ``UPSERT`` with ``row_marker=True`` (and ``marker_expires_us``, the TTL expiry
+  of its live cells, when it had a TTL); ``u`` → ``UPSERT``. Both are partial writes:
   only the columns whose ``after`` entry is not null are in ``cells``.
 - ``d`` → ``ROW_DELETE`` when every clustering column has a value in the record key, and
   ``PARTITION_DELETE`` when they are all null. In a table without clustering columns a
@@ -324,6 +325,9 @@ class EventDecoder:
         # Live regular columns, in the schema's order (the order of ChangeEvent.cells).
         self._regular = tuple((c.name, codec(c.cql_type).from_debezium)
                               for c in schema.regular if not c.dropped)
+        # Columns whose event cell carries the statement's TTL (a non-frozen collection's
+        # carries none): the row marker's TTL is read from them.
+        self._one_cell = frozenset(c.name for c in schema.regular if not c.cql_type.multi_cell)
         # Names an event may carry: every column (dropped ones are ignored) and the bounds.
         self._known = frozenset([c.name for c in schema.columns] + list(_RANGE_FIELDS))
 
@@ -442,8 +446,17 @@ class EventDecoder:
 
         if op is Op.UPSERT:
             key = self._key_values(after, self._pk) + self._key_values(after, self._ck)
-            return ChangeEvent(self._keyspace, self._table, op, ts, key, self._cells(after, ts),
-                               row_marker=op_code == "i", origin=origin)
+            cells = self._cells(after, ts)
+            marker_expires = None
+            if op_code == "i":
+                # An INSERT gives its marker and its cells one TTL; the event has it on the
+                # cells only. Taken when every live single-cell value agrees (a BATCH that
+                # merges an INSERT without TTL and an UPDATE with one into one mutation
+                # does not); an INSERT of the key alone carries no TTL to read.
+                expiries = {c.expires_us for n, c in cells if c.value is not None and n in self._one_cell}
+                marker_expires = expiries.pop() if len(expiries) == 1 else None
+            return ChangeEvent(self._keyspace, self._table, op, ts, key, cells,
+                               row_marker=op_code == "i", marker_expires_us=marker_expires, origin=origin)
         partition = self._key_values(after, self._pk)
         if op is Op.RANGE_DELETE:
             start = self._bound(after.get("_range_start"), "_range_start", _START_METHODS)

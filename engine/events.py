@@ -66,7 +66,9 @@ class ChangeEvent:
     the table's primary-key order; for a partition or range deletion the clustering part is
     absent (``key`` has only the partition key). ``cells`` are the regular columns the
     mutation touched, by name. ``row_marker`` is true for an INSERT (op ``i``): the row
-    exists even if all its cells are null.
+    exists even if all its cells are null — until ``marker_expires_us`` (µs) when the INSERT
+    had a TTL (Cassandra gives the statement's marker and cells one TTL; the event carries it
+    on the cells only, so the decoder takes it from them).
     """
 
     keyspace: str
@@ -79,6 +81,7 @@ class ChangeEvent:
     range_start: Bound | None = None
     range_end: Bound | None = None
     origin: Origin | None = None
+    marker_expires_us: int | None = None
 
     @property
     def qualified(self) -> str:

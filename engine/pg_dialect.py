@@ -24,7 +24,7 @@ from typing import Any
 from psycopg2 import sql
 
 from engine.cassandra_bytes import FIXED_SIZE_KINDS
-from engine.schema import META_EXP, META_ROW_TS, META_TOKEN, META_WT, Column, TableSchema
+from engine.schema import META_EXP, META_ROW_EXP, META_ROW_TS, META_TOKEN, META_WT, Column, TableSchema
 from engine.types import CqlType, copy_unescape, pg_type
 
 STATE_SCHEMA = "_c2pg"
@@ -381,7 +381,7 @@ def _cols(names) -> sql.Composed:
 
 def target_columns(schema: TableSchema) -> list[str]:
     """The target's columns in COPY order: Cassandra's, then the metadata columns."""
-    return [c.name for c in schema.columns] + [META_TOKEN, META_WT, META_EXP, META_ROW_TS]
+    return [c.name for c in schema.columns] + [META_TOKEN, META_WT, META_EXP, META_ROW_TS, META_ROW_EXP]
 
 
 def create_target(schema: TableSchema, target_schema: str, target_table: str,
@@ -393,7 +393,8 @@ def create_target(schema: TableSchema, target_schema: str, target_table: str,
     defs += [sql.SQL("{} bigint NOT NULL").format(ident(META_TOKEN)),
              sql.SQL("{} bigint[] NOT NULL").format(ident(META_WT)),
              sql.SQL("{} bigint[]").format(ident(META_EXP)),
-             sql.SQL("{} bigint").format(ident(META_ROW_TS))]
+             sql.SQL("{} bigint").format(ident(META_ROW_TS)),
+             sql.SQL("{} bigint").format(ident(META_ROW_EXP))]
     defs.append(sql.SQL("PRIMARY KEY ({})").format(_cols(c.name for c in schema.primary_key)))
     stmts = [sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident(target_schema)),
              sql.SQL("CREATE TABLE {} ({})").format(ident(target_schema, target_table),
@@ -627,8 +628,12 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
                        if n else sql.SQL("'{}'::bigint[]"))
     select_cols.append(sql.SQL("ARRAY[{}]::bigint[]").format(sql.SQL(", ").join(exp_items))
                        if n else sql.SQL("NULL::bigint[]"))
-    select_cols.append(sql.SQL("CASE WHEN {kill} IS NULL OR {s}.{rt} > {kill} THEN {s}.{rt} END").format(
-        kill=kill, s=s, rt=ident(META_ROW_TS)))
+    # The row marker survives the row's deletions and its own tombstone (``kill_m``: a dead
+    # marker the sweep or the writer recorded when it removed or cleared it).
+    marker_alive = sql.SQL("(({kill} IS NULL OR {s}.{rt} > {kill}) AND (k.kill_m IS NULL OR {s}.{rt} > k.kill_m))"
+                           ).format(kill=kill, s=s, rt=ident(META_ROW_TS))
+    select_cols.append(sql.SQL("CASE WHEN {a} THEN {s}.{rt} END").format(a=marker_alive, s=s, rt=ident(META_ROW_TS)))
+    select_cols.append(sql.SQL("CASE WHEN {a} THEN {s}.{re} END").format(a=marker_alive, s=s, re=ident(META_ROW_EXP)))
 
     sets, wins_any, new_wt, new_exp = [], [], [], []
     for i, col in enumerate(schema.regular, start=1):
@@ -643,9 +648,10 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
     if n:
         sets.append(sql.SQL("{} = ARRAY[{}]::bigint[]").format(ident(META_WT), sql.SQL(", ").join(new_wt)))
         sets.append(sql.SQL("{} = ARRAY[{}]::bigint[]").format(ident(META_EXP), sql.SQL(", ").join(new_exp)))
-    marker_wins = sql.SQL("({x}.{rt} IS NOT NULL AND ({t}.{rt} IS NULL OR {x}.{rt} > {t}.{rt}))").format(
-        x=x, t=t, rt=ident(META_ROW_TS))
-    sets.append(sql.SQL("{rt} = GREATEST({t}.{rt}, {x}.{rt})").format(rt=ident(META_ROW_TS), t=t, x=x))
+    marker_wins = marker_supersedes(x, t)
+    for meta in (META_ROW_TS, META_ROW_EXP):
+        sets.append(sql.SQL("{m} = CASE WHEN {w} THEN {x}.{m} ELSE {t}.{m} END").format(
+            m=ident(meta), w=marker_wins, x=x, t=t))
     wins_any.append(marker_wins)
 
     cell_kills: list[sql.Composable] = [sql.SQL("max(d._c2pg_deleted_at) FILTER (WHERE {}) AS {}").format(
@@ -653,6 +659,8 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
         for i, col in enumerate(schema.regular, start=1) if col.kind != "static"]
     if any(col.kind == "static" for col in schema.regular):
         cell_kills.append(sql.SQL("max(d._c2pg_deleted_at) FILTER (WHERE d._c2pg_kind = 'partition') AS pkill_ts"))
+    cell_kills.append(sql.SQL("max(d._c2pg_deleted_at) FILTER (WHERE {}) AS kill_m").format(
+        cell_killed(schema, "s", "d", META_ROW_TS)))
     same_partition = sql.SQL(" AND ").join(sql.SQL("d.{c} = s.{c}").format(c=ident(c.name))
                                            for c in schema.partition_key)
     return sql.SQL(
@@ -667,6 +675,26 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
         cell_kills=sql.SQL("").join(sql.SQL(", ") + c for c in cell_kills), same_partition=same_partition,
         pk=_cols(pk), sets=sql.SQL(", ").join(sets), any_wins=sql.SQL(" OR ").join(wins_any),
     )
+
+
+def marker_supersedes(x: sql.Composable, t: sql.Composable) -> sql.Composed:
+    """Does the staged row marker (``x``) replace the stored one (``t``)? Cassandra's
+    ``LivenessInfo.supersedes`` (``org.apache.cassandra.db.LivenessInfo``): the newer write
+    time wins; at an equal time a marker with a TTL beats one without, and of two with a TTL
+    the later expiry (whole seconds, Cassandra's ``localExpirationTime``) wins. A marker past
+    its expiry is still compared this way — Cassandra keeps it until compaction purges it,
+    and it shadows older markers meanwhile."""
+    xt, tt = (sql.SQL("{}.{}").format(a, ident(META_ROW_TS)) for a in (x, t))
+    xe, te = (sql.SQL("{}.{}").format(a, ident(META_ROW_EXP)) for a in (x, t))
+    return sql.SQL(
+        "({xt} IS NOT NULL AND ({tt} IS NULL OR {xt} > {tt} OR ({xt} = {tt} AND {xe} IS NOT NULL "
+        "AND ({te} IS NULL OR {xe} / 1000000 > {te} / 1000000))))").format(xt=xt, tt=tt, xe=xe, te=te)
+
+
+def marker_dead(t: sql.Composable, now: sql.Composable) -> sql.Composed:
+    """SQL: the stored row ``t`` has no live row marker at ``now`` (none, or past its expiry)."""
+    return sql.SQL("({t}.{rt} IS NULL OR COALESCE({t}.{re} <= {now}, false))").format(
+        t=t, rt=ident(META_ROW_TS), re=ident(META_ROW_EXP), now=now)
 
 
 def _wins(x: sql.Composable, t: sql.Composable, col: Column, i: int, source_wins_ties: bool = False) -> sql.Composed:
@@ -844,6 +872,8 @@ def shadow_rows(schema: TableSchema, target_schema: str, target_table: str) -> s
         sets.append(sql.SQL("{} = ARRAY[{}]::bigint[]").format(ident(META_WT), sql.SQL(", ").join(wts)))
         sets.append(sql.SQL("{} = ARRAY[{}]::bigint[]").format(ident(META_EXP), sql.SQL(", ").join(exps)))
     sets.append(sql.SQL("{rt} = CASE WHEN t.{rt} <= k.kill THEN NULL ELSE t.{rt} END").format(rt=ident(META_ROW_TS)))
+    sets.append(sql.SQL("{re} = CASE WHEN t.{rt} <= k.kill THEN NULL ELSE t.{re} END").format(
+        rt=ident(META_ROW_TS), re=ident(META_ROW_EXP)))
     key_cols = sql.SQL(", ").join(sql.SQL("r.{}").format(ident(c)) for c in pk)
     join_key = sql.SQL(" AND ").join(sql.SQL("t.{c} = k.{c}").format(c=ident(c)) for c in pk)
     return sql.SQL(
@@ -856,8 +886,11 @@ def shadow_rows(schema: TableSchema, target_schema: str, target_table: str) -> s
 
 
 def remove_empty_rows(schema: TableSchema, target_schema: str, target_table: str, tomb_table: str) -> sql.Composed:
-    """Delete the rows of the touched partitions that have no live cell and no row marker
-    (Cassandra has no such row), keeping their cell deletions as ``cell`` tombstones."""
+    """Delete the rows of the touched partitions that have no live cell and no live row
+    marker (Cassandra has no such row; a marker past its expiry at the merge's clock,
+    :data:`MERGE_NOW_US`, is dead), keeping their cell deletions as ``cell`` tombstones and
+    a dead marker as a ``cell`` tombstone of the pseudo-column ``_c2pg_row_ts`` at its write
+    time — so an older INSERT arriving later cannot bring the row back."""
     target = ident(target_schema, target_table)
     pk = [c.name for c in schema.partition_key]
     keys = [c.name for c in schema.primary_key]
@@ -866,28 +899,40 @@ def remove_empty_rows(schema: TableSchema, target_schema: str, target_table: str
     # marker or a live regular cell); statics get no cell tombstones (they are the partition's).
     empty = [sql.SQL("t.{} IS NULL").format(ident(c.name)) for c in schema.regular
              if not c.dropped and (c.kind != "static" or not schema.clustering)]
-    empty.append(sql.SQL("t.{} IS NULL").format(ident(META_ROW_TS)))
-    regular = [(i, c.name) for i, c in enumerate(schema.regular, start=1) if c.kind != "static"]
-    columns = (sql.SQL("(VALUES {}) AS c(name, pos)").format(sql.SQL(", ").join(
-        sql.SQL("({}, {})").format(sql.Literal(n), sql.Literal(i)) for i, n in regular))
-        if regular else None)
+    empty.append(marker_dead(sql.Identifier("t"), MERGE_NOW_US))
     gone_cols = sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in keys)
     deleted = sql.SQL(
         "DELETE FROM {target} AS t WHERE ({t_part}) IN (SELECT {part} FROM {stage} UNION SELECT {part} FROM {tstage}) "
-        "AND {empty} RETURNING {gone_cols}, t.{wt}"
+        "AND {empty} RETURNING {gone_cols}, t.{wt}, t.{rt}"
     ).format(target=target, t_part=sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in pk),
              part=part, stage=ident(STAGE), tstage=ident(TSTAGE), empty=sql.SQL(" AND ").join(empty),
-             gone_cols=gone_cols, wt=ident(META_WT))
-    if columns is None:
-        return sql.SQL("WITH gone AS ({}) SELECT count(*) FROM gone").format(deleted)
+             gone_cols=gone_cols, wt=ident(META_WT), rt=ident(META_ROW_TS))
     return sql.SQL(
         "WITH gone AS ({deleted}) INSERT INTO {tomb} ({key_cols}, {kind}, {column}, {at}) "
-        "SELECT {gone_keys}, 'cell', c.name, (g.{wt})[c.pos] FROM gone AS g CROSS JOIN {columns} "
-        "WHERE (g.{wt})[c.pos] IS NOT NULL"
+        "SELECT * FROM (SELECT {gone_keys}, 'cell', c.name, {time} AS at FROM gone AS g CROSS JOIN {columns}) AS x "
+        "WHERE x.at IS NOT NULL"
     ).format(deleted=deleted, tomb=ident(STATE_SCHEMA, tomb_table), key_cols=_cols(keys), kind=ident(T_KIND),
              column=ident(T_COLUMN), at=ident(T_DELETED_AT),
              gone_keys=sql.SQL(", ").join(sql.SQL("g.{}").format(ident(c)) for c in keys),
-             wt=ident(META_WT), columns=columns)
+             time=_tombstone_time(schema, "g"), columns=_tombstone_positions(schema))
+
+
+def _tombstone_positions(schema: TableSchema) -> sql.Composed:
+    """``(VALUES …) AS c(name, pos)``: the columns a removed row leaves ``cell`` tombstones
+    for, with their position for :func:`_tombstone_time` — the regular columns (not
+    statics: they are the partition's) and the row marker, after them."""
+    entries = [(c.name, i) for i, c in enumerate(schema.regular, start=1) if c.kind != "static"]
+    entries.append((META_ROW_TS, len(schema.regular) + 1))
+    return sql.SQL("(VALUES {}) AS c(name, pos)").format(sql.SQL(", ").join(
+        sql.SQL("({}::text, {}::int)").format(sql.Literal(n), sql.Literal(i)) for n, i in entries))
+
+
+def _tombstone_time(schema: TableSchema, alias: str) -> sql.Composed:
+    """The write time at position ``c.pos`` of :func:`_tombstone_positions` for the row
+    ``alias``: a cell's from ``_c2pg_wt`` (shorter in rows older than an added column:
+    NULL), the marker's from ``_c2pg_row_ts``."""
+    return sql.SQL("CASE WHEN c.pos = {m} THEN {a}.{rt} ELSE ({a}.{wt})[c.pos] END").format(
+        m=sql.Literal(len(schema.regular) + 1), a=sql.Identifier(alias), wt=ident(META_WT), rt=ident(META_ROW_TS))
 
 
 def overwrite_cells(schema: TableSchema, target_schema: str, target_table: str, token: int,
@@ -950,21 +995,23 @@ SAVE_OFFSETS = sql.SQL(
 
 
 def expire_cells(schema: TableSchema, target_schema: str, target_table: str, tomb_table: str,
-                 now_us: int) -> sql.Composed | None:
-    """Expire the cells whose TTL ran out at ``now_us``, in one statement (None: the table
-    has no live regular column, so nothing can expire).
+                 now_us: int) -> sql.Composed:
+    """Expire the cells and row markers whose TTL ran out at ``now_us``, in one statement.
 
     - ``due``: the rows with a live regular cell whose ``_c2pg_exp`` is ``<= now_us``
-      (Cassandra: a cell is live while ``now < localDeletionTime``), locked ``FOR UPDATE
-      SKIP LOCKED``: a row a sync batch holds is left for the next sweep, so the sweep never
-      waits on a row lock (and cannot deadlock with a batch);
-    - ``kept``: rows that keep a live cell or a row marker: each expired cell becomes NULL
-      with its write time kept in ``_c2pg_wt`` (an expired cell is a deletion at its write
-      time: an older or equal-time write still loses in the merge, a newer one wins) and its
-      ``_c2pg_exp`` cleared;
-    - ``gone``: rows left with no live cell and no row marker are deleted, and every cell
-      with a known write time is kept as a ``cell`` tombstone at that time — exactly what
-      :func:`remove_empty_rows` does for the sync writer, scoped to these rows.
+      (Cassandra: a cell is live while ``now < localDeletionTime``) or a row marker whose
+      ``_c2pg_row_exp`` is, locked ``FOR UPDATE SKIP LOCKED``: a row a sync batch holds is
+      left for the next sweep, so the sweep never waits on a row lock (and cannot deadlock
+      with a batch);
+    - ``kept``: rows that keep a live cell or a live row marker: each expired cell becomes
+      NULL with its write time kept in ``_c2pg_wt`` (an expired cell is a deletion at its
+      write time: an older or equal-time write still loses in the merge, a newer one wins)
+      and its ``_c2pg_exp`` cleared; an expired marker is cleared and recorded as a ``cell``
+      tombstone of ``_c2pg_row_ts`` at its write time (so it still shadows older markers);
+    - ``gone``: rows left with no live cell and no live row marker are deleted, and every
+      cell (and the marker) with a known write time is kept as a ``cell`` tombstone at that
+      time — exactly what :func:`remove_empty_rows` does for the sync writer, scoped to
+      these rows.
 
     The row sets of ``kept`` and ``gone`` are disjoint by construction, so the two
     data-modifying parts never touch the same row. Result: one row ``(cells expired, rows
@@ -973,8 +1020,6 @@ def expire_cells(schema: TableSchema, target_schema: str, target_table: str, tom
     target = ident(target_schema, target_table)
     keys = [c.name for c in schema.primary_key]
     live = [(i, c.name) for i, c in enumerate(schema.regular, start=1) if not c.dropped]
-    if not live:
-        return None
     now = sql.Literal(int(now_us))
     t = sql.Identifier("t")
 
@@ -982,15 +1027,16 @@ def expire_cells(schema: TableSchema, target_schema: str, target_table: str, tom
         return sql.SQL("COALESCE({t}.{e}[{i}] <= {now}, false)").format(
             t=t, e=ident(META_EXP), i=sql.Literal(i), now=now)
 
-    any_due = sql.SQL("({})").format(sql.SQL(" OR ").join(due(i) for i, _ in live))
+    marker_due = sql.SQL("COALESCE({t}.{re} <= {now}, false)").format(t=t, re=ident(META_ROW_EXP), now=now)
+    any_due = sql.SQL("({})").format(sql.SQL(" OR ").join([*(due(i) for i, _ in live), marker_due]))
     # As in remove_empty_rows: a static cell does not keep a clustering row alive.
     statics = {c.name for c in schema.regular if c.kind == "static"} if schema.clustering else set()
     row_cells = [(i, name) for i, name in live if name not in statics]
-    empty_after = (sql.SQL("({} AND {}.{} IS NULL)").format(
-        sql.SQL(" AND ").join(sql.SQL("({t}.{c} IS NULL OR {due})").format(t=t, c=ident(name), due=due(i))
-                              for i, name in row_cells), t, ident(META_ROW_TS))
-        if row_cells else sql.SQL("({}.{} IS NULL)").format(t, ident(META_ROW_TS)))
-    n_due = sql.SQL(" + ").join(sql.SQL("CASE WHEN {} THEN 1 ELSE 0 END").format(due(i)) for i, _ in live)
+    empty_after = sql.SQL("({})").format(sql.SQL(" AND ").join([
+        *(sql.SQL("({t}.{c} IS NULL OR {due})").format(t=t, c=ident(name), due=due(i)) for i, name in row_cells),
+        marker_dead(t, now)]))
+    n_due = sql.SQL(" + ").join([sql.SQL("CASE WHEN {} THEN 1 ELSE 0 END").format(due(i)) for i, _ in live]
+                                or [sql.SQL("0")])
     live_pos = {i for i, _ in live}
     sets = [sql.SQL("{c} = CASE WHEN {due} THEN NULL ELSE {t}.{c} END").format(c=ident(name), due=due(i), t=t)
             for i, name in live]
@@ -998,29 +1044,35 @@ def expire_cells(schema: TableSchema, target_schema: str, target_table: str, tom
                 due=due(i), t=t, e=ident(META_EXP), i=sql.Literal(i))
             if i in live_pos else sql.SQL("{}.{}[{}]").format(t, ident(META_EXP), sql.Literal(i))
             for i in range(1, len(schema.regular) + 1)]
-    sets.append(sql.SQL("{} = ARRAY[{}]::bigint[]").format(ident(META_EXP), sql.SQL(", ").join(exps)))
+    if exps:
+        sets.append(sql.SQL("{} = ARRAY[{}]::bigint[]").format(ident(META_EXP), sql.SQL(", ").join(exps)))
+    for meta in (META_ROW_TS, META_ROW_EXP):
+        sets.append(sql.SQL("{m} = CASE WHEN {due} THEN NULL ELSE {t}.{m} END").format(
+            m=ident(meta), due=marker_due, t=t))
     t_keys = sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in keys)
     same_key = sql.SQL(" AND ").join(sql.SQL("t.{c} = d.{c}").format(c=ident(c)) for c in keys)
-    columns = sql.SQL("(VALUES {}) AS c(name, pos)").format(sql.SQL(", ").join(
-        sql.SQL("({}, {})").format(sql.Literal(c.name), sql.Literal(i))
-        for i, c in enumerate(schema.regular, start=1) if c.kind != "static"
-    ) or sql.SQL("(NULL::text, NULL::int)"))
     return sql.SQL(
-        "WITH due AS (SELECT {t_keys}, {n_due} AS n FROM {target} AS t WHERE {any_due} "
-        "FOR UPDATE SKIP LOCKED), "
+        "WITH due AS (SELECT {t_keys}, {n_due} AS n, t.{rt} AS rt, {marker_due} AS mdue FROM {target} AS t "
+        "WHERE {any_due} FOR UPDATE SKIP LOCKED), "
         "kept AS (UPDATE {target} AS t SET {sets} FROM due AS d "
-        "WHERE {same_key} AND {any_due} AND NOT {empty} RETURNING d.n), "
+        "WHERE {same_key} AND {any_due} AND NOT {empty} RETURNING {d_keys}, d.rt, d.mdue, d.n), "
         "gone AS (DELETE FROM {target} AS t USING due AS d WHERE {same_key} AND {any_due} AND {empty} "
-        "RETURNING {t_keys}, t.{wt}, d.n), "
+        "RETURNING {t_keys}, t.{wt}, t.{rt}, d.n), "
         "tombs AS (INSERT INTO {tomb} ({key_cols}, {kind}, {column}, {at}) "
-        "SELECT {g_keys}, 'cell', c.name, (g.{wt})[c.pos] FROM gone AS g CROSS JOIN {columns} "
-        "WHERE (g.{wt})[c.pos] IS NOT NULL) "
+        "SELECT * FROM (SELECT {g_keys}, 'cell', c.name, {time} AS at FROM gone AS g CROSS JOIN {columns}) AS x "
+        "WHERE x.at IS NOT NULL "
+        "UNION ALL SELECT {k_keys}, 'cell', {marker}, k.rt FROM kept AS k WHERE k.mdue) "
         "SELECT (SELECT COALESCE(sum(n), 0) FROM kept) + (SELECT COALESCE(sum(n), 0) FROM gone), "
         "(SELECT count(*) FROM gone)"
-    ).format(t_keys=t_keys, n_due=n_due, target=target, any_due=any_due, sets=sql.SQL(", ").join(sets),
-             same_key=same_key, empty=empty_after, wt=ident(META_WT), tomb=ident(STATE_SCHEMA, tomb_table),
+    ).format(t_keys=t_keys, n_due=n_due, rt=ident(META_ROW_TS), marker_due=marker_due, target=target,
+             any_due=any_due, sets=sql.SQL(", ").join(sets), same_key=same_key, empty=empty_after,
+             d_keys=sql.SQL(", ").join(sql.SQL("d.{}").format(ident(c)) for c in keys),
+             wt=ident(META_WT), tomb=ident(STATE_SCHEMA, tomb_table),
              key_cols=_cols(keys), kind=ident(T_KIND), column=ident(T_COLUMN), at=ident(T_DELETED_AT),
-             g_keys=sql.SQL(", ").join(sql.SQL("g.{}").format(ident(c)) for c in keys), columns=columns)
+             g_keys=sql.SQL(", ").join(sql.SQL("g.{}").format(ident(c)) for c in keys),
+             k_keys=sql.SQL(", ").join(sql.SQL("k.{}").format(ident(c)) for c in keys),
+             marker=sql.Literal(META_ROW_TS), time=_tombstone_time(schema, "g"),
+             columns=_tombstone_positions(schema))
 
 
 def purge_tombstones(tomb_table: str, older_than_us: int) -> sql.Composed:

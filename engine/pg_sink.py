@@ -191,6 +191,9 @@ def copy_buffer(table: pa.Table, schema: TableSchema) -> str:
     fields.append(pg_int_arrays(table[META_WT]))
     fields.append(pg_int_arrays(table[META_EXP]))
     fields.append(pc.fill_null(pc.cast(table[META_ROW_TS], pa.string()), NULL))
+    # ``_c2pg_row_exp``: CQL does not expose a row marker's TTL, so a snapshot row has none
+    # (docs/snapshot.md, "Row markers").
+    fields.append(pa.scalar(NULL))
     lines = pc.binary_join_element_wise(*fields, "\t")
     return "\n".join(lines.to_pylist()) + "\n"
 

@@ -145,6 +145,7 @@ class SyncWriter:
             values.append("{" + ",".join(wts) + "}")
             values.append("{" + ",".join(exps) + "}" if any(e != "NULL" for e in exps) else None)
             values.append(None if row.row_ts is None else str(row.row_ts))
+            values.append(None if row.row_exp is None else str(row.row_exp))
             lines.append(copy_line(values))
         return "".join(lines)
 

@@ -52,7 +52,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from engine import cql
-from engine.cassandra_source import _cql_ident, _multi_cell, _value
+from engine.cassandra_source import _cql_ident, _value
 from engine.errors import C2pgError
 from engine.events import Cell
 from engine.reduce import Reduced, RowWrite
@@ -74,7 +74,7 @@ def needs_read_back(column: Column) -> bool:
     """Does an event's cell of ``column`` differ from what Cassandra holds? (Static columns
     are never in an event; :class:`ReadBack` reads them for every partition of a batch.)"""
     return not column.dropped and column.kind != "static" and (
-        _multi_cell(column.cql_type) or has_kind(column.cql_type, "duration"))
+        column.cql_type.multi_cell or has_kind(column.cql_type, "duration"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +105,7 @@ class ReadBack:
         self.n_key = len(schema.primary_key)
         self.columns = [c for c in schema.regular if needs_read_back(c)]
         self.statics = [c for c in schema.regular if c.kind == "static" and not c.dropped]
-        self.multi_cell = {c.name: _multi_cell(c.cql_type) for c in (*self.columns, *self.statics)}
+        self.multi_cell = {c.name: c.cql_type.multi_cell for c in (*self.columns, *self.statics)}
         codecs = dict(zip((c.name for c in schema.columns), schema.codecs(), strict=True))
         self.codecs = {c.name: codecs[c.name] for c in (*self.columns, *self.statics)}
         self.key_codecs = [codecs[c.name] for c in schema.primary_key]

@@ -210,7 +210,9 @@ class _Rows:
     def postgres(self, raw: tuple, now_us: int) -> _Row:
         n = len(self.schema.columns)
         values = list(raw[:n])
-        token, wts, exps, row_ts = raw[n], raw[n + 1] or [], raw[n + 2] or [], raw[n + 3]
+        token, wts, exps, row_ts, row_exp = raw[n], raw[n + 1] or [], raw[n + 2] or [], raw[n + 3], raw[n + 4]
+        if row_exp is not None and row_exp <= now_us:  # an expired row marker keeps no row
+            row_ts = None
         wts = list(wts) + [None] * (len(self.regular) - len(wts))
         exps = list(exps) + [None] * (len(self.regular) - len(exps))
         for j, exp in enumerate(exps):

@@ -20,7 +20,9 @@ The rules (docs/architecture.md, "The replication contract", rules 2 and 3), per
   (:func:`dead_on_arrival`), never a live value: Cassandra reads an expired cell as a
   tombstone with the same timestamp, so it shadows older writes, loses to newer ones and,
   at an equal time, beats a live value. This is what makes replaying a topic from its
-  beginning after a snapshot exact for TTL'd cells whose TTL ran out long ago.
+  beginning after a snapshot exact for TTL'd cells whose TTL ran out long ago;
+- the row marker (an INSERT's) follows :func:`marker_wins` and keeps its expiry, dead or
+  not: the merge and the writer's removal of empty rows judge it by the same clock.
 
 Deletions are kept as :class:`Tombstone` values: the merge records them (so an older write
 arriving in a later batch cannot resurrect data) and applies them to rows already stored.
@@ -60,7 +62,8 @@ class RowWrite:
 
     key: tuple[str, ...]
     cells: dict[str, Cell] = field(default_factory=dict)
-    row_ts: int | None = None  # the newest row marker (INSERT), if any
+    row_ts: int | None = None  # the winning row marker (INSERT), if any ...
+    row_exp: int | None = None  # ... and its expiry (µs) when it had a TTL
 
 
 @dataclass(slots=True)
@@ -113,6 +116,20 @@ def wins(new: Cell, old: Cell | None, serialize: Callable[[str], bytes] = text_b
     return serialize(new.value) > serialize(old.value)
 
 
+def marker_wins(ts: int, expires_us: int | None, old_ts: int | None, old_expires_us: int | None) -> bool:
+    """Does a row marker written at ``ts`` (expiring at ``expires_us``, or never) replace
+    the one held (``old_ts``, ``old_expires_us``; ``old_ts=None``: none)? Cassandra's
+    ``LivenessInfo.supersedes``: the newer write time wins; at an equal time a marker with a
+    TTL beats one without, and of two with a TTL the later expiry in whole seconds wins.
+    An expired marker is compared the same way: it is dead, but shadows older markers
+    (the merge, ``pg_dialect.marker_supersedes``, applies the same rule)."""
+    if old_ts is None or ts != old_ts:
+        return old_ts is None or ts > old_ts
+    if expires_us is None:
+        return False
+    return old_expires_us is None or expires_us // 1_000_000 > old_expires_us // 1_000_000
+
+
 def dead_on_arrival(cell: Cell, now_us: int | None) -> Cell:
     """``cell`` as it stands at ``now_us``: a live value whose TTL ran out (``expires_us <=
     now_us``; Cassandra: live while ``now < localDeletionTime``) is a deletion at its write
@@ -156,8 +173,8 @@ def reduce_events(events: Iterable[ChangeEvent], n_partition_key: int, compare=N
                 cell = dead_on_arrival(cell, now_us)
                 if wins(cell, row.cells.get(name), by_name.get(name, text_bytes)):
                     row.cells[name] = cell
-            if ev.row_marker and (row.row_ts is None or ev.ts > row.row_ts):
-                row.row_ts = ev.ts
+            if ev.row_marker and marker_wins(ev.ts, ev.marker_expires_us, row.row_ts, row.row_exp):
+                row.row_ts, row.row_exp = ev.ts, ev.marker_expires_us
         else:
             t = _tombstone(ev)
             old = tombs.get(t.identity())
@@ -193,7 +210,7 @@ def _shadow(row: RowWrite, kill: int) -> None:
     """Drop the writes at or before ``kill`` (a deletion covering the row)."""
     row.cells = {n: c for n, c in row.cells.items() if c.ts > kill}
     if row.row_ts is not None and row.row_ts <= kill:
-        row.row_ts = None
+        row.row_ts = row.row_exp = None
 
 
 def kill_ts(key: tuple[str, ...], tombstones: Sequence[Tombstone], n_partition_key: int,

@@ -5,14 +5,18 @@ columns) and reconcile. :func:`read_table` asks Cassandra; :class:`TableSchema` 
 immutable value that is pickled to Ray workers.
 
 The PostgreSQL layout (ADR 0002): the target table keeps Cassandra's primary key and one
-column per Cassandra column with its mapped type, plus four metadata columns:
+column per Cassandra column with its mapped type, plus five metadata columns:
 
 - ``_c2pg_token bigint``: the partition key's Murmur3 token (indexed; reconcile scans by it);
 - ``_c2pg_wt bigint[]``: per regular column, the write time (µs) of the cell value held,
   aligned with :attr:`TableSchema.regular` (the catalog records that order); NULL element
   = no cell write known;
 - ``_c2pg_exp bigint[]``: per regular column, the cell's expiry (µs) when it has a TTL;
-- ``_c2pg_row_ts bigint``: the row marker's write time (INSERT liveness), NULL if none.
+- ``_c2pg_row_ts bigint``: the row marker's write time (INSERT liveness), NULL if none;
+- ``_c2pg_row_exp bigint``: the row marker's expiry (µs) when the INSERT had a TTL, NULL if
+  none. A marker whose expiry has passed is dead: it no longer keeps the row alive, but
+  still shadows older markers until the sweep turns it into a ``cell`` tombstone of the
+  pseudo-column ``_c2pg_row_ts``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ META_TOKEN = "_c2pg_token"
 META_WT = "_c2pg_wt"
 META_EXP = "_c2pg_exp"
 META_ROW_TS = "_c2pg_row_ts"
-META_COLUMNS = (META_TOKEN, META_WT, META_EXP, META_ROW_TS)
+META_ROW_EXP = "_c2pg_row_exp"
+META_COLUMNS = (META_TOKEN, META_WT, META_EXP, META_ROW_TS, META_ROW_EXP)
+# Added after the first layout: a target created before it gets the column on its next
+# check (nullable, so adding it rewrites nothing), not a mismatch.
+META_ADDED_LATER = (META_ROW_EXP,)
 
 
 class TableNotFound(C2pgError):

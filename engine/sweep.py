@@ -14,10 +14,11 @@ row marker are deleted, their cells kept as ``cell`` tombstones, exactly as the 
 does (ADR 0002, addendum, step 4). Between two sweeps an expired cell is still visible in
 PostgreSQL: the lag of the copy is up to one interval.
 
-Known gap: Debezium does not say whether the row marker of an ``INSERT … USING TTL`` has a
-TTL (it has, in Cassandra), and the layout has no expiry for ``_c2pg_row_ts``; so a row
-created that way keeps an all-NULL row in PostgreSQL after its cells expire, where
-Cassandra has no row. Reconcile reports it.
+Row markers expire too: an ``INSERT … USING TTL`` gives its row marker the TTL of its
+cells (Cassandra writes one liveness for the statement), which sync carries in
+``_c2pg_row_exp``. An expired marker no longer keeps its row: the sweep deletes the row if
+no live cell is left, or else clears the marker, and records it either way as a ``cell``
+tombstone of ``_c2pg_row_ts`` so an older INSERT arriving later does not bring it back.
 
 **Tombstone purge (docs/architecture.md, "The replication contract", rule 4).**
 :func:`purge_tombstones` deletes the deletions older than ``sync.tombstone_retention`` (by
@@ -65,19 +66,18 @@ def purge_cutoff_us(sync: SyncConfig, at_us: int | None = None) -> int:
 
 
 def sweep_expired(conn, target: Target, now_us: int) -> int:
-    """Expire the cells of ``target`` whose TTL ran out at ``now_us``; return how many.
+    """Expire the cells (and row markers) of ``target`` whose TTL ran out at ``now_us``;
+    return how many cells.
 
     One statement (:func:`engine.pg_dialect.expire_cells`) in its own transaction. Rows a
     concurrent sync batch has locked are skipped and swept by the next call, so the sweep
     never waits for a batch. Dropped columns are left alone.
     """
     stmt = d.expire_cells(target.schema, target.target_schema, target.target_table, target.tomb_table, now_us)
-    if stmt is None:
-        return 0
     with conn, conn.cursor() as cur:
         cur.execute(stmt)
         cells, rows = cur.fetchone()
-    if cells:
+    if cells or rows:
         log.info("expired %d cell(s) of %s.%s, removed %d empty row(s)", cells, target.target_schema,
                  target.target_table, rows)
     return int(cells)

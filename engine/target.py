@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from engine import pg_dialect as d
 from engine.errors import C2pgError
-from engine.schema import META_COLUMNS, Column, TableSchema
+from engine.schema import META_ADDED_LATER, META_COLUMNS, Column, TableSchema
 from engine.types import CqlType, TypeMappingError, parse_cql_type
 
 
@@ -143,10 +143,13 @@ def _check_or_evolve(cur, schema: TableSchema, target_schema: str, target_table:
         elif have != _canonical(cur, c.pg_sql_type):
             differences.append(f"column {c.name!r} is {have}, expected {c.pg_sql_type} for {c.cql_type.cql()}")
     for meta in META_COLUMNS:
-        if meta not in existing:
+        if meta not in existing and meta not in META_ADDED_LATER:
             differences.append(f"metadata column {meta!r} is missing (not a table c2pg created?)")
     only_missing = len(differences) == len(missing) and all(c.kind in ("regular", "static") for c in missing)
     if differences and not (evolve and only_missing):
         raise TargetMismatch(f"{target_schema}.{target_table}", differences)
     for c in missing:
         cur.execute(d.add_column(target_schema, target_table, c.name, c.pg_sql_type))
+    for meta in META_ADDED_LATER:
+        if meta not in existing:
+            cur.execute(d.add_column(target_schema, target_table, meta, "bigint"))

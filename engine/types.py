@@ -116,6 +116,12 @@ class CqlType:
     def is_scalar(self) -> bool:
         return self.kind in _SCALARS
 
+    @property
+    def multi_cell(self) -> bool:
+        """A non-frozen collection or UDT: Cassandra stores it as one cell per element or
+        field (each with its own write time and TTL), not as one value."""
+        return self.kind in ("list", "set", "map", "udt") and not self.frozen
+
 
 def _cql_ident(name: str) -> str:
     return name if _PLAIN_IDENT.match(name) else '"' + name.replace('"', '""') + '"'

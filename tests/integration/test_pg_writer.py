@@ -226,4 +226,64 @@ def test_sql_writer_with_expired_cells_equals_the_reference_read_as_deletions(co
             # live with a later expiry, must reduce to the deletion, not the later expiry.)
             batch = reduce_events(shuffled[a:b], 1, _int_compare, now_us=UNIT_NOW)
             writer.apply(batch, {("t", 0): b}, now_us=UNIT_NOW)
-    assert _materialize(conn) == reference(as_deletions(evs), _int_compare)
+    assert _materialize(conn) == reference(as_deletions(evs, UNIT_NOW), _int_compare, now_us=UNIT_NOW)
+
+
+def _markers(writer, markers: dict, now_us: int) -> None:
+    """Apply bare row markers (ck → (time, expiry)), as INSERTs without cells."""
+    from engine.reduce import Reduced, RowWrite
+
+    writer.apply(Reduced({("1", str(ck)): RowWrite(("1", str(ck)), {}, t, exp) for ck, (t, exp) in markers.items()},
+                         []), {}, now_us=now_us)
+
+
+def _marker_rows(conn) -> dict:
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT ck, a, _c2pg_row_ts, _c2pg_row_exp FROM writer_test.model ORDER BY ck")
+        return {ck: rest for ck, *rest in cur.fetchall()}
+
+
+def test_a_row_marker_follows_cassandra_liveness_and_dies_at_its_expiry(conn):
+    from engine.sweep import sweep_expired
+
+    target = _fresh_target(conn)
+    writer = SyncWriter(conn, target, "test")
+    # 1: dead on arrival → no row; its marker still shadows an older INSERT, not a newer one.
+    _markers(writer, {1: (10, PAST)}, NOW)
+    assert 1 not in _marker_rows(conn)
+    _markers(writer, {1: (9, None)}, NOW)
+    assert 1 not in _marker_rows(conn), "an older INSERT loses to the expired newer one"
+    _markers(writer, {1: (11, None)}, NOW)
+    assert _marker_rows(conn)[1] == [None, 11, None]
+    # 2: equal time: a marker with a TTL beats one without; of two, the later expiry.
+    _markers(writer, {2: (10, None)}, NOW)
+    _markers(writer, {2: (10, FUTURE)}, NOW)
+    assert _marker_rows(conn)[2] == [None, 10, FUTURE]
+    _markers(writer, {2: (10, None)}, NOW)
+    assert _marker_rows(conn)[2] == [None, 10, FUTURE], "no TTL loses the tie"
+    # 3: live when written, with a cell without TTL written later (an UPDATE): when the
+    # marker expires the cell keeps the row, the marker goes (and is remembered).
+    _markers(writer, {3: (10, NOW + 1_000_000), 4: (10, NOW + 1_000_000)}, NOW)
+    _stage(writer, {3: {"a": Cell("update", 12)}})
+    later = NOW + 2_000_000
+    sweep_expired(conn, target, later)
+    rows = _marker_rows(conn)
+    assert rows[3] == ["update", None, None] and 4 not in rows
+    with conn, conn.cursor() as cur:
+        cur.execute(f"SELECT ck, _c2pg_deleted_at FROM _c2pg.{target.tomb_table} "
+                    "WHERE _c2pg_kind = 'cell' AND _c2pg_column = '_c2pg_row_ts' ORDER BY ck")
+        assert cur.fetchall() == [(1, 10), (3, 10), (4, 10)]
+    # A replayed older INSERT does not bring back either row; the sweep finds nothing more.
+    _markers(writer, {3: (9, None), 4: (9, None)}, later)
+    rows = _marker_rows(conn)
+    assert rows[3] == ["update", None, None] and 4 not in rows
+    assert sweep_expired(conn, target, later) == 0
+
+
+def test_a_target_made_before_the_marker_expiry_column_gains_it(conn):
+    target = _fresh_target(conn)
+    with conn, conn.cursor() as cur:
+        cur.execute("ALTER TABLE writer_test.model DROP COLUMN _c2pg_row_exp")
+    ensure_target(conn, target.schema, "writer_test", "model")
+    _markers(SyncWriter(conn, target, "test"), {1: (10, FUTURE)}, NOW)
+    assert _marker_rows(conn)[1] == [None, 10, FUTURE]

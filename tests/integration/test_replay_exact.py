@@ -82,6 +82,7 @@ def _write_every_kind(cass, t: str, applied) -> None:
     q("INSERT INTO {t} (pk, ck, x, i) VALUES (3, 1, 'kept', 1)")
     q("UPDATE {t} USING TTL 2 SET i = 8 WHERE pk = 3 AND ck = 1")
     q("INSERT INTO {t} (pk, ck, x) VALUES (3, 2, 'long') USING TTL 86400")
+    q("INSERT INTO {t} (pk, ck, x, i) VALUES (3, 3, 'row with a ttl', 3) USING TTL 2")  # marker expires too
     q("UPDATE {t} USING TTL 86400 SET d = 2d WHERE pk = 3 AND ck = 2")
     # Equal timestamps: Cassandra keeps the greater serialized value, whatever the order.
     q(f"UPDATE {t} USING TIMESTAMP {base} SET i = 10, x = 'b' WHERE pk = 4 AND ck = 0")

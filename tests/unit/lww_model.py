@@ -5,7 +5,7 @@ and every deletion, and materializes rows the way a read at ALL would. Events ca
 applied in any order, any number of times: it is order-free by construction.
 
 ``Target`` is what PostgreSQL holds under c2pg's layout (ADR 0002), in Python: rows with one
-cell (value, write time) per column and a row-marker time, plus the tombstone table. It
+cell (value, write time) per column and a row marker (time, expiry), plus the tombstone table. It
 applies :class:`~engine.reduce.Reduced` batches the way the sync writer must, step by step:
 
 1. record the batch's deletions (row, partition, range, and cell deletions of rows that
@@ -13,9 +13,10 @@ applies :class:`~engine.reduce.Reduced` batches the way the sync writer must, st
 2. shadow the stored rows the new deletions cover: cells written at or before become a
    deletion at that time, an older row marker goes;
 3. merge each reduced row: drop what a recorded deletion covers, then per cell
-   last-write-wins (:func:`cell_wins`), the row marker keeps the newest;
-4. remove rows left with no live cell and no marker — Cassandra has no such row — and keep
-   their cell deletions as ``cell`` tombstones, so an older write arriving later still loses.
+   last-write-wins (:func:`cell_wins`), the row marker by :func:`marker_rank`;
+4. remove rows left with no live cell and no live marker (none, or past its expiry at the
+   model's clock) — Cassandra has no such row — and keep their cell deletions, and a dead
+   marker, as ``cell`` tombstones, so an older write arriving later still loses.
 
 The property: any events, batched in any way, applied in any order and repeated, leave
 ``Target.materialize() == Cassandra.materialize()``. The SQL of the sync writer is then
@@ -70,6 +71,19 @@ def _rank(cell: Cell, cql_type: str) -> tuple[int, bool, bool, int, bytes]:
     return (cell.ts, False, True, cell.expires_us // 1_000_000, driver_bytes(cell.value, cql_type))
 
 
+def marker_rank(ts: int, expires_us: int | None) -> tuple[int, bool, int]:
+    """The order of two row markers (Cassandra's ``LivenessInfo.supersedes``): the write
+    time, then a marker with a TTL over one without, then the later expiry in whole seconds."""
+    return (ts, expires_us is not None, 0 if expires_us is None else expires_us // 1_000_000)
+
+
+def marker_live(marker: tuple[int, int | None] | None, now_us: int | None) -> bool:
+    return marker is not None and (marker[1] is None or now_us is None or marker[1] > now_us)
+
+
+MARKER = "_c2pg_row_ts"  # the pseudo-column of a dead row marker's ``cell`` tombstone
+
+
 def cell_wins(new: Cell, old: Cell | None, cql_type: str = "text") -> bool:
     """Does ``new`` replace ``old``? The higher rank wins; an equal rank is the same write
     (or two deletions at one time), so ``old`` stays."""
@@ -118,16 +132,18 @@ class Cassandra:
     compare: object = _int_compare  # clustering order (``_desc_compare`` for a DESC column)
     types: Mapping[str, str] = field(default_factory=dict)  # column → CQL type; text if absent
     cells: dict[tuple, Cell] = field(default_factory=dict)  # (key, column) → winning write
-    markers: dict[tuple, int] = field(default_factory=dict)
+    markers: dict[tuple, tuple[int, int | None]] = field(default_factory=dict)  # (time, expiry)
     tombs: list[Tombstone] = field(default_factory=list)
+    now_us: int | None = None  # the clock a marker's expiry is judged by (None: never expires)
 
     def apply(self, ev: ChangeEvent) -> None:
         if ev.op is Op.UPSERT:
             for name, cell in ev.cells:
                 if cell_wins(cell, self.cells.get((ev.key, name)), self.types.get(name, "text")):
                     self.cells[(ev.key, name)] = cell
-            if ev.row_marker:
-                self.markers[ev.key] = max(ev.ts, self.markers.get(ev.key, ev.ts))
+            old = self.markers.get(ev.key)
+            if ev.row_marker and (old is None or marker_rank(ev.ts, ev.marker_expires_us) > marker_rank(*old)):
+                self.markers[ev.key] = (ev.ts, ev.marker_expires_us)
         else:
             kind = {Op.ROW_DELETE: "row", Op.PARTITION_DELETE: "partition", Op.RANGE_DELETE: "range"}[ev.op]
             self.tombs.append(Tombstone(kind, ev.key, ev.ts, ev.range_start, ev.range_end))
@@ -140,7 +156,7 @@ class Cassandra:
             live = {name: c.value for (k, name), c in self.cells.items()
                     if k == key and c.value is not None and (kill is None or c.ts > kill)}
             marker = self.markers.get(key)
-            if live or (marker is not None and (kill is None or marker > kill)):
+            if live or (marker_live(marker, self.now_us) and (kill is None or marker[0] > kill)):
                 out[key] = live
         return out
 
@@ -149,6 +165,7 @@ class Cassandra:
 class StoredRow:
     cells: dict[str, Cell] = field(default_factory=dict)
     row_ts: int | None = None
+    row_exp: int | None = None
 
 
 @dataclass
@@ -158,6 +175,7 @@ class Target:
     types: Mapping[str, str] = field(default_factory=dict)
     rows: dict[tuple, StoredRow] = field(default_factory=dict)
     tombs: list = field(default_factory=list)  # Tombstone, or ("cell", key, column, ts)
+    now_us: int | None = None  # the writer's clock (None: markers never expire)
 
     def apply(self, batch: Reduced) -> None:
         # 1. record the deletions
@@ -168,7 +186,7 @@ class Target:
             if kill is not None:
                 row.cells = {n: (c if c.ts > kill else Cell(None, kill)) for n, c in row.cells.items()}
                 if row.row_ts is not None and row.row_ts <= kill:
-                    row.row_ts = None
+                    row.row_ts = row.row_exp = None
         # 3. merge the reduced rows
         for key, write in batch.rows.items():
             kill = covering_kill(key, [t for t in self.tombs if isinstance(t, Tombstone)], self.n_pk, self.compare)
@@ -179,13 +197,20 @@ class Target:
                     continue
                 if cell_wins(cell, row.cells.get(name), self.types.get(name, "text")):
                     row.cells[name] = cell
-            if write.row_ts is not None and (kill is None or write.row_ts > kill):
-                row.row_ts = max(write.row_ts, row.row_ts or write.row_ts)
-        # 4. remove rows Cassandra does not have; keep their cell deletions
+            marker_kill = max((x for x in (kill, self._cell_kill(key, MARKER)) if x is not None), default=None)
+            if write.row_ts is not None and (marker_kill is None or write.row_ts > marker_kill) and (
+                    row.row_ts is None
+                    or marker_rank(write.row_ts, write.row_exp) > marker_rank(row.row_ts, row.row_exp)):
+                row.row_ts, row.row_exp = write.row_ts, write.row_exp
+        # 4. remove rows Cassandra does not have; keep their cell deletions and dead marker
         for key in [k for k, r in self.rows.items()
-                    if r.row_ts is None and all(c.value is None for c in r.cells.values())]:
-            for name, cell in self.rows.pop(key).cells.items():
+                    if not marker_live(None if r.row_ts is None else (r.row_ts, r.row_exp), self.now_us)
+                    and all(c.value is None for c in r.cells.values())]:
+            row = self.rows.pop(key)
+            for name, cell in row.cells.items():
                 self.tombs.append(("cell", key, name, cell.ts))
+            if row.row_ts is not None:
+                self.tombs.append(("cell", key, MARKER, row.row_ts))
 
     def _cell_kill(self, key: tuple, name: str) -> int | None:
         times = [t[3] for t in self.tombs if isinstance(t, tuple) and t[1] == key and t[2] == name]

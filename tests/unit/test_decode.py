@@ -215,6 +215,9 @@ def test_ttl_write_sets_expiry_from_deletion_ts():
     # Non-frozen collection cells carry no deletion_ts in the event (docs/local-stack.md fact 8).
     assert cells["l"] == Cell("{1,2,3}", 1795675125313184, None)
     assert update.cells == (("t", Cell("short", 1795675125319477, 1795675185000000)),)
+    # The INSERT's row marker has the statement's TTL too: the decoder takes it from the cells.
+    assert insert.row_marker and insert.marker_expires_us == 1795678725000000
+    assert update.marker_expires_us is None
 
 
 def test_row_delete():
@@ -897,3 +900,18 @@ def test_stdlib_json_fallback_decodes_the_same(monkeypatch):
     assert {n: decode_fixture(n) for n in FIXTURE_NAMES} == expected
     with pytest.raises(DecodeError, match="not valid JSON"):
         DEC.decode(None, b"[" * 100_000, Origin(TOPIC, 0, 0))
+
+
+def test_an_insert_marker_takes_the_ttl_its_live_values_share_and_only_then():
+    dec = EventDecoder(make_schema("CREATE TABLE ks.t (id int, a text, b int, l list<int>, PRIMARY KEY (id))"))
+
+    def marker(after: dict) -> int | None:
+        return decode_value(event("i", {"id": cell(1), **after}), decoder=dec).marker_expires_us
+
+    assert marker({"a": cell("x", 900), "b": cell(2, 900), "l": cell([1])}) == 900  # a collection carries none
+    assert marker({"a": cell("x", 900), "b": cell(None, 100)}) == 900  # a null is a deletion, not a TTL
+    # One mutation from a BATCH of an INSERT without TTL and an UPDATE with one: no marker TTL.
+    assert marker({"a": cell("x"), "b": cell(2, 900)}) is None
+    assert marker({"a": cell("x", 900), "b": cell(2, 800)}) is None
+    assert marker({}) is None  # the key alone: the event has no TTL to read
+    assert decode_value(event("u", {"id": cell(1), "a": cell("x", 900)}), decoder=dec).marker_expires_us is None

@@ -38,8 +38,8 @@ def events(draw) -> ChangeEvent:
     return ChangeEvent("ks", "t", Op.RANGE_DELETE, t, (pk,), range_start=start, range_end=end)
 
 
-def reference(evs, compare=None) -> dict:
-    model = Cassandra(n_pk=1) if compare is None else Cassandra(n_pk=1, compare=compare)
+def reference(evs, compare=None, now_us=None) -> dict:
+    model = Cassandra(n_pk=1, now_us=now_us) if compare is None else Cassandra(n_pk=1, compare=compare, now_us=now_us)
     for e in evs:
         model.apply(e)
     return model.materialize()
@@ -221,12 +221,16 @@ def test_a_row_whose_only_cells_arrive_dead_keeps_them_as_deletions():
 
 @st.composite
 def ttl_events(draw) -> ChangeEvent:
-    """:func:`events` with expiries on their live cells, some at or before :data:`NOW`."""
+    """:func:`events` with one expiry per write, some at or before :data:`NOW`, as a
+    statement ``USING TTL`` gives it: on its live cells and, for an INSERT, on its row marker
+    (the connector's event carries it on the cells; the decoder copies it to the marker)."""
     ev = draw(events())
     if ev.op is not Op.UPSERT:
         return ev
-    cells = tuple((n, c if c.value is None else Cell(c.value, c.ts, draw(expiries))) for n, c in ev.cells)
-    return ChangeEvent(ev.keyspace, ev.table, ev.op, ev.ts, ev.key, cells, row_marker=ev.row_marker)
+    exp = draw(expiries)
+    cells = tuple((n, c if c.value is None else Cell(c.value, c.ts, exp)) for n, c in ev.cells)
+    return ChangeEvent(ev.keyspace, ev.table, ev.op, ev.ts, ev.key, cells, row_marker=ev.row_marker,
+                       marker_expires_us=exp if ev.row_marker else None)
 
 
 def as_deletions(evs, now_us=NOW) -> list[ChangeEvent]:
@@ -237,7 +241,7 @@ def as_deletions(evs, now_us=NOW) -> list[ChangeEvent]:
         cells = tuple((n, Cell(None, c.ts) if c.expires_us is not None and c.expires_us <= now_us else c)
                       for n, c in e.cells)
         out.append(ChangeEvent(e.keyspace, e.table, e.op, e.ts, e.key, cells, e.row_marker,
-                               e.range_start, e.range_end))
+                               e.range_start, e.range_end, marker_expires_us=e.marker_expires_us))
     return out
 
 
@@ -248,12 +252,45 @@ def test_replayed_expired_cells_in_any_order_and_batching_read_as_deletions(evs,
     shuffled = evs + [rnd.choice(evs) for _ in range(dups)] if evs else []
     rnd.shuffle(shuffled)
     cmp = lambda i, a, b: (int(a) > int(b)) - (int(a) < int(b))  # noqa: E731
-    target = Target(n_pk=1)
+    target = Target(n_pk=1, now_us=NOW)
     bounds = [0, *sorted({c % (len(shuffled) + 1) for c in cuts}), len(shuffled)]
     for a, b in zip(bounds, bounds[1:], strict=False):
         if b > a:
             target.apply(reduce_events(shuffled[a:b], 1, cmp, now_us=NOW))
-    assert target.materialize() == reference(as_deletions(evs))
+    # Expired cells read as deletions; an expired row marker keeps no row.
+    assert target.materialize() == reference(as_deletions(evs), now_us=NOW)
     # No value that is dead at NOW is ever staged as a live value.
     for row in reduce_events(shuffled, 1, cmp, now_us=NOW).rows.values():
         assert all(c.value is None or c.expires_us is None or c.expires_us > NOW for c in row.cells.values())
+
+
+def _insert(t: int, exp: int | None = None) -> ChangeEvent:
+    return ChangeEvent("ks", "t", Op.UPSERT, t, ("1", "1"), (), row_marker=True, marker_expires_us=exp)
+
+
+def test_row_markers_resolve_as_cassandra_liveness_does():
+    """LivenessInfo.supersedes: newer time; at an equal time TTL over none, later expiry
+    (whole seconds) — in any order of arrival."""
+    cases = [
+        ([_insert(10), _insert(9, 8_000_000)], (10, None)),
+        ([_insert(10), _insert(10, 3_000_000)], (10, 3_000_000)),  # a TTL wins the tie, dead or not
+        ([_insert(10, 3_000_000), _insert(10, 8_000_000)], (10, 8_000_000)),
+    ]
+    for evs, want in cases:
+        for order in (evs, evs[::-1]):
+            row = reduce_events(order, 1, now_us=NOW).rows[("1", "1")]
+            assert (row.row_ts, row.row_exp) == want, order
+    # Expiries within one second are equal to Cassandra: the marker held stays.
+    for first, second in ((8_000_000, 8_400_000), (8_400_000, 8_000_000)):
+        row = reduce_events([_insert(10, first), _insert(10, second)], 1, now_us=NOW).rows[("1", "1")]
+        assert row.row_exp == first
+
+
+def test_an_insert_dead_on_arrival_keeps_no_row_and_shadows_an_older_insert():
+    target = Target(n_pk=1, now_us=NOW)
+    target.apply(reduce_events([_insert(10, exp=NOW - 1_000_000)], 1, now_us=NOW))
+    assert target.materialize() == {} and ("cell", ("1", "1"), "_c2pg_row_ts", 10) in target.tombs
+    target.apply(reduce_events([_insert(9)], 1, now_us=NOW))
+    assert target.materialize() == {}, "the older INSERT loses to the expired newer one"
+    target.apply(reduce_events([_insert(11)], 1, now_us=NOW))
+    assert target.materialize() == {("1", "1"): {}}
