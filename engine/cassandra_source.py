@@ -266,6 +266,7 @@ class _BlockBuilder:
         cols = list(zip(*rows))
         values: list[pa.Array] = []
         dead: dict[int, tuple[str, Exception]] = {}
+        static_row = np.zeros(n, dtype=bool)
         for conv, at, column in zip(self.converters, self.value_at, self.schema.columns, strict=True):
             if at is None:
                 values.append(pa.nulls(n, pa.string()))
@@ -276,10 +277,8 @@ class _BlockBuilder:
                 dead.setdefault(i, (column.name, exc))
             if column.kind == "clustering" and array.null_count:
                 # A partition holding only static values comes back as one row with null
-                # clustering columns: no PostgreSQL row can hold it (primary key NOT NULL).
-                for i in np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False)):
-                    dead.setdefault(int(i), (column.name, ValueConversionError(
-                        "a partition with static values but no rows has no primary key in PostgreSQL")))
+                # clustering columns: its static row (ADR 0007).
+                static_row |= array.is_null().to_numpy(zero_copy_only=False)
         absent = (None,) * n
         wts, _ = _list_column([absent if at is None else cols[at] for at in self.wt_at], n)
         # A static cell is the partition's: it does not make a clustering row live.
@@ -287,8 +286,10 @@ class _BlockBuilder:
                                    if at is not None and c.kind != "static"], n)
         exps = self._expiries(cols, n)
         # A row with no live regular cell exists through its row marker, whose time CQL
-        # does not expose: the read's start time stands in (ADR 0002).
-        row_ts = pa.array(np.where(no_cell, self.read_started_us, 0), pa.int64(), mask=~no_cell)
+        # does not expose: the read's start time stands in (ADR 0002). A static row has
+        # none: it exists by its statics alone.
+        marker = no_cell & ~static_row
+        row_ts = pa.array(np.where(marker, self.read_started_us, 0), pa.int64(), mask=~marker)
         dead_key: list[str | None] = [None] * n
         dead_error: list[str | None] = [None] * n
         for i, (bad_column, exc) in dead.items():

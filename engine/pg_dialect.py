@@ -386,16 +386,19 @@ def target_columns(schema: TableSchema) -> list[str]:
 
 def create_target(schema: TableSchema, target_schema: str, target_table: str,
                   *, with_token_index: bool = True) -> list[sql.Composed]:
-    """The target table (and its schema) with Cassandra's primary key and c2pg's metadata."""
+    """The target table (and its schema) with Cassandra's primary key and c2pg's metadata.
+    With static columns the clustering columns may be NULL (a partition's static row) and the
+    key is ``UNIQUE NULLS NOT DISTINCT`` (:func:`table_key`)."""
+    not_null = schema.partition_key if schema.has_statics else schema.primary_key
     defs = [sql.SQL("{} {}{}").format(ident(c.name), sql.SQL(c.pg_sql_type),
-                                      sql.SQL(" NOT NULL") if c in schema.primary_key else sql.SQL(""))
+                                      sql.SQL(" NOT NULL") if c in not_null else sql.SQL(""))
             for c in schema.columns]
     defs += [sql.SQL("{} bigint NOT NULL").format(ident(META_TOKEN)),
              sql.SQL("{} bigint[] NOT NULL").format(ident(META_WT)),
              sql.SQL("{} bigint[]").format(ident(META_EXP)),
              sql.SQL("{} bigint").format(ident(META_ROW_TS)),
              sql.SQL("{} bigint").format(ident(META_ROW_EXP))]
-    defs.append(sql.SQL("PRIMARY KEY ({})").format(_cols(c.name for c in schema.primary_key)))
+    defs.append(table_key(schema))
     stmts = [sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident(target_schema)),
              sql.SQL("CREATE TABLE {} ({})").format(ident(target_schema, target_table),
                                                     sql.SQL(", ").join(defs))]
@@ -521,6 +524,33 @@ def cell_killed(schema: TableSchema, row: str, tomb: str, column: str) -> sql.Co
                                  for c in schema.primary_key)
     return sql.SQL("({d}._c2pg_kind = 'cell' AND {d}._c2pg_column = {col} AND {same})").format(
         d=d, col=sql.Literal(column), same=same)
+
+
+def table_key(schema: TableSchema) -> sql.Composed:
+    """The target's key constraint: Cassandra's primary key; with static columns a unique
+    key under which NULL clustering values are equal (PostgreSQL 15), so a partition has at
+    most one static row and ``ON CONFLICT`` finds it (ADR 0007)."""
+    cols = _cols(c.name for c in schema.primary_key)
+    if schema.has_statics:
+        return sql.SQL("UNIQUE NULLS NOT DISTINCT ({})").format(cols)
+    return sql.SQL("PRIMARY KEY ({})").format(cols)
+
+
+def primary_key_constraint(target_schema: str, target_table: str) -> tuple[sql.Composable, tuple]:
+    """The name of the table's primary-key constraint (no row: it has none)."""
+    return (sql.SQL("SELECT con.conname FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = %s AND c.relname = %s AND con.contype = 'p'"), (target_schema, target_table))
+
+
+def allow_static_rows(schema: TableSchema, target_schema: str, target_table: str, pkey: str) -> sql.Composed:
+    """Turn a target created with a primary key into the static-row layout (ADR 0007): the
+    clustering columns become nullable and the key ``UNIQUE NULLS NOT DISTINCT``. One
+    statement; PostgreSQL builds the new unique index while it holds the table."""
+    parts = [sql.SQL("DROP CONSTRAINT {}").format(ident(pkey))]
+    parts += [sql.SQL("ALTER COLUMN {} DROP NOT NULL").format(ident(c.name)) for c in schema.clustering]
+    parts.append(sql.SQL("ADD ") + table_key(schema))
+    return sql.SQL("ALTER TABLE {} {}").format(ident(target_schema, target_table), sql.SQL(", ").join(parts))
 
 
 def describe_target(target_schema: str, target_table: str) -> tuple[sql.Composable, tuple]:
@@ -875,7 +905,7 @@ def shadow_rows(schema: TableSchema, target_schema: str, target_table: str) -> s
     sets.append(sql.SQL("{re} = CASE WHEN t.{rt} <= k.kill THEN NULL ELSE t.{re} END").format(
         rt=ident(META_ROW_TS), re=ident(META_ROW_EXP)))
     key_cols = sql.SQL(", ").join(sql.SQL("r.{}").format(ident(c)) for c in pk)
-    join_key = sql.SQL(" AND ").join(sql.SQL("t.{c} = k.{c}").format(c=ident(c)) for c in pk)
+    join_key = same_key(schema, "t", "k")
     return sql.SQL(
         "UPDATE {target} AS t SET {sets} FROM ("
         "SELECT {key_cols}, max(d.{deleted}) AS kill, max(d.{deleted}) FILTER (WHERE d._c2pg_kind = 'partition') "
@@ -900,6 +930,9 @@ def remove_empty_rows(schema: TableSchema, target_schema: str, target_table: str
     empty = [sql.SQL("t.{} IS NULL").format(ident(c.name)) for c in schema.regular
              if not c.dropped and (c.kind != "static" or not schema.clustering)]
     empty.append(marker_dead(sql.Identifier("t"), MERGE_NOW_US))
+    empty = [_row_or_static_row_empty(schema, "t", sql.SQL(" AND ").join(empty),
+                                      [sql.SQL("t.{} IS NULL").format(ident(c.name)) for c in schema.regular
+                                       if c.kind == "static" and not c.dropped])]
     gone_cols = sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in keys)
     deleted = sql.SQL(
         "DELETE FROM {target} AS t WHERE ({t_part}) IN (SELECT {part} FROM {stage} UNION SELECT {part} FROM {tstage}) "
@@ -915,6 +948,54 @@ def remove_empty_rows(schema: TableSchema, target_schema: str, target_table: str
              column=ident(T_COLUMN), at=ident(T_DELETED_AT),
              gone_keys=sql.SQL(", ").join(sql.SQL("g.{}").format(ident(c)) for c in keys),
              time=_tombstone_time(schema, "g"), columns=_tombstone_positions(schema))
+
+
+def _row_or_static_row_empty(schema: TableSchema, alias: str, row_empty: sql.Composable,
+                             statics_empty: list[sql.Composable]) -> sql.Composable:
+    """Emptiness of a row, told apart from a partition's static row (ADR 0007): a
+    clustering row is empty by ``row_empty``; the static row (clustering columns NULL) when
+    every static cell is (``statics_empty``)."""
+    if not schema.has_statics or not schema.clustering:
+        return row_empty
+    ck = sql.SQL("{}.{}").format(sql.Identifier(alias), ident(schema.clustering[0].name))
+    return sql.SQL("(({ck} IS NULL AND {s}) OR ({ck} IS NOT NULL AND {r}))").format(
+        ck=ck, s=sql.SQL(" AND ").join(statics_empty) if statics_empty else sql.SQL("true"), r=row_empty)
+
+
+def same_key(schema: TableSchema, a: str, b: str) -> sql.Composed:
+    """SQL: rows ``a`` and ``b`` have the same primary key. With static columns a clustering
+    value may be NULL (a static row, ADR 0007), and two NULLs are the same key there, as
+    under the table's ``UNIQUE NULLS NOT DISTINCT``; partition keys are never NULL."""
+    x, y = sql.Identifier(a), sql.Identifier(b)
+    parts = [sql.SQL("{x}.{c} = {y}.{c}").format(x=x, y=y, c=ident(c.name)) for c in schema.partition_key]
+    for c in schema.clustering:
+        if schema.has_statics:
+            parts.append(sql.SQL("({x}.{c} = {y}.{c} OR ({x}.{c} IS NULL AND {y}.{c} IS NULL))").format(
+                x=x, y=y, c=ident(c.name)))
+        else:
+            parts.append(sql.SQL("{x}.{c} = {y}.{c}").format(x=x, y=y, c=ident(c.name)))
+    return sql.SQL(" AND ").join(parts)
+
+
+def settle_static_rows(schema: TableSchema, target_schema: str, target_table: str,
+                       sources: Sequence[str] = (STAGE,)) -> sql.Composed | None:
+    """Delete the static row of each partition (of the tables ``sources``, staged keys) that
+    also holds a clustering row: Cassandra returns a partition's statics on its rows, and a
+    row with null clustering columns only when it has none (ADR 0007). None: the table has
+    no static columns."""
+    if not schema.has_statics or not schema.clustering:
+        return None
+    target = ident(target_schema, target_table)
+    pk = [c.name for c in schema.partition_key]
+    ck = ident(schema.clustering[0].name)
+    part = sql.SQL(", ").join(map(ident, pk))
+    staged = sql.SQL(" UNION ").join(sql.SQL("SELECT {} FROM {}").format(part, ident(s)) for s in sources)
+    same = sql.SQL(" AND ").join(sql.SQL("r.{c} = t.{c}").format(c=ident(c)) for c in pk)
+    return sql.SQL(
+        "DELETE FROM {target} AS t WHERE t.{ck} IS NULL AND ({t_part}) IN ({staged}) "
+        "AND EXISTS (SELECT 1 FROM {target} AS r WHERE {same} AND r.{ck} IS NOT NULL)"
+    ).format(target=target, ck=ck, t_part=sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in pk),
+             staged=staged, same=same)
 
 
 def _tombstone_positions(schema: TableSchema) -> sql.Composed:
@@ -936,7 +1017,7 @@ def _tombstone_time(schema: TableSchema, alias: str) -> sql.Composed:
 
 
 def overwrite_cells(schema: TableSchema, target_schema: str, target_table: str, token: int,
-                    key: Sequence[str], cells: Mapping[str, Any], stored_wts: Mapping[str, int | None]
+                    key: Sequence[str | None], cells: Mapping[str, Any], stored_wts: Mapping[str, int | None]
                     ) -> tuple[sql.Composed, dict[str, Any]]:
     """Reconcile's authoritative overwrite of one row (``engine.reconcile.apply_repair``):
     ``UPDATE`` the ``cells`` (column → live :class:`~engine.events.Cell`, COPY text) to
@@ -958,6 +1039,9 @@ def overwrite_cells(schema: TableSchema, target_schema: str, target_table: str, 
     exps: list[sql.Composable] = []
     where: list[sql.Composable] = [sql.SQL("t.{} = %(token)s").format(ident(META_TOKEN))]
     for i, (column, text) in enumerate(zip(schema.primary_key, key, strict=True)):
+        if text is None:  # a static row's clustering column (ADR 0007)
+            where.append(sql.SQL("t.{} IS NULL").format(ident(column.name)))
+            continue
         params[f"k{i}"] = copy_unescape(text)
         where.append(sql.SQL("t.{} = {}::{}").format(ident(column.name), sql.Placeholder(f"k{i}"),
                                                      sql.SQL(kinds[column.name])))
@@ -1032,9 +1116,10 @@ def expire_cells(schema: TableSchema, target_schema: str, target_table: str, tom
     # As in remove_empty_rows: a static cell does not keep a clustering row alive.
     statics = {c.name for c in schema.regular if c.kind == "static"} if schema.clustering else set()
     row_cells = [(i, name) for i, name in live if name not in statics]
-    empty_after = sql.SQL("({})").format(sql.SQL(" AND ").join([
+    empty_after = _row_or_static_row_empty(schema, "t", sql.SQL("({})").format(sql.SQL(" AND ").join([
         *(sql.SQL("({t}.{c} IS NULL OR {due})").format(t=t, c=ident(name), due=due(i)) for i, name in row_cells),
-        marker_dead(t, now)]))
+        marker_dead(t, now)])), [sql.SQL("({t}.{c} IS NULL OR {due})").format(t=t, c=ident(name), due=due(i))
+                                 for i, name in live if name in statics])
     n_due = sql.SQL(" + ").join([sql.SQL("CASE WHEN {} THEN 1 ELSE 0 END").format(due(i)) for i, _ in live]
                                 or [sql.SQL("0")])
     live_pos = {i for i, _ in live}
@@ -1050,13 +1135,13 @@ def expire_cells(schema: TableSchema, target_schema: str, target_table: str, tom
         sets.append(sql.SQL("{m} = CASE WHEN {due} THEN NULL ELSE {t}.{m} END").format(
             m=ident(meta), due=marker_due, t=t))
     t_keys = sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in keys)
-    same_key = sql.SQL(" AND ").join(sql.SQL("t.{c} = d.{c}").format(c=ident(c)) for c in keys)
+    same = same_key(schema, "t", "d")
     return sql.SQL(
         "WITH due AS (SELECT {t_keys}, {n_due} AS n, t.{rt} AS rt, {marker_due} AS mdue FROM {target} AS t "
         "WHERE {any_due} FOR UPDATE SKIP LOCKED), "
         "kept AS (UPDATE {target} AS t SET {sets} FROM due AS d "
-        "WHERE {same_key} AND {any_due} AND NOT {empty} RETURNING {d_keys}, d.rt, d.mdue, d.n), "
-        "gone AS (DELETE FROM {target} AS t USING due AS d WHERE {same_key} AND {any_due} AND {empty} "
+        "WHERE {same} AND {any_due} AND NOT {empty} RETURNING {d_keys}, d.rt, d.mdue, d.n), "
+        "gone AS (DELETE FROM {target} AS t USING due AS d WHERE {same} AND {any_due} AND {empty} "
         "RETURNING {t_keys}, t.{wt}, t.{rt}, d.n), "
         "tombs AS (INSERT INTO {tomb} ({key_cols}, {kind}, {column}, {at}) "
         "SELECT * FROM (SELECT {g_keys}, 'cell', c.name, {time} AS at FROM gone AS g CROSS JOIN {columns}) AS x "
@@ -1065,7 +1150,7 @@ def expire_cells(schema: TableSchema, target_schema: str, target_table: str, tom
         "SELECT (SELECT COALESCE(sum(n), 0) FROM kept) + (SELECT COALESCE(sum(n), 0) FROM gone), "
         "(SELECT count(*) FROM gone)"
     ).format(t_keys=t_keys, n_due=n_due, rt=ident(META_ROW_TS), marker_due=marker_due, target=target,
-             any_due=any_due, sets=sql.SQL(", ").join(sets), same_key=same_key, empty=empty_after,
+             any_due=any_due, sets=sql.SQL(", ").join(sets), same=same, empty=empty_after,
              d_keys=sql.SQL(", ").join(sql.SQL("d.{}").format(ident(c)) for c in keys),
              wt=ident(META_WT), tomb=ident(STATE_SCHEMA, tomb_table),
              key_cols=_cols(keys), kind=ident(T_KIND), column=ident(T_COLUMN), at=ident(T_DELETED_AT),

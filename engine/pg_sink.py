@@ -112,6 +112,8 @@ class _PartWriter:
         self.columns = d.target_columns(settings.schema)
         self.merge_sql = d.merge(settings.schema, settings.target_schema, settings.target_table,
                                  settings.tomb_table).as_string(conn)
+        settle = d.settle_static_rows(settings.schema, settings.target_schema, settings.target_table)
+        self.settle_sql = settle.as_string(conn) if settle is not None else None
         self.copy_target = d.copy_target(settings.target_schema, settings.target_table,
                                          self.columns).as_string(conn)
         self.copy_stage = d.copy_stage(self.columns).as_string(conn)
@@ -151,6 +153,8 @@ class _PartWriter:
                     cur.execute(self.create_stage)
                     cur.copy_expert(self.copy_stage, io.StringIO(buffer))
                     cur.execute(self.merge_sql)
+                    if self.settle_sql:  # a static row stored earlier, its partition now with rows
+                        cur.execute(self.settle_sql)
             if dead.num_rows:
                 # A part sent again (Ray's retry, --resume) must not record its rows twice.
                 cur.execute("DELETE FROM _c2pg.dead_letters WHERE run_id = %s AND origin = 'snapshot' "

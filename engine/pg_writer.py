@@ -10,7 +10,9 @@ transaction (ADR 0002, addendum):
    batch's clock (``now_us``: the instant the batch was reduced at, so a cell dead for the
    reducer is dead for the merge, and a cell the reducer saw live is written live and left
    to the TTL sweep if it expires before commit);
-4. remove rows left with no live cell and no row marker, keeping their cell deletions;
+4. remove rows left with no live cell and no live row marker, keeping their cell deletions
+   (and a dead marker) as tombstones; then, in a table with static columns, the static row
+   of each touched partition that now holds a clustering row (ADR 0007);
 5. insert the batch's dead letters;
 6. move the Kafka offsets of every partition in the batch (``_c2pg.offsets``).
 
@@ -86,6 +88,8 @@ class SyncWriter:
         self.sql_copy_stage = as_text(d.copy_stage(d.target_columns(schema)))
         self.sql_merge = as_text(d.merge(schema, t_schema, t_table, tomb, source_wins_ties=source_wins_ties))
         self.sql_remove_empty = as_text(d.remove_empty_rows(schema, t_schema, t_table, tomb))
+        settle = d.settle_static_rows(schema, t_schema, t_table, (d.STAGE, d.TSTAGE))
+        self.sql_settle = as_text(settle) if settle is not None else None
         self.sql_dead = as_text(d.insert_dead_letters())
         self.sql_offsets = as_text(d.SAVE_OFFSETS)
         self.sql_set_now = as_text(d.SET_MERGE_NOW)
@@ -115,6 +119,8 @@ class SyncWriter:
                 cur.execute(self.sql_merge)
             if batch.rows or batch.tombstones:
                 cur.execute(self.sql_remove_empty)
+                if self.sql_settle:
+                    cur.execute(self.sql_settle)
             if dead:
                 execute_values(cur, self.sql_dead, [
                     (self.pipeline, "sync", None, self.schema.keyspace, self.schema.table, x.topic,

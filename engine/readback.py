@@ -35,8 +35,9 @@ writes to, the same read returns the partition's static values with their write 
 every row of the partition read gets them, so a static changed in Cassandra reaches
 PostgreSQL with the next write to its partition (a write that sets only statics produces no
 event at all: reconcile covers it). A static deleted in Cassandra reads as null without a
-write time and is left to reconcile; a partition holding statics but no rows has no
-PostgreSQL row (its clustering columns would be null) and is skipped.
+write time and is left to reconcile. The read covers the partitions a batch deletes from
+too, and a partition holding statics but no rows is staged as its static row (clustering
+columns NULL, ADR 0007).
 
 Everything then goes through the same reducer output and merge as any cell, so order,
 duplicates and replays keep converging. A read that fails raises
@@ -148,7 +149,10 @@ class ReadBack:
         todo: list[RowWrite] = [row for row in batch.rows.values() if names.intersection(row.cells)]
         partitions = {row.key[: self.n_pk] for row in todo}
         if self.statics:
+            # Every partition the batch writes to or deletes from: a deletion can leave a
+            # partition with statics and no rows (its static row, ADR 0007).
             partitions.update(row.key[: self.n_pk] for row in batch.rows.values())
+            partitions.update(t.key[: self.n_pk] for t in batch.tombstones)
         if not partitions:
             return ReadBackStats()
         t0 = time.perf_counter()
@@ -176,12 +180,13 @@ class ReadBack:
 
     def _statics(self, batch: Reduced, found_rows: dict, read_us: int) -> int:
         """Static cells, as read, onto every row read (a live static cell only: a null static
-        has no write time to delete with; reconcile covers a static deleted in Cassandra)."""
+        has no write time to delete with; reconcile covers a static deleted in Cassandra). A
+        partition with statics and no rows reads as one row with null clustering values: it
+        is staged as that, the partition's static row (ADR 0007); the writer drops it again
+        if the partition holds a clustering row once the batch is applied."""
         start = self.n_key + sum(self._width(c) for c in self.columns)
         given = 0
         for key, raw in found_rows.items():
-            if any(v is None for v in key[self.n_pk:]):
-                continue  # a partition with statics but no rows: no PostgreSQL row can hold it
             cells: dict[str, Cell] = {}
             at = start
             for c in self.statics:

@@ -154,7 +154,6 @@ class SplitOutcome:
     sub_ranges: int
     sub_ranges_differing: int
     rows_compared_exactly: int
-    unrepresentable: int  # Cassandra rows PostgreSQL cannot hold (static-only partitions)
     diffs: tuple[Diff, ...]
     diffs_total: int  # more than len(diffs) when capped by max_diffs
     retries: int
@@ -166,7 +165,7 @@ class SplitOutcome:
 @dataclass(slots=True)
 class _Row:
     token: int
-    key: tuple[str, ...]  # canonical text; never NULL (rows with a NULL key are skipped)
+    key: tuple[str | None, ...]  # canonical text; a static row's clustering values are None (ADR 0007)
     texts: list[str | None]  # Cassandra: canonical text per column; PostgreSQL: raw values
     wts: list[int | None]  # per regular column
     ttls_or_exps: list[int | None]
@@ -221,9 +220,6 @@ class _Rows:
         key = tuple(c.from_pg(v) for c, v in zip(self.codecs[: self.n_key], values[: self.n_key], strict=True))
         return _Row(token, key, values, wts, exps, row_ts)
 
-    def unrepresentable(self, raw: tuple) -> bool:
-        """A partition with static values but no rows: null clustering values."""
-        return any(at is not None and raw[at] is None for at in self.layout.value_at[self.n_pk: self.n_key])
 
 
 def diff_rows(rows: _Rows, split_index: int, cassandra: Iterable[_Row], postgres: Iterable[_Row]) -> list[Diff]:
@@ -258,8 +254,13 @@ def diff_rows(rows: _Rows, split_index: int, cassandra: Iterable[_Row], postgres
                                    "cassandra_wt": c.wts[j], "postgres_wt": p.wts[j]}
         if differing:
             out.append(Diff(split_index, c.token, key, "mismatch", tuple(differing), detail, c.newest(), p.newest()))
-    out.sort(key=lambda x: (x.token, x.key))
+    out.sort(key=lambda x: (x.token, key_order(x.key)))
     return out
+
+
+def key_order(key: Sequence[str | None]) -> tuple:
+    """A sort key for primary keys that may hold None (a static row's clustering values)."""
+    return tuple((v is not None, v or "") for v in key)
 
 
 def _pg_text(codec, value) -> str | None:
@@ -330,7 +331,7 @@ def compare_split(settings: CompareSettings, split: TokenSplit) -> SplitOutcome:
             exact = len(c_rows) + len(pg_rows)
             diffs = diff_rows(rows, split.index, c_rows, pg_rows)
     return SplitOutcome(split, stream.count, sum(n for n, _ in pg_digests.values()), n_sub, len(differing),
-                        exact, stream.unrepresentable, tuple(diffs[: settings.max_diffs]), len(diffs),
+                        exact, tuple(diffs[: settings.max_diffs]), len(diffs),
                         stream.retries, time.monotonic() - started)
 
 
@@ -347,7 +348,6 @@ class _CassandraDigests:
         self.forms = [digest.form_of(c) for c in self.codecs]
         self.converters = [_column_converter(c) for c in self.codecs]
         self.count = 0
-        self.unrepresentable = 0
         self.retries = 0
         self.seen: set[int] = set()
         self.differing: dict[int, list[tuple]] = {}
@@ -362,9 +362,6 @@ class _CassandraDigests:
         reader = SplitReader(read, self.split)
         chunk: list[tuple] = []
         for raw in reader.iter_rows():
-            if self.rows.unrepresentable(raw):
-                self.unrepresentable += 1
-                continue
             chunk.append(raw)
             if len(chunk) >= CHUNK_ROWS:
                 self._digest(chunk)
@@ -433,9 +430,8 @@ class _KeyReader:
                                                concurrency=32, raise_on_first_error=True)
         for _ok, result in results:  # raise_on_first_error: every result here succeeded
             for raw in result:
-                if not self.rows.unrepresentable(raw):
-                    row = self.rows.cassandra(raw)
-                    out[row.token].append(row)
+                row = self.rows.cassandra(raw)
+                out[row.token].append(row)
         return out
 
     def postgres(self, tokens: Sequence[int]) -> dict[int, list[_Row]]:
@@ -559,7 +555,7 @@ def plan_repair(reader: _KeyReader, drift: Sequence[Diff], run_started_us: int) 
     for t, c_list, p_list in reader.read(t for t, _ in seen):
         c_rows[t], p_rows[t] = c_list, p_list
     plan = RepairPlan(Reduced({}, []), {}, int(time.time() * 1_000_000))
-    for ident, x in sorted(seen.items(), key=lambda item: item[0]):
+    for ident, x in sorted(seen.items(), key=lambda item: (item[0][0], key_order(item[0][1]))):
         token, key = ident
         c = next((r for r in c_rows.get(token, ()) if r.key == key), None)
         p = next((r for r in p_rows.get(token, ()) if r.key == key), None)
@@ -567,7 +563,7 @@ def plan_repair(reader: _KeyReader, drift: Sequence[Diff], run_started_us: int) 
             plan.notes[ident] = "already equal (absent on both sides)"
         elif c is None:
             assert p is not None
-            _plan_delete(plan, ident, x, p, run_started_us)
+            _plan_delete(plan, ident, x, p, run_started_us, reader.rows)
         elif c.error:
             plan.blocked[ident] = f"cannot be stored in PostgreSQL: {c.error}"
         else:
@@ -583,7 +579,7 @@ def plan_repair(reader: _KeyReader, drift: Sequence[Diff], run_started_us: int) 
     return plan
 
 
-def _plan_delete(plan: RepairPlan, ident: tuple, seen: Diff, p: _Row, run_started_us: int) -> None:
+def _plan_delete(plan: RepairPlan, ident: tuple, seen: Diff, p: _Row, run_started_us: int, rows: _Rows) -> None:
     """A row Cassandra confirms absent: a row tombstone at the row's own newest write time,
     so nothing written later is touched and an older event replayed later cannot bring it
     back. Left alone when that time is in the future (the tombstone would hide every write
@@ -597,6 +593,16 @@ def _plan_delete(plan: RepairPlan, ident: tuple, seen: Diff, p: _Row, run_starte
     elif newest is not None and newest >= run_started_us and not (seen.kind == "extra"
                                                                    and seen.postgres_wt == newest):
         plan.blocked[ident] = "not deleted: written in PostgreSQL since the re-check (in flight)"
+    elif any(v is None for v in ident[1][rows.n_pk:]):
+        # A static row: no row deletion covers it (its statics are the partition's); each
+        # static it holds is deleted at its own write time, and the writer removes the row
+        # once no static is left (ADR 0007).
+        cells = {c.name: Cell(None, p.wts[j] if p.wts[j] is not None else 0)
+                 for j, c in enumerate(rows.regular)
+                 if c.kind == "static" and not c.dropped and p.texts[rows.n_key + j] is not None}
+        plan.batch.rows[ident[1]] = RowWrite(ident[1], cells)
+        plan.deleted.add(ident)
+        plan.notes[ident] = "deleted (absent in Cassandra)"
     else:
         plan.batch.tombstones.append(Tombstone("row", ident[1], newest if newest is not None else 0))
         plan.deleted.add(ident)
@@ -651,7 +657,9 @@ def _row_repair(rows: _Rows, c: _Row, p: _Row | None, seen: Diff | None, *, read
     statics = {c.name for c in rows.regular if c.kind == "static"}
     has_live = any(cell.value is not None for name, cell in (*cells.items(), *overwrite.items())
                    if name not in statics)
-    return RowRepair(RowWrite(c.key, cells, None if has_live else read_us), overwrite, stored_wts, blocked)
+    static_row = any(v is None for v in c.key[rows.n_pk:])  # exists by its statics, never by a marker
+    return RowRepair(RowWrite(c.key, cells, None if has_live or static_row else read_us), overwrite, stored_wts,
+                     blocked)
 
 
 def _as_seen(rows: _Rows, seen: Diff | None, j: int, c: _Row, p: _Row | None) -> bool:
@@ -780,7 +788,6 @@ class ReconcileResult:
     differences: dict[str, int]
     rechecked: int  # differences of the first pass, read again after the delay
     unsettled: int
-    unrepresentable: int
     # rows_written / rows_deleted: repaired, as the re-read after the repair proved;
     # not_repaired: still differing after it (each with its reason in _c2pg.reconcile_diffs).
     repaired: dict[str, int]
@@ -1009,7 +1016,7 @@ def _result(run_id: str, qualified: str, target: str, outcomes: list[SplitOutcom
         sub_ranges_differing=sum(o.sub_ranges_differing for o in outcomes),
         rows_compared_exactly=sum(o.rows_compared_exactly for o in outcomes), differences=counts,
         rechecked=sum(len(o.diffs) for o in outcomes), unsettled=len(unsettled),
-        unrepresentable=sum(o.unrepresentable for o in outcomes), repaired=repaired,
+        repaired=repaired,
         seconds=round(seconds, 3), compare_seconds=round(compare_seconds, 3), retries=sum(o.retries for o in outcomes),
         diffs_truncated=any(o.diffs_total > len(o.diffs) for o in outcomes), drift_by_range=ranges,
         sample=[_diff_json(x) for x in drift[:20]], repair=repair,

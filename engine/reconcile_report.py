@@ -32,8 +32,6 @@ def summary(result: Any) -> str:
             f"({diff}); unsettled {result.unsettled}")
     if result.repair:
         line += "; " + repair_text(result)
-    if result.unrepresentable:
-        line += f"; {result.unrepresentable} Cassandra rows PostgreSQL cannot hold (static-only partitions)"
     return line + f"; run {result.run_id}"
 
 

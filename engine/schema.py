@@ -17,6 +17,10 @@ column per Cassandra column with its mapped type, plus five metadata columns:
   none. A marker whose expiry has passed is dead: it no longer keeps the row alive, but
   still shadows older markers until the sweep turns it into a ``cell`` tombstone of the
   pseudo-column ``_c2pg_row_ts``.
+
+A table with static columns has one more row per partition that holds statics and no
+rows: its *static row*, clustering columns NULL (ADR 0007); its key is then ``UNIQUE NULLS
+NOT DISTINCT`` rather than a primary key.
 """
 
 from __future__ import annotations
@@ -86,6 +90,14 @@ class TableSchema:
     @property
     def columns(self) -> tuple[Column, ...]:
         return self.primary_key + self.regular
+
+    @property
+    def has_statics(self) -> bool:
+        """Static columns (ever: a dropped one counts, the layout keeps its place). Then a
+        partition may hold statics and no rows, which Cassandra reads as one row with null
+        clustering columns: its PostgreSQL target has nullable clustering columns and a
+        ``UNIQUE NULLS NOT DISTINCT`` key instead of a primary key (ADR 0007)."""
+        return any(c.kind == "static" for c in self.regular)
 
     @property
     def live_regular(self) -> tuple[Column, ...]:

@@ -12,12 +12,15 @@ an existing target (exit code 2); ``evolve=True`` adds missing columns instead.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, replace
 
 from engine import pg_dialect as d
 from engine.errors import C2pgError
 from engine.schema import META_ADDED_LATER, META_COLUMNS, Column, TableSchema
 from engine.types import CqlType, TypeMappingError, parse_cql_type
+
+log = logging.getLogger("c2pg.target")
 
 
 class TargetMismatch(C2pgError):
@@ -153,3 +156,10 @@ def _check_or_evolve(cur, schema: TableSchema, target_schema: str, target_table:
     for meta in META_ADDED_LATER:
         if meta not in existing:
             cur.execute(d.add_column(target_schema, target_table, meta, "bigint"))
+    if schema.has_statics and schema.clustering:
+        cur.execute(*d.primary_key_constraint(target_schema, target_table))
+        pkey = cur.fetchone()
+        if pkey is not None:  # created before static rows existed, or before its first static column
+            log.info("allowing static rows in %s.%s: clustering columns nullable, key UNIQUE NULLS NOT DISTINCT",
+                     target_schema, target_table)
+            cur.execute(d.allow_static_rows(schema, target_schema, target_table, pkey[0]))

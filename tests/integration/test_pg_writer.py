@@ -287,3 +287,41 @@ def test_a_target_made_before_the_marker_expiry_column_gains_it(conn):
     ensure_target(conn, target.schema, "writer_test", "model")
     _markers(SyncWriter(conn, target, "test"), {1: (10, FUTURE)}, NOW)
     assert _marker_rows(conn)[1] == [None, 10, FUTURE]
+
+
+STATIC = TableSchema("ks", "writer_model", SCHEMA.partition_key, SCHEMA.clustering,
+                     (Column("a", "regular", -1, TEXT), Column("st", "static", -1, TEXT)), True)
+
+
+def test_a_partition_holding_only_statics_is_its_static_row_and_only_then(conn):
+    """ADR 0007: the static row (clustering NULL) lives by its statics and exists only while
+    its partition has no clustering row."""
+    from engine.reduce import Reduced, RowWrite, Tombstone
+    from engine.sweep import sweep_expired
+
+    target = _fresh_target(conn, STATIC)
+    writer = SyncWriter(conn, target, "test")
+
+    def apply(rows: dict, tombs=(), now_us=NOW):
+        writer.apply(Reduced({k: RowWrite(k, cells) for k, cells in rows.items()}, list(tombs)), {}, now_us=now_us)
+
+    def stored():
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT ck, a, st, _c2pg_row_ts FROM writer_test.model WHERE pk = 1 ORDER BY ck")
+            return cur.fetchall()
+
+    static_row = ("1", None)
+    apply({static_row: {"st": Cell("s", 10)}})                       # as read back: statics, no rows
+    assert stored() == [(None, None, "s", None)]
+    apply({("1", "1"): {"a": Cell("r", 11), "st": Cell("s", 10)}})   # a row arrives, with the statics
+    assert stored() == [(1, "r", "s", None)], "the static row goes once the partition has a row"
+    apply({static_row: {"st": Cell("s", 10)}}, [Tombstone("row", ("1", "1"), 12)])  # its last row deleted
+    assert stored() == [(None, None, "s", None)]
+    apply({}, [Tombstone("range", ("1",), 13)])                      # range and row deletions leave statics
+    assert stored() == [(None, None, "s", None)]
+    apply({}, [Tombstone("partition", ("1",), 14)])                  # a partition deletion does not
+    assert stored() == []
+    apply({static_row: {"st": Cell("ttl", 15, NOW + 1_000_000)}})    # statics with a TTL: gone at expiry
+    assert stored() == [(None, None, "ttl", None)]
+    sweep_expired(conn, target, NOW + 2_000_000)
+    assert stored() == []

@@ -167,20 +167,20 @@ def test_an_extra_row_is_deleted_at_its_own_time_unless_future_or_in_flight():
     key = ("1", "1")
     p = _row(key, "x", None, (30, None))
     plan = RepairPlan(Reduced({}, []), {}, READ)
-    _plan_delete(plan, (1, key), Diff(0, 1, key, "extra", postgres_wt=30), p, RUN_START)
+    _plan_delete(plan, (1, key), Diff(0, 1, key, "extra", postgres_wt=30), p, RUN_START, _rows())
     assert [t.ts for t in plan.batch.tombstones] == [30] and plan.deleted == {(1, key)}
 
     ahead = _row(key, "x", None, (FUTURE, None))
     plan = RepairPlan(Reduced({}, []), {}, READ)
-    _plan_delete(plan, (1, key), Diff(0, 1, key, "extra", postgres_wt=FUTURE), ahead, RUN_START)
+    _plan_delete(plan, (1, key), Diff(0, 1, key, "extra", postgres_wt=FUTURE), ahead, RUN_START, _rows())
     assert plan.batch.tombstones == [] and "in the future" in plan.blocked[(1, key)]
 
     fresh = _row(key, "x", None, (RUN_START + 5, None))
     plan = RepairPlan(Reduced({}, []), {}, READ)
-    _plan_delete(plan, (1, key), Diff(0, 1, key, "extra", postgres_wt=RUN_START + 1), fresh, RUN_START)
+    _plan_delete(plan, (1, key), Diff(0, 1, key, "extra", postgres_wt=RUN_START + 1), fresh, RUN_START, _rows())
     assert plan.batch.tombstones == [] and "in flight" in plan.blocked[(1, key)]
     plan = RepairPlan(Reduced({}, []), {}, READ)
-    _plan_delete(plan, (1, key), Diff(0, 1, key, "extra", postgres_wt=RUN_START + 5), fresh, RUN_START)
+    _plan_delete(plan, (1, key), Diff(0, 1, key, "extra", postgres_wt=RUN_START + 5), fresh, RUN_START, _rows())
     assert [t.ts for t in plan.batch.tombstones] == [RUN_START + 5]
 
 
@@ -215,7 +215,7 @@ def test_a_difference_left_by_a_write_after_the_repair_read_is_read_once_more():
 # --- the figures, the page and the exit code -------------------------------------------------
 
 def _outcome() -> SplitOutcome:
-    return SplitOutcome(TokenSplit(0, -2**63, 2**63 - 1), 10, 8, 1, 1, 18, 0, (), 0, 0, 0.1)
+    return SplitOutcome(TokenSplit(0, -2**63, 2**63 - 1), 10, 8, 1, 1, 18, (), 0, 0, 0.1)
 
 
 def test_the_result_counts_future_drift_and_what_the_re_read_proved():
