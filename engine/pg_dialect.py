@@ -507,8 +507,12 @@ def clustering_order_key(value: sql.Composable, kind: str) -> sql.Composable:
     - timeuuid by its timestamp, then its bytes (PostgreSQL's uuid order is bytes only):
       the 60-bit time as 15 hex digits (time_hi without the version, time_mid, time_low)
       followed by the uuid's text, compared bytewise;
+    - inet by its address bytes, unsigned (``inet_send`` past its 4-byte header):
+      PostgreSQL orders every IPv4 address before every IPv6 one, Cassandra by bytes;
     - everything else by PostgreSQL's own order of the mapped type.
     """
+    if kind == "inet":
+        return sql.SQL("substring(inet_send({}) FROM 5)").format(value)
     if kind in ("text", "ascii"):
         return sql.SQL('({} COLLATE "C")').format(value)
     if kind == "timeuuid":
@@ -659,9 +663,13 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
     select_cols.append(sql.SQL("ARRAY[{}]::bigint[]").format(sql.SQL(", ").join(exp_items))
                        if n else sql.SQL("NULL::bigint[]"))
     # The row marker survives the row's deletions and its own tombstone (``kill_m``: a dead
-    # marker the sweep or the writer recorded when it removed or cleared it).
-    marker_alive = sql.SQL("(({kill} IS NULL OR {s}.{rt} > {kill}) AND (k.kill_m IS NULL OR {s}.{rt} > k.kill_m))"
-                           ).format(kill=kill, s=s, rt=ident(META_ROW_TS))
+    # marker the sweep or the writer recorded when it removed or cleared it). At the dead
+    # marker's own time a live marker with a TTL still wins (its expiry is later:
+    # LivenessInfo.supersedes); one without a TTL loses.
+    marker_alive = sql.SQL(
+        "(({kill} IS NULL OR {s}.{rt} > {kill}) AND (k.kill_m IS NULL OR {s}.{rt} > k.kill_m "
+        "OR ({s}.{rt} = k.kill_m AND {s}.{re} > {now})))"
+    ).format(kill=kill, s=s, rt=ident(META_ROW_TS), re=ident(META_ROW_EXP), now=MERGE_NOW_US)
     select_cols.append(sql.SQL("CASE WHEN {a} THEN {s}.{rt} END").format(a=marker_alive, s=s, rt=ident(META_ROW_TS)))
     select_cols.append(sql.SQL("CASE WHEN {a} THEN {s}.{re} END").format(a=marker_alive, s=s, re=ident(META_ROW_EXP)))
 
@@ -927,18 +935,18 @@ def remove_empty_rows(schema: TableSchema, target_schema: str, target_table: str
     part = sql.SQL(", ").join(map(ident, pk))
     # A static cell does not keep a clustering row alive (Cassandra: a row exists by its
     # marker or a live regular cell); statics get no cell tombstones (they are the partition's).
-    empty = [sql.SQL("t.{} IS NULL").format(ident(c.name)) for c in schema.regular
-             if not c.dropped and (c.kind != "static" or not schema.clustering)]
-    empty.append(marker_dead(sql.Identifier("t"), MERGE_NOW_US))
-    empty = [_row_or_static_row_empty(schema, "t", sql.SQL(" AND ").join(empty),
-                                      [sql.SQL("t.{} IS NULL").format(ident(c.name)) for c in schema.regular
-                                       if c.kind == "static" and not c.dropped])]
+    row_empty: list[sql.Composable] = [sql.SQL("t.{} IS NULL").format(ident(c.name)) for c in schema.regular
+                                       if not c.dropped and (c.kind != "static" or not schema.clustering)]
+    row_empty.append(marker_dead(sql.Identifier("t"), MERGE_NOW_US))
+    empty = _row_or_static_row_empty(schema, "t", sql.SQL(" AND ").join(row_empty),
+                                     [sql.SQL("t.{} IS NULL").format(ident(c.name)) for c in schema.regular
+                                      if c.kind == "static" and not c.dropped])
     gone_cols = sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in keys)
     deleted = sql.SQL(
         "DELETE FROM {target} AS t WHERE ({t_part}) IN (SELECT {part} FROM {stage} UNION SELECT {part} FROM {tstage}) "
         "AND {empty} RETURNING {gone_cols}, t.{wt}, t.{rt}"
     ).format(target=target, t_part=sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in pk),
-             part=part, stage=ident(STAGE), tstage=ident(TSTAGE), empty=sql.SQL(" AND ").join(empty),
+             part=part, stage=ident(STAGE), tstage=ident(TSTAGE), empty=empty,
              gone_cols=gone_cols, wt=ident(META_WT), rt=ident(META_ROW_TS))
     return sql.SQL(
         "WITH gone AS ({deleted}) INSERT INTO {tomb} ({key_cols}, {kind}, {column}, {at}) "

@@ -123,7 +123,7 @@ class Diff:
 
     split_index: int
     token: int
-    key: tuple[str, ...]
+    key: tuple[str | None, ...]  # a static row's clustering values are None (ADR 0007)
     kind: str
     columns: tuple[str, ...] = ()
     detail: dict = field(default_factory=dict, compare=False, hash=False)
@@ -514,7 +514,7 @@ class Overwrite:
     the overwrite applies only while the row still holds exactly those."""
 
     token: int
-    key: tuple[str, ...]
+    key: tuple[str | None, ...]
     cells: dict[str, Cell]
     stored_wts: dict[str, int]
 
@@ -569,7 +569,7 @@ def plan_repair(reader: _KeyReader, drift: Sequence[Diff], run_started_us: int) 
         else:
             r = _row_repair(reader.rows, c, p, x, read_us=plan.read_us, run_started_us=run_started_us,
                             consistency=reader.consistency)
-            plan.batch.rows[key] = r.write
+            plan.batch.rows[r.write.key] = r.write
             plan.written.add(ident)
             plan.notes[ident] = "written from Cassandra"
             if r.overwrite:
@@ -597,8 +597,8 @@ def _plan_delete(plan: RepairPlan, ident: tuple, seen: Diff, p: _Row, run_starte
         # A static row: no row deletion covers it (its statics are the partition's); each
         # static it holds is deleted at its own write time, and the writer removes the row
         # once no static is left (ADR 0007).
-        cells = {c.name: Cell(None, p.wts[j] if p.wts[j] is not None else 0)
-                 for j, c in enumerate(rows.regular)
+        cells = {c.name: Cell(None, wt if wt is not None else 0)
+                 for j, (c, wt) in enumerate(zip(rows.regular, p.wts, strict=False))
                  if c.kind == "static" and not c.dropped and p.texts[rows.n_key + j] is not None}
         plan.batch.rows[ident[1]] = RowWrite(ident[1], cells)
         plan.deleted.add(ident)
@@ -658,7 +658,8 @@ def _row_repair(rows: _Rows, c: _Row, p: _Row | None, seen: Diff | None, *, read
     has_live = any(cell.value is not None for name, cell in (*cells.items(), *overwrite.items())
                    if name not in statics)
     static_row = any(v is None for v in c.key[rows.n_pk:])  # exists by its statics, never by a marker
-    return RowRepair(RowWrite(c.key, cells, None if has_live or static_row else read_us), overwrite, stored_wts,
+    key = cast(tuple[str, ...], c.key)  # a static row's None clustering values go to COPY as NULL
+    return RowRepair(RowWrite(key, cells, None if has_live or static_row else read_us), overwrite, stored_wts,
                      blocked)
 
 

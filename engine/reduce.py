@@ -60,6 +60,8 @@ class Tombstone:
 class RowWrite:
     """The winning writes of one primary key in a batch."""
 
+    # Canonical text per key column; a static row (read back or repaired, never reduced from
+    # events) holds None for its clustering values (ADR 0007), which the writer's COPY sends as NULL.
     key: tuple[str, ...]
     cells: dict[str, Cell] = field(default_factory=dict)
     row_ts: int | None = None  # the winning row marker (INSERT), if any ...
@@ -265,6 +267,7 @@ def typed_compare(schema):
     value, text by UTF-8 bytes, a timeuuid by its time — reversed for a DESC column). Used
     for range deletions inside one batch; the merge compares stored rows in the same order
     (``pg_dialect.clustering_order_key``)."""
+    import ipaddress
     import uuid
     from decimal import Decimal
 
@@ -283,7 +286,9 @@ def typed_compare(schema):
             return lambda t: uuid.UUID(t).bytes
         if kind == "boolean":
             return lambda t: t in ("t", "true")
-        return lambda t: t  # timestamp, date, time, blob (hex), inet: text order fits
+        if kind == "inet":  # Cassandra: the address bytes, unsigned (an IPv4 sorts among IPv6 by bytes)
+            return lambda t: ipaddress.ip_interface(t).ip.packed
+        return lambda t: t  # timestamp, date, time, blob (hex): text order fits
 
     keys = [key_fn(c.cql_type.kind) for c in schema.clustering]
     # Range bounds come in clustering order: a DESC column's order is its values' reverse.

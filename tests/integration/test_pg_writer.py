@@ -325,3 +325,51 @@ def test_a_partition_holding_only_statics_is_its_static_row_and_only_then(conn):
     assert stored() == [(None, None, "ttl", None)]
     sweep_expired(conn, target, NOW + 2_000_000)
     assert stored() == []
+
+
+INET = TableSchema("ks", "writer_model", SCHEMA.partition_key, (Column("ck", "clustering", 0, parse_cql_type("inet")),),
+                   (Column("a", "regular", -1, TEXT),), True)
+ADDRESSES = ["::1", "10.0.0.1", "10.0.0.9", "10.0.0.10", "192.168.0.1", "fe80::1"]
+
+
+def test_a_range_deletion_over_inet_follows_cassandra_order_in_the_reducer_and_the_merge(conn, pipeline):
+    """Cassandra orders inet by its address bytes (InetAddressType is BYTE_ORDER): ``::1``
+    before ``10.0.0.1``, ``10.0.0.9`` before ``10.0.0.10``. PostgreSQL puts every IPv4 address
+    first, and text order puts ``10.0.0.10`` before ``10.0.0.9``. The truth is read from a
+    real Cassandra table given the same writes."""
+    from engine import cql
+    from engine.events import Bound
+    from engine.reduce import typed_compare
+
+    cluster, session = cql.connect(pipeline.cassandra)
+    try:
+        session.execute("CREATE KEYSPACE IF NOT EXISTS c2pg_writer_test WITH replication = "
+                        "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+        session.execute("DROP TABLE IF EXISTS c2pg_writer_test.inet_order")
+        session.execute("CREATE TABLE c2pg_writer_test.inet_order (pk int, ck inet, a text, PRIMARY KEY (pk, ck))")
+        for address in ADDRESSES:
+            session.execute("INSERT INTO c2pg_writer_test.inet_order (pk, ck, a) VALUES (1, %s, 'x') "
+                            "USING TIMESTAMP 10", (address,))
+        session.execute("DELETE FROM c2pg_writer_test.inet_order USING TIMESTAMP 20 WHERE pk = 1 "
+                        "AND ck > '::1' AND ck <= '10.0.0.10'")
+        kept = {str(r.ck) for r in session.execute("SELECT ck FROM c2pg_writer_test.inet_order WHERE pk = 1")}
+    finally:
+        cluster.shutdown()
+    assert kept == {"::1", "192.168.0.1", "fe80::1"}  # Cassandra's byte order, as documented
+
+    def upserts(t: int):
+        return [ChangeEvent("ks", "writer_model", Op.UPSERT, t, ("1", a), (("a", Cell("x", t)),), row_marker=True)
+                for a in ADDRESSES]
+    delete = ChangeEvent("ks", "writer_model", Op.RANGE_DELETE, 20, ("1",),
+                         range_start=Bound(("::1",), False), range_end=Bound(("10.0.0.10",), True))
+    compare = typed_compare(INET)
+    # The reducer (deletion and writes in one batch), and the merge (stored rows, then the deletion; and a
+    # deletion recorded before older writes arrive).
+    for batches in ([upserts(10) + [delete]], [upserts(10), [delete]], [[delete], upserts(10)]):
+        target = _fresh_target(conn, INET)
+        writer = SyncWriter(conn, target, "test")
+        for batch in batches:
+            writer.apply(reduce_events(batch, 1, compare), {})
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT host(ck) FROM writer_test.model")
+            assert {r[0] for r in cur.fetchall()} == kept, batches

@@ -197,8 +197,12 @@ class Target:
                     continue
                 if cell_wins(cell, row.cells.get(name), self.types.get(name, "text")):
                     row.cells[name] = cell
-            marker_kill = max((x for x in (kill, self._cell_kill(key, MARKER)) if x is not None), default=None)
-            if write.row_ts is not None and (marker_kill is None or write.row_ts > marker_kill) and (
+            dead_marker = self._cell_kill(key, MARKER)  # a dead marker: expired, so any live one outlives it
+            survives = write.row_ts is not None and (kill is None or write.row_ts > kill) and (
+                dead_marker is None or write.row_ts > dead_marker
+                or (write.row_ts == dead_marker and marker_live((write.row_ts, write.row_exp), self.now_us)
+                    and write.row_exp is not None))
+            if survives and (
                     row.row_ts is None
                     or marker_rank(write.row_ts, write.row_exp) > marker_rank(row.row_ts, row.row_exp)):
                 row.row_ts, row.row_exp = write.row_ts, write.row_exp

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.events import Bound, Cell, ChangeEvent, Op
-from engine.reduce import Tombstone, in_range, reduce_events, wins
+from engine.reduce import Tombstone, in_range, reduce_events, typed_compare, wins
 from tests.unit.lww_model import Cassandra, Target, apply_in_batches
 
 PKS, CKS, COLS = ["1", "2"], ["1", "2", "3", "4"], ["a", "b", "c"]
@@ -294,3 +294,15 @@ def test_an_insert_dead_on_arrival_keeps_no_row_and_shadows_an_older_insert():
     assert target.materialize() == {}, "the older INSERT loses to the expired newer one"
     target.apply(reduce_events([_insert(11)], 1, now_us=NOW))
     assert target.materialize() == {("1", "1"): {}}
+
+
+def test_inet_clustering_values_compare_by_address_bytes_as_in_cassandra():
+    from engine.schema import Column, TableSchema
+    from engine.types import parse_cql_type
+
+    schema = TableSchema("ks", "t", (Column("pk", "partition_key", 0, parse_cql_type("int")),),
+                         (Column("ck", "clustering", 0, parse_cql_type("inet")),), (), True)
+    compare = typed_compare(schema)
+    ordered = ["::1", "10.0.0.1", "10.0.0.9", "10.0.0.10", "192.168.0.1", "fe80::1"]  # InetAddressType: bytes
+    for a, b in zip(ordered, ordered[1:]):
+        assert compare(0, a, b) < 0 and compare(0, b, a) > 0
