@@ -548,8 +548,7 @@ cdc_enabled: true
 cdc_raw_directory: {self.cdc_raw}
 cdc_total_space: 2048MiB
 commitlog_sync: periodic
-commitlog_sync_period: 100ms
-periodic_commitlog_sync_lag_block: 1000ms
+commitlog_sync_period: 250ms
 commitlog_segment_size: 32MiB
 auto_snapshot: false
 authenticator: AllowAllAuthenticator
@@ -614,8 +613,9 @@ class Debezium(Service):
 
     JSON without embedded schemas (the Avro converter breaks on tables with differently
     typed columns, see docs/local-stack.md); ``snapshot.mode=never`` because c2pg snapshots
-    itself with real write times; real-time commit-log processing polled every 100 ms (with
-    Cassandra's 100 ms commit-log sync and a 50 ms event-queue poll: ~0.2 s from write to Kafka);
+    itself with real write times; real-time commit-log processing polled every 250 ms (with
+    Cassandra's 250 ms commit-log sync and a 100 ms event-queue poll: ~0.4 s from write to Kafka;
+    100/100/50 ms made it 0.2 s but the whole suite ~15 % slower, docs/local-stack.md);
     decimals and varints as strings so no value goes through a double.
     """
 
@@ -659,10 +659,10 @@ datastax-java-driver {{
             "commit.log.relocation.dir": str(d / "relocation"),
             "offset.backing.store.dir": str(d / "offsets"),
             "commit.log.real.time.processing.enabled": "true",
-            "commit.log.marked.complete.poll.interval.ms": "100",
-            "cdc.dir.poll.interval.ms": "100",
+            "commit.log.marked.complete.poll.interval.ms": "250",
+            "cdc.dir.poll.interval.ms": "250",
             # The event queue's wait for a fuller batch (Debezium's default is 1 s).
-            "poll.interval.ms": "50",
+            "poll.interval.ms": "100",
             "snapshot.mode": "never",
             "key.converter": "org.apache.kafka.connect.json.JsonConverter",
             "key.converter.schemas.enable": "false",
