@@ -599,6 +599,11 @@ MERGE_NOW_US = sql.SQL(
     "(extract(epoch FROM statement_timestamp()) * 1000000)::bigint)").format(setting=sql.Literal(NOW_SETTING))
 SET_MERGE_NOW = sql.SQL("SELECT set_config({}, %s, true)").format(sql.Literal(NOW_SETTING))
 
+# The sync writer's per-table apply lock (engine.pg_writer): two int4 keys, a lock space apart
+# from ensure_target's one-key lock. Held to the end of the batch's transaction.
+APPLY_LOCK = "SELECT pg_advisory_xact_lock(hashtext('c2pg.apply'), hashtext(%s))"
+APPLY_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtext('c2pg.apply'), hashtext(%s))"
+
 
 def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table: str, *,
           source_wins_ties: bool = False) -> sql.Composed:

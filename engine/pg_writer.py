@@ -93,6 +93,7 @@ class SyncWriter:
         self.sql_dead = as_text(d.insert_dead_letters())
         self.sql_offsets = as_text(d.SAVE_OFFSETS)
         self.sql_set_now = as_text(d.SET_MERGE_NOW)
+        self.lock_key = f"{t_schema}.{t_table}"
 
     def apply(self, batch: Reduced, offsets: Mapping[tuple[str, int], int],
               dead: Iterable[DeadLetter] = (), *, now_us: int | None = None) -> ApplyStats:
@@ -106,6 +107,12 @@ class SyncWriter:
         t0 = time.perf_counter()
         dead = list(dead)
         with self.conn, self.conn.cursor() as cur:
+            # Partition and range deletions are keyed apart from the rows they cover, so another
+            # worker may hold those rows: a batch with one takes the table's apply lock exclusively,
+            # every other batch shares it. Without it a row merged while a partition deletion is
+            # uncommitted in another transaction is never shadowed (neither statement sees the other).
+            wide = any(t.kind != "row" for t in batch.tombstones)
+            cur.execute(d.APPLY_LOCK if wide else d.APPLY_LOCK_SHARED, (self.lock_key,))
             if now_us is not None:  # transaction-local: gone at commit or rollback
                 cur.execute(self.sql_set_now, (str(int(now_us)),))
             cur.execute(self.sql_create_tstage)
