@@ -47,6 +47,7 @@ def pipeline_file(directory: Path) -> Path:
     doc["tables"] = [{"keyspace": KS, "table": TABLE, "target_schema": "bench"}]
     secrets = ROOT / ".stack" / "secrets"
     doc["vault"]["role_id"] = f"file:{secrets / 'vault-role-id'}"
+    doc["capture"]["connector_log"] = str(secrets.parent / "logs" / "debezium.log")
     doc["vault"]["secret_id"] = f"file:{secrets / 'vault-secret-id'}"
     doc["api"]["rate_limit_per_minute"] = 10_000_000
     path = directory / "bench-api.yaml"

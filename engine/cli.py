@@ -218,13 +218,19 @@ def _add_config(sub) -> None:
     check = _command(
         cfg, "check", "validate a pipeline file; print it with secrets masked",
         "Validate a pipeline file and resolve its secrets, then print it as YAML with the "
-        "secrets masked. Every problem is listed at once on stderr.\n\n"
-        "Exit codes: 0 valid, 2 invalid or a secret that cannot be resolved.",
+        "secrets masked. Every problem is listed at once on stderr. Then ask Cassandra which "
+        "tables the Debezium connector will not capture (cdc off, counters, a vector column "
+        "anywhere in the cluster, and with capture.connector_log tables the running connector "
+        "never loaded): each is named on stderr with the reason and the fix.\n\n"
+        "Exit codes: 0 valid, 1 a configured table whose changes will not be captured, 2 "
+        "invalid or a secret that cannot be resolved.",
         f"c2pg config check {EXAMPLE}",
         f"c2pg config check --no-secrets {EXAMPLE}  # without asking Vault")
     add_config_argument(check, "file")
     check.add_argument("--no-secrets", action="store_true",
-                       help="validate without resolving secrets (no Vault round trip)")
+                       help="validate without resolving secrets (no Vault round trip, no capture check)")
+    check.add_argument("--offline", action="store_true",
+                       help="do not ask Cassandra which tables the connector will not capture")
     check.set_defaults(func=_config_check)
 
 
@@ -331,6 +337,18 @@ def _add_sync(sub) -> None:
     resume.add_argument("--table", metavar="KEYSPACE.TABLE", help="the table to resume (default: every table)")
     resume.set_defaults(func=_sync, action="resume")
 
+    heal = _command(
+        sync, "heal", "reconcile every table with repair now (after a capture stall)",
+        "Ask the supervisor to reconcile every table of the pipeline with repair, in the "
+        "background: what to do when change capture stalled and writes may never arrive (a "
+        "connector that skipped a commit-log segment). With capture.heal_after_stall the "
+        "supervisor does this by itself when a stalled node recovers. The runs are recorded "
+        "in _c2pg.runs; `c2pg sync status` lists them under capture.\n\n"
+        "Exit codes: 0 started, 1 no sync is running, or a reconcile is already running.",
+        f"c2pg sync heal --config {EXAMPLE}")
+    add_config_argument(heal)
+    heal.set_defaults(func=_sync, action="heal")
+
 
 def _add_dlq(sub) -> None:
     dlq = _actions(_command(
@@ -380,8 +398,9 @@ def _add_health(sub) -> None:
         sub, "health", "check every component a pipeline uses",
         "Check every component the pipeline uses, each with a real request, in parallel: "
         "PostgreSQL, Cassandra, Kafka (and the tables' topics), the schema registry and "
-        "Vault when configured, and with --sync the pipeline's sync supervisor. Prints one "
-        "line per component with its latency.\n\n"
+        "Vault when configured, change capture (the heartbeat's verdict per Cassandra node, "
+        "and tables the connector will not capture), and with --sync the pipeline's sync "
+        "supervisor. Prints one line per component with its latency.\n\n"
         "Exit codes: 0 every component ok, 1 some down, 2 bad configuration.",
         f"c2pg health --config {EXAMPLE}", f"c2pg health --config {EXAMPLE} --sync --json")
     add_config_argument(hl)
@@ -488,6 +507,7 @@ def _sync(args: argparse.Namespace) -> int:
         sup = get_or_start(cfg)
         ray.get(sup.ping.remote())
         print(f"sync {cfg.name}: supervisor running ({len(cfg.tables)} table(s), {cfg.sync.workers} worker(s))")
+        _print_capture_findings(cfg)
         return 0
     sup = find(cfg.name)
     if sup is None:
@@ -497,6 +517,12 @@ def _sync(args: argparse.Namespace) -> int:
         ray.get(sup.stop.remote(), timeout=120)
         ray.kill(sup, no_restart=True)
         print(f"sync {cfg.name}: stopped; offsets committed")
+    elif args.action == "heal":
+        answer = ray.get(sup.heal.remote("on demand (c2pg sync heal)"), timeout=30)
+        if not answer["started"]:
+            print(f"c2pg: {answer['detail']}", file=sys.stderr)
+            return 1
+        print(f"sync {cfg.name}: reconcile with repair of every table started; see c2pg sync status")
     elif args.action in ("pause", "resume"):
         ray.get(getattr(sup, args.action).remote(args.table))
         print(f"sync {cfg.name}: {args.action}d {args.table or 'every table'}")
@@ -507,7 +533,56 @@ def _sync(args: argparse.Namespace) -> int:
             return 0
         print(progress(status)[2])
         _print_sync_status(status, time.time())
+        _print_capture(status.get("capture") or {})
     return 0
+
+
+def _print_capture(capture: dict) -> None:
+    """The capture part of ``c2pg sync status``: each node's heartbeat, the findings, the
+    reconcile runs the supervisor started."""
+    if not capture:
+        return
+    if not capture.get("heartbeat"):
+        print("capture heartbeat: off (capture.heartbeat)")
+    for n in capture.get("nodes", []):
+        delay = "-" if n.get("delay_s") is None else f"{n['delay_s']:.1f}s"
+        transit = "-" if n.get("transit_s") is None else f"{n['transit_s']:.2f}s"
+        state = n["state"].upper() if n["state"] == "stalled" else n["state"]
+        print(f"capture {n.get('address') or n['node']}: {state}"
+              f", newest heartbeat {delay} old (write->commit {transit}), last seen {n.get('last_seen') or '-'}"
+              + (f": {n['reason']}" if n.get("reason") and n["state"] != "ok" else ""))
+    if capture.get("stalled") and capture.get("cause"):
+        print(f"  cause: {capture['cause']}")
+    if capture.get("error"):
+        print(f"capture heartbeat not written: {capture['error']}")
+    for f in capture.get("findings", []):
+        print(f"{f['severity']}: {f['table']}: {f['reason']}. Fix: {f['fix']}")
+    for h in capture.get("heals", [])[-3:]:
+        runs = ", ".join(f"{r['table']} {r.get('status')} (drift {r.get('drift', '-')}, "
+                         f"not repaired {r.get('not_repaired', '-')})" for r in h.get("runs", []))
+        state = "done" if h.get("finished_at") else "running"
+        print(f"reconcile {state} ({h['reason']}, {h['started_at']}): {runs or '-'}")
+
+
+def _print_capture_findings(cfg) -> int:
+    """Print (stderr) every table whose changes will not be captured; returns the number of
+    errors. Cassandra unreachable: says so and returns 0 (the config itself may be fine)."""
+    from engine import capture, cql
+
+    try:
+        cluster, session = cql.connect(cfg.cassandra)
+    except Exception as exc:  # noqa: BLE001 - the check is advisory when Cassandra is away
+        print(f"# capture not checked: Cassandra unreachable ({type(exc).__name__})", file=sys.stderr)
+        return 0
+    try:
+        log_state = (capture.connector_log(cfg.capture.connector_log).update()
+                     if cfg.capture.connector_log else None)
+        findings = capture.find_uncapturable(session, cfg, log_state)
+    finally:
+        cluster.shutdown()
+    for f in findings:
+        print(f"# {f.line()}", file=sys.stderr)
+    return sum(1 for f in findings if f.severity == "error")
 
 
 def _print_sync_status(status: dict, now_s: float) -> None:
@@ -586,6 +661,12 @@ def _config_check(args: argparse.Namespace) -> int:
     print(cfg.masked_yaml(), end="")
     print(f"# {args.file}: valid" + ("" if args.no_secrets else ", every secret resolved"),
           file=sys.stderr)
+    if args.no_secrets or args.offline:
+        return 0
+    errors = _print_capture_findings(cfg)
+    if errors:
+        print(f"# {errors} table(s) whose changes will not be captured (above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -49,7 +49,7 @@ from engine.secrets import Secret, SecretResolver, VaultLoginError, VaultSetting
 __all__ = [
     "ApiConfig", "CassandraConfig", "ENV_PREFIX", "KafkaConfig", "PipelineConfig",
     "PipelineSection", "PostgresConfig", "ReconcileConfig", "SchemaRegistryConfig", "Secret",
-    "SnapshotConfig", "SyncConfig", "TableConfig", "VaultConfig", "format_duration",
+    "CaptureConfig", "SnapshotConfig", "SyncConfig", "TableConfig", "VaultConfig", "format_duration",
     "format_size", "load_config", "parse_duration", "parse_size",
 ]
 
@@ -329,6 +329,13 @@ class TableConfig(_Section):
     table: Identifier
     target_schema: Identifier | None = None
     target_table: Identifier | None = None
+    # How changes reach PostgreSQL: ``cdc`` (the change stream, kept by sync) or
+    # ``reconcile`` for a table the connector can never capture (counters, cdc = false that
+    # cannot be changed): the sync supervisor reconciles it with repair every
+    # ``reconcile_every``, so PostgreSQL is at most that (plus one run) behind. See
+    # docs/operations.md, "Tables the connector cannot capture".
+    capture: Literal["cdc", "reconcile"] = "cdc"
+    reconcile_every: Duration = timedelta(minutes=15)
 
     @model_validator(mode="before")
     @classmethod
@@ -397,6 +404,33 @@ class ReconcileConfig(_Section):
     repair: bool = False
 
 
+class CaptureConfig(_Section):
+    """``capture``: the end-to-end capture heartbeat (``engine.capture``).
+
+    While sync runs, its supervisor writes one heartbeat row per Cassandra node every
+    ``heartbeat_interval`` into ``<heartbeat_keyspace>.heartbeat`` (created by c2pg, CDC on,
+    one replica, each node's row keyed onto that node), and the sync workers record each
+    one's arrival from Kafka. A node whose heartbeat written more than ``stall_after`` ago
+    has not arrived is *stalled*: its connector is not delivering changes, whatever its own
+    health says. ``/readyz`` and ``c2pg health`` then fail naming the node.
+
+    ``heal_after_stall``: when a stalled node's heartbeats arrive again, reconcile every
+    table of the pipeline with repair (the writes made during the stall may never arrive).
+    ``connector_log`` / ``connector_health_url``: where to read the connector's cause when
+    capture stalls (its log file, where c2pg can read it — relative to the pipeline file —
+    and its ``/health``), shown with it. The log also tells which tables the running
+    connector has loaded, so tables it never learnt of are named.
+    """
+
+    heartbeat: bool = True
+    heartbeat_keyspace: Identifier = "c2pg"
+    heartbeat_interval: Duration = timedelta(seconds=5)
+    stall_after: Duration = timedelta(seconds=30)
+    heal_after_stall: bool = False
+    connector_log: NonEmptyStr | None = None
+    connector_health_url: HttpUrl | None = None
+
+
 class ApiConfig(_Section):
     """``api``: the Serve control plane (``serve_app``).
 
@@ -433,6 +467,7 @@ class PipelineConfig(_Section):
     sync: SyncConfig = SyncConfig()
     snapshot: SnapshotConfig = SnapshotConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
+    capture: CaptureConfig = CaptureConfig()
     api: ApiConfig = ApiConfig()
 
     @model_validator(mode="before")
@@ -555,7 +590,20 @@ def _check_tables(tables: tuple[TableConfig, ...]) -> Iterator[str]:
                 yield f"tables[{i}].{name}: longer than PostgreSQL's 63-byte identifier limit"
 
 
+def _check_capture(capture: CaptureConfig, tables: tuple[TableConfig, ...]) -> Iterator[str]:
+    if capture.stall_after <= capture.heartbeat_interval:
+        yield (f"capture.stall_after: must be longer than capture.heartbeat_interval "
+               f"({format_duration(capture.heartbeat_interval)}), or every pause between two "
+               "heartbeats is a stall")
+    for t in tables:
+        if capture.heartbeat and t.keyspace == capture.heartbeat_keyspace:
+            yield (f"tables: {t.keyspace}.{t.table} is in capture.heartbeat_keyspace "
+                   f"{capture.heartbeat_keyspace!r}, which c2pg owns; use another keyspace or set "
+                   "capture.heartbeat_keyspace")
+
+
 _CHECKS: tuple[tuple[Any, tuple[str, ...]], ...] = (
+    (_check_capture, ("capture", "tables")),
     (_check_cassandra, ("cassandra",)),
     (_check_snapshot, ("snapshot",)),
     (_check_kafka, ("kafka", "schema_registry")),
@@ -930,4 +978,8 @@ def load_config(path: Path | str, *, env: Mapping[str, str] | None = None,
     if problems:
         raise ConfigError(problems)
     assert cfg is not None  # no problems means validation produced a model
+    log_path = cfg.capture.connector_log
+    if log_path and not os.path.isabs(log_path):  # like file: secrets, relative to the file
+        capture = cfg.capture.model_copy(update={"connector_log": str(path.resolve().parent / log_path)})
+        cfg = cfg.model_copy(update={"capture": capture})
     return cfg

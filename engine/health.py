@@ -273,7 +273,10 @@ def pipeline_checks(cfg, *, timeout_s: float = 3.0, sync: bool = False) -> dict[
     Callers: ``c2pg health`` and the Serve app's ``/readyz``. Kafka is checked for cluster
     metadata and the metadata of the pipeline's topics: a table's topic appears with its
     first change event, so a missing topic is reported in the detail, not as a failure.
-    ``sync=True`` adds ``sync`` (:func:`check_sync_supervisor`; needs a Ray driver).
+    ``capture`` is :func:`engine.capture.check_capture`: it fails when a node's heartbeat
+    stalled or a configured table will not be captured (without a running sync it reports
+    "not measured"). ``sync=True`` adds ``sync`` (:func:`check_sync_supervisor`; needs a Ray
+    driver).
     """
     pg = cfg.postgres.connect_kwargs(application_name="c2pg-health")
     checks: dict[str, Check] = {
@@ -295,7 +298,15 @@ def pipeline_checks(cfg, *, timeout_s: float = 3.0, sync: bool = False) -> dict[
                                                            timeout_s=timeout_s)
     if cfg.vault is not None:
         checks["vault"] = lambda: check_vault(url=str(cfg.vault.url), timeout_s=timeout_s)
+    checks["capture"] = lambda: _check_capture(cfg, timeout_s)
     if sync:
         checks["sync"] = lambda: check_sync_supervisor(cfg.name, timeout_s=timeout_s)
     return checks
+
+
+def _check_capture(cfg, timeout_s: float) -> str:
+    from engine.capture import check_capture
+
+    with _drivers_quiet("cassandra"):
+        return check_capture(cfg, timeout_s=timeout_s)
 

@@ -338,6 +338,18 @@ STATE_DDL = [
         created_at timestamptz NOT NULL DEFAULT now(),
         replayed_at timestamptz)""",
     "CREATE INDEX IF NOT EXISTS dead_letters_run ON _c2pg.dead_letters (run_id)",
+    # The capture heartbeat (engine.capture): one row per pipeline and Cassandra node.
+    """CREATE TABLE IF NOT EXISTS _c2pg.capture (
+        pipeline text NOT NULL,
+        node text NOT NULL,
+        address text,
+        since timestamptz,
+        written_us bigint,
+        written_at timestamptz,
+        write_error text,
+        seen_us bigint,
+        seen_at timestamptz,
+        PRIMARY KEY (pipeline, node))""",
     """CREATE TABLE IF NOT EXISTS _c2pg.offsets (
         pipeline text NOT NULL,
         topic text NOT NULL,

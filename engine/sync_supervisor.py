@@ -10,6 +10,13 @@ Started (or found) by ``python -m jobs.sync`` / ``c2pg sync start`` through
   backoff; a slot that fails ``MAX_FAILURES`` times in ``FAILURE_WINDOW_S`` is retired and
   its partitions go to the other workers;
 - picks up new partitions and new topics (a table's topic appears with its first event);
+- runs the capture heartbeat (:mod:`engine.capture`): writes a heartbeat row per Cassandra
+  node every ``capture.heartbeat_interval`` (its own thread), judges from ``_c2pg.capture``
+  whether each node's connector still delivers, exports ``c2pg_capture_*`` metrics, and
+  with ``capture.heal_after_stall`` reconciles every table with repair when a stalled node
+  recovers (:meth:`heal`, also on demand);
+- reconciles the tables configured ``capture: reconcile`` with repair every
+  ``reconcile_every`` (one reconcile at a time, heals included);
 - keeps its desired state (pause flags, worker count, assignment) in ``_c2pg.sync_state``,
   so a restarted supervisor (``max_restarts=-1``: Ray re-runs ``__init__``) resumes it.
   Workers are its children: they die with it and are re-created by the new incarnation,
@@ -90,8 +97,20 @@ class SyncSupervisor:
         finally:
             conn.close()
         self.started_at = time.time()
+        # Capture (engine.capture): the heartbeat thread's verdicts, the schema round's
+        # findings, the reconcile runs of heals and of `capture: reconcile` tables.
+        self.capture_nodes: list = []
+        self.capture_cause: str | None = None
+        self.capture_error: str | None = None
+        self.findings: list = []
+        self.heals: list[dict] = []
+        self._stalled: set[str] = set()
+        self._runner: threading.Thread | None = None
+        self._next_reconcile: dict[str, float] = {}
         self._thread = threading.Thread(target=self._supervise, name="supervise", daemon=True)
         self._thread.start()
+        if cfg.capture.heartbeat:
+            threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
 
     # --- control -----------------------------------------------------------------------
 
@@ -109,7 +128,31 @@ class SyncSupervisor:
             workers.append(st)
         return {"pipeline": self.cfg.name, "started_at": self.started_at, "paused_all": self.paused_all,
                 "paused_tables": sorted(self.paused_tables), "workers": workers,
-                "retired_slots": sorted(self.retired)}
+                "retired_slots": sorted(self.retired), "capture": self.capture_status()}
+
+    def capture_status(self) -> dict:
+        """The capture heartbeat's verdict per node, the tables that will not be captured, and
+        the reconcile runs c2pg started itself (heals, ``capture: reconcile`` tables)."""
+        from dataclasses import asdict
+
+        with self._lock:
+            nodes, heals = list(self.capture_nodes), [dict(h) for h in self.heals[-10:]]
+            findings = list(self.findings)
+            due = dict(self._next_reconcile)
+        return {"heartbeat": self.cfg.capture.heartbeat,
+                "stall_after_s": self.cfg.capture.stall_after.total_seconds(),
+                "stalled": any(n.stalled for n in nodes), "nodes": [asdict(n) for n in nodes],
+                "cause": self.capture_cause, "error": self.capture_error,
+                "findings": [f.as_dict() for f in findings], "heals": heals,
+                "scheduled_reconcile": {t: _iso(at) for t, at in sorted(due.items())}}
+
+    def heal(self, reason: str = "on demand") -> dict:
+        """Reconcile every table of the pipeline with repair, in the background, recording
+        each run (``capture.heals`` in :meth:`status`). One reconcile runs at a time: when one
+        is running, nothing new starts and the answer says so."""
+        started = self._start_runs([t for t in self.cfg.tables], reason)
+        return {"started": started, "reason": reason,
+                "detail": None if started else "a heal or scheduled reconcile is already running"}
 
     def pause(self, table: str | None = None) -> None:
         with self._lock:
@@ -173,6 +216,7 @@ class SyncSupervisor:
                 if now >= next_sweep:
                     next_sweep = now + self.cfg.sync.ttl_sweep_interval.total_seconds()
                     self._sweep()
+                self._scheduled_reconciles()
             except Exception:  # noqa: BLE001 - keep supervising; the error is logged with its trace
                 log.exception("supervision round failed")
             self._stop.wait(2.0)
@@ -193,16 +237,157 @@ class SyncSupervisor:
         return out
 
     def _check_schemas(self) -> None:
-        """Columns added in Cassandra are added in PostgreSQL even before their first event."""
+        """Columns added in Cassandra are added in PostgreSQL even before their first event;
+        tables whose changes will not be captured are found (``capture.findings``)."""
         from engine import cql
+        from engine.capture import connector_log, find_uncapturable
 
         conn = self._connect()
         cluster, session = cql.connect(self.cfg.cassandra)
         try:
             self._targets(conn, session)
+            log_path = self.cfg.capture.connector_log
+            findings = find_uncapturable(session, self.cfg, connector_log(log_path).update() if log_path else None)
         finally:
             cluster.shutdown()
             conn.close()
+        with self._lock:
+            old = {f.line() for f in self.findings}
+            self.findings = findings
+        for f in findings:
+            if f.line() not in old and f.severity != "info":
+                log.error("%s", f.line())
+
+    # --- capture ----------------------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        """Write a heartbeat per node every ``capture.heartbeat_interval``, then judge capture."""
+        from engine import cql
+        from engine.capture import HeartbeatWriter, record_written
+
+        interval = self.cfg.capture.heartbeat_interval.total_seconds()
+        since = time.time()
+        cluster = writer = conn = None
+        while not self._stop.is_set():
+            try:
+                if writer is None:
+                    cluster, session = cql.connect(self.cfg.cassandra)
+                    writer = HeartbeatWriter(self.cfg, cluster, session)
+                    writer.ensure()
+                beats = writer.beat()
+                if conn is None or conn.closed:
+                    conn = self._connect()
+                record_written(conn, self.cfg.name, since, beats)
+                self.capture_error = None
+            except Exception as exc:  # noqa: BLE001 - reported in status; the next round retries
+                self.capture_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+                log.warning("capture heartbeat not written: %s", self.capture_error)
+                if writer is not None and not writer.ready:  # ensure() failed: start over
+                    writer = None
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                if writer is None and cluster is not None:
+                    cluster.shutdown()
+                    cluster = None
+            try:
+                self._assess_capture()
+            except Exception:  # noqa: BLE001 - keep beating; the error is logged with its trace
+                log.exception("capture assessment failed")
+            self._stop.wait(interval)
+        if cluster is not None:
+            cluster.shutdown()
+        if conn is not None:
+            conn.close()
+
+    def _assess_capture(self) -> None:
+        from engine.capture import assess, read_rows, stall_cause
+
+        conn = self._connect()
+        try:
+            rows = read_rows(conn, self.cfg.name)
+        finally:
+            conn.close()
+        nodes = assess(rows, time.time(), self.cfg.capture.stall_after.total_seconds())
+        metrics = _capture_metrics()
+        for n in nodes:
+            tags = {"pipeline": self.cfg.name, "node": n.address or n.node}
+            if n.delay_s is not None:
+                metrics["delay"].set(n.delay_s, tags)
+            if n.transit_s is not None:
+                metrics["transit"].set(n.transit_s, tags)
+            metrics["stalled"].set(1 if n.stalled else 0, tags)
+        stalled = {n.node for n in nodes if n.stalled}
+        recovered = {n.node for n in nodes if n.state == "ok"} & self._stalled
+        cause = self.capture_cause
+        if stalled - self._stalled:
+            cause = stall_cause(self.cfg, nodes)
+            for n in nodes:
+                if n.node in stalled - self._stalled:
+                    log.error("capture stalled: %s%s", n.reason, f" ({cause})" if cause else "")
+        elif not stalled:
+            cause = None
+        with self._lock:
+            self.capture_nodes, self.capture_cause = nodes, cause
+        if recovered:
+            names = ", ".join(sorted(n.address or n.node for n in nodes if n.node in recovered))
+            log.warning("capture recovered on node(s) %s after a stall", names)
+            if self.cfg.capture.heal_after_stall:
+                self.heal(f"capture recovered on node(s) {names} after a stall")
+        self._stalled = (self._stalled | stalled) - recovered
+
+    def _scheduled_reconciles(self) -> None:
+        """Start the reconcile of a ``capture: reconcile`` table that is due (one at a time)."""
+        now = time.time()
+        for t in self.cfg.tables:
+            if t.capture != "reconcile":
+                continue
+            name = f"{t.keyspace}.{t.table}"
+            due = self._next_reconcile.setdefault(name, now)
+            if now >= due and self._start_runs([t], f"scheduled (capture: reconcile, every "
+                                                   f"{t.reconcile_every.total_seconds():g} s)"):
+                with self._lock:
+                    self._next_reconcile[name] = now + t.reconcile_every.total_seconds()
+                return
+
+    def _start_runs(self, tables: list, reason: str) -> bool:
+        with self._lock:
+            if self._runner is not None and self._runner.is_alive():
+                return False
+            record: dict = {"reason": reason, "started_at": _iso(time.time()), "finished_at": None,
+                            "tables": [f"{t.keyspace}.{t.table}" for t in tables], "runs": []}
+            self.heals = (self.heals + [record])[-20:]
+            self._runner = threading.Thread(target=self._run_reconciles, args=(tables, record),
+                                            name="reconcile", daemon=True)
+            self._runner.start()
+        log.warning("reconcile with repair of %s: %s", ", ".join(record["tables"]), reason)
+        return True
+
+    def _run_reconciles(self, tables: list, record: dict) -> None:
+        import os
+        import tempfile
+        import uuid
+
+        from engine.reconcile import run_reconcile
+
+        for t in tables:
+            name = f"{t.keyspace}.{t.table}"
+            run_id = str(uuid.uuid4())
+            try:
+                res = run_reconcile(self.cfg, t, repair=True, run_id=run_id, progress=False,
+                                    html_path=os.path.join(tempfile.gettempdir(), f"c2pg-reconcile-{run_id}.html"))
+                run = {"table": name, "run_id": run_id, "status": res.status,
+                       "drift": sum(res.differences.values()), "repaired": dict(res.repaired),
+                       "not_repaired": res.unrepaired}
+                log.warning("reconcile %s of %s: %s", run_id, name, run)
+            except Exception as exc:  # noqa: BLE001 - recorded with the run; the next one may succeed
+                run = {"table": name, "run_id": run_id, "status": "failed",
+                       "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                log.error("reconcile %s of %s failed: %s", run_id, name, run["error"])
+            with self._lock:
+                record["runs"].append(run)
+        with self._lock:
+            record["finished_at"] = _iso(time.time())
 
     def _export_drift(self) -> None:
         """Publish each table's last reconcile drift as a metric: a reconcile job ends before
@@ -239,8 +424,12 @@ class SyncSupervisor:
         admin = AdminClient({**self.cfg.kafka.client_conf()})
         md = admin.list_topics(timeout=5)
         out = []
-        for t in self.cfg.tables:
-            topic = self.cfg.kafka.topic_for(t.keyspace, t.table)
+        topics = [self.cfg.kafka.topic_for(t.keyspace, t.table) for t in self.cfg.tables if t.capture == "cdc"]
+        if self.cfg.capture.heartbeat:
+            from engine.capture import heartbeat_topic
+
+            topics.append(heartbeat_topic(self.cfg))
+        for topic in topics:
             if topic in md.topics and md.topics[topic].error is None:
                 out += [(topic, p) for p in sorted(md.topics[topic].partitions)]
         return sorted(out)
@@ -338,3 +527,32 @@ class SyncSupervisor:
                             (json.dumps(assignment), self.cfg.name))
         finally:
             conn.close()
+
+
+def _iso(ts_s: float | None) -> str | None:
+    from engine.capture import iso
+
+    return iso(ts_s)
+
+
+_CAPTURE_METRICS: dict | None = None
+
+
+def _capture_metrics() -> dict:
+    """``c2pg_capture_delay_seconds``, ``c2pg_capture_transit_seconds`` and
+    ``c2pg_capture_stalled`` per pipeline and node (``ray_`` prefix added by Ray)."""
+    global _CAPTURE_METRICS
+    if _CAPTURE_METRICS is None:
+        from ray.util import metrics
+
+        tags = ("pipeline", "node")
+        _CAPTURE_METRICS = {
+            "delay": metrics.Gauge("c2pg_capture_delay_seconds",
+                                   "age of the newest capture heartbeat that arrived through Kafka", tag_keys=tags),
+            "transit": metrics.Gauge("c2pg_capture_transit_seconds",
+                                     "write to commit time of the newest capture heartbeat", tag_keys=tags),
+            "stalled": metrics.Gauge("c2pg_capture_stalled",
+                                     "1 when the node's heartbeats stopped arriving (capture.stall_after)",
+                                     tag_keys=tags),
+        }
+    return _CAPTURE_METRICS

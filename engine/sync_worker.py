@@ -80,6 +80,10 @@ class PartitionWorker:
         # Kafka record time → PostgreSQL commit, per event, for the last 20,000 events.
         self.latencies: deque[float] = deque(maxlen=20_000)
         self.tables: dict[str, TableConfig] = {cfg.kafka.topic_for(t.keyspace, t.table): t for t in cfg.tables}
+        # The capture heartbeat's topic (engine.capture): assigned like a table's, applied apart.
+        from engine.capture import heartbeat_topic
+
+        self.heartbeat_topic = heartbeat_topic(cfg) if cfg.capture.heartbeat else None
 
     # --- control -----------------------------------------------------------------------
 
@@ -127,9 +131,10 @@ class PartitionWorker:
     @ray.method(concurrency_group="loop")
     def run(self) -> str:
         import psycopg2
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
         from engine import cql
+        from engine.capture import HeartbeatApplier
         from engine.sync_apply import TableApplier
 
         cfg = self.cfg
@@ -144,11 +149,15 @@ class PartitionWorker:
                 from confluent_kafka.schema_registry import SchemaRegistryClient
 
                 registry = SchemaRegistryClient(cfg.schema_registry.client_conf())
-            appliers = {topic: TableApplier(cfg, self.tables[topic], conn, session, registry)
-                        for topic in {t for t, _ in self.partitions}}
+            appliers: dict = {topic: TableApplier(cfg, self.tables[topic], conn, session, registry)
+                              for topic in {t for t, _ in self.partitions} if topic != self.heartbeat_topic}
+            if any(t == self.heartbeat_topic for t, _ in self.partitions):
+                appliers[self.heartbeat_topic] = HeartbeatApplier(cfg, conn, session, registry)
             committed = self._committed_offsets(conn)
-            consumer.assign([TopicPartition(t, p, committed.get((t, p), OFFSET_BEGINNING))
-                             for t, p in self.partitions])
+            # A pipeline new to the heartbeat topic starts at its end: older heartbeats (of
+            # other pipelines, or from before) say nothing about capture now.
+            consumer.assign([TopicPartition(t, p, committed.get(
+                (t, p), OFFSET_END if t == self.heartbeat_topic else OFFSET_BEGINNING)) for t, p in self.partitions])
             with self._lock:
                 for key, off in committed.items():
                     if key in self.parts:
@@ -182,6 +191,8 @@ class PartitionWorker:
             conn.close()
 
     def _table_name(self, topic: str) -> str:
+        if topic == self.heartbeat_topic:
+            return "(capture heartbeat)"
         t = self.tables.get(topic)
         return f"{t.keyspace}.{t.table}" if t else topic
 
@@ -235,6 +246,10 @@ class PartitionWorker:
             next_offsets: dict[tuple[str, int], int] = {}
             for r in records:
                 next_offsets[(r.topic, r.partition)] = max(next_offsets.get((r.topic, r.partition), 0), r.offset + 1)
+            if topic == self.heartbeat_topic:
+                appliers[topic].apply(records, next_offsets)
+                self._advance(records, next_offsets, None, time.monotonic())
+                continue
             t0 = time.monotonic()
             result = appliers[topic].apply(records, next_offsets)
             _metrics().record(self.cfg.name, self._table_name(topic), result, time.monotonic() - t0)
@@ -242,18 +257,23 @@ class PartitionWorker:
             committed_ms, committed_at = time.time() * 1000, time.monotonic()
             with self._lock:
                 self.latencies.extend(committed_ms - r.timestamp_ms for r in records if r.timestamp_ms)
-                self.state.batches += 1
-                self.state.error = None
-                if self.state.state == "retrying":  # recovered; _apply_pauses says paused if so
-                    self.state.state = "running"
-                for (t, p), nxt in next_offsets.items():
-                    st = self.parts[(t, p)]
-                    n = sum(1 for r in records if r.partition == p)
-                    st.events += n
-                    st.next_offset = nxt
-                    if result.max_write_ts_us:
-                        st.last_write_ts_us = max(st.last_write_ts_us or 0, result.max_write_ts_us)
-                    st.rate.add(n, committed_at)
+            self._advance(records, next_offsets, result.max_write_ts_us, committed_at)
+
+    def _advance(self, records: list, next_offsets: dict, max_write_ts_us: int | None, committed_at: float) -> None:
+        """After a commit: count the batch and move the in-memory offsets it covered."""
+        with self._lock:
+            self.state.batches += 1
+            self.state.error = None
+            if self.state.state == "retrying":  # recovered; _apply_pauses says paused if so
+                self.state.state = "running"
+            for (t, p), nxt in next_offsets.items():
+                st = self.parts[(t, p)]
+                n = sum(1 for r in records if r.partition == p)
+                st.events += n
+                st.next_offset = nxt
+                if max_write_ts_us:
+                    st.last_write_ts_us = max(st.last_write_ts_us or 0, max_write_ts_us)
+                st.rate.add(n, committed_at)
 
     def _publish_dead(self, dead) -> None:
         """Copy committed dead letters to ``kafka.dlq_topic`` when one is set (at least once:
@@ -309,7 +329,8 @@ class PartitionWorker:
             return conn
         for applier in appliers.values():
             applier.conn = new
-            applier.writer.conn = new
+            if hasattr(applier, "writer"):
+                applier.writer.conn = new
         return new
 
 

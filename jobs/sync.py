@@ -42,6 +42,11 @@ def progress(status: dict) -> tuple[int, float, str]:
     line = (f"sync {status['pipeline']}: {len(status['workers'])} worker(s) [{states}], "
             f"{len(parts)} partition(s), {applied} events applied, {remaining} remaining, "
             f"{rate:,.0f} events/s, eta {eta}")
+    capture = status.get("capture") or {}
+    if capture.get("stalled"):
+        # "caught up" with the topics means nothing while the connector delivers nothing.
+        line += "; CAPTURE STALLED: " + "; ".join(n.get("reason") or n["node"] for n in capture.get("nodes", [])
+                                                  if n.get("state") == "stalled")
     return remaining, rate, line
 
 

@@ -42,6 +42,7 @@ from serve_app.security import ApiError
 log = structlog.get_logger("c2pg.serve")
 
 KINDS = {"snapshot": "jobs.snapshot", "reconcile": "jobs.reconcile"}
+FINDINGS_CACHE_S = 15.0
 _DONE = {"succeeded", "completed"}
 
 
@@ -129,6 +130,9 @@ class Control:
         self._health = Cached(api.health_cache.total_seconds(), self._check_all)
         self._sync = Cached(api.status_cache.total_seconds(), self._read_sync)
         self._status = Cached(api.status_cache.total_seconds(), self._build_status)
+        # Which tables the connector will not capture changes slowly (schema changes): a scan
+        # of system_schema per FINDINGS_CACHE_S, not per probe.
+        self._findings = Cached(FINDINGS_CACHE_S, self._find_uncapturable)
         self.tables = {f"{t.keyspace}.{t.table}": t for t in cfg.tables}
 
     # --- lookups -----------------------------------------------------------------------
@@ -158,12 +162,39 @@ class Control:
     def _check_all(self) -> dict[str, Any]:
         checks = health.pipeline_checks(self.cfg, timeout_s=self.check_timeout_s)
         checks["sync"] = lambda: health.describe_sync(self._sync_answer())
+        checks["capture"] = self._capture_check
         results = health.run_checks(checks, timeout_s=self.check_timeout_s + 0.5)
         required = {r.name for r in results} - (set() if self.cfg.api.sync_required else {"sync"})
         failed = [r.name for r in results if not r.ok and r.name in required]
         components = [{**r.as_dict(), "required": r.name in required} for r in results]
         return {"ready": not failed, "failed": failed, "components": components,
                 "checked_at": _now()}
+
+    def _capture_check(self) -> str:
+        """The ``capture`` component: the heartbeat verdict (``_c2pg.capture``, one query on
+        the pool) and the cached findings; raises naming a stalled node or an uncapturable table."""
+        from engine import capture
+
+        try:
+            with self.pg() as conn:
+                rows = capture.read_rows(conn, self.cfg.name)
+        except ApiError as exc:  # reported as the postgres component; capture cannot be judged
+            return f"not measured: {exc.message}"
+        nodes = capture.assess(rows, time.time(), self.cfg.capture.stall_after.total_seconds())
+        try:
+            findings = self._findings.get()
+        except Exception as exc:  # noqa: BLE001 - Cassandra away: reported as its own component
+            findings, note = [], f"; tables not checked ({type(exc).__name__})"
+        else:
+            note = ""
+        return capture.describe(nodes, findings, capture.stall_cause(self.cfg, nodes)) + note
+
+    def _find_uncapturable(self) -> list:
+        from engine import capture
+
+        path = self.cfg.capture.connector_log
+        return capture.find_uncapturable(self._cql_session(), self.cfg,
+                                         capture.connector_log(path).update() if path else None)
 
     # --- sync ---------------------------------------------------------------------------
 
@@ -258,6 +289,7 @@ class Control:
                            "last_write_applied": iso_write_time(max(writes)) if writes else None,
                            "last_write_in_future": any(p["last_write_in_future"] for p in ps), "partitions": ps})
         return {"pipeline": self.cfg.name, "as_of": _now(),
+                "capture": (sup or {}).get("capture"),
                 "sync": {"state": state, "error": error, "paused_all": paused_all,
                          "paused_tables": sorted(paused_tables),
                          "started_at": _ts(sup["started_at"] * 1e6) if sup and sup.get("started_at") else None,

@@ -48,6 +48,7 @@ def pipeline_file(directory: Path, name: str, tables: list[str], **sections) -> 
     doc["tables"] = [{"keyspace": KS, "table": t, "target_schema": TARGET_SCHEMA} for t in tables]
     secrets = ROOT / ".stack" / "secrets"
     doc["vault"]["role_id"] = f"file:{secrets / 'vault-role-id'}"
+    doc["capture"]["connector_log"] = str(secrets.parent / "logs" / "debezium.log")
     doc["vault"]["secret_id"] = f"file:{secrets / 'vault-secret-id'}"
     for section, values in sections.items():
         doc.setdefault(section, {}).update(values)

@@ -25,6 +25,7 @@ def _pipeline_file(tmp_path, table: str) -> str:
     doc["tables"] = [{"keyspace": KS, "table": table, "target_schema": "sync_cli_test"}]
     secrets = ROOT / ".stack" / "secrets"
     doc["vault"]["role_id"] = f"file:{secrets / 'vault-role-id'}"
+    doc["capture"]["connector_log"] = str(secrets.parent / "logs" / "debezium.log")
     doc["vault"]["secret_id"] = f"file:{secrets / 'vault-secret-id'}"
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(doc))
