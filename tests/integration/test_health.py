@@ -18,7 +18,7 @@ def _closed_port() -> int:
 
 def test_every_component_of_the_example_pipeline_is_healthy(pipeline):
     results = run_checks(pipeline_checks(pipeline), timeout_s=10)
-    assert {r.name for r in results} == {"postgres", "cassandra", "kafka", "schema_registry", "vault"}
+    assert {r.name for r in results} == {"postgres", "cassandra", "kafka", "schema_registry", "vault", "capture"}
     assert all(r.ok for r in results), [r for r in results if not r.ok]
     assert all(r.latency_ms > 0 for r in results)
 

@@ -42,7 +42,7 @@ def test_sync_check_fails_naming_the_pipeline_when_no_supervisor_runs(ray_cluste
 
 def test_pipeline_checks_with_sync_include_the_supervisor(pipeline, ray_cluster):
     results = {r.name: r for r in run_checks(pipeline_checks(pipeline, sync=True, timeout_s=3), timeout_s=5)}
-    assert set(results) == {"postgres", "cassandra", "kafka", "schema_registry", "vault", "sync"}
+    assert set(results) == {"postgres", "cassandra", "kafka", "schema_registry", "vault", "capture", "sync"}
     assert results["sync"].status in ("up", "down") and results["kafka"].status == "up"
     assert results["kafka"].as_dict()["status"] == "up" and results["kafka"].latency_ms > 0
 

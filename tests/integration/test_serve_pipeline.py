@@ -263,8 +263,10 @@ def test_status_page_in_headless_chromium_shows_pipeline_lag_runs_and_readiness(
     assert f"pipeline {cfg.name}" in dom
     assert f"{KS}.{SYNCED}" in dom and f"{TARGET_SCHEMA}.{SYNCED}" in dom
     components = re.search(r'<table id="components">.*?</table>', dom, re.DOTALL).group(0)
-    for name in ("postgres", "cassandra", "kafka", "schema_registry", "vault", "sync"):
+    for name in ("postgres", "cassandra", "kafka", "schema_registry", "vault", "capture", "sync"):
         assert re.search(rf'<td>{name}[^<]*(<span[^>]*>[^<]*</span>)?</td>\s*<td class="up">', components), components
+    capture = re.search(r'<table id="capture">.*?</table>', dom, re.DOTALL).group(0)
+    assert re.search(r'<td>127\.0\.0\.1</td><td class="(ok|starting)">', capture), capture  # the heartbeat
     assert "snapshot" in dom  # the runs of the tests above
     assert re.search(r'<div id="error">\s*</div>', dom), "the page shows an error"
     shot = ARTIFACTS / "status-page.png"

@@ -56,7 +56,7 @@ def test_readyz_is_200_with_every_component_checked(api: Api):
     _, body = _wait_readyz(api, lambda c, b: c == 200, 120)
     assert body["ready"] is True and body["failed"] == []
     names = {c["name"] for c in body["components"]}
-    assert names == {"postgres", "cassandra", "kafka", "schema_registry", "vault", "sync"}
+    assert names == {"postgres", "cassandra", "kafka", "schema_registry", "vault", "capture", "sync"}
     for c in body["components"]:
         assert set(c) >= {"name", "status", "latency_ms", "error", "required"}
         if c["required"]:

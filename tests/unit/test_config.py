@@ -234,7 +234,7 @@ def test_masked_yaml_unresolved_and_effective(minimal: Path):
     assert doc["sync"]["workers"] == 7
     assert doc["sync"]["batch_max_bytes"] == "8MiB" and doc["sync"]["batch_max_wait"] == "200ms"
     assert doc["tables"] == [{"keyspace": "ks", "table": "t1", "target_schema": "public",
-                              "target_table": "t1"}]
+                              "target_table": "t1", "capture": "cdc", "reconcile_every": "15m"}]
 
 
 def test_secret_repr_and_pickle():

@@ -53,6 +53,9 @@ def test_the_engine_defines_the_metrics_the_docs_promise():
         assert name in metrics, name
     # Exported by the reconcile job (engine/reconcile.py), tags pipeline, table, kind.
     assert metrics.get("c2pg_reconcile_drift_rows") == "Gauge"
+    # The capture heartbeat (engine/sync_supervisor.py), tags pipeline, node.
+    for name in ("c2pg_capture_delay_seconds", "c2pg_capture_transit_seconds", "c2pg_capture_stalled"):
+        assert metrics.get(name) == "Gauge", name
 
 
 def test_every_metric_the_dashboard_queries_is_one_the_engine_exports():
@@ -71,7 +74,7 @@ def test_dashboard_panels_are_well_formed():
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
-    for topic in ("events", "lag", "latency", "dead letters", "drift"):
+    for topic in ("events", "lag", "latency", "dead letters", "drift", "capture"):
         assert topic in titles, topic
     for panel in dashboard["panels"]:
         if panel["type"] == "row":
@@ -111,3 +114,18 @@ def test_prometheus_scrape_example_targets_the_ray_metrics_port():
     from ray._private import ray_constants
 
     assert files == [f"/tmp/ray/{ray_constants.PROMETHEUS_SERVICE_DISCOVERY_FILE}"]
+
+
+def test_alert_rules_use_exported_metrics_and_are_complete():
+    rules_file = ROOT / "dashboards" / "prometheus-rules.yaml"
+    groups = yaml.safe_load(rules_file.read_text())["groups"]
+    known = exported_names()
+    alerts = {r["alert"]: r for g in groups for r in g["rules"]}
+    assert {"C2pgCaptureStalled", "C2pgCaptureDelayHigh"} <= set(alerts)
+    for name, rule in alerts.items():
+        used = set(re.findall(r"\bray_c2pg_[a-z0-9_]+", rule["expr"]))
+        assert used and used <= set(known), (name, used - set(known))
+        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
+        assert re.fullmatch(r"\d+[smh]", rule["for"]), name
+    assert "ray_c2pg_capture_stalled" in alerts["C2pgCaptureStalled"]["expr"]
