@@ -17,6 +17,14 @@ On the local stack (``c2pg stack up``):
    and the p50/p99 of Kafka record time → PostgreSQL commit.
 
 Writes ``benchmarks/results/sync.json``; ``docs/benchmarks.md`` shows the figures.
+
+    .venv/bin/python -m benchmarks.sync --heartbeat-ab [--rounds 3] [--events 300000]
+
+measures what the capture heartbeat (``engine/capture.py``) costs instead: c2pg with 2
+workers on the same topic, alternately with ``capture.heartbeat`` on and off, ``--rounds``
+times each, every run kept in ``benchmarks/results/capture_heartbeat.json`` with the ratio of
+the means (on / off). Heartbeats here come every second (the default is 5 s), so the cost
+shown is five times the default's.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import os
 import platform
 import random
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -133,7 +141,8 @@ def _latency_at(cfg, sup, rate: float, start_pos: int, seconds: float = 20.0) ->
             "p99_ms": max((x["p99"] for x in lat), default=None)}
 
 
-def run_c2pg(cfg, workers: int, events: int, timeout_s: float = 900, rate: float | None = None) -> dict:
+def run_c2pg(cfg, workers: int, events: int, timeout_s: float = 900, rate: float | None = None,
+             heartbeat: bool = True) -> dict:
     import ray
 
     from engine.sync_supervisor import find, get_or_start
@@ -141,7 +150,9 @@ def run_c2pg(cfg, workers: int, events: int, timeout_s: float = 900, rate: float
     name = f"bench-sync-{workers}"
     table = TableConfig(keyspace=KS, table=TABLE, target_schema="bench", target_table=f"sync_{workers}")
     cfg = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"name": name}), "tables": (table,),
-                                 "sync": cfg.sync.model_copy(update={"workers": workers})})
+                                 "sync": cfg.sync.model_copy(update={"workers": workers}),
+                                 "capture": cfg.capture.model_copy(update={
+                                     "heartbeat": heartbeat, "heartbeat_interval": timedelta(seconds=1)})})
     conn = psycopg2.connect(**cfg.postgres.connect_kwargs())
     with conn, conn.cursor() as cur:
         cur.execute(f"DROP TABLE IF EXISTS bench.sync_{workers}")
@@ -156,7 +167,7 @@ def run_c2pg(cfg, workers: int, events: int, timeout_s: float = 900, rate: float
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = ray.get(sup.status.remote(), timeout=30)
-        parts = [p for w in status["workers"] for p in w.get("partitions", [])]
+        parts = [p for w in status["workers"] for p in w.get("partitions", []) if not p.get("heartbeat")]
         applied = sum(p.get("events") or 0 for p in parts)
         if applied and first is None:
             first = time.monotonic()
@@ -175,7 +186,37 @@ def run_c2pg(cfg, workers: int, events: int, timeout_s: float = 900, rate: float
     conn.close()
     return {"workers": workers, "events": applied, "seconds": round(seconds, 2),
             "events_per_s": round(applied / seconds) if seconds else None, "rows": rows,
-            "latency_at_half_rate": latency}
+            "latency_at_half_rate": latency, "heartbeat": heartbeat}
+
+
+def heartbeat_ab(cfg, events: int, rounds: int, expected_rows: int) -> None:
+    """c2pg with 2 workers, heartbeat on and off in turn, same topic; every run is kept.
+    ``events`` counts only the table's events: heartbeat partitions are ignored."""
+    runs = []
+    for n in range(rounds):
+        for hb in (True, False):
+            r = run_c2pg(cfg, 2, events, heartbeat=hb)
+            r["round"] = n + 1
+            runs.append(r)
+            print(f"round {n + 1}, heartbeat {'on ' if hb else 'off'}: {r['events_per_s']:,} events/s "
+                  f"({r['seconds']} s), rows {r['rows']:,} (expected {expected_rows:,})", flush=True)
+    on = [r["events_per_s"] for r in runs if r["heartbeat"]]
+    off = [r["events_per_s"] for r in runs if not r["heartbeat"]]
+    out = {"events": events, "workers": 2, "heartbeat_interval_s": 1, "runs": runs,
+           "mean_on": round(sum(on) / len(on)), "mean_off": round(sum(off) / len(off)),
+           "ratio_on_vs_off": round(sum(on) / len(on) / (sum(off) / len(off)), 3),
+           "spread_off": [min(off), max(off)], "spread_on": [min(on), max(on)],
+           "end_states_equal": all(r["rows"] == expected_rows for r in runs),
+           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+           "when": datetime.now(UTC).isoformat(timespec="seconds"),
+           "command": f".venv/bin/python -m benchmarks.sync --heartbeat-ab --rounds {rounds} --events {events}"}
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "capture_heartbeat.json"
+    history = json.loads(path.read_text()).get("history", []) if path.exists() else []
+    summary = {k: out[k] for k in ("when", "mean_on", "mean_off", "ratio_on_vs_off", "end_states_equal")}
+    path.write_text(json.dumps({**out, "history": history + [summary]}, indent=2, default=str) + "\n")
+    print(json.dumps({k: out[k] for k in ("mean_on", "mean_off", "ratio_on_vs_off", "spread_on", "spread_off",
+                                          "end_states_equal")}))
 
 
 def main() -> None:
@@ -186,6 +227,9 @@ def main() -> None:
     p.add_argument("--keys", type=int, default=100_000)
     p.add_argument("--config", type=Path, default=Path("examples/pipeline.local.yaml"))
     p.add_argument("--skip-jdbc", action="store_true")
+    p.add_argument("--heartbeat-ab", action="store_true",
+                   help="measure the capture heartbeat's cost instead (capture_heartbeat.json)")
+    p.add_argument("--rounds", type=int, default=3, help="with --heartbeat-ab: runs with and without, each")
     args = p.parse_args()
     log.configure("WARNING")
     cfg = load_config(args.config)
@@ -207,6 +251,9 @@ def main() -> None:
 
     ray.init(address=os.environ.get("RAY_ADDRESS") or "127.0.0.1:6380", logging_level="WARNING",
              log_to_driver=False)
+    if args.heartbeat_ab:
+        heartbeat_ab(cfg, args.events, args.rounds, expected_rows)
+        return
     c2pg = [run_c2pg(cfg, w, args.events) for w in (1, 2)]
     for r in c2pg:
         print(f"c2pg, {r['workers']} worker(s): {r['events_per_s']:,} events/s ({r['seconds']} s), "

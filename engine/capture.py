@@ -541,15 +541,15 @@ def find_uncapturable(session, cfg, log_state: ConnectorLogState | None = None) 
         cols = list(session.execute("SELECT column_name, type FROM system_schema.columns "
                                     "WHERE keyspace_name = %s AND table_name = %s", (ks, tbl)))
         reasons = []
-        if not row.cdc:
-            reasons.append(("cdc is off, so the connector never sees its changes",
-                            f'ALTER TABLE "{ks}"."{tbl}" WITH cdc = true'))
         if any(c.type == "counter" for c in cols):
             reasons.append(("it is a counter table, which the connector skips", "capture: reconcile"))
         vec = [c.column_name for c in cols if "vector<" in c.type]
         if vec:
             reasons.append((f"column {', '.join(vec)} is a vector, which the connector cannot parse",
                             "capture: reconcile, or drop the column"))
+        if not row.cdc and not reasons:  # cdc on would not help a counter or vector table
+            reasons.append(("cdc is off, so the connector never sees its changes",
+                            f'ALTER TABLE "{ks}"."{tbl}" WITH cdc = true (or capture: reconcile)'))
         if log_state is not None and log_state.started and row.cdc and not reasons and name not in log_state.loaded:
             why = log_state.failed.get(name) or "it is not among the tables the connector loaded"
             reasons.append((f"the connector running since {log_state.started} has not loaded it ({why}); a UDT "
@@ -570,14 +570,18 @@ def find_uncapturable(session, cfg, log_state: ConnectorLogState | None = None) 
 
 
 def describe(nodes: Sequence[NodeCapture], findings: Sequence[Finding], cause: str | None = None) -> str:
-    """The detail of a healthy capture; raises ``RuntimeError`` naming every stalled node
-    (with the last heartbeat seen and the connector's cause) and every ``error`` finding."""
+    """The detail of a working capture, with every finding named; raises ``RuntimeError``
+    naming every stalled node (with the last heartbeat seen and the connector's cause).
+
+    Findings do not fail it: a table configured but not captured may be there for snapshot
+    and reconcile only, and a vector table elsewhere breaks nothing until the connector
+    restarts; the heartbeat is what proves capture has stopped. ``c2pg config check`` is
+    where an ``error`` finding fails (exit 1)."""
     problems = [n.reason or f"node {n.node} stalled" for n in nodes if n.stalled]
     if problems and cause:
         problems.append(cause)
-    problems += [f.line() for f in findings if f.severity == "error"]
     if problems:
-        raise RuntimeError("capture: " + "; ".join(problems))
+        raise RuntimeError("capture: " + "; ".join(problems + [f.line() for f in findings if f.severity != "info"]))
     measured = [n for n in nodes if n.state in ("ok", "starting")]
     if measured:
         delays = [n.delay_s for n in measured if n.delay_s is not None]
@@ -587,8 +591,8 @@ def describe(nodes: Sequence[NodeCapture], findings: Sequence[Finding], cause: s
         detail = f"not measured: {nodes[0].reason}"
     else:
         detail = "not measured: no heartbeat yet (written while sync runs)"
-    warnings = [f.line() for f in findings if f.severity == "warning"]
-    return detail + ("; " + "; ".join(warnings) if warnings else "")
+    named = [f.line() for f in findings if f.severity != "info"]
+    return detail + ("; " + "; ".join(named) if named else "")
 
 
 def check_capture(cfg, *, timeout_s: float = 3.0, conn=None, session=None) -> str:

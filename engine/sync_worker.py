@@ -98,6 +98,7 @@ class PartitionWorker:
                                    "events": len(lat)} if lat else None, "paused_all": self.state.paused_all,
                     "paused_tables": sorted(self.state.paused_tables),
                     "partitions": [{"topic": p.topic, "partition": p.partition, "table": self._table_name(p.topic),
+                                    "heartbeat": p.topic == self.heartbeat_topic,
                                     "offset": p.next_offset, "high_watermark": p.high_watermark, "lag": p.lag,
                                     "last_write_ts_us": p.last_write_ts_us,
                                     "last_write_in_future": in_future(p.last_write_ts_us, wall),
@@ -155,12 +156,18 @@ class PartitionWorker:
                 appliers[self.heartbeat_topic] = HeartbeatApplier(cfg, conn, session, registry)
             committed = self._committed_offsets(conn)
             # A pipeline new to the heartbeat topic starts at its end: older heartbeats (of
-            # other pipelines, or from before) say nothing about capture now.
-            consumer.assign([TopicPartition(t, p, committed.get(
-                (t, p), OFFSET_END if t == self.heartbeat_topic else OFFSET_BEGINNING)) for t, p in self.partitions])
+            # other pipelines, or from before) say nothing about capture now. The end is read
+            # here, so the partition's offset and lag are known before its first batch.
+            for t, p in self.partitions:
+                if t == self.heartbeat_topic and (t, p) not in committed:
+                    try:
+                        committed[(t, p)] = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=5)[1]
+                    except Exception:  # noqa: BLE001 - the end then, offset unknown until a batch
+                        committed[(t, p)] = OFFSET_END
+            consumer.assign([TopicPartition(t, p, committed.get((t, p), OFFSET_BEGINNING)) for t, p in self.partitions])
             with self._lock:
                 for key, off in committed.items():
-                    if key in self.parts:
+                    if key in self.parts and off >= 0:
                         self.parts[key].next_offset = off
                 self.state.state = "running"
             backoff = 1.0
@@ -206,10 +213,13 @@ class PartitionWorker:
         from confluent_kafka import TopicPartition
 
         with self._lock:
-            paused = {p for p in self.partitions
+            # The heartbeat's partitions are never paused: a paused pipeline still proves
+            # that capture works (and would otherwise look stalled).
+            tables = [p for p in self.partitions if p[0] != self.heartbeat_topic]
+            paused = {p for p in tables
                       if self.state.paused_all or self._table_name(p[0]) in self.state.paused_tables}
             if self.state.state in ("running", "paused"):
-                self.state.state = "paused" if paused and len(paused) == len(self.partitions) else "running"
+                self.state.state = "paused" if paused and len(paused) == len(tables) else "running"
         running = [p for p in self.partitions if p not in paused]
         if paused:
             consumer.pause([TopicPartition(t, p) for t, p in paused])

@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def progress(status: dict) -> tuple[int, float, str]:
     """(events remaining, events/s, a one-line summary) from a supervisor status."""
-    parts = [p for w in status["workers"] for p in w.get("partitions", [])]
+    # The capture heartbeat's partitions are not the tables' progress (shown under capture).
+    parts = [p for w in status["workers"] for p in w.get("partitions", []) if not p.get("heartbeat")]
     remaining = sum(p.get("lag") or 0 for p in parts)
     rate = sum(p.get("events_per_s") or 0 for p in parts)
     applied = sum(p.get("events") or 0 for p in parts)

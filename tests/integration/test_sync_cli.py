@@ -7,6 +7,7 @@ import time
 import uuid
 
 import psycopg2
+import ray
 import yaml
 
 from engine import cli, cql
@@ -63,3 +64,6 @@ def test_start_follow_pause_resume_status_stop(stack, pipeline, ray_cluster, tmp
     finally:
         conn.close()
         cluster.shutdown()
+        left = find(f"cli-{table}")  # a failed step must not leave a detached supervisor holding CPUs
+        if left is not None:
+            ray.kill(left, no_restart=True)
