@@ -291,23 +291,24 @@ class SyncSupervisor:
                     cluster.shutdown()
                     cluster = None
             try:
-                self._assess_capture()
+                if conn is None or conn.closed:
+                    conn = self._connect()
+                self._assess_capture(conn)
             except Exception:  # noqa: BLE001 - keep beating; the error is logged with its trace
                 log.exception("capture assessment failed")
+                if conn is not None:
+                    conn.close()
+                    conn = None
             self._stop.wait(interval)
         if cluster is not None:
             cluster.shutdown()
         if conn is not None:
             conn.close()
 
-    def _assess_capture(self) -> None:
+    def _assess_capture(self, conn) -> None:
         from engine.capture import assess, read_rows, stall_cause
 
-        conn = self._connect()
-        try:
-            rows = read_rows(conn, self.cfg.name)
-        finally:
-            conn.close()
+        rows = read_rows(conn, self.cfg.name)
         nodes = assess(rows, time.time(), self.cfg.capture.stall_after.total_seconds())
         metrics = _capture_metrics()
         for n in nodes:

@@ -77,6 +77,7 @@ class PartitionWorker:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._watermarks_at = 0.0
+        self._paused: set[tuple[str, int]] = set()
         # Kafka record time → PostgreSQL commit, per event, for the last 20,000 events.
         self.latencies: deque[float] = deque(maxlen=20_000)
         self.tables: dict[str, TableConfig] = {cfg.kafka.topic_for(t.keyspace, t.table): t for t in cfg.tables}
@@ -220,6 +221,7 @@ class PartitionWorker:
                       if self.state.paused_all or self._table_name(p[0]) in self.state.paused_tables}
             if self.state.state in ("running", "paused"):
                 self.state.state = "paused" if paused and len(paused) == len(tables) else "running"
+        self._paused = paused
         running = [p for p in self.partitions if p not in paused]
         if paused:
             consumer.pause([TopicPartition(t, p) for t, p in paused])
@@ -299,8 +301,11 @@ class PartitionWorker:
                 log.warning("dead letter not copied to %s: %s", self.cfg.kafka.dlq_topic, exc)
 
     def _refresh_watermarks(self, consumer) -> None:
-        """High watermarks for the lag figures: one broker round trip per partition, so at
-        most once a second, not once per batch (this runs in the apply loop)."""
+        """High watermarks for the lag figures, at most once a second (this runs in the apply
+        loop). A partition being fetched has its high watermark in every fetch response, so
+        the consumer's cached value is read (no round trip); a paused one is not fetched, so
+        it costs one broker round trip — which can wait behind a long-polling fetch on the
+        same connection, hence not for every partition every second."""
         from confluent_kafka import TopicPartition
 
         now = time.monotonic()
@@ -308,8 +313,13 @@ class PartitionWorker:
             return
         self._watermarks_at = now
         for (t, p), st in self.parts.items():
+            tp = TopicPartition(t, p)
             try:
-                _, high = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=0.5, cached=False)
+                high = -1
+                if (t, p) not in self._paused:
+                    high = consumer.get_watermark_offsets(tp, cached=True)[1]
+                if high < 0:  # paused, or no fetch response yet
+                    high = consumer.get_watermark_offsets(tp, timeout=0.5, cached=False)[1]
             except Exception:  # noqa: BLE001 - a transient metadata error only delays the lag figure
                 continue
             st.high_watermark = high
