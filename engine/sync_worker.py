@@ -260,7 +260,7 @@ class PartitionWorker:
                 next_offsets[(r.topic, r.partition)] = max(next_offsets.get((r.topic, r.partition), 0), r.offset + 1)
             if topic == self.heartbeat_topic:
                 appliers[topic].apply(records, next_offsets)
-                self._advance(records, next_offsets, None, time.monotonic())
+                self._advance(records, next_offsets, None, time.monotonic(), count_batch=False)
                 continue
             t0 = time.monotonic()
             result = appliers[topic].apply(records, next_offsets)
@@ -271,10 +271,13 @@ class PartitionWorker:
                 self.latencies.extend(committed_ms - r.timestamp_ms for r in records if r.timestamp_ms)
             self._advance(records, next_offsets, result.max_write_ts_us, committed_at)
 
-    def _advance(self, records: list, next_offsets: dict, max_write_ts_us: int | None, committed_at: float) -> None:
-        """After a commit: count the batch and move the in-memory offsets it covered."""
+    def _advance(self, records: list, next_offsets: dict, max_write_ts_us: int | None, committed_at: float,
+                 count_batch: bool = True) -> None:
+        """After a commit: count the batch (a table's; heartbeats are not the tables' batches)
+        and move the in-memory offsets it covered."""
         with self._lock:
-            self.state.batches += 1
+            if count_batch:
+                self.state.batches += 1
             self.state.error = None
             if self.state.state == "retrying":  # recovered; _apply_pauses says paused if so
                 self.state.state = "running"

@@ -139,8 +139,10 @@ class _Writer:
 
 
 def _offsets(pg, pipeline: str) -> dict:
+    """The table's committed offsets (the capture heartbeat's topic is never paused)."""
     with pg, pg.cursor() as cur:
-        cur.execute("SELECT topic, kafka_partition, next_offset FROM _c2pg.offsets WHERE pipeline = %s", (pipeline,))
+        cur.execute("SELECT topic, kafka_partition, next_offset FROM _c2pg.offsets WHERE pipeline = %s "
+                    "AND topic <> 'c2pg.c2pg.heartbeat'", (pipeline,))
         return {(t, p): o for t, p, o in cur.fetchall()}
 
 
