@@ -7,7 +7,8 @@ after 6 s) and breaks capture for real:
   ``capture`` and the node, ``c2pg health`` exits 1, ``ray_c2pg_capture_stalled`` is 1; and
   all three recover;
 - a table with a ``vector`` column in another keyspace is named by ``c2pg config check`` and
-  ``/readyz`` as the reason tables created later will not be captured.
+  ``/readyz`` as the reason tables created later will not be captured; after a connector
+  restart nothing is captured, and the stall names it.
 
 The segment the connector skips and the heal are in ``test_capture_heal.py`` (after this
 module's control plane and supervisor are gone, so its reconciles get the cluster's CPUs).
@@ -134,7 +135,7 @@ def test_a_stopped_connector_is_a_stall_in_readyz_health_and_metrics_and_recover
     _wait_metric(cfg.name, 0.0)
 
 
-def test_a_vector_table_in_another_keyspace_is_named_by_config_check_and_readyz(cass, app):
+def test_a_vector_table_in_another_keyspace_is_named_and_after_a_connector_restart_stalls_capture(stack, cass, app):
     from engine.cli import main
 
     api, cfg, path = app
@@ -149,5 +150,15 @@ def test_a_vector_table_in_another_keyspace_is_named_by_config_check_and_readyz(
         assert "tables created or changed later are not captured" in err.getvalue()
         body = _wait_readyz(api, lambda c, b: f"{KS}.{table}" in (_component(b, "capture")["detail"] or ""), 60)
         assert body["ready"] is True and "column e is a vector" in _component(body, "capture")["detail"]
+        # A connector started while the vector table exists captures nothing at all: the
+        # heartbeat stalls, and the failure names the vector table beside the stall.
+        stack.down(["debezium"], on_event=lambda m: None)
+        stack.up(on_event=lambda m: None)
+        body = _wait_readyz(api, lambda c, b: c == 503 and "capture" in b["failed"], 90)
+        error = _component(body, "capture")["error"]
+        assert "no heartbeat from node 127.0.0.1" in error and f"{KS}.{table}: column e is a vector" in error
     finally:
-        cass.execute(f"DROP TABLE {KS}.{table}")
+        cass.execute(f"DROP TABLE IF EXISTS {KS}.{table}")
+        stack.down(["debezium"], on_event=lambda m: None)
+        stack.up(on_event=lambda m: None)
+    _wait_readyz(api, lambda c, b: c == 200, 120)
