@@ -34,7 +34,6 @@ import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -126,9 +125,11 @@ class HeartbeatWriter:
                 self.session.execute(f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
                                      "{'class': 'SimpleStrategy', 'replication_factor': 1}")
                 time.sleep(KEYSPACE_SETTLE_S)
+            # Regular columns all text: the connector's Avro form fails for tables whose
+            # cells differ in type (docs/local-stack.md), and a heartbeat must pass in any format.
             self.session.execute(
-                f"CREATE TABLE IF NOT EXISTS {ks}.{_q(HEARTBEAT_TABLE)} (pipeline text, slot int, node uuid, "
-                "address text, written_at timestamp, PRIMARY KEY ((pipeline, slot))) "
+                f"CREATE TABLE IF NOT EXISTS {ks}.{_q(HEARTBEAT_TABLE)} (pipeline text, slot int, node text, "
+                "address text, PRIMARY KEY ((pipeline, slot))) "
                 "WITH cdc = true AND comment = 'c2pg capture heartbeat: one row per pipeline and node'")
         except Exception as exc:
             raise CaptureError(
@@ -136,8 +137,8 @@ class HeartbeatWriter:
                 f"({type(exc).__name__}: {exc}); create keyspace {self.keyspace!r} yourself (one replica) "
                 "or set capture.heartbeat: false") from exc
         self._insert = self.session.prepare(
-            f"INSERT INTO {ks}.{_q(HEARTBEAT_TABLE)} (pipeline, slot, node, address, written_at) "
-            "VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?")
+            f"INSERT INTO {ks}.{_q(HEARTBEAT_TABLE)} (pipeline, slot, node, address) "
+            "VALUES (?, ?, ?, ?) USING TIMESTAMP ?")
         self._insert.consistency_level = ConsistencyLevel.ONE
 
     def targets(self) -> dict[str, tuple[int, str]]:
@@ -150,7 +151,7 @@ class HeartbeatWriter:
         found: dict[str, tuple[int, str]] = {}
         for attempt in range(2):
             for slot in range(MAX_SLOT_SEARCH):
-                key = self._insert.bind((self.cfg.name, slot, None, None, None, 0)).routing_key
+                key = self._insert.bind((self.cfg.name, slot, None, None, 0)).routing_key
                 replicas = meta.get_replicas(self.keyspace, key)
                 if not replicas:
                     break
@@ -174,9 +175,7 @@ class HeartbeatWriter:
         pending = []
         for node, (slot, address) in self.targets().items():
             ts = wall_clock_us()
-            node_id = uuid.UUID(node.split("+")[0])
-            fut = self.session.execute_async(self._insert, (self.cfg.name, slot, node_id, address,
-                                                            datetime.fromtimestamp(ts / 1e6, tz=UTC), ts))
+            fut = self.session.execute_async(self._insert, (self.cfg.name, slot, node.split("+")[0], address, ts))
             pending.append((node, address, slot, ts, fut))
         for node, address, slot, ts, fut in pending:
             try:
@@ -620,7 +619,7 @@ def check_capture(cfg, *, timeout_s: float = 3.0, conn=None, session=None) -> st
     cluster = None
     try:
         if session is None:
-            cluster, session = cql.connect(cfg.cassandra)
+            cluster, session = cql.connect(cfg.cassandra, metadata=False)  # schema tables are queried
         log_state = connector_log(cfg.capture.connector_log).update() if cfg.capture.connector_log else None
         findings = find_uncapturable(session, cfg, log_state)
     except Exception as exc:  # noqa: BLE001 - Cassandra away: reported by the cassandra check
