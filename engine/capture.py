@@ -304,13 +304,15 @@ class NodeCapture:
         return self.state == "stalled"
 
 
-def assess(rows: Sequence[Mapping], now_s: float, stall_after_s: float) -> list[NodeCapture]:
+def assess(rows: Sequence[Mapping], now_s: float, stall_after_s: float,
+           interval_s: float = 0.0) -> list[NodeCapture]:
     """The state of each node from its ``_c2pg.capture`` row (see :func:`read_rows`).
 
     - ``not measured``: no heartbeat written for longer than ``stall_after_s`` (no sync
       running, or writes failing — then the reason is the write's error);
-    - ``stalled``: a heartbeat newer than the newest seen exists and nothing has arrived for
-      longer than ``stall_after_s`` since the newer of (the newest seen, the writer's start);
+    - ``stalled``: a heartbeat newer than the newest seen exists, and the first one after
+      the newest seen (written about ``interval_s`` after it), or the writer's first if it
+      started later, was written more than ``stall_after_s`` ago;
     - ``starting``: written, nothing seen yet, within the bound;
     - ``ok``: otherwise.
     """
@@ -330,12 +332,13 @@ def assess(rows: Sequence[Mapping], now_s: float, stall_after_s: float) -> list[
             out.append(NodeCapture(state="not measured", reason=why, **base))
             continue
         pending = (written_us or 0) > (seen_us or 0)
-        waiting = now_s - max(seen_s or 0.0, since)
+        waiting = now_s - max((seen_s + interval_s) if seen_s is not None else 0.0, since)
         if pending and waiting > stall_after_s:
             last = f"the last one seen was written {base['last_seen']}" if seen_s else "none has arrived"
             out.append(NodeCapture(state="stalled", reason=(
-                f"no heartbeat from node {r.get('address') or r['node']} has arrived for {_human(waiting)} "
-                f"(bound {_human(stall_after_s)}); {last}"), waiting_since=now_s - waiting, **base))
+                f"no heartbeat from node {r.get('address') or r['node']} has arrived for "
+                f"{_human(now_s - (seen_s or since))} (bound {_human(stall_after_s)} after the first one missing); "
+                f"{last}"), waiting_since=now_s - waiting, **base))
         elif seen_s is None:
             out.append(NodeCapture(state="starting", reason="waiting for the first heartbeat", **base))
         else:
@@ -391,8 +394,9 @@ class ConnectorLog:
                 st = os.stat(self.path)
             except OSError:
                 return self.state
-            if self._ino != st.st_ino or st.st_size < self._pos:
-                self._pos, self._ino, self.state = 0, st.st_ino, ConnectorLogState()
+            if self._ino != st.st_ino or st.st_size < self._pos:  # rotated: read the new file from
+                self._pos, self._ino = 0, st.st_ino               # its start (the state stays: a
+                                                                  # start line resets it)
             if st.st_size == self._pos:
                 return self.state
             with open(self.path, "rb") as f:
@@ -402,7 +406,7 @@ class ConnectorLog:
             self._pos += end
             for raw in data[:end].splitlines():
                 self._line(raw[:2000].decode("utf-8", "replace"))
-            self._flush_error()
+            self._flush_error(keep_open=True)  # its "Caused by:" lines may come with the next read
             return self.state
 
     def _line(self, line: str) -> None:
@@ -439,14 +443,15 @@ class ConnectorLog:
             self._pending_error = [msg]
             self._pending_error_at = _log_time(m.group(2))
 
-    def _flush_error(self) -> None:
+    def _flush_error(self, keep_open: bool = False) -> None:
         if self._pending_error is None:
             return
         first, causes = self._pending_error[0], self._pending_error[1:]
         root = causes[-1] if causes else None
         self.state.last_error = first[:300] + (f"; cause: {root[:300]}" if root else "")
         self.state.last_error_at = self._pending_error_at
-        self._pending_error = None
+        if not keep_open:
+            self._pending_error = None
 
 
 def _log_time(text: str) -> float | None:
@@ -476,7 +481,10 @@ def connector_cause(capture_cfg, since_s: float | None = None, timeout_s: float 
 
     parts = []
     if capture_cfg.connector_log:
-        st = connector_log(capture_cfg.connector_log).update()
+        try:
+            st = connector_log(capture_cfg.connector_log).update()
+        except Exception as exc:  # noqa: BLE001 - the stall must still be reported without its cause
+            return f"cause unavailable: the connector log {capture_cfg.connector_log}: {type(exc).__name__}: {exc}"
         if st.last_error and (since_s is None or st.last_error_at is None or st.last_error_at >= since_s - 10):
             at = iso(st.last_error_at) if st.last_error_at else "?"
             parts.append(f"connector log ({at}): {st.last_error}")
@@ -614,7 +622,8 @@ def check_capture(cfg, *, timeout_s: float = 3.0, conn=None, session=None) -> st
                 conn.close()
     except psycopg2.Error as exc:  # reported as the postgres check; capture cannot be judged
         return f"not measured: postgres unavailable ({type(exc).__name__})"
-    nodes = assess(rows, time.time(), cfg.capture.stall_after.total_seconds())
+    nodes = assess(rows, time.time(), cfg.capture.stall_after.total_seconds(),
+                   cfg.capture.heartbeat_interval.total_seconds())
     note, findings = "", []
     cluster = None
     try:
@@ -622,7 +631,7 @@ def check_capture(cfg, *, timeout_s: float = 3.0, conn=None, session=None) -> st
             cluster, session = cql.connect(cfg.cassandra, metadata=False)  # schema tables are queried
         log_state = connector_log(cfg.capture.connector_log).update() if cfg.capture.connector_log else None
         findings = find_uncapturable(session, cfg, log_state)
-    except Exception as exc:  # noqa: BLE001 - Cassandra away: reported by the cassandra check
+    except Exception as exc:  # noqa: BLE001 - Cassandra away (its own check says so), log unreadable
         note = f"; tables not checked ({type(exc).__name__})"
     finally:
         if cluster is not None:

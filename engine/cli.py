@@ -569,17 +569,18 @@ def _print_capture_findings(cfg) -> int:
     errors. Cassandra unreachable: says so and returns 0 (the config itself may be fine)."""
     from engine import capture, cql
 
+    cluster = None
     try:
-        cluster, session = cql.connect(cfg.cassandra)
-    except Exception as exc:  # noqa: BLE001 - the check is advisory when Cassandra is away
-        print(f"# capture not checked: Cassandra unreachable ({type(exc).__name__})", file=sys.stderr)
-        return 0
-    try:
+        cluster, session = cql.connect(cfg.cassandra, metadata=False)
         log_state = (capture.connector_log(cfg.capture.connector_log).update()
                      if cfg.capture.connector_log else None)
         findings = capture.find_uncapturable(session, cfg, log_state)
+    except Exception as exc:  # noqa: BLE001 - advisory: Cassandra away or refusing, log unreadable
+        print(f"# capture not checked ({type(exc).__name__}: {str(exc)[:200]})", file=sys.stderr)
+        return 0
     finally:
-        cluster.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
     for f in findings:
         print(f"# {f.line()}", file=sys.stderr)
     return sum(1 for f in findings if f.severity == "error")

@@ -274,8 +274,8 @@ def pipeline_checks(cfg, *, timeout_s: float = 3.0, sync: bool = False) -> dict[
     metadata and the metadata of the pipeline's topics: a table's topic appears with its
     first change event, so a missing topic is reported in the detail, not as a failure.
     ``capture`` is :func:`engine.capture.check_capture`: it fails when a node's heartbeat
-    stalled or a configured table will not be captured (without a running sync it reports
-    "not measured"). ``sync=True`` adds ``sync`` (:func:`check_sync_supervisor`; needs a Ray
+    stalled, and names tables that will not be captured in its detail (without a running
+    sync it reports "not measured"). ``sync=True`` adds ``sync`` (:func:`check_sync_supervisor`; needs a Ray
     driver).
     """
     pg = cfg.postgres.connect_kwargs(application_name="c2pg-health")

@@ -107,10 +107,13 @@ class SyncSupervisor:
         self._stalled: set[str] = set()
         self._runner: threading.Thread | None = None
         self._next_reconcile: dict[str, float] = {}
+        self._heal_pending: str | None = None  # a heal asked for while a reconcile ran
         self._thread = threading.Thread(target=self._supervise, name="supervise", daemon=True)
         self._thread.start()
+        self._heartbeat: threading.Thread | None = None
         if cfg.capture.heartbeat:
-            threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+            self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+            self._heartbeat.start()
 
     # --- control -----------------------------------------------------------------------
 
@@ -183,11 +186,16 @@ class SyncSupervisor:
         for s in slots.values():
             s["actor"].stop.remote()
         ray.wait([s["ref"] for s in slots.values()], num_returns=len(slots), timeout=timeout_s)
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=15)
         conn = self._connect()
         try:
             with conn, conn.cursor() as cur:
                 cur.execute("UPDATE _c2pg.sync_state SET stopped = true, updated_at = now() WHERE pipeline = %s",
                             (self.cfg.name,))
+                # No heartbeat is written from now on: capture is "not measured", not stalled
+                # by the last heartbeat, written but not yet seen when the workers stopped.
+                cur.execute("UPDATE _c2pg.capture SET written_at = NULL WHERE pipeline = %s", (self.cfg.name,))
         finally:
             conn.close()
         return "stopped"
@@ -309,7 +317,8 @@ class SyncSupervisor:
         from engine.capture import assess, read_rows, stall_cause
 
         rows = read_rows(conn, self.cfg.name)
-        nodes = assess(rows, time.time(), self.cfg.capture.stall_after.total_seconds())
+        nodes = assess(rows, time.time(), self.cfg.capture.stall_after.total_seconds(),
+                       self.cfg.capture.heartbeat_interval.total_seconds())
         metrics = _capture_metrics()
         for n in nodes:
             tags = {"pipeline": self.cfg.name, "node": n.address or n.node}
@@ -334,22 +343,42 @@ class SyncSupervisor:
             names = ", ".join(sorted(n.address or n.node for n in nodes if n.node in recovered))
             log.warning("capture recovered on node(s) %s after a stall", names)
             if self.cfg.capture.heal_after_stall:
-                self.heal(f"capture recovered on node(s) {names} after a stall")
+                # Started by the supervision round, which retries while another reconcile runs.
+                self._heal_pending = f"capture recovered on node(s) {names} after a stall"
         self._stalled = (self._stalled | stalled) - recovered
 
     def _scheduled_reconciles(self) -> None:
-        """Start the reconcile of a ``capture: reconcile`` table that is due (one at a time)."""
+        """Start a pending heal, else the reconcile of a ``capture: reconcile`` table that is
+        due (one at a time). A table's first run is due ``reconcile_every`` after its last
+        completed reconcile (at once if none), so a supervisor restart does not start one."""
+        if self._heal_pending and self._start_runs(list(self.cfg.tables), self._heal_pending):
+            self._heal_pending = None
+            return
         now = time.time()
         for t in self.cfg.tables:
             if t.capture != "reconcile":
                 continue
             name = f"{t.keyspace}.{t.table}"
-            due = self._next_reconcile.setdefault(name, now)
+            if name not in self._next_reconcile:
+                self._next_reconcile[name] = self._last_reconcile(t) + t.reconcile_every.total_seconds()
+            due = self._next_reconcile[name]
             if now >= due and self._start_runs([t], f"scheduled (capture: reconcile, every "
                                                    f"{t.reconcile_every.total_seconds():g} s)"):
                 with self._lock:
                     self._next_reconcile[name] = now + t.reconcile_every.total_seconds()
                 return
+
+    def _last_reconcile(self, t) -> float:
+        """When the last completed reconcile of table ``t`` finished (epoch s; 0 if never)."""
+        conn = self._connect()
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute("SELECT extract(epoch FROM max(finished_at)) FROM _c2pg.runs WHERE kind = 'reconcile' "
+                            "AND keyspace = %s AND source_table = %s AND status = 'completed'", (t.keyspace, t.table))
+                row = cur.fetchone()
+        finally:
+            conn.close()
+        return float(row[0]) if row and row[0] is not None else 0.0
 
     def _start_runs(self, tables: list, reason: str) -> bool:
         with self._lock:

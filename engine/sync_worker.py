@@ -19,6 +19,7 @@ the loop ends ``run()`` with that exception; the supervisor restarts the worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -145,6 +146,11 @@ class PartitionWorker:
         consumer = Consumer({**cfg.kafka.client_conf(), "group.id": f"c2pg-{cfg.name}",
                              "enable.auto.commit": False, "auto.offset.reset": "earliest",
                              "enable.partition.eof": False})
+        # Watermarks of partitions this worker does not fetch (paused ones) come from a
+        # consumer of their own: on the fetching consumer's connection the request waits
+        # behind a long-polling fetch and times out, leaving the lag figure stale.
+        offsets_reader = Consumer({**cfg.kafka.client_conf(), "group.id": f"c2pg-{cfg.name}-watermarks",
+                                   "enable.auto.commit": False})
         try:
             registry = None
             if cfg.kafka.value_format == "avro":
@@ -175,7 +181,7 @@ class PartitionWorker:
             while not self._stop.is_set():
                 self._apply_pauses(consumer)
                 batch = self._poll_batch(consumer)
-                self._refresh_watermarks(consumer)
+                self._refresh_watermarks(consumer, offsets_reader)
                 if not batch:
                     continue
                 try:
@@ -195,6 +201,7 @@ class PartitionWorker:
             return "stopped"
         finally:
             consumer.close()
+            offsets_reader.close()
             cluster.shutdown()
             conn.close()
 
@@ -254,14 +261,25 @@ class PartitionWorker:
         by_topic: dict[str, list] = defaultdict(list)
         for rec in batch:
             by_topic[rec.topic].append(rec)
+        # Heartbeats first, on their own: a table batch that keeps failing must not hold them
+        # back (capture would look stalled), and a heartbeat that cannot be recorded must not
+        # stop the tables (it is re-read after a restart or rewind; the next one comes anyway).
+        heartbeats = by_topic.pop(self.heartbeat_topic, None) if self.heartbeat_topic else None
+        if heartbeats:
+            hb_offsets: dict[tuple[str, int], int] = {}
+            for r in heartbeats:
+                hb_offsets[(r.topic, r.partition)] = max(hb_offsets.get((r.topic, r.partition), 0), r.offset + 1)
+            try:
+                appliers[self.heartbeat_topic].apply(heartbeats, hb_offsets)
+                self._advance(heartbeats, hb_offsets, None, time.monotonic(), count_batch=False)
+            except Exception as exc:  # noqa: BLE001 - logged; the tables go on
+                log.warning("capture heartbeats not recorded (%s: %s)", type(exc).__name__, exc)
+                with contextlib.suppress(Exception):
+                    appliers[self.heartbeat_topic].conn.rollback()
         for topic, records in by_topic.items():
             next_offsets: dict[tuple[str, int], int] = {}
             for r in records:
                 next_offsets[(r.topic, r.partition)] = max(next_offsets.get((r.topic, r.partition), 0), r.offset + 1)
-            if topic == self.heartbeat_topic:
-                appliers[topic].apply(records, next_offsets)
-                self._advance(records, next_offsets, None, time.monotonic(), count_batch=False)
-                continue
             t0 = time.monotonic()
             result = appliers[topic].apply(records, next_offsets)
             _metrics().record(self.cfg.name, self._table_name(topic), result, time.monotonic() - t0)
@@ -303,12 +321,12 @@ class PartitionWorker:
             except DlqPublishError as exc:
                 log.warning("dead letter not copied to %s: %s", self.cfg.kafka.dlq_topic, exc)
 
-    def _refresh_watermarks(self, consumer) -> None:
+    def _refresh_watermarks(self, consumer, offsets_reader) -> None:
         """High watermarks for the lag figures, at most once a second (this runs in the apply
         loop). A partition being fetched has its high watermark in every fetch response, so
         the consumer's cached value is read (no round trip); a paused one is not fetched, so
-        it costs one broker round trip — which can wait behind a long-polling fetch on the
-        same connection, hence not for every partition every second."""
+        ``offsets_reader`` (a consumer that fetches nothing) asks the broker: on the fetching
+        consumer's connection that request waits behind a long-polling fetch."""
         from confluent_kafka import TopicPartition
 
         now = time.monotonic()
@@ -322,7 +340,7 @@ class PartitionWorker:
                 if (t, p) not in self._paused:
                     high = consumer.get_watermark_offsets(tp, cached=True)[1]
                 if high < 0:  # paused, or no fetch response yet
-                    high = consumer.get_watermark_offsets(tp, timeout=0.5, cached=False)[1]
+                    high = offsets_reader.get_watermark_offsets(tp, timeout=1.0, cached=False)[1]
             except Exception:  # noqa: BLE001 - a transient metadata error only delays the lag figure
                 continue
             st.high_watermark = high

@@ -180,7 +180,8 @@ class Control:
                 rows = capture.read_rows(conn, self.cfg.name)
         except ApiError as exc:  # reported as the postgres component; capture cannot be judged
             return f"not measured: {exc.message}"
-        nodes = capture.assess(rows, time.time(), self.cfg.capture.stall_after.total_seconds())
+        nodes = capture.assess(rows, time.time(), self.cfg.capture.stall_after.total_seconds(),
+                               self.cfg.capture.heartbeat_interval.total_seconds())
         try:
             findings = self._findings.get()
         except Exception as exc:  # noqa: BLE001 - Cassandra away: reported as its own component

@@ -164,3 +164,24 @@ def test_settings_stall_after_must_exceed_the_interval_and_the_heartbeat_keyspac
     assert cfg.capture.connector_log == str(tmp_path / "logs" / "debezium.log")
     assert cfg.capture.heartbeat and cfg.capture.stall_after.total_seconds() == 30
     assert PipelineConfig.model_validate(_cfg()).tables[0].capture == "cdc"
+
+
+def test_the_wait_counts_from_the_first_heartbeat_missing_and_a_stopped_writer_is_not_a_stall():
+    # Healthy at a 5 s interval: the newest seen is one interval and a transit old.
+    rows = [row(written_us=us(NOW - 0.2), written_at=NOW - 0.2, seen_us=us(NOW - 5.6), seen_at=NOW - 5.2)]
+    assert assess(rows, NOW, 5.5, interval_s=5.0)[0].state == "ok"
+    assert assess(rows, NOW + 5.2, 5.5, interval_s=5.0)[0].stalled
+    # `sync stop` clears written_at: the last heartbeat, written but never seen, is no stall.
+    stopped = [row(written_us=us(NOW - 40), written_at=None, seen_us=us(NOW - 45), seen_at=NOW - 44)]
+    assert assess(stopped, NOW, BOUND, interval_s=5.0)[0].state == "not measured"
+
+
+def test_an_errors_causes_read_later_still_count(tmp_path):
+    path = tmp_path / "debezium.log"
+    head, tail = ERROR.split("Caused by: org.apache", 1)
+    path.write_text(LOG + head)
+    follower = ConnectorLog(path)
+    assert follower.update().last_error.endswith("Failed to process PartitionUpdate [ks.m] key=1")
+    with path.open("a") as f:
+        f.write("Caused by: org.apache" + tail)
+    assert follower.update().last_error.endswith("MarshalException: Not enough bytes to read a list")
