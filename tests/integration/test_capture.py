@@ -30,7 +30,8 @@ import requests
 
 from engine import cql
 from engine.config import load_config
-from engine.sync_supervisor import find, get_or_start
+from engine.sync_supervisor import get_or_start
+from tests.integration.cdc_scenarios import fresh_keyspace, stop_sync
 from tests.integration.serve_helpers import Api, pipeline_file, serve_app_running, shutdown_serve
 
 KS = "c2pg_capture_test"
@@ -40,9 +41,7 @@ FAST = {"heartbeat_interval": "1s", "stall_after": "6s"}
 @pytest.fixture(scope="module")
 def cass(stack, pipeline):
     cluster, session = cql.connect(pipeline.cassandra)
-    session.execute(f"DROP KEYSPACE IF EXISTS {KS}")
-    session.execute(f"CREATE KEYSPACE {KS} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}")
-    time.sleep(2)  # the connector misses tables created in their keyspace's refresh window
+    fresh_keyspace(session, KS)
     yield session
     cluster.shutdown()
 
@@ -61,16 +60,7 @@ def app(stack, ray_cluster, tmp_path_factory):
             yield api, cfg, path
     finally:
         shutdown_serve()
-        _stop(cfg.name)
-
-
-def _stop(pipeline: str) -> None:
-    sup = find(pipeline)
-    if sup is not None:
-        try:
-            ray.get(sup.stop.remote(), timeout=60)
-        finally:
-            ray.kill(sup, no_restart=True)
+        stop_sync(cfg.name)
 
 
 def _wait_readyz(api: Api, done, timeout_s: float) -> dict:

@@ -26,8 +26,8 @@ import ray
 
 from engine import capture, cql
 from engine.compare import wait_equal
-from engine.sync_supervisor import find, get_or_start
-from tests.integration.cdc_scenarios import fresh_sync_pipeline, wait_for_table_capture
+from engine.sync_supervisor import get_or_start
+from tests.integration.cdc_scenarios import fresh_keyspace, fresh_sync_pipeline, stop_sync, wait_for_table_capture
 
 KS = "c2pg_capture_heal_test"
 
@@ -35,9 +35,7 @@ KS = "c2pg_capture_heal_test"
 @pytest.fixture(scope="module")
 def cass(stack, pipeline):
     cluster, session = cql.connect(pipeline.cassandra)
-    session.execute(f"DROP KEYSPACE IF EXISTS {KS}")
-    session.execute(f"CREATE KEYSPACE {KS} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}")
-    time.sleep(2)  # the connector misses tables created in their keyspace's refresh window
+    fresh_keyspace(session, KS)
     session.execute(f"CREATE TABLE {KS}.filler (k int PRIMARY KEY, b blob)")  # no CDC: forces segments
     yield session
     cluster.shutdown()
@@ -48,15 +46,6 @@ def pg(pipeline):
     conn = psycopg2.connect(**pipeline.postgres.connect_kwargs())
     yield conn
     conn.close()
-
-
-def _stop(pipeline: str) -> None:
-    sup = find(pipeline)
-    if sup is not None:
-        try:
-            ray.get(sup.stop.remote(), timeout=60)
-        finally:
-            ray.kill(sup, no_restart=True)
 
 
 def break_capture_with_a_map_element_delete(session, keyspace: str) -> str:
@@ -122,7 +111,7 @@ def test_a_segment_the_connector_skips_is_a_stall_and_the_heal_repairs_the_lost_
             assert cur.fetchone()[0] == 20
         cass.execute(f"DROP TABLE {KS}.{broken}")
     finally:
-        _stop(cfg.name)
+        stop_sync(cfg.name)
 
 
 def _wait_capture(sup, done, timeout_s: float) -> dict:
@@ -171,4 +160,4 @@ def test_a_counter_table_is_kept_equal_by_scheduled_reconcile_and_named_as_such(
         assert status["scheduled_reconcile"][f"{KS}.{name}"]
         assert [f["severity"] for f in status["findings"]] == ["info"]
     finally:
-        _stop(cfg.name)
+        stop_sync(cfg.name)
