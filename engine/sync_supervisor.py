@@ -33,6 +33,7 @@ import time
 import ray
 
 from engine import faults
+from engine.capture import iso
 from engine.config import PipelineConfig
 
 log = logging.getLogger("c2pg.sync.supervisor")
@@ -147,7 +148,7 @@ class SyncSupervisor:
                 "stalled": any(n.stalled for n in nodes), "nodes": [asdict(n) for n in nodes],
                 "cause": self.capture_cause, "error": self.capture_error,
                 "findings": [f.as_dict() for f in findings], "heals": heals,
-                "scheduled_reconcile": {t: _iso(at) for t, at in sorted(due.items())}}
+                "scheduled_reconcile": {t: iso(at) for t, at in sorted(due.items())}}
 
     def heal(self, reason: str = "on demand") -> dict:
         """Reconcile every table of the pipeline with repair, in the background, recording
@@ -384,7 +385,7 @@ class SyncSupervisor:
         with self._lock:
             if self._runner is not None and self._runner.is_alive():
                 return False
-            record: dict = {"reason": reason, "started_at": _iso(time.time()), "finished_at": None,
+            record: dict = {"reason": reason, "started_at": iso(time.time()), "finished_at": None,
                             "tables": [f"{t.keyspace}.{t.table}" for t in tables], "runs": []}
             self.heals = (self.heals + [record])[-20:]
             self._runner = threading.Thread(target=self._run_reconciles, args=(tables, record),
@@ -417,7 +418,7 @@ class SyncSupervisor:
             with self._lock:
                 record["runs"].append(run)
         with self._lock:
-            record["finished_at"] = _iso(time.time())
+            record["finished_at"] = iso(time.time())
 
     def _export_drift(self) -> None:
         """Publish each table's last reconcile drift as a metric: a reconcile job ends before
@@ -557,12 +558,6 @@ class SyncSupervisor:
                             (json.dumps(assignment), self.cfg.name))
         finally:
             conn.close()
-
-
-def _iso(ts_s: float | None) -> str | None:
-    from engine.capture import iso
-
-    return iso(ts_s)
 
 
 _CAPTURE_METRICS: dict | None = None

@@ -52,6 +52,16 @@ def ray_cluster(stack):
     ray.shutdown()
 
 
+@pytest.fixture()
+def pg(pipeline):
+    """A PostgreSQL connection to the stack's database (modules may define their own ``pg``)."""
+    import psycopg2
+
+    conn = psycopg2.connect(**pipeline.postgres.connect_kwargs())
+    yield conn
+    conn.close()
+
+
 @pytest.fixture(autouse=True)
 def _restore_logging():
     """Tests that run an entry point (``main()``) or ``engine.log.configure`` change the

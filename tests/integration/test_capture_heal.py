@@ -20,7 +20,6 @@ import time
 import uuid
 from datetime import timedelta
 
-import psycopg2
 import pytest
 import ray
 
@@ -39,13 +38,6 @@ def cass(stack, pipeline):
     session.execute(f"CREATE TABLE {KS}.filler (k int PRIMARY KEY, b blob)")  # no CDC: forces segments
     yield session
     cluster.shutdown()
-
-
-@pytest.fixture()
-def pg(pipeline):
-    conn = psycopg2.connect(**pipeline.postgres.connect_kwargs())
-    yield conn
-    conn.close()
 
 
 def break_capture_with_a_map_element_delete(session, keyspace: str) -> str:
