@@ -57,7 +57,7 @@ from engine.types import (
     pg_type,
 )
 
-__all__ = ["FIXED_SIZE_KINDS", "column_serializers", "order_key", "serializer", "uvint", "vint"]
+__all__ = ["FIXED_SIZE_KINDS", "column_serializers", "order_bytes", "order_key", "serializer", "uvint", "vint"]
 
 Serializer = Callable[[str], bytes]
 
@@ -67,7 +67,6 @@ _NULL_ELEMENT = b"\xff\xff\xff\xff"  # int32 length -1: a null element or field
 # ``serial_size`` list, which matches Cassandra 5.0's ``valueLengthIfFixed``).
 FIXED_SIZE_KINDS = frozenset({"int", "bigint", "counter", "float", "double", "boolean", "uuid", "timeuuid",
                               "timestamp"})
-_SIGNED_INT = frozenset({"tinyint", "smallint", "int", "bigint", "counter", "timestamp", "time", "varint"})
 _INT_WIDTH = {"tinyint": 1, "smallint": 2, "int": 4, "bigint": 8, "counter": 8}
 
 
@@ -243,31 +242,130 @@ def _timeuuid_order(b: bytes) -> bytes:
     return _uuid_order(b)[:8] + bytes(x ^ 0x80 for x in b[8:])
 
 
-def order_key(t: CqlType) -> Callable[[bytes], tuple]:
-    """A sort key, from the serialized bytes, that orders values of ``t`` as Cassandra orders
-    them in a set or among map keys: numbers by value (a float's ``-0.0`` before ``0.0``,
-    NaN last), ``uuid``/``timeuuid`` by ``UUIDType``/``TimeUUIDType``'s order, everything
-    else by unsigned bytes. A frozen collection, UDT or tuple as an element is ordered by its
-    bytes (Cassandra compares it element by element; the two can differ)."""
-    k = t.kind
-    if k in _SIGNED_INT:
-        return lambda b: (_signed(b), b)
-    if k == "decimal":
-        def dec(b: bytes) -> tuple:
-            return (Decimal(_signed(b[4:])).scaleb(-_signed(b[:4])), b)
-        return dec
-    if k in ("float", "double"):
-        top = 1 << (8 * (4 if k == "float" else 8) - 1)
+_FIXED_SIGNED = frozenset({"tinyint", "smallint", "int", "bigint", "counter", "timestamp", "time"})
 
-        def flt(b: bytes) -> tuple:
-            x = _signed(b)
-            return (-1 - x - top if x < 0 else x, b)
-        return flt
+
+def _escaped(b: bytes) -> bytes:
+    """A variable-length byte string, prefix-free and in unsigned-bytes order (a proper
+    prefix first): every ``00`` becomes ``00 ff``, and ``00 00`` ends it."""
+    return b.replace(b"\x00", b"\x00\xff") + b"\x00\x00"
+
+
+def _varint_order(b: bytes) -> bytes:
+    """Minimal two's complement → a 4-byte header that orders by sign then length (a longer
+    positive is larger, a longer negative smaller), then the bytes themselves (same sign and
+    length: two's complement bytes are in value order)."""
+    n = len(b)
+    return struct.pack(">I", 0x80000000 + n if b[0] < 0x80 else 0x7FFFFFFF - n) + b
+
+
+def _decimal_order(b: bytes) -> bytes:
+    """``DecimalType`` compares by value (``BigDecimal.compareTo``: ``1.0`` equals ``1.00``):
+    a sign byte, then for a value ``0.d1d2… × 10^e`` the exponent and the digits without
+    trailing zeros (each digit + 1, ended by ``00``); a negative value has both inverted."""
+    scale, unscaled = _signed(b[:4]), _signed(b[4:])
+    if unscaled == 0:
+        return b"\x01"
+    digits = str(abs(unscaled))
+    e = len(digits) - scale
+    digits = digits.rstrip("0")
+    if unscaled > 0:
+        return b"\x02" + (e + (1 << 63)).to_bytes(8, "big") + bytes(int(c) + 1 for c in digits) + b"\x00"
+    return b"\x00" + ((1 << 63) - e).to_bytes(8, "big") + bytes(0xFE - int(c) for c in digits) + b"\xff"
+
+
+def _float_order(b: bytes) -> bytes:
+    """``Float.compare``/``Double.compare`` on the IEEE bits: a negative number's bits all
+    inverted, a positive one's sign bit set (``-0.0`` before ``0.0``, the canonical NaN last)."""
+    return bytes(x ^ 0xFF for x in b) if b[0] & 0x80 else bytes([b[0] | 0x80]) + b[1:]
+
+
+def _elements(b: bytes, at: int, count: int) -> tuple[list[bytes | None], int]:
+    out: list[bytes | None] = []
+    for _ in range(count):
+        (n,) = struct.unpack_from(">i", b, at)
+        at += 4
+        out.append(None if n < 0 else b[at:at + n])
+        at += max(n, 0)
+    return out, at
+
+
+def order_bytes(t: CqlType) -> Callable[[bytes], bytes]:
+    """``f(serialized) -> key``: keys whose unsigned byte order (``memcmp``, a proper prefix
+    first) is the order Cassandra 5.0's comparator of ``t`` gives the values — the order of
+    a clustering column, of a set's elements and of a map's keys.
+
+    The comparators (``org.apache.cassandra.db.marshal``): numbers by value (``IntegerType``,
+    ``DecimalType``; ``FloatType``/``DoubleType`` as ``Float.compare``: ``-0.0`` before
+    ``0.0``, NaN last), ``UUIDType`` (version, then a version 1 by its time, any other by its
+    high half, then the low half unsigned), ``TimeUUIDType`` (time, then the low half as
+    *signed* bytes), text, blob, inet, date and boolean by unsigned bytes. A frozen list or
+    set compares element by element, then the shorter first (``ListType.compareListOrSet``);
+    a frozen map entry by entry, key then value (``MapType.compareMaps``); a tuple or UDT
+    field by field with a null before any value, trailing nulls equal to absent fields
+    (``TupleType.compareCustom``).
+
+    The encoding is prefix-free per type, so composites concatenate their parts: an element
+    is ``01`` + its key and a collection ends with ``00``; a field is ``01`` (null) or ``02`` +
+    its key, trailing nulls dropped, ended by ``00``. ``engine.pg_dialect``'s
+    ``_c2pg.cass_order_key`` computes the same bytes in PostgreSQL; tests check both against
+    the order a real Cassandra table returns."""
+    k = t.kind
+    if k in _FIXED_SIGNED:
+        return lambda b: bytes([b[0] ^ 0x80]) + b[1:]
+    if k == "varint":
+        return _varint_order
+    if k == "decimal":
+        return _decimal_order
+    if k in ("float", "double"):
+        return _float_order
     if k == "uuid":
-        return lambda b: (0, _uuid_order(b))
+        return _uuid_order
     if k == "timeuuid":
-        return lambda b: (0, _timeuuid_order(b))
-    return lambda b: (0, b)
+        return _timeuuid_order
+    if k in ("boolean", "date"):
+        return lambda b: b
+    if t.is_scalar:  # text, ascii, blob, inet (4 or 16 bytes)
+        return _escaped
+    if k in ("list", "set"):
+        elem = order_bytes(t.params[0])
+
+        def collection(b: bytes) -> bytes:
+            (count,) = struct.unpack_from(">i", b, 0)
+            items, _ = _elements(b, 4, count)
+            return b"".join(b"\x01" + elem(x or b"") for x in items) + b"\x00"
+        return collection
+    if k == "map":
+        key, value = order_bytes(t.params[0]), order_bytes(t.params[1])
+
+        def mapping(b: bytes) -> bytes:
+            (count,) = struct.unpack_from(">i", b, 0)
+            items, _ = _elements(b, 4, 2 * count)
+            return b"".join(b"\x01" + key(items[i] or b"") + value(items[i + 1] or b"")
+                            for i in range(0, len(items), 2)) + b"\x00"
+        return mapping
+    if k in ("tuple", "udt"):
+        fields = [order_bytes(p) for p in t.params]
+
+        def composite(b: bytes) -> bytes:
+            parts: list[bytes] = []
+            at = 0
+            for f in fields:
+                if at >= len(b):
+                    break
+                (items, at) = _elements(b, at, 1)
+                parts.append(b"\x01" if items[0] is None else b"\x02" + f(items[0]))
+            while parts and parts[-1] == b"\x01":
+                parts.pop()
+            return b"".join(parts) + b"\x00"
+        return composite
+    raise ValueError(f"CQL type {t.cql()!r} has no order (it cannot be a clustering column, set element or map key)")
+
+
+def order_key(t: CqlType) -> Callable[[bytes], bytes]:
+    """The sort key of serialized values of ``t`` in Cassandra's order (:func:`order_bytes`):
+    how a set's elements and a map's keys are laid out in their serialized form."""
+    return order_bytes(t)
 
 
 # -- composites -----------------------------------------------------------------------------
@@ -289,7 +387,7 @@ def _sort_set(t: CqlType, items: list[bytes | None]) -> list[bytes | None]:
     if t.kind != "set":
         return items
     key = order_key(t.params[0])
-    return sorted(items, key=lambda b: (0,) if b is None else (1, *key(b)))
+    return sorted(items, key=lambda b: b"" if b is None else b"\x01" + key(b))
 
 
 def _from_json(t: CqlType) -> Callable[[Any], bytes | None]:

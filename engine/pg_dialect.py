@@ -132,26 +132,7 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $f$
          LATERAL (SELECT (153 * (CASE WHEN m > 2 THEN m - 3 ELSE m + 9 END) + 2) / 5 + d - 1 AS doy) AS e,
          LATERAL (SELECT yoe * 365 + yoe / 4 - yoe / 100 + doy AS doe) AS f
 $f$""",
-    # the numeric part of Cassandra's order of a set element / map key (NULL: order by bytes)
-    r"""CREATE OR REPLACE FUNCTION _c2pg.cass_order_num(b bytea, kind text) RETURNS numeric
-LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $f$
-DECLARE
-    x numeric;
-BEGIN
-    IF kind IN ('tinyint', 'smallint', 'int', 'bigint', 'counter', 'varint', 'timestamp', 'time') THEN
-        RETURN _c2pg.cass_signed(b);
-    ELSIF kind = 'decimal' THEN
-        -- unscaled × 10^-scale, exactly: numeric's input reads the exponent without rounding
-        RETURN (_c2pg.cass_signed(substring(b FROM 5))::text || 'e'
-                || (-_c2pg.cass_signed(substring(b FROM 1 FOR 4)))::text)::numeric;
-    ELSIF kind IN ('float', 'double') THEN
-        x := _c2pg.cass_signed(b);
-        RETURN CASE WHEN x < 0 THEN -1 - x - 2::numeric ^ (8 * length(b) - 1) ELSE x END;
-    END IF;
-    RETURN NULL;
-END
-$f$""",
-    # the bytes part of that order: uuid/timeuuid rearranged as UUIDType/TimeUUIDType order them
+    # uuid/timeuuid rearranged as UUIDType/TimeUUIDType order them (used by cass_order_key)
     r"""CREATE OR REPLACE FUNCTION _c2pg.cass_order_bytes(b bytea, kind text) RETURNS bytea
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $f$
 DECLARE
@@ -173,6 +154,95 @@ BEGIN
         END LOOP;
     END IF;
     RETURN hi || lo;
+END
+$f$""",
+    # Cassandra's order of serialized values of the CQL type ``t`` as bytes PostgreSQL can
+    # compare (bytea order = Cassandra's comparator; engine.cassandra_bytes.order_bytes has
+    # the same encoding and says why each part is what it is)
+    r"""CREATE OR REPLACE FUNCTION _c2pg.cass_order_key(b bytea, t jsonb) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $f$
+DECLARE
+    k text := t ->> 'k';
+    out bytea := '\x';
+    at int := 4;
+    cnt int;
+    len int;
+    item bytea;
+    kept int := 0;
+    scale numeric;
+    unscaled numeric;
+    digits text;
+    e numeric;
+BEGIN
+    IF k IN ('tinyint', 'smallint', 'int', 'bigint', 'counter', 'timestamp', 'time') THEN
+        RETURN set_byte(b, 0, get_byte(b, 0) # 128);
+    ELSIF k = 'varint' THEN
+        RETURN CASE WHEN get_byte(b, 0) < 128 THEN _c2pg.cass_be(2147483648 + length(b), 4)
+                    ELSE _c2pg.cass_be(2147483647 - length(b), 4) END || b;
+    ELSIF k = 'decimal' THEN
+        scale := _c2pg.cass_signed(substring(b FROM 1 FOR 4));
+        unscaled := _c2pg.cass_signed(substring(b FROM 5));
+        IF unscaled = 0 THEN
+            RETURN '\x01'::bytea;
+        END IF;
+        digits := abs(unscaled)::text;
+        e := length(digits) - scale;
+        digits := rtrim(digits, '0');
+        out := decode(repeat('00', length(digits)), 'hex');
+        FOR i IN 1..length(digits) LOOP
+            out := set_byte(out, i - 1, CASE WHEN unscaled > 0 THEN substr(digits, i, 1)::int + 1
+                                             ELSE 254 - substr(digits, i, 1)::int END);
+        END LOOP;
+        IF unscaled > 0 THEN
+            RETURN '\x02'::bytea || _c2pg.cass_be(e + 9223372036854775808, 8) || out || '\x00'::bytea;
+        END IF;
+        RETURN '\x00'::bytea || _c2pg.cass_be(9223372036854775808 - e, 8) || out || '\xff'::bytea;
+    ELSIF k IN ('float', 'double') THEN
+        IF get_byte(b, 0) >= 128 THEN
+            FOR i IN 0..length(b) - 1 LOOP
+                b := set_byte(b, i, get_byte(b, i) # 255);
+            END LOOP;
+            RETURN b;
+        END IF;
+        RETURN set_byte(b, 0, get_byte(b, 0) | 128);
+    ELSIF k IN ('uuid', 'timeuuid') THEN
+        RETURN _c2pg.cass_order_bytes(b, k);
+    ELSIF k IN ('boolean', 'date') THEN
+        RETURN b;
+    ELSIF k IN ('text', 'ascii', 'blob', 'inet') THEN
+        IF position('\x00'::bytea IN b) = 0 THEN
+            RETURN b || '\x0000'::bytea;
+        END IF;
+        FOR i IN 0..length(b) - 1 LOOP
+            out := out || CASE WHEN get_byte(b, i) = 0 THEN '\x00ff'::bytea ELSE substring(b FROM i + 1 FOR 1) END;
+        END LOOP;
+        RETURN out || '\x0000'::bytea;
+    ELSIF k IN ('list', 'set', 'map') THEN
+        cnt := _c2pg.cass_signed(substring(b FROM 1 FOR 4))::int;
+        FOR i IN 0..cnt * (CASE WHEN k = 'map' THEN 2 ELSE 1 END) - 1 LOOP
+            len := _c2pg.cass_signed(substring(b FROM at + 1 FOR 4))::int;
+            item := CASE WHEN len < 0 THEN '\x'::bytea ELSE substring(b FROM at + 5 FOR len) END;
+            at := at + 4 + greatest(len, 0);
+            out := out || CASE WHEN k <> 'map' OR i % 2 = 0 THEN '\x01'::bytea ELSE '\x'::bytea END
+                       || _c2pg.cass_order_key(item, t -> 'p' -> (CASE WHEN k = 'map' THEN i % 2 ELSE 0 END));
+        END LOOP;
+        RETURN out || '\x00'::bytea;
+    ELSIF k IN ('tuple', 'udt') THEN
+        at := 0;
+        FOR i IN 0..jsonb_array_length(t -> 'p') - 1 LOOP
+            EXIT WHEN at >= length(b);
+            len := _c2pg.cass_signed(substring(b FROM at + 1 FOR 4))::int;
+            IF len < 0 THEN
+                out := out || '\x01'::bytea;
+            ELSE
+                out := out || '\x02'::bytea || _c2pg.cass_order_key(substring(b FROM at + 5 FOR len), t -> 'p' -> i);
+                kept := length(out);  -- trailing nulls are dropped: they equal absent fields
+            END IF;
+            at := at + 4 + greatest(len, 0);
+        END LOOP;
+        RETURN substring(out FROM 1 FOR kept) || '\x00'::bytea;
+    END IF;
+    RAISE EXCEPTION 'c2pg: CQL type % has no order', t;
 END
 $f$""",
     # a value held in jsonb (c2pg's canonical JSON) of the CQL type described by ``t``
@@ -235,8 +305,7 @@ BEGIN
                                         WHEN b IS NULL THEN '\xffffffff'::bytea
                                         ELSE int4send(length(b)) || b END, '\x'::bytea
                                    ORDER BY CASE WHEN k = 'set' THEN b IS NOT NULL END,
-                                            CASE WHEN k = 'set' THEN _c2pg.cass_order_num(b, ek) END,
-                                            CASE WHEN k = 'set' THEN _c2pg.cass_order_bytes(b, ek) END, o),
+                                            CASE WHEN k = 'set' THEN _c2pg.cass_order_key(b, et) END, o),
                         '\x'::bytea)
           INTO n, out
           FROM jsonb_array_elements(v) WITH ORDINALITY AS a(e, o),
@@ -248,7 +317,7 @@ BEGIN
         SELECT count(*)::int,
                coalesce(string_agg(int4send(length(kb)) || kb
                                    || coalesce(int4send(length(vb)) || vb, '\xffffffff'::bytea),
-                                   '\x'::bytea ORDER BY _c2pg.cass_order_num(kb, ek), _c2pg.cass_order_bytes(kb, ek)),
+                                   '\x'::bytea ORDER BY _c2pg.cass_order_key(kb, et)),
                         '\x'::bytea)
           INTO n, out
           FROM jsonb_each(v) AS a(key, value),
@@ -476,7 +545,7 @@ def covers(schema: TableSchema, row: str, tomb: str) -> sql.Composed:
     same_row = sql.SQL(" AND ").join(sql.SQL("{d}.{c} = {r}.{c}").format(d=d, r=r, c=ident(c)) for c in cks)
 
     desc = [c.descending for c in schema.clustering]
-    kinds = [c.cql_type.kind for c in schema.clustering]
+    types = [c.cql_type for c in schema.clustering]
 
     def after(prefix: str, k: int, forward: bool) -> sql.Composed:
         """Row before/after the bound's first ``k`` values in clustering order (a DESC column
@@ -487,8 +556,8 @@ def covers(schema: TableSchema, row: str, tomb: str) -> sql.Composed:
                      for i in range(j)]
             op = ">" if forward != desc[j] else "<"
             step = sql.SQL("{rk} {op} {dk}").format(
-                rk=clustering_order_key(sql.SQL("{}.{}").format(r, ident(cks[j])), kinds[j]), op=sql.SQL(op),
-                dk=clustering_order_key(sql.SQL("{}.{}").format(d, ident(prefix + cks[j])), kinds[j]))
+                rk=clustering_order_key(sql.SQL("{}.{}").format(r, ident(cks[j])), types[j]), op=sql.SQL(op),
+                dk=clustering_order_key(sql.SQL("{}.{}").format(d, ident(prefix + cks[j])), types[j]))
             alts.append(sql.SQL("({})").format(sql.SQL(" AND ").join([*equal, step])))
         return sql.SQL("({})").format(sql.SQL(" OR ").join(alts))
 
@@ -510,27 +579,34 @@ def covers(schema: TableSchema, row: str, tomb: str) -> sql.Composed:
         start=bound("", T_START_LEN, T_START_INCL, True), end=bound(END_PREFIX, T_END_LEN, T_END_INCL, False))
 
 
-def clustering_order_key(value: sql.Composable, kind: str) -> sql.Composable:
-    """An expression PostgreSQL orders the way Cassandra orders a clustering column of
-    CQL type ``kind`` (the order ``engine.reduce.typed_compare`` uses for one batch):
+# Clustering types whose PostgreSQL order (of the mapped type) is Cassandra's: numbers by value
+# (a decimal's 1.0 equals 1.00 in both), timestamp/date/time by value, false before true,
+# bytea by unsigned bytes with a proper prefix first.
+_NATIVE_ORDER = frozenset({"tinyint", "smallint", "int", "bigint", "counter", "varint", "decimal",
+                           "timestamp", "date", "time", "boolean", "blob"})
 
+
+def clustering_order_key(value: sql.Composable, t: CqlType) -> sql.Composable:
+    """An expression PostgreSQL orders the way Cassandra orders a clustering column of
+    CQL type ``t`` (the order ``engine.reduce.typed_compare`` uses within one batch):
+
+    - numbers, timestamp, date, time, boolean and blob by PostgreSQL's own order;
     - text/ascii by UTF-8 bytes, whatever the column's or database's collation
       (``COLLATE "C"``; an ICU or ``en_US`` collation would put ``a`` before ``B``);
-    - timeuuid by its timestamp, then its bytes (PostgreSQL's uuid order is bytes only):
-      the 60-bit time as 15 hex digits (time_hi without the version, time_mid, time_low)
-      followed by the uuid's text, compared bytewise;
     - inet by its address bytes, unsigned (``inet_send`` past its 4-byte header):
       PostgreSQL orders every IPv4 address before every IPv6 one, Cassandra by bytes;
-    - everything else by PostgreSQL's own order of the mapped type.
+    - everything else — float/double (``-0.0`` before ``0.0``), uuid (version first),
+      timeuuid (time, then signed bytes), frozen collections, tuples and UDTs (element by
+      element) — by ``_c2pg.cass_order_key`` of the value's Cassandra bytes.
     """
-    if kind == "inet":
+    if t.kind in _NATIVE_ORDER:
+        return value
+    if t.kind == "inet":
         return sql.SQL("substring(inet_send({}) FROM 5)").format(value)
-    if kind in ("text", "ascii"):
+    if t.kind in ("text", "ascii"):
         return sql.SQL('({} COLLATE "C")').format(value)
-    if kind == "timeuuid":
-        return sql.SQL('((substr({v}::text, 16, 3) || substr({v}::text, 10, 4) || substr({v}::text, 1, 8) '
-                       '|| {v}::text) COLLATE "C")').format(v=value)
-    return value
+    return sql.SQL("_c2pg.cass_order_key({}, {}::jsonb)").format(
+        cassandra_bytes(value, t), sql.Literal(json.dumps(_type_description(t))))
 
 
 def cell_killed(schema: TableSchema, row: str, tomb: str, column: str) -> sql.Composed:
@@ -855,8 +931,8 @@ def _array_bytes(value: sql.Composable, t: CqlType, element_pg_sql: str) -> sql.
                        ).format(b=b)
     order: sql.Composable
     if t.kind == "set":
-        order = sql.SQL("{b} IS NOT NULL, _c2pg.cass_order_num({b}, {k}), _c2pg.cass_order_bytes({b}, {k}), "
-                        "_c2pg_e.n").format(b=b, k=sql.Literal(kind))
+        order = sql.SQL("{b} IS NOT NULL, _c2pg.cass_order_key({b}, {t}::jsonb), _c2pg_e.n").format(
+            b=b, t=sql.Literal(json.dumps(_type_description(t.params[0]))))
     else:
         order = sql.SQL("_c2pg_e.n")
     return sql.SQL(

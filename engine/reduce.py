@@ -263,34 +263,21 @@ def _text_compare(_: int, a: str, b: str) -> int:
 
 def typed_compare(schema):
     """``compare(i, a, b)`` for the table's clustering column ``i``, on canonical COPY text,
-    in the table's clustering order (Cassandra's order for the common types — numbers by
-    value, text by UTF-8 bytes, a timeuuid by its time — reversed for a DESC column). Used
-    for range deletions inside one batch; the merge compares stored rows in the same order
+    in Cassandra's clustering order (reversed for a DESC column): the order of
+    :func:`engine.cassandra_bytes.order_bytes` over the value's Cassandra bytes, for every
+    type (numbers by value, text by UTF-8 bytes, uuid and timeuuid as ``UUIDType`` and
+    ``TimeUUIDType``, frozen collections, tuples and UDTs element by element). Used for
+    range deletions inside one batch; the merge compares stored rows in the same order
     (``pg_dialect.clustering_order_key``)."""
-    import ipaddress
-    import uuid
-    from decimal import Decimal
+    from functools import lru_cache
 
-    def key_fn(kind: str):
-        if kind in ("tinyint", "smallint", "int", "bigint", "varint", "counter"):
-            return int
-        if kind == "decimal":
-            return Decimal
-        if kind in ("float", "double"):
-            return float
-        if kind in ("text", "ascii"):
-            return lambda t: copy_unescape(t).encode()
-        if kind == "timeuuid":
-            return lambda t: (uuid.UUID(t).time, uuid.UUID(t).bytes)
-        if kind == "uuid":
-            return lambda t: uuid.UUID(t).bytes
-        if kind == "boolean":
-            return lambda t: t in ("t", "true")
-        if kind == "inet":  # Cassandra: the address bytes, unsigned (an IPv4 sorts among IPv6 by bytes)
-            return lambda t: ipaddress.ip_interface(t).ip.packed
-        return lambda t: t  # timestamp, date, time, blob (hex): text order fits
+    from engine.cassandra_bytes import order_bytes, serializer
 
-    keys = [key_fn(c.cql_type.kind) for c in schema.clustering]
+    def key_fn(t):
+        to_bytes, order = serializer(t), order_bytes(t)
+        return lru_cache(maxsize=4096)(lambda text: order(to_bytes(text)))
+
+    keys = [key_fn(c.cql_type) for c in schema.clustering]
     # Range bounds come in clustering order: a DESC column's order is its values' reverse.
     signs = [-1 if c.descending else 1 for c in schema.clustering]
 

@@ -80,6 +80,9 @@ CASES = {
     "c_set_timeuuid": ("frozen<set<timeuuid>>", {T_80, T_FF}, {T_FF, T_00}),
     "c_set_uuid": ("frozen<set<uuid>>", {V1_A, V4_A}, {V1_B, V4_B}),
     "c_map": ("frozen<map<int, text>>", {1: "a"}, {-1: "a"}),
+    # Frozen lists as set elements compare element by element ([1, 2] before [3]), not by their
+    # bytes ([3] has the smaller count): packed by bytes the tie would go to the other set.
+    "c_set_lists": ("frozen<set<frozen<list<int>>>>", {(1, 2), (3,)}, {(4,), (5,)}),
     # jsonb lists keys shorter first ("b" before "aa"); Cassandra by bytes ("aa" before "b").
     "c_map_text": ("frozen<map<text, int>>", {"b": 0, "aa": 1}, {"aa": 0, "c": 0}),
     "c_udt": ("frozen<addr>", ("Main", 7), ("Elm", -7)),
