@@ -41,6 +41,9 @@ log = logging.getLogger("c2pg.snapshot.read")
 SPLIT, PART, PARTS_TOTAL, RETRIES = "_c2pg_split", "_c2pg_part", "_c2pg_parts_total", "_c2pg_retries"
 PART_ROWS_COL = "_c2pg_part_rows"  # rows in the whole part: the sink checks it got all of them
 DEAD_KEY, DEAD_ERROR = "_c2pg_dead_key", "_c2pg_dead_error"
+# Per regular column, when a collection whose elements carry TTLs must be read again
+# (engine.recheck); not a target column: the sink registers it in _c2pg.rechecks.
+RECHECK = "_c2pg_recheck"
 PART_ROWS = 50_000  # rows per yielded block; the sink commits one block per transaction
 
 
@@ -60,7 +63,8 @@ def arrow_schema(schema: TableSchema) -> pa.Schema:
                pa.field(META_EXP, pa.list_(pa.int64())), pa.field(META_ROW_TS, pa.int64()),
                pa.field(SPLIT, pa.int32()), pa.field(PART, pa.int32()), pa.field(PARTS_TOTAL, pa.int32()),
                pa.field(RETRIES, pa.int32()), pa.field(PART_ROWS_COL, pa.int32()),
-               pa.field(DEAD_KEY, pa.string()), pa.field(DEAD_ERROR, pa.string())]
+               pa.field(DEAD_KEY, pa.string()), pa.field(DEAD_ERROR, pa.string()),
+               pa.field(RECHECK, pa.list_(pa.int64()))]
     return pa.schema(fields)
 
 
@@ -76,8 +80,11 @@ def select_statement(schema: TableSchema) -> str:
         if c.cql_type.multi_cell:
             # WRITETIME/TTL of a multi-cell column are lists with null elements, which the
             # Python driver cannot decode; MAXWRITETIME (Cassandra 5) gives the newest
-            # element's time. Element TTLs are not read (docs/types.md).
+            # element's time, collection_min(TTL(c)) the seconds to the first element's
+            # expiry (engine.recheck reads the value again then; statics: not rechecked).
             parts += [_value(c), f"MAXWRITETIME({q(c.name)})"]
+            if c.kind != "static":
+                parts.append(f"collection_min(TTL({q(c.name)}))")
         else:
             parts += [_value(c), f"WRITETIME({q(c.name)})", f"TTL({q(c.name)})"]
     return (f"SELECT {', '.join(parts)} FROM {q(schema.keyspace)}.{q(schema.table)} "
@@ -107,6 +114,7 @@ class RowLayout:
     wt_at: list[int | None]
     ttl_at: list[int | None]
     width: int
+    soonest_at: list[int | None]  # a non-static multi-cell column's first element TTL
 
     @classmethod
     def of(cls, schema: TableSchema) -> RowLayout:
@@ -114,19 +122,23 @@ class RowLayout:
         value_at: list[int | None] = [1 + i for i in range(n_key)]
         wt_at: list[int | None] = []
         ttl_at: list[int | None] = []
+        soonest_at: list[int | None] = []
         at = 1 + n_key
         for c in schema.regular:
             if c.dropped:
                 value_at.append(None)
                 wt_at.append(None)
                 ttl_at.append(None)
+                soonest_at.append(None)
                 continue
             has_ttl = not c.cql_type.multi_cell
+            has_soonest = c.cql_type.multi_cell and c.kind != "static"
             value_at.append(at)
             wt_at.append(at + 1)
             ttl_at.append(at + 2 if has_ttl else None)
-            at += 3 if has_ttl else 2
-        return cls(value_at, wt_at, ttl_at, at)
+            soonest_at.append(at + 2 if has_soonest else None)
+            at += 3 if has_ttl or has_soonest else 2
+        return cls(value_at, wt_at, ttl_at, at, soonest_at)
 
 
 class SplitReader:
@@ -241,6 +253,7 @@ class _BlockBuilder:
         self.n_key = len(self.schema.primary_key)
         layout = RowLayout.of(self.schema)
         self.value_at, self.wt_at, self.ttl_at, self.width = layout.value_at, layout.wt_at, layout.ttl_at, layout.width
+        self.soonest_at = layout.soonest_at
         self.split_index = split_index
         self.part = 0
         self.retries = 0  # set by the read function before the final flush
@@ -262,7 +275,7 @@ class _BlockBuilder:
             # marker row (no token, no values) that the sink counts but never writes.
             return self._table(1, [pa.nulls(1, pa.string())] * len(self.converters), pa.nulls(1, pa.int64()),
                                pa.nulls(1, pa.list_(pa.int64())), pa.nulls(1, pa.list_(pa.int64())),
-                               pa.nulls(1, pa.int64()), [None], [None], final)
+                               pa.nulls(1, pa.int64()), [None], [None], final, pa.nulls(1, pa.list_(pa.int64())))
         cols = list(zip(*rows))
         values: list[pa.Array] = []
         dead: dict[int, tuple[str, Exception]] = {}
@@ -296,7 +309,7 @@ class _BlockBuilder:
             dead_key[i] = ", ".join(f"{c.name}={rows[i][1 + k]!r}" for k, c in enumerate(self.schema.primary_key))
             dead_error[i] = f"{type(exc).__name__}: column {bad_column}: {exc}"
         return self._table(n, values, pa.array(cols[0], pa.int64()), wts, exps, row_ts, dead_key, dead_error,
-                           final)
+                           final, self._rechecks(cols, n))
 
     def _expiries(self, cols: list[tuple], n: int) -> pa.Array:
         """Per row, the cells' expiry (µs) from their remaining TTL; NULL when none has one."""
@@ -309,14 +322,26 @@ class _BlockBuilder:
             out.append([now_us + t * 1_000_000 if t else None for t in ttls] if any(ttls) else None)
         return pa.array(out, pa.list_(pa.int64()))
 
+    def _rechecks(self, cols: list[tuple], n: int) -> pa.Array:
+        """Per row, when each collection with element TTLs must be read again (µs): counted
+        from the snapshot's start, so at or before the first element's expiry (a recheck
+        that comes early finds the element and waits again). NULL when none has one."""
+        soonest = [cols[at] if at is not None else (None,) * n for at in self.soonest_at]
+        if not any(any(x is not None for x in c) for c in soonest):
+            return pa.nulls(n, pa.list_(pa.int64()))
+        started_s = self.read_started_us // 1_000_000
+        return pa.array([[None if t is None else (started_s + max(t, 1)) * 1_000_000 for t in ttls]
+                         if any(t is not None for t in ttls) else None for ttls in zip(*soonest)],
+                        pa.list_(pa.int64()))
+
     def _table(self, n: int, values: list, tokens, wts, exps, row_ts, dead_key, dead_error,
-               final: bool) -> pa.Table:
+               final: bool, rechecks) -> pa.Table:
         arrays = [*values, tokens, wts, exps, row_ts,
                   pa.array([self.split_index] * n, pa.int32()), pa.array([self.part] * n, pa.int32()),
                   pa.array([self.part + 1 if final else None] * n, pa.int32()),
                   pa.array([self.retries if final else None] * n, pa.int32()),
                   pa.array([n] * n, pa.int32()),
-                  pa.array(dead_key, pa.string()), pa.array(dead_error, pa.string())]
+                  pa.array(dead_key, pa.string()), pa.array(dead_error, pa.string()), rechecks]
         self.part += 1
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
 

@@ -34,11 +34,15 @@ class Cell:
     """One column's write: ``value`` (COPY text) or ``None`` for a null/deleted cell.
 
     ``expires_us`` is the cell's TTL expiry for a live value written with a TTL.
+    ``recheck_us`` is set by the read-back on a non-frozen collection or UDT whose elements
+    (fields) carry TTLs: when the first of them expires, and the value must be read again
+    (:mod:`engine.recheck`); the cell as a whole does not expire then.
     """
 
     value: str | None
     ts: int
     expires_us: int | None = None
+    recheck_us: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -407,6 +407,18 @@ STATE_DDL = [
         created_at timestamptz NOT NULL DEFAULT now(),
         replayed_at timestamptz)""",
     "CREATE INDEX IF NOT EXISTS dead_letters_run ON _c2pg.dead_letters (run_id)",
+    # Collections (UDTs) whose elements (fields) expire one by one: when to read each again
+    # (engine.recheck). ``key`` is the row's primary key as canonical COPY text, ``wt`` the
+    # cell's write time when it was registered (a newer write makes the entry stale).
+    """CREATE TABLE IF NOT EXISTS _c2pg.rechecks (
+        target_schema text NOT NULL,
+        target_table text NOT NULL,
+        key text[] NOT NULL,
+        col text NOT NULL,
+        at_us bigint NOT NULL,
+        wt bigint NOT NULL,
+        PRIMARY KEY (target_schema, target_table, key, col))""",
+    "CREATE INDEX IF NOT EXISTS rechecks_due ON _c2pg.rechecks (target_schema, target_table, at_us)",
     # The capture heartbeat (engine.capture): one row per pipeline and Cassandra node.
     """CREATE TABLE IF NOT EXISTS _c2pg.capture (
         pipeline text NOT NULL,
@@ -950,6 +962,14 @@ def _type_description(t: CqlType) -> dict:
     if t.field_names:
         d["f"] = list(t.field_names)
     return d
+
+
+# A cell's recheck (engine.recheck): a newer registration replaces an older one; one of an
+# older write (a cell the merge rejected) never replaces the entry of the cell it lost to.
+REGISTER_RECHECKS = sql.SQL(
+    "INSERT INTO _c2pg.rechecks AS r (target_schema, target_table, key, col, at_us, wt) VALUES %s "
+    "ON CONFLICT (target_schema, target_table, key, col) DO UPDATE SET at_us = EXCLUDED.at_us, wt = EXCLUDED.wt "
+    "WHERE r.wt <= EXCLUDED.wt")
 
 
 def insert_dead_letters() -> sql.SQL:

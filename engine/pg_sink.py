@@ -33,7 +33,7 @@ from psycopg2.extras import execute_values
 from ray.data.datasource import Datasink
 
 from engine import pg_dialect as d
-from engine.cassandra_source import DEAD_ERROR, DEAD_KEY, PART, PART_ROWS_COL, PARTS_TOTAL, RETRIES, SPLIT
+from engine.cassandra_source import DEAD_ERROR, DEAD_KEY, PART, PART_ROWS_COL, PARTS_TOTAL, RECHECK, RETRIES, SPLIT
 from engine.config import PostgresConfig
 from engine.schema import META_EXP, META_ROW_TS, META_TOKEN, META_WT, TableSchema
 
@@ -134,16 +134,32 @@ class _PartWriter:
         dead = part.filter(pc.is_valid(part[DEAD_ERROR]))
         good = part.filter(pc.and_(pc.is_valid(part[META_TOKEN]), pc.is_null(part[DEAD_ERROR])))
         buffer = copy_buffer(good, self.s.schema) if good.num_rows else ""
+        rechecks = self._rechecks(good) if good.num_rows else []
         try:
-            self._commit(buffer, good.num_rows, dead, split, part_no, totals, retries, direct=self.direct)
+            self._commit(buffer, good.num_rows, dead, split, part_no, totals, retries, rechecks, direct=self.direct)
         except pg_errors.UniqueViolation:
             self.conn.rollback()
             log.info("part %s/%s already partly there; merging it instead", split, part_no)
-            self._commit(buffer, good.num_rows, dead, split, part_no, totals, retries, direct=False)
+            self._commit(buffer, good.num_rows, dead, split, part_no, totals, retries, rechecks, direct=False)
         return WriteStats(good.num_rows, len(buffer), dead.num_rows, 1, time.perf_counter() - t0)
 
+    def _rechecks(self, good: pa.Table) -> list[tuple]:
+        """``_c2pg.rechecks`` entries of the part's collections whose elements carry TTLs
+        (:mod:`engine.recheck`): the key as canonical text, the column, when, its write time."""
+        rows = good.filter(pc.is_valid(good[RECHECK]))
+        if not rows.num_rows:
+            return []
+        schema, s = self.s.schema, self.s
+        keys = zip(*(rows[c.name].to_pylist() for c in schema.primary_key), strict=True)
+        out = []
+        for key, ats, wts in zip(keys, rows[RECHECK].to_pylist(), rows[META_WT].to_pylist(), strict=True):
+            for c, at, wt in zip(schema.regular, ats, wts, strict=True):
+                if at is not None and wt is not None:
+                    out.append((s.target_schema, s.target_table, list(key), c.name, at, wt))
+        return out
+
     def _commit(self, buffer: str, rows: int, dead: pa.Table, split: int, part_no: int,
-                totals: list[int], retries: int | None, *, direct: bool) -> None:
+                totals: list[int], retries: int | None, rechecks: list[tuple], *, direct: bool) -> None:
         s = self.s
         with self.conn, self.conn.cursor() as cur:
             if rows:
@@ -155,6 +171,8 @@ class _PartWriter:
                     cur.execute(self.merge_sql)
                     if self.settle_sql:  # a static row stored earlier, its partition now with rows
                         cur.execute(self.settle_sql)
+            if rechecks:
+                execute_values(cur, d.REGISTER_RECHECKS.as_string(cur), rechecks)
             if dead.num_rows:
                 # A part sent again (Ray's retry, --resume) must not record its rows twice.
                 cur.execute("DELETE FROM _c2pg.dead_letters WHERE run_id = %s AND origin = 'snapshot' "

@@ -10,6 +10,8 @@ transaction (ADR 0002, addendum):
    batch's clock (``now_us``: the instant the batch was reduced at, so a cell dead for the
    reducer is dead for the merge, and a cell the reducer saw live is written live and left
    to the TTL sweep if it expires before commit);
+   A collection cell whose elements carry TTLs is registered for a recheck
+   (``_c2pg.rechecks``, :mod:`engine.recheck`) in the same transaction;
 4. remove rows left with no live cell and no live row marker, keeping their cell deletions
    (and a dead marker) as tombstones; then, in a table with static columns, the static row
    of each touched partition that now holds a clustering row (ADR 0007);
@@ -76,6 +78,8 @@ class SyncWriter:
         self.n_pk = len(schema.partition_key)
         self.n_ck = len(schema.clustering)
         self.token = token_function(schema)
+        self.multi_cell = [c.name for c in schema.regular
+                           if c.cql_type.multi_cell and c.kind != "static" and not c.dropped]
         t_schema, t_table, tomb = target.target_schema, target.target_table, target.tomb_table
         def as_text(q) -> str:  # compose once, reuse per batch
             return q.as_string(conn)
@@ -93,6 +97,7 @@ class SyncWriter:
         self.sql_dead = as_text(d.insert_dead_letters())
         self.sql_offsets = as_text(d.SAVE_OFFSETS)
         self.sql_set_now = as_text(d.SET_MERGE_NOW)
+        self.sql_rechecks = as_text(d.REGISTER_RECHECKS)
         self.lock_key = f"{t_schema}.{t_table}"
 
     def apply(self, batch: Reduced, offsets: Mapping[tuple[str, int], int],
@@ -124,6 +129,9 @@ class SyncWriter:
             if batch.rows:
                 cur.copy_expert(self.sql_copy_stage, io.StringIO(self._row_lines(batch)))
                 cur.execute(self.sql_merge)
+            rechecks = self._rechecks(batch) if self.multi_cell and batch.rows else []
+            if rechecks:
+                execute_values(cur, self.sql_rechecks, rechecks)
             if batch.rows or batch.tombstones:
                 cur.execute(self.sql_remove_empty)
                 if self.sql_settle:
@@ -141,6 +149,17 @@ class SyncWriter:
                        table=f"{self.schema.keyspace}.{self.schema.table}")
         self.rows_applied += len(batch.rows)
         return ApplyStats(len(batch.rows), len(batch.tombstones), len(dead), time.perf_counter() - t0)
+
+    def _rechecks(self, batch: Reduced) -> list[tuple]:
+        """Entries of ``_c2pg.rechecks`` for the batch's collection cells whose elements carry
+        TTLs (``Cell.recheck_us``, set by the read-back)."""
+        t, out = self.target, []
+        for name in self.multi_cell:
+            for key, row in batch.rows.items():
+                cell = row.cells.get(name)
+                if cell is not None and cell.recheck_us is not None:
+                    out.append((t.target_schema, t.target_table, list(key), name, cell.recheck_us, cell.ts))
+        return out
 
     def _row_lines(self, batch: Reduced) -> str:
         regular = [c.name for c in self.schema.regular]

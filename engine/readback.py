@@ -23,8 +23,9 @@ with their write times, and replaces each event cell by what Cassandra holds for
   tombstone, not an element, and may lower the newest element's time below what
   PostgreSQL holds (``[1@t1, 2@t2]`` minus ``2`` at ``t3`` reads ``[1]`` with
   ``MAXWRITETIME`` ``t1``: written at ``t3`` it wins over the stored ``t2``, as the removal
-  did in Cassandra). An empty collection is a deletion at the event's time.
-  Element TTLs are not read (as in the snapshot, docs/types.md);
+  did in Cassandra). An empty collection is a deletion at the event's time. When some
+  elements carry a TTL, the cell gets ``recheck_us``, the expiry of the first of them
+  (``collection_min(TTL(col))``): :mod:`engine.recheck` reads the value again then;
 - a ``duration`` cell gets Cassandra's exact value when the read shows a write at or after
   the event's time (the same write, or a newer one whose own event follows); otherwise
   (deleted since, expired, or a replica that has not seen the write) the event's folded
@@ -111,12 +112,17 @@ class ReadBack:
         self.codecs = {c.name: codecs[c.name] for c in (*self.columns, *self.statics)}
         self.key_codecs = [codecs[c.name] for c in schema.primary_key]
         self.stmt = None
+        self._asked_s = 0  # the second the latest read was sent in
         if self.columns or self.statics:
             q = _cql_ident
             parts = [_value(c) for c in schema.primary_key]
             for c in (*self.columns, *self.statics):
                 if self.multi_cell[c.name]:
                     parts += [q(c.name), f"MAXWRITETIME({q(c.name)})"]
+                    if c.kind != "static":
+                        # The soonest element (field) TTL, in seconds; null when none has one.
+                        # (TTL(col) itself is a list with nulls the driver cannot decode.)
+                        parts.append(f"collection_min(TTL({q(c.name)}))")
                 else:
                     parts += [q(c.name), f"WRITETIME({q(c.name)})", f"TTL({q(c.name)})"]
             pk = ", ".join(q(c.name) for c in schema.partition_key)
@@ -134,7 +140,7 @@ class ReadBack:
                 self.in_stmt.consistency_level = cql.consistency_level(consistency)
 
     def _width(self, c: Column) -> int:
-        return 2 if self.multi_cell[c.name] else 3
+        return 2 if self.multi_cell[c.name] and c.kind == "static" else 3
 
     def apply(self, batch: Reduced) -> ReadBackStats:
         """Replace, in ``batch``, every read-back column's cell by Cassandra's current one,
@@ -156,6 +162,7 @@ class ReadBack:
         if not partitions:
             return ReadBackStats()
         t0 = time.perf_counter()
+        self._asked_s = int(time.time())
         found_rows = self._read(partitions)
         read_us = int(time.time() * 1_000_000)
         cells = stale = 0
@@ -177,6 +184,37 @@ class ReadBack:
                 cells += 1
         statics = self._statics(batch, found_rows, read_us) if self.statics else 0
         return ReadBackStats(len(found_rows), cells, stale, statics, time.perf_counter() - t0)
+
+    def current(self, keys: set[tuple[str, ...]]) -> dict[tuple[str, ...], dict[str, tuple[str | None, int | None]]]:
+        """Cassandra's value now of each non-static multi-cell column at these primary keys
+        (canonical text), with the expiry of its first element to expire: key → {column:
+        (text or None, recheck_us or None)}. A key Cassandra has no row at is absent. Used by
+        :mod:`engine.recheck`; raises :class:`ReadBackFailed` like :meth:`apply`."""
+        self._asked_s = int(time.time())
+        found = self._read({k[: self.n_pk] for k in keys})
+        out: dict[tuple[str, ...], dict[str, tuple[str | None, int | None]]] = {}
+        for key in keys:
+            raw = found.get(key)
+            if raw is None:
+                continue
+            cells: dict[str, tuple[str | None, int | None]] = {}
+            at = self.n_key
+            for c in self.columns:
+                if self.multi_cell[c.name]:
+                    text, soonest = self._text(c, raw[at], key), raw[at + 2]
+                    cells[c.name] = (text, self._recheck_us(soonest) if text is not None else None)
+                at += self._width(c)
+            out[key] = cells
+        return out
+
+    def _recheck_us(self, soonest: int | None) -> int | None:
+        """When to read a collection again, from ``collection_min(TTL(col))``: Cassandra gives
+        the whole seconds from the second it read in (``nowInSec``) to the first element's
+        expiry (``localDeletionTime``), so counted from the second the read was sent in it is
+        at or before the expiry (a recheck that comes early finds the element and waits again)."""
+        if soonest is None:
+            return None
+        return (self._asked_s + max(soonest, 1)) * 1_000_000
 
     def _statics(self, batch: Reduced, found_rows: dict, read_us: int) -> int:
         """Static cells, as read, onto every row read (a live static cell only: a null static
@@ -217,7 +255,7 @@ class ReadBack:
         if self.multi_cell[c.name]:
             if text is None:
                 return Cell(None, event.ts)
-            return Cell(text, max(wt if wt is not None else event.ts, event.ts))
+            return Cell(text, max(wt if wt is not None else event.ts, event.ts), recheck_us=self._recheck_us(values[2]))
         if wt is None or wt < event.ts:
             return None  # nothing at or after the event's write: keep the event's cell
         ttl = values[2]

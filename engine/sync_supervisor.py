@@ -432,15 +432,29 @@ class SyncSupervisor:
             conn.close()
 
     def _sweep(self) -> None:
-        """Expire TTL cells (Cassandra emits no event for it) and purge old tombstones."""
+        """Expire TTL cells (Cassandra emits no event for it) and purge old tombstones.
+        First, with the read-back on, read again the collections whose first element has
+        expired (:mod:`engine.recheck`); when Cassandra cannot be read, that table's expiry
+        waits for the next sweep (it could expire a collection whole that still holds
+        elements)."""
         from engine import cql
+        from engine.readback import ReadBackFailed
+        from engine.recheck import recheck
         from engine.sweep import purge_cutoff_us, purge_tombstones, sweep_expired, wall_clock_us
 
         conn = self._connect()
         cluster, session = cql.connect(self.cfg.cassandra)
         try:
             for target in self._targets(conn, session):
-                expired = sweep_expired(conn, target, wall_clock_us())
+                now_us = wall_clock_us()
+                expired = 0
+                try:
+                    if self.cfg.sync.read_back:
+                        recheck(conn, target, session, self.cfg.cassandra.consistency, now_us)
+                    expired = sweep_expired(conn, target, now_us)
+                except ReadBackFailed as exc:
+                    log.warning("%s.%s: TTL sweep postponed, collections could not be read again: %s",
+                                target.target_schema, target.target_table, exc)
                 purged = purge_tombstones(conn, target, purge_cutoff_us(self.cfg.sync))
                 if expired or purged:
                     log.info("%s.%s: %d cell(s) expired, %d tombstone(s) purged", target.target_schema,

@@ -2,7 +2,8 @@
 by sync alone, exact when the whole topic is replayed onto a snapshot, and 0 drift.
 
 The writes (issue "Exact under replay"): a list append, prepend, element set by index and
-element removal; a set add and removal; a map element update and delete; a ``duration``
+element removal; a set add and removal; a map element update and delete; elements added with
+a TTL of their own, which expire while sync runs; a ``duration``
 with months, days and sub-second parts, and a frozen list of durations whose elements fold
 to the same nanoseconds (``1mo`` and ``30d``); TTL inserts and updates, short (expired
 before the replay) and long; equal-timestamp writes; a static column changed by a write that
@@ -85,6 +86,14 @@ def _write_every_kind(cass, t: str, applied) -> None:
     q("INSERT INTO {t} (pk, ck, x) VALUES (3, 2, 'long') USING TTL 86400")
     q("INSERT INTO {t} (pk, ck, x, i) VALUES (3, 3, 'row with a ttl', 3) USING TTL 2")  # marker expires too
     q("UPDATE {t} USING TTL 86400 SET d = 2d WHERE pk = 3 AND ck = 2")
+    # Collection elements with a TTL of their own: sync holds them, then they expire in
+    # Cassandra without an event and leave PostgreSQL (engine.recheck, run by the sweep) ...
+    q("INSERT INTO {t} (pk, ck, l, s, m, x) VALUES (9, 0, [1], {'a'}, {'k': 1}, 'elements')")
+    q("UPDATE {t} USING TTL 8 SET l = l + [7], s = s + {'ttl'}, m['ttl'] = 1 WHERE pk = 9 AND ck = 0")
+    applied(9, 0, "l", [1, 7])
+    # ... and one that outlives the test, registered by sync and by the snapshot.
+    q("INSERT INTO {t} (pk, ck, l) VALUES (9, 1, [2])")
+    q("UPDATE {t} USING TTL 86400 SET l = l + [8] WHERE pk = 9 AND ck = 1")
     # Equal timestamps: Cassandra keeps the greater serialized value, whatever the order.
     q(f"UPDATE {t} USING TIMESTAMP {base} SET i = 10, x = 'b' WHERE pk = 4 AND ck = 0")
     q(f"UPDATE {t} USING TIMESTAMP {base} SET i = 9, x = 'a' WHERE pk = 4 AND ck = 0")
@@ -132,6 +141,11 @@ def _hand_checked(pg, schema: str, name: str) -> None:
         assert cur.fetchall() == [(0, "1 mon"), (1, "30 days"), (2, "-1 years -2 days")]
         cur.execute(f'SELECT ck, l, s FROM "{schema}"."{name}" WHERE pk = 1 AND ck = 1')
         assert cur.fetchall() == [(1, None, ["n"])]
+        cur.execute(f'SELECT ck, l, s, m::text FROM "{schema}"."{name}" WHERE pk = 9 ORDER BY ck')
+        assert cur.fetchall() == [(0, [1], ["a"], '{"k": 1}'), (1, [2, 8], None, None)]
+        cur.execute("SELECT key, col FROM _c2pg.rechecks WHERE target_schema = %s AND target_table = %s",
+                    (schema, name))
+        assert cur.fetchall() == [(["9", "1"], "l")], "the expired elements' rechecks are done"
         cur.execute(f'SELECT ck, st, x FROM "{schema}"."{name}" WHERE pk = 5 ORDER BY ck')
         assert cur.fetchall() == [(0, "s2", "a"), (1, "s2", "b2"), (3, "s2", "c")]
         # The static row holds the partition's statics only, and no row marker.
@@ -216,6 +230,10 @@ def test_every_write_kind_is_exact_by_sync_alone_and_replayed_onto_a_snapshot(ca
     result = run_snapshot(replay, replay.tables[0], splits=2)
     assert result.ok, result
     assert differences(cass, pg, KS, name, "replay_snap", name) == [], "the snapshot alone is exact"
+    with pg, pg.cursor() as cur:
+        cur.execute("SELECT key, col FROM _c2pg.rechecks WHERE target_schema = 'replay_snap' AND target_table = %s",
+                    (name,))
+        assert cur.fetchall() == [(["9", "1"], "l")], "the snapshot registers the element that will expire"
     sup = get_or_start(replay)
     try:
         deadline = time.monotonic() + 120
