@@ -171,6 +171,7 @@ class _Row:
     ttls_or_exps: list[int | None]
     row_ts: int | None = None
     error: str | None = None  # Cassandra: a value PostgreSQL cannot hold
+    soonest: list[int | None] | None = None  # Cassandra: a collection's first element TTL (s), per column
 
     def newest(self) -> int | None:
         times = [w for w in self.wts if w is not None]
@@ -204,7 +205,9 @@ class _Rows:
                 error = error or f"column {column.name}: {exc}"
         wts = [None if at is None else raw[at] for at in self.layout.wt_at]
         ttls = [None if at is None else raw[at] for at in self.layout.ttl_at]
-        return _Row(raw[0], cast(tuple[str, ...], tuple(texts[: self.n_key])), texts, wts, ttls, None, error)
+        soonest = [None if at is None else raw[at] for at in self.layout.soonest_at]
+        return _Row(raw[0], cast(tuple[str, ...], tuple(texts[: self.n_key])), texts, wts, ttls, None, error,
+                    soonest)
 
     def postgres(self, raw: tuple, now_us: int) -> _Row:
         n = len(self.schema.columns)
@@ -637,7 +640,10 @@ def _row_repair(rows: _Rows, c: _Row, p: _Row | None, seen: Diff | None, *, read
         stored, stored_wt = (None, None) if p is None else (p.texts[at], p.wts[j])
         if text is not None:
             # A live cell always has a write time; 0 would lose to any write.
-            cell = Cell(text, wt if wt is not None else 0, read_us + ttl * 1_000_000 if ttl else None)
+            soonest = c.soonest[j] if c.soonest is not None else None
+            # A collection whose elements carry TTLs is read again at the first expiry (engine.recheck).
+            cell = Cell(text, wt if wt is not None else 0, read_us + ttl * 1_000_000 if ttl else None,
+                        (read_us // 1_000_000 - 1 + max(soonest, 1)) * 1_000_000 if soonest is not None else None)
             if stored_wt is None or stored_wt <= cell.ts or rows.codecs[at].same(text, stored):
                 cells[column.name] = cell
             elif consistency not in AUTHORITATIVE_READS:

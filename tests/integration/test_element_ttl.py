@@ -142,3 +142,31 @@ def test_expired_elements_and_fields_leave_postgresql_and_the_tables_end_equal(c
         cur.execute("SELECT key, col, at_us > %s FROM _c2pg.rechecks WHERE target_schema = %s",
                     (now + 3_000_000_000, PG_SCHEMA))
         assert cur.fetchall() == [(["1", "2"], "l", True)], "only the hour-long TTL is left to recheck"
+
+
+def test_a_repaired_collection_is_registered_for_its_element_expiry(cass, pg, pipeline, ray_cluster):
+    """Reconcile's repair writes Cassandra's collection through the same writer: a value
+    whose elements carry TTLs is registered for its recheck like sync's."""
+    from datetime import timedelta
+
+    from engine.config import TableConfig
+    from engine.reconcile import run_reconcile
+
+    t = f"{KS}.{TABLE}"
+    schema = read_table(cass, KS, TABLE)
+    ensure_target(pg, schema, PG_SCHEMA, TABLE, defer_token_index=False)
+    cass.execute(f"TRUNCATE {t}")
+    cass.execute(f"INSERT INTO {t} (pk, ck, l, a) VALUES (2, 0, [1], 'r')")
+    cass.execute(f"UPDATE {t} USING TTL 3600 SET l = l + [2] WHERE pk = 2 AND ck = 0")
+    table = TableConfig(keyspace=KS, table=TABLE, target_schema=PG_SCHEMA, target_table=TABLE)
+    cfg = pipeline.model_copy(update={
+        "tables": (table,),
+        "reconcile": pipeline.reconcile.model_copy(update={"recheck_delay": timedelta(seconds=0)})})
+    result = run_reconcile(cfg, table, repair=True, splits=1, progress=False)
+    assert (result.drift, result.unrepaired) == (1, 0), result.stats()
+    assert differences(cass, pg, KS, TABLE, PG_SCHEMA, TABLE) == []
+    with pg, pg.cursor() as cur:
+        cur.execute("SELECT key, col, at_us - %s FROM _c2pg.rechecks WHERE target_schema = %s",
+                    (wall_clock_us(), PG_SCHEMA))
+        (key, col, left_us), = cur.fetchall()
+    assert (key, col) == (["2", "0"], "l") and 3_590_000_000 < left_us <= 3_600_000_000, left_us
