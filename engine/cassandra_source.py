@@ -81,10 +81,8 @@ def select_statement(schema: TableSchema) -> str:
             # WRITETIME/TTL of a multi-cell column are lists with null elements, which the
             # Python driver cannot decode; MAXWRITETIME (Cassandra 5) gives the newest
             # element's time, collection_min(TTL(c)) the seconds to the first element's
-            # expiry (engine.recheck reads the value again then; statics: not rechecked).
-            parts += [_value(c), f"MAXWRITETIME({q(c.name)})"]
-            if c.kind != "static":
-                parts.append(f"collection_min(TTL({q(c.name)}))")
+            # expiry (engine.recheck reads the value again then).
+            parts += [_value(c), f"MAXWRITETIME({q(c.name)})", f"collection_min(TTL({q(c.name)}))"]
         else:
             parts += [_value(c), f"WRITETIME({q(c.name)})", f"TTL({q(c.name)})"]
     return (f"SELECT {', '.join(parts)} FROM {q(schema.keyspace)}.{q(schema.table)} "
@@ -114,7 +112,7 @@ class RowLayout:
     wt_at: list[int | None]
     ttl_at: list[int | None]
     width: int
-    soonest_at: list[int | None]  # a non-static multi-cell column's first element TTL
+    soonest_at: list[int | None]  # a multi-cell column's first element TTL
 
     @classmethod
     def of(cls, schema: TableSchema) -> RowLayout:
@@ -132,7 +130,7 @@ class RowLayout:
                 soonest_at.append(None)
                 continue
             has_ttl = not c.cql_type.multi_cell
-            has_soonest = c.cql_type.multi_cell and c.kind != "static"
+            has_soonest = c.cql_type.multi_cell
             value_at.append(at)
             wt_at.append(at + 1)
             ttl_at.append(at + 2 if has_ttl else None)

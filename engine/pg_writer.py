@@ -78,8 +78,7 @@ class SyncWriter:
         self.n_pk = len(schema.partition_key)
         self.n_ck = len(schema.clustering)
         self.token = token_function(schema)
-        self.multi_cell = [c.name for c in schema.regular
-                           if c.cql_type.multi_cell and c.kind != "static" and not c.dropped]
+        self.multi_cell = [c.name for c in schema.regular if c.cql_type.multi_cell and not c.dropped]
         t_schema, t_table, tomb = target.target_schema, target.target_table, target.tomb_table
         def as_text(q) -> str:  # compose once, reuse per batch
             return q.as_string(conn)

@@ -52,6 +52,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from engine import cql
 from engine.cassandra_source import _cql_ident, _value
@@ -118,11 +119,9 @@ class ReadBack:
             parts = [_value(c) for c in schema.primary_key]
             for c in (*self.columns, *self.statics):
                 if self.multi_cell[c.name]:
-                    parts += [q(c.name), f"MAXWRITETIME({q(c.name)})"]
-                    if c.kind != "static":
-                        # The soonest element (field) TTL, in seconds; null when none has one.
-                        # (TTL(col) itself is a list with nulls the driver cannot decode.)
-                        parts.append(f"collection_min(TTL({q(c.name)}))")
+                    # The soonest element (field) TTL, in seconds; null when none has one.
+                    # (TTL(col) itself is a list with nulls the driver cannot decode.)
+                    parts += [q(c.name), f"MAXWRITETIME({q(c.name)})", f"collection_min(TTL({q(c.name)}))"]
                 else:
                     parts += [q(c.name), f"WRITETIME({q(c.name)})", f"TTL({q(c.name)})"]
             pk = ", ".join(q(c.name) for c in schema.partition_key)
@@ -140,7 +139,7 @@ class ReadBack:
                 self.in_stmt.consistency_level = cql.consistency_level(consistency)
 
     def _width(self, c: Column) -> int:
-        return 2 if self.multi_cell[c.name] and c.kind == "static" else 3
+        return 3  # value, write time, TTL (a multi-cell column: its first element's TTL)
 
     def apply(self, batch: Reduced) -> ReadBackStats:
         """Replace, in ``batch``, every read-back column's cell by Cassandra's current one,
@@ -185,21 +184,23 @@ class ReadBack:
         statics = self._statics(batch, found_rows, read_us) if self.statics else 0
         return ReadBackStats(len(found_rows), cells, stale, statics, time.perf_counter() - t0)
 
-    def current(self, keys: set[tuple[str, ...]]) -> dict[tuple[str, ...], dict[str, tuple[str | None, int | None]]]:
-        """Cassandra's value now of each non-static multi-cell column at these primary keys
-        (canonical text), with the expiry of its first element to expire: key → {column:
-        (text or None, recheck_us or None)}. A key Cassandra has no row at is absent. Used by
-        :mod:`engine.recheck`; raises :class:`ReadBackFailed` like :meth:`apply`."""
+    def current(self, keys: set[tuple[str | None, ...]]) -> dict[tuple[str | None, ...],
+                                                              dict[str, tuple[str | None, int | None]]]:
+        """Cassandra's value now of each multi-cell column (static ones included) at these
+        primary keys (canonical text; a static row's clustering values None), with the expiry
+        of its first element to expire: key → {column: (text or None, recheck_us or None)}. A
+        key Cassandra has no row at is absent. Used by :mod:`engine.recheck`; raises
+        :class:`ReadBackFailed` like :meth:`apply`."""
         self._asked_s = int(time.time())
-        found = self._read({k[: self.n_pk] for k in keys})
-        out: dict[tuple[str, ...], dict[str, tuple[str | None, int | None]]] = {}
+        found = self._read({cast(tuple[str, ...], k[: self.n_pk]) for k in keys})
+        out: dict[tuple[str | None, ...], dict[str, tuple[str | None, int | None]]] = {}
         for key in keys:
             raw = found.get(key)
             if raw is None:
                 continue
             cells: dict[str, tuple[str | None, int | None]] = {}
             at = self.n_key
-            for c in self.columns:
+            for c in (*self.columns, *self.statics):
                 if self.multi_cell[c.name]:
                     text, soonest = self._text(c, raw[at], key), raw[at + 2]
                     cells[c.name] = (text, self._recheck_us(soonest) if text is not None else None)
@@ -228,12 +229,14 @@ class ReadBack:
             cells: dict[str, Cell] = {}
             at = start
             for c in self.statics:
-                width = self._width(c)
-                value, wt = raw[at], raw[at + 1]
-                ttl = raw[at + 2] if width == 3 else None
-                at += width
+                value, wt, ttl = raw[at], raw[at + 1], raw[at + 2]
+                at += self._width(c)
                 text = self._text(c, value, key)
-                if text is not None and wt is not None:
+                if text is None or wt is None:
+                    continue
+                if self.multi_cell[c.name]:
+                    cells[c.name] = Cell(text, wt, recheck_us=self._recheck_us(ttl))
+                else:
                     cells[c.name] = Cell(text, wt, read_us + ttl * 1_000_000 if ttl else None)
             if cells:
                 row = batch.rows.get(key)

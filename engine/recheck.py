@@ -1,7 +1,8 @@
 """Collections whose elements expire one by one: read them again when the first one does.
 
 Cassandra keeps a TTL per element of a non-frozen list, set or map (per field of a
-non-frozen UDT): ``UPDATE t USING TTL 60 SET l = l + [3]`` gives the element ``3`` a TTL
+non-frozen UDT), static columns included (a static is stored in every row of its partition,
+so each row has its entry): ``UPDATE t USING TTL 60 SET l = l + [3]`` gives the element ``3`` a TTL
 and leaves ``[1, 2]`` as they were. PostgreSQL holds the collection as one value with one
 expiry, and Cassandra emits no event when an element expires. So the read-back
 (:mod:`engine.readback`), when it reads such a cell, also reads
@@ -68,15 +69,18 @@ def recheck(conn, target: Target, session, consistency: str, now_us: int) -> Rec
         cur.execute("SELECT key, col, wt FROM _c2pg.rechecks WHERE target_schema = %s AND target_table = %s "
                     "AND at_us <= %s ORDER BY at_us LIMIT %s",
                     (target.target_schema, target.target_table, now_us, BATCH))
-        due = [(tuple(key), col, wt) for key, col, wt in cur.fetchall()]
+        due: list[tuple[tuple[str | None, ...], str, int]] = [(tuple(key), col, wt) for key, col, wt in cur.fetchall()]
     if not due:
         return RecheckStats()
     current = ReadBack(schema, session, consistency, token_function(schema)).current({k for k, _, _ in due})
     position = {c.name: i for i, c in enumerate(schema.regular, start=1)}
     pg_types = {c.name: c.pg_sql_type for c in schema.columns}
     table = d.ident(target.target_schema, target.target_table)
-    where = sql.SQL(" AND ").join(sql.SQL("{} = %s::{}").format(d.ident(c.name), sql.SQL(c.pg_sql_type))
-                                  for c in schema.primary_key)
+    # A static row's clustering values are NULL (ADR 0007): matched as such.
+    where = sql.SQL(" AND ").join(
+        sql.SQL("{c} IS NOT DISTINCT FROM %s::{t}" if c.kind == "clustering" and schema.has_statics
+                else "{c} = %s::{t}").format(
+            c=d.ident(c.name), t=sql.SQL(c.pg_sql_type)) for c in schema.primary_key)
     updated = emptied = stale = held = 0
     with conn, conn.cursor() as cur:
         for key, col, wt in due:
@@ -85,7 +89,7 @@ def recheck(conn, target: Target, session, consistency: str, now_us: int) -> Rec
                 stale += 1
                 continue
             i = sql.Literal(position[col])
-            params = [copy_unescape(v) for v in key]
+            params = [None if v is None else copy_unescape(v) for v in key]
             cur.execute(sql.SQL("SELECT {wt}[{i}] FROM {t} WHERE {where} FOR UPDATE SKIP LOCKED").format(
                 wt=d.ident(META_WT), i=i, t=table, where=where), params)
             row = cur.fetchone()
@@ -123,6 +127,6 @@ def recheck(conn, target: Target, session, consistency: str, now_us: int) -> Rec
     return stats
 
 
-def _forget(cur, target: Target, key: tuple[str, ...], col: str) -> None:
+def _forget(cur, target: Target, key: tuple[str | None, ...], col: str) -> None:
     cur.execute("DELETE FROM _c2pg.rechecks WHERE target_schema = %s AND target_table = %s AND key = %s AND col = %s",
                 (target.target_schema, target.target_table, list(key), col))

@@ -42,7 +42,7 @@ def cass(stack, pipeline):
     fresh_keyspace(session, KS)
     session.execute(f"CREATE TYPE {KS}.pt (x int, y text)")
     session.execute(f"CREATE TABLE {KS}.{TABLE} (pk int, ck int, l list<int>, s set<text>, m map<text, int>, "
-                    "u pt, a text, PRIMARY KEY (pk, ck))")
+                    "u pt, a text, sl list<int> static, PRIMARY KEY (pk, ck))")
     yield session
     cluster.shutdown()
 
@@ -103,6 +103,9 @@ def test_expired_elements_and_fields_leave_postgresql_and_the_tables_end_equal(c
     # 4: an element with a TTL, then a newer overwrite without: the registration is stale.
     q("INSERT INTO {t} (pk, ck, a, l) VALUES (1, 3, 'keep', [4]) {using}", base)
     q("UPDATE {t} {using} SET l = l + [9] WHERE pk = 1 AND ck = 3", base + 1, ttl=2)
+    # 5: a static list with an element that expires: every row of the partition holds it.
+    q("UPDATE {t} {using} SET sl = [1] WHERE pk = 1", base)
+    q("UPDATE {t} {using} SET sl = sl + [99] WHERE pk = 1", base + 1, ttl=2)
     sync((1, 0, base, COLUMNS, "x"), (1, 0, base + 1, COLUMNS), (1, 1, base + 1, ("l",)),
          (1, 2, base, ("l",), "keep"), (1, 2, base + 1, ("l",)), (1, 2, base + 2, ("l",)),
          (1, 3, base, ("l",), "keep"), (1, 3, base + 1, ("l",)))
@@ -111,8 +114,9 @@ def test_expired_elements_and_fields_leave_postgresql_and_the_tables_end_equal(c
     sync((1, 3, base + 3, ("l",)))
     with pg, pg.cursor() as cur:
         cur.execute("SELECT key, col FROM _c2pg.rechecks WHERE target_schema = %s ORDER BY key, col", (PG_SCHEMA,))
-        assert cur.fetchall() == [(["1", "0"], "l"), (["1", "0"], "m"), (["1", "0"], "s"), (["1", "0"], "u"),
-                                  (["1", "1"], "l"), (["1", "2"], "l"), (["1", "3"], "l")]
+        assert cur.fetchall() == [(["1", "0"], "l"), (["1", "0"], "m"), (["1", "0"], "s"), (["1", "0"], "sl"),
+                                  (["1", "0"], "u"), (["1", "1"], "l"), (["1", "1"], "sl"), (["1", "2"], "l"),
+                                  (["1", "2"], "sl"), (["1", "3"], "l"), (["1", "3"], "sl")]
 
     def expired() -> bool:
         row = cass.execute(f"SELECT l FROM {t} WHERE pk = 1 AND ck = 0").one()
@@ -121,24 +125,25 @@ def test_expired_elements_and_fields_leave_postgresql_and_the_tables_end_equal(c
     _poll("the 2 s element TTLs expired in Cassandra", expired)
     assert differences(cass, pg, KS, TABLE, PG_SCHEMA, TABLE) != [], "PostgreSQL still holds the expired elements"
 
-    # The recheck: row 0's four cells get Cassandra's values, row 1's list is left to expire,
-    # row 3's entry is stale (overwritten since). Row 2 is held by a sync batch: kept for later.
+    # The recheck: row 0's five cells and row 3's static get Cassandra's values, row 1's list
+    # and static are left to expire, row 3's list entry is stale (overwritten since). Row 2
+    # is held by a sync batch: its two entries are kept for later.
     other = psycopg2.connect(**pipeline.postgres.connect_kwargs(application_name="c2pg-element-ttl-lock"))
     try:
         with other, other.cursor() as cur:
             cur.execute(f"SELECT 1 FROM {PG_SCHEMA}.{TABLE} WHERE pk = 1 AND ck = 2 FOR UPDATE")
             first = recheck(pg, target, cass, "ONE", wall_clock_us())
-        assert (first.updated, first.emptied, first.stale, first.held) == (4, 1, 1, 1), first
+        assert (first.updated, first.emptied, first.stale, first.held) == (6, 2, 1, 2), first
     finally:
         other.close()
     now = wall_clock_us()
     second = recheck(pg, target, cass, "ONE", now)
-    assert (second.updated, second.emptied, second.stale, second.held) == (1, 0, 0, 0), second
+    assert (second.updated, second.emptied, second.stale, second.held) == (2, 0, 0, 0), second
     sweep_expired(pg, target, now)
     assert differences(cass, pg, KS, TABLE, PG_SCHEMA, TABLE) == []
     with pg, pg.cursor() as cur:
-        cur.execute(f"SELECT l, a FROM {PG_SCHEMA}.{TABLE} WHERE pk = 1 AND ck = 2")
-        assert cur.fetchone() == ([5, 8], "keep")
+        cur.execute(f"SELECT ck, l, a, sl FROM {PG_SCHEMA}.{TABLE} WHERE pk = 1 ORDER BY ck")
+        assert cur.fetchall() == [(0, [1, 2], "x", [1]), (2, [5, 8], "keep", [1]), (3, [10], "keep", [1])]
         cur.execute("SELECT key, col, at_us > %s FROM _c2pg.rechecks WHERE target_schema = %s",
                     (now + 3_000_000_000, PG_SCHEMA))
         assert cur.fetchall() == [(["1", "2"], "l", True)], "only the hour-long TTL is left to recheck"
