@@ -52,31 +52,11 @@ def copy_unescape(field: str | None) -> str | None:
 
 
 def array_elements(literal: str) -> list[str | None]:
-    """A one-dimensional PostgreSQL array literal → element texts (None for NULL)."""
-    assert literal[0] == "{" and literal[-1] == "}"
-    body, out, i = literal[1:-1], [], 0
-    if not body:
-        return out
-    while True:
-        if body[i] == '"':
-            buf, i = [], i + 1
-            while body[i] != '"':
-                if body[i] == "\\":
-                    i += 1
-                buf.append(body[i])
-                i += 1
-            out.append("".join(buf))
-            i += 1
-        else:
-            j = body.find(",", i)
-            j = len(body) if j < 0 else j
-            tok = body[i:j]
-            out.append(None if tok == "NULL" else tok)
-            i = j
-        if i >= len(body):
-            return out
-        assert body[i] == ","
-        i += 1
+    """A one-dimensional PostgreSQL array literal → element texts (None for NULL): the
+    comparison oracle's reader (``engine.compare``), which shares no code with engine.types."""
+    from engine.compare import _pg_array
+
+    return _pg_array(literal)
 
 
 # PostgreSQL's array whitespace (arrayfuncs.c array_isspace): only these six, all ASCII.
