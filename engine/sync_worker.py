@@ -11,6 +11,10 @@ Concurrency: the loop runs in the ``loop`` concurrency group (one thread); ``sta
 applied. A batch closes on ``sync.batch_max_events``, ``sync.batch_max_bytes`` or
 ``sync.batch_max_wait``, whichever comes first.
 
+After each batch's PostgreSQL commit the worker also commits the same offsets to the Kafka
+consumer group ``c2pg-<pipeline>``, asynchronously, for Kafka's tools to see (they are
+never read back: ``_c2pg.offsets`` is the truth).
+
 Failure: a batch that cannot be committed (PostgreSQL down, a bug) is not acknowledged:
 the worker seeks its partitions back to the committed offsets and retries with backoff,
 reporting ``state = "retrying"`` and the error in its status. An exception that escapes
@@ -33,6 +37,28 @@ from engine.sync_status import WindowRate, in_future
 
 log = logging.getLogger("c2pg.sync.worker")
 
+
+
+def _tell_kafka(consumer, offsets: dict[tuple[str, int], int]) -> None:
+    """Commit to the Kafka consumer group (``c2pg-<pipeline>``) the offsets PostgreSQL has
+    just committed, asynchronously, so Kafka's tools (``kafka-consumer-groups.sh``, Burrow,
+    lag exporters) see c2pg's progress. PostgreSQL stays the source of truth: the worker
+    starts from ``_c2pg.offsets``, never from these, and a commit that fails (logged by
+    :func:`_on_kafka_commit`) changes nothing but what the tools show."""
+    if consumer is None or not offsets:
+        return
+    from confluent_kafka import TopicPartition
+
+    try:
+        consumer.commit(offsets=[TopicPartition(t, p, nxt) for (t, p), nxt in offsets.items()], asynchronous=True)
+    except Exception as exc:  # noqa: BLE001 - the tools' view only; the data is committed
+        log.debug("consumer group offsets not committed to Kafka: %s", exc)
+
+
+def _on_kafka_commit(err, partitions) -> None:
+    """The consumer's ``on_commit`` callback (run inside ``poll``): a failed commit is logged."""
+    if err is not None:
+        log.info("consumer group offsets not committed to Kafka (%s); the next batch commits again", err)
 
 @dataclass
 class PartitionState:
@@ -145,7 +171,7 @@ class PartitionWorker:
         cluster, session = cql.connect(cfg.cassandra)
         consumer = Consumer({**cfg.kafka.client_conf(), "group.id": f"c2pg-{cfg.name}",
                              "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                             "enable.partition.eof": False})
+                             "enable.partition.eof": False, "on_commit": _on_kafka_commit})
         # Watermarks of partitions this worker does not fetch (paused ones) come from a
         # consumer of their own: on the fetching consumer's connection the request waits
         # behind a long-polling fetch and times out, leaving the lag figure stale.
@@ -185,7 +211,7 @@ class PartitionWorker:
                 if not batch:
                     continue
                 try:
-                    self._apply(batch, appliers)
+                    self._apply(batch, appliers, consumer)
                     backoff = 1.0
                 except Exception as exc:  # noqa: BLE001 - not committed: rewind, report, retry
                     log.warning("batch not applied (%s: %s); retrying in %.0fs", type(exc).__name__, exc, backoff)
@@ -257,7 +283,7 @@ class PartitionWorker:
                 size += len(m.value() or b"") + len(m.key() or b"")
         return batch
 
-    def _apply(self, batch: list, appliers: dict) -> None:
+    def _apply(self, batch: list, appliers: dict, consumer=None) -> None:
         by_topic: dict[str, list] = defaultdict(list)
         for rec in batch:
             by_topic[rec.topic].append(rec)
@@ -272,6 +298,7 @@ class PartitionWorker:
             try:
                 appliers[self.heartbeat_topic].apply(heartbeats, hb_offsets)
                 self._advance(heartbeats, hb_offsets, None, time.monotonic(), count_batch=False)
+                _tell_kafka(consumer, hb_offsets)
             except Exception as exc:  # noqa: BLE001 - logged; the tables go on
                 log.warning("capture heartbeats not recorded (%s: %s)", type(exc).__name__, exc)
                 with contextlib.suppress(Exception):
@@ -288,6 +315,7 @@ class PartitionWorker:
             with self._lock:
                 self.latencies.extend(committed_ms - r.timestamp_ms for r in records if r.timestamp_ms)
             self._advance(records, next_offsets, result.max_write_ts_us, committed_at)
+            _tell_kafka(consumer, next_offsets)
 
     def _advance(self, records: list, next_offsets: dict, max_write_ts_us: int | None, committed_at: float,
                  count_batch: bool = True) -> None:

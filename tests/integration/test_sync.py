@@ -118,6 +118,31 @@ def test_a_late_older_write_after_a_delete_does_not_resurrect_and_a_newer_one_do
         assert cur.fetchall() == [("newer",)]
 
 
+def test_the_kafka_consumer_group_shows_the_offsets_postgresql_committed(cass, pg, sync_table):
+    """Kafka's tools (kafka-consumer-groups.sh, lag exporters) read the consumer group's
+    committed offsets: after each PostgreSQL commit the workers commit the same offsets to
+    ``c2pg-<pipeline>``, asynchronously (``_c2pg.offsets`` stays the truth)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    cfg, t, _sup = sync_table
+    cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (7, 1, 'seen by the Kafka tools')")
+    assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
+    want = _offsets(pg, cfg.name)
+    assert want and all(o > 0 for o in want.values()), want
+    reader = Consumer({**cfg.kafka.client_conf(), "group.id": f"c2pg-{cfg.name}", "enable.auto.commit": False})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            got = {(tp.topic, tp.partition): tp.offset
+                   for tp in reader.committed([TopicPartition(topic, p) for topic, p in want], timeout=10)}
+            if all(got[k] >= v for k, v in want.items()):
+                break
+            assert time.monotonic() < deadline, f"Kafka's group offsets {got} never reached PostgreSQL's {want}"
+            time.sleep(0.2)
+    finally:
+        reader.close()
+
+
 class _Writer:
     """Writes rows to the table in a background thread (a steady stream while we break things)."""
 
