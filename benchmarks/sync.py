@@ -14,9 +14,18 @@ On the local stack (``c2pg stack up``):
    from the first committed batch until every partition's lag is 0;
 4. the JDBC sink in Kafka Connect standalone (upsert mode) into the same PostgreSQL;
 5. latency: c2pg again, with events produced at half its measured maximum rate for 20 s,
-   and the p50/p99 of Kafka record time → PostgreSQL commit.
+   and the p50/p99 of Kafka record time → PostgreSQL commit over every event of the window,
+   measured from outside c2pg (the producer's delivery reports give each record's offset and
+   time; a poll of ``_c2pg.offsets`` every 20 ms gives when its offset was committed);
+6. the end states: each c2pg target and the sink's table are compared cell by cell with the
+   rows the generator says must be left (the run fails if any differs), and the ceiling:
+   COPY of those rows into a staging table plus one plain ``INSERT … ON CONFLICT DO UPDATE``,
+   timed in the same run (PostgreSQL's own cost of the end state, no Kafka, no decoding, no
+   last-write-wins).
 
-Writes ``benchmarks/results/sync.json``; ``docs/benchmarks.md`` shows the figures.
+Both systems get the same changes: an update event carries the values its flattened row
+has. Writes ``benchmarks/results/sync.json`` (the latest run at the top, every earlier run's
+summary kept in ``history``); ``docs/benchmarks.md`` shows the figures.
 
     .venv/bin/python -m benchmarks.sync --heartbeat-ab [--rounds 3] [--events 300000]
 
@@ -49,6 +58,9 @@ KS, TABLE = "c2pg_bench", "sync_events"
 TOPIC = f"c2pg.{KS}.{TABLE}"
 FLAT_TOPIC = "c2pg_bench.flat.sync_events"
 RESULTS = Path(__file__).resolve().parent / "results"
+SUMMARY = ("when", "command", "events", "c2pg_events_per_s", "workers", "jdbc_sink_events_per_s", "ratio_vs_jdbc_sink",
+           "ratio_vs_copy_merge_ceiling", "p50_apply_latency_ms", "p99_apply_latency_ms", "latency_rate_events_per_s",
+           "end_states_equal")
 
 
 def cell(v):
@@ -78,9 +90,9 @@ def generate(events: int, keys: int, seed: int = 7):
             if rnd.random() < 0.3:
                 changes["name"] = f"renamed {k} {i}"
             state[k].update(changes)
-            op, after = "u", {"id": cell(k), **{c: (cell(v) if c in changes else None) for c, v in
-                                               (("name", changes.get("name", ...)), ("qty", 0), ("price", 0),
-                                                ("updated", 0))}}
+            # The cells the update wrote, with the values the flattened row carries too.
+            op, after = "u", {"id": cell(k), **{c: (cell(changes[c]) if c in changes else None)
+                                               for c in ("name", "qty", "price", "updated")}}
         value = {"ts_ms": ts // 1000, "op": op, "source": {
             "version": "3.4.1.Final", "connector": "cassandra", "name": "c2pg", "ts_ms": ts // 1000, "ts_us": ts,
             "ts_ns": ts * 1000, "snapshot": "false", "db": "NULL", "sequence": None, "cluster": "c2pg-dev",
@@ -108,10 +120,37 @@ def fill_topics(bootstrap: str, generated) -> None:
 
 def _latency_at(cfg, sup, rate: float, start_pos: int, seconds: float = 20.0) -> dict:
     """Produce updates at ``rate`` events/s for ``seconds`` while sync runs; then the p50/p99
-    of Kafka record time → PostgreSQL commit over those events (the workers' own figures)."""
+    of Kafka record time → PostgreSQL commit over EVERY event of the window, measured from
+    outside c2pg: each record's offset and timestamp come from the producer's delivery
+    reports, its commit time is when a poll of ``_c2pg.offsets`` (every 20 ms) first shows
+    its partition's committed offset past it."""
+    import threading
+
     import ray
     from confluent_kafka import Producer
 
+    delivered: list[tuple[int, int, int]] = []  # (partition, offset, record time ms)
+
+    def on_delivery(err, msg) -> None:
+        if err is None:
+            delivered.append((msg.partition(), msg.offset(), msg.timestamp()[1]))
+
+    samples: list[tuple[float, dict[int, int]]] = []
+    stop = threading.Event()
+
+    def poll_offsets() -> None:
+        conn = psycopg2.connect(**cfg.postgres.connect_kwargs(application_name="bench-latency"))
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            while not stop.is_set():
+                cur.execute("SELECT kafka_partition, next_offset FROM _c2pg.offsets WHERE pipeline = %s "
+                            "AND topic = %s", (cfg.name, TOPIC))
+                samples.append((time.time() * 1000, dict(cur.fetchall())))
+                stop.wait(0.02)
+        conn.close()
+
+    poller = threading.Thread(target=poll_offsets, daemon=True)
+    poller.start()
     producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "linger.ms": 5})
     rnd = random.Random(11)
     t0, n = time.monotonic(), 0
@@ -125,7 +164,7 @@ def _latency_at(cfg, sup, rate: float, start_pos: int, seconds: float = 20.0) ->
                 "cluster": "c2pg-dev", "file": "bench", "pos": start_pos + n, "keyspace": KS, "table": TABLE},
                 "after": {"id": cell(k), "name": None, "qty": cell(n % 1000), "price": None, "updated": cell(ts),
                           "_range_start": None, "_range_end": None}}
-            producer.produce(TOPIC, key=orjson.dumps({"id": k}), value=orjson.dumps(value))
+            producer.produce(TOPIC, key=orjson.dumps({"id": k}), value=orjson.dumps(value), on_delivery=on_delivery)
             n += 1
         producer.poll(0)
         time.sleep(0.002)
@@ -133,12 +172,90 @@ def _latency_at(cfg, sup, rate: float, start_pos: int, seconds: float = 20.0) ->
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         status = ray.get(sup.status.remote(), timeout=30)
-        if all(p.get("lag") == 0 for w in status["workers"] for p in w.get("partitions", [])):
+        parts = [p for w in status["workers"] for p in w.get("partitions", []) if not p.get("heartbeat")]
+        if all(p.get("lag") == 0 for p in parts):
             break
         time.sleep(0.5)
-    lat = [w["latency_ms"] for w in status["workers"] if w.get("latency_ms")]
-    return {"rate": round(rate), "events": n, "p50_ms": max((x["p50"] for x in lat), default=None),
-            "p99_ms": max((x["p99"] for x in lat), default=None)}
+    time.sleep(0.1)
+    stop.set()
+    poller.join(timeout=10)
+    latencies = sorted(_commit_ms(samples, partition, offset) - ts for partition, offset, ts in delivered)
+    latencies = [x for x in latencies if x is not None]
+    if not latencies:
+        return {"rate": round(rate), "events": n, "measured": 0, "p50_ms": None, "p99_ms": None}
+    return {"rate": round(rate), "events": n, "measured": len(latencies),
+            "p50_ms": round(latencies[len(latencies) // 2], 1),
+            "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1),
+            "max_ms": round(latencies[-1], 1), "offset_poll_ms": 20}
+
+
+def _commit_ms(samples: list[tuple[float, dict[int, int]]], partition: int, offset: int) -> float:
+    """The first sample time at which ``partition``'s committed offset is past ``offset``
+    (samples are in time order; binary search on the monotone committed offset)."""
+    lo, hi = 0, len(samples)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if samples[mid][1].get(partition, -1) > offset:
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo == len(samples):
+        raise RuntimeError(f"partition {partition} offset {offset} never committed while measured")
+    return samples[lo][0]
+
+
+def table_state(cfg, table: str) -> dict[int, tuple]:
+    """A target's rows: id → (name, qty, price, updated)."""
+    conn = psycopg2.connect(**cfg.postgres.connect_kwargs())
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(f"SELECT id, name, qty, price, updated FROM {table}")
+            return {r[0]: tuple(r[1:]) for r in cur.fetchall()}
+    finally:
+        conn.close()
+
+
+def expected_state(generated) -> dict[int, tuple]:
+    final: dict[int, dict | None] = {}
+    for key, _, row in generated:
+        final[key["id"]] = row
+    return {k: (r["name"], r["qty"], r["price"], r["updated"]) for k, r in final.items() if r is not None}
+
+
+def state_differences(want: dict[int, tuple], got: dict[int, tuple]) -> dict:
+    """How ``got`` differs from ``want``, cell by cell (counts and a few examples)."""
+    missing = want.keys() - got.keys()
+    extra = got.keys() - want.keys()
+    differing = [k for k in want.keys() & got.keys() if want[k] != got[k]]
+    return {"missing": len(missing), "extra": len(extra), "differing_rows": len(differing),
+            "examples": [{"id": k, "want": want[k], "got": got[k]} for k in sorted(differing)[:3]]}
+
+
+def copy_merge_ceiling(cfg, want: dict[int, tuple], events: int) -> dict:
+    """What PostgreSQL alone needs for the end state: COPY of the final rows into a staging
+    table plus one plain ``INSERT … SELECT … ON CONFLICT (id) DO UPDATE SET`` of every column
+    — no Kafka, no decoding, no last-write-wins. Counted per event of the run it stands for."""
+    import io
+
+    conn = psycopg2.connect(**cfg.postgres.connect_kwargs())
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("DROP TABLE IF EXISTS bench.ceiling")
+            cur.execute("CREATE TABLE bench.ceiling (id bigint PRIMARY KEY, name text, qty integer, "
+                        "price double precision, updated bigint)")
+        buf = io.StringIO("".join(f"{k}\t{n}\t{q}\t{p!r}\t{u}\n" for k, (n, q, p, u) in want.items()))
+        t0 = time.perf_counter()
+        with conn, conn.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE ceiling_stage (LIKE bench.ceiling) ON COMMIT DROP")
+            cur.copy_expert("COPY ceiling_stage FROM STDIN", buf)
+            cur.execute("INSERT INTO bench.ceiling SELECT * FROM ceiling_stage ON CONFLICT (id) DO UPDATE SET "
+                        "name = EXCLUDED.name, qty = EXCLUDED.qty, price = EXCLUDED.price, updated = EXCLUDED.updated")
+        seconds = time.perf_counter() - t0
+    finally:
+        conn.close()
+    got = table_state(cfg, "bench.ceiling")
+    assert got == want, "the ceiling's table is not the expected end state"
+    return {"rows": len(want), "seconds": round(seconds, 3), "events_per_s": round(events / seconds)}
 
 
 def run_c2pg(cfg, workers: int, events: int, timeout_s: float = 900, rate: float | None = None,
@@ -244,20 +361,22 @@ def main() -> None:
     print(f"generating {args.events:,} events over {args.keys:,} keys", flush=True)
     generated = generate(args.events, args.keys)
     fill_topics(bootstrap, generated)
-    final = {}
-    for key, _, row in generated:
-        final[key["id"]] = row
-    expected_rows = sum(1 for row in final.values() if row is not None)
+    want = expected_state(generated)
+    expected_rows = len(want)
 
     ray.init(address=os.environ.get("RAY_ADDRESS") or "127.0.0.1:6380", logging_level="WARNING",
              log_to_driver=False)
     if args.heartbeat_ab:
         heartbeat_ab(cfg, args.events, args.rounds, expected_rows)
         return
-    c2pg = [run_c2pg(cfg, w, args.events) for w in (1, 2)]
-    for r in c2pg:
+    c2pg, end_states = [], {}
+    for w in (1, 2):
+        r = run_c2pg(cfg, w, args.events)
+        end_states[f"c2pg_{w}_workers"] = state_differences(want, table_state(cfg, f"bench.sync_{w}"))
+        c2pg.append(r)
         print(f"c2pg, {r['workers']} worker(s): {r['events_per_s']:,} events/s ({r['seconds']} s), "
-              f"rows {r['rows']:,} (expected {expected_rows:,})", flush=True)
+              f"rows {r['rows']:,} (expected {expected_rows:,}); end state vs expected: "
+              f"{end_states[f'c2pg_{w}_workers']}", flush=True)
     best = max(c2pg, key=lambda r: r["events_per_s"] or 0)
     # The latency run: the best worker count again, then a steady stream at half its rate.
     fill_topics(bootstrap, generated)
@@ -271,24 +390,41 @@ def main() -> None:
         jdbc_result = jdbc.run_jdbc_sink(bootstrap, FLAT_TOPIC, {k: kw[k] for k in ("host", "port", "dbname", "user",
                                                                                    "password")},
                                          "bench.jdbc_sink", args.events, timeout_s=1800)
-        print(f"Debezium JDBC sink: {jdbc_result['events_per_s']:,.0f} events/s ({jdbc_result['seconds']:.1f} s)",
-              flush=True)
+        end_states["jdbc_sink"] = state_differences(want, table_state(cfg, "bench.jdbc_sink"))
+        print(f"Debezium JDBC sink: {jdbc_result['events_per_s']:,.0f} events/s ({jdbc_result['seconds']:.1f} s); "
+              f"end state vs expected: {end_states['jdbc_sink']}", flush=True)
+    ceiling = copy_merge_ceiling(cfg, want, args.events)
+    print(f"COPY + merge ceiling: {ceiling['events_per_s']:,} events/s equivalent ({ceiling['seconds']} s for "
+          f"{ceiling['rows']:,} rows)", flush=True)
+    equal = all(d["missing"] == d["extra"] == d["differing_rows"] == 0 for d in end_states.values())
     out = {
         "events": args.events, "keys": args.keys, "expected_rows": expected_rows,
         "c2pg_events_per_s": best["events_per_s"], "workers": best["workers"], "c2pg_runs": c2pg,
         "jdbc_sink_events_per_s": round(jdbc_result["events_per_s"]) if jdbc_result else None,
         "ratio_vs_jdbc_sink": round(best["events_per_s"] / jdbc_result["events_per_s"], 2) if jdbc_result else None,
+        "copy_merge_ceiling": ceiling,
+        "ratio_vs_copy_merge_ceiling": round(best["events_per_s"] / ceiling["events_per_s"], 3),
+        "end_states_equal": equal, "end_states": end_states,
         "p99_apply_latency_ms": latency["p99_ms"], "p50_apply_latency_ms": latency["p50_ms"],
-        "latency_rate_events_per_s": latency["rate"],
+        "latency_rate_events_per_s": latency["rate"], "latency": latency,
         "jdbc_sink": jdbc_result,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": f".venv/bin/python -m benchmarks.sync --events {args.events} --keys {args.keys}",
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sync.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-    print(json.dumps({k: out[k] for k in ("c2pg_events_per_s", "jdbc_sink_events_per_s", "ratio_vs_jdbc_sink",
-                                          "p99_apply_latency_ms", "workers", "events")}))
+    path = RESULTS / "sync.json"
+    # Every run's figures are kept: the latest at the top, the earlier ones' summaries in "history".
+    history = []
+    if path.exists():
+        old = json.loads(path.read_text())
+        history = old.pop("history", [])
+        history.append({k: old.get(k) for k in SUMMARY if k in old})
+    out["history"] = history
+    path.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    print(json.dumps({k: out.get(k) for k in SUMMARY}))
+    if not equal:
+        raise SystemExit("the end states differ from the expected rows (see end_states in sync.json)")
 
 
 if __name__ == "__main__":
