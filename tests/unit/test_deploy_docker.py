@@ -244,3 +244,94 @@ def test_compose_pipeline_validates_and_names_compose_services():
     assert "serve deploy /home/ray/c2pg/serve_app/serve_config.yaml" in script
     assert "c2pg sync start --config /etc/c2pg/pipeline.yaml" in script  # the head runs sync
     assert (ROOT / "serve_app" / "serve_config.yaml").exists()
+
+
+# --- compose: does the stack actually run? ------------------------------------------------------
+
+
+def _head_gcs_port() -> int:
+    """The GCS port ray-head.sh starts the head on (``ray start --head --port=N``)."""
+    script = (DOCKER / "ray-head.sh").read_text()
+    (port,) = re.findall(r"ray start --head[^\n]*--port=(\d+)", script)
+    return int(port)
+
+
+def test_compose_engine_commands_find_the_head_they_run_beside(monkeypatch):
+    """`c2pg sync start` in ray-head.sh (and `docker compose exec ray-head c2pg ...`) joins the
+    head through engine.ray_connect: with the container's environment, and the local stack's
+    port not answering (there is no local stack in a container), it must choose the head's
+    GCS rather than raise NoRayCluster."""
+    from engine import ray_connect
+
+    env = compose()["services"]["ray-head"]["environment"]
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    monkeypatch.setattr(ray_connect, "_answers", lambda *a, **k: False)
+    address = ray_connect.choose_address(persistent=True)
+    host, _, port = address.rpartition(":")
+    assert host in ("127.0.0.1", "localhost") and int(port) == _head_gcs_port()
+
+
+# The apache/kafka image writes its log to log.dirs of its default server.properties unless
+# KAFKA_LOG_DIRS overrides it (the image turns KAFKA_* variables into properties).
+KAFKA_IMAGE_DEFAULT_LOG_DIRS = "/tmp/kraft-combined-logs"
+
+
+def test_compose_kafka_keeps_its_log_on_its_volume():
+    """Topics must survive `docker compose up` re-creating the container: the offsets sync
+    committed in PostgreSQL point into that log."""
+    kafka = compose()["services"]["kafka"]
+    log_dirs = kafka["environment"].get("KAFKA_LOG_DIRS", KAFKA_IMAGE_DEFAULT_LOG_DIRS).split(",")
+    mounts = [v.split(":")[1] for v in kafka["volumes"] if v.split(":")[0] in compose()["volumes"]]
+    for log_dir in log_dirs:
+        assert any(log_dir == m or log_dir.startswith(m.rstrip("/") + "/") for m in mounts), (log_dir, mounts)
+
+
+def _run_head_script(tmp_path, serve_failures: int) -> tuple[int, list[str]]:
+    """Run docker/ray-head.sh with stand-ins for ray, serve, c2pg and sleep on PATH: `serve
+    deploy` fails `serve_failures` times (the dashboard not listening yet), then succeeds.
+    Returns the script's exit code and the commands it ran, in order."""
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (tmp_path / "serve_failures").write_text(str(serve_failures))
+    stubs = {
+        # `ray start --block` stays up (a little while), `ray status` answers at once.
+        "ray": 'echo "ray $*" >> "$CALLS"; if [ "$1" = start ]; then exec /bin/sleep 2; fi; exit 0',
+        "serve": ('echo "serve $*" >> "$CALLS"; n=$(cat "$FAILS"); '
+                  'if [ "$n" -gt 0 ]; then echo $((n-1)) > "$FAILS"; exit 1; fi; exit 0'),
+        "c2pg": 'echo "c2pg $*" >> "$CALLS"; exit 0',
+        "sleep": "exit 0",
+    }
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls),
+           "FAILS": str(tmp_path / "serve_failures")}
+    proc = subprocess.run(["bash", str(DOCKER / "ray-head.sh")], env=env, timeout=60,
+                          capture_output=True, text=True)
+    return proc.returncode, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_compose_head_waits_for_the_dashboard_before_serve_deploy_and_then_starts_sync(tmp_path):
+    """`ray status` answers (GCS) before the dashboard's REST API, which `serve deploy` needs:
+    a refused first deploy must be retried, not end the head under `set -e`."""
+    code, calls = _run_head_script(tmp_path, serve_failures=3)
+    deploys = [c for c in calls if c.startswith("serve deploy")]
+    assert len(deploys) == 4, calls
+    assert any(c.startswith("c2pg sync start") for c in calls), calls
+    assert code == 0
+
+
+def test_compose_long_running_services_restart_after_a_failure():
+    """A service that exits (the head's script, a crashed broker) comes back by itself; only
+    the one-shot vault-init runs once."""
+    for name, svc in compose()["services"].items():
+        if name == "vault-init":
+            assert svc.get("restart") == "no"
+            continue
+        assert svc.get("restart") in ("unless-stopped", "always", "on-failure"), name
