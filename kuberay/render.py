@@ -38,6 +38,7 @@ KUBERAY = ROOT / "kuberay"
 SERVE_CONFIG = ROOT / "serve_app" / "serve_config.yaml"
 PIPELINE = KUBERAY / "pipeline.yaml"
 DASHBOARD = ROOT / "dashboards" / "c2pg.json"
+RULES = ROOT / "dashboards" / "prometheus-rules.yaml"
 
 NAMESPACE = "c2pg"
 CONFIG_DIR = "/etc/c2pg"
@@ -52,6 +53,7 @@ RAY_UID, RAY_GID = 1000, 100  # the image's `ray` user and `users` group (offici
 # `prometheus`, namespace `monitoring`. The Ray dashboard on the head queries Prometheus and
 # embeds Grafana's panels (its Metrics tab) only when told where they are; the iframe host is
 # what the operator's browser reaches (the port-forward of docs/operations.md, step 6).
+MONITORING_RELEASE = "prometheus"  # its Prometheus loads monitors and rules with this label
 MONITORING = {
     "RAY_PROMETHEUS_HOST": "http://prometheus-kube-prometheus-prometheus.monitoring.svc:9090",
     "RAY_GRAFANA_HOST": "http://prometheus-grafana.monitoring.svc:80",
@@ -422,6 +424,29 @@ def grafana_configmap() -> dict[str, Any]:
             "data": {"c2pg.json": DASHBOARD.read_text()}}
 
 
+def podmonitor() -> dict[str, Any]:
+    """Every Ray pod of the namespace (KubeRay labels them ray.io/is-ray-node=yes) on its port
+    `metrics`, where Ray exports its metrics and c2pg's; labelled like prometheus-scrape.yaml's job."""
+    meta = _metadata("c2pg-ray", "monitoring")
+    meta["labels"]["release"] = MONITORING_RELEASE
+    relabel = [{"sourceLabels": [f"__meta_kubernetes_pod_label_{src}"], "targetLabel": dst}
+               for src, dst in (("ray_io_cluster", "ray_io_cluster"), ("ray_io_node_type", "ray_node_type"))]
+    relabel.append({"sourceLabels": ["__meta_kubernetes_pod_name"], "targetLabel": "pod"})
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": meta,
+            "spec": {"selector": {"matchLabels": {"ray.io/is-ray-node": "yes"}},
+                     "namespaceSelector": {"matchNames": [NAMESPACE]},
+                     "podMetricsEndpoints": [{"port": "metrics", "interval": "15s",
+                                              "relabelings": relabel}]}}
+
+
+def prometheusrule() -> dict[str, Any]:
+    """dashboards/prometheus-rules.yaml for the Prometheus operator."""
+    meta = _metadata("c2pg-alerts", "monitoring")
+    meta["labels"]["release"] = MONITORING_RELEASE
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", "metadata": meta,
+            "spec": {"groups": yaml.safe_load(RULES.read_text())["groups"]}}
+
+
 def manifests(secrets: str = "kubernetes") -> dict[str, tuple[str, list[dict[str, Any]]]]:
     """{path relative to the repository: (source named in the header, documents)}."""
     return {
@@ -434,6 +459,8 @@ def manifests(secrets: str = "kubernetes") -> dict[str, tuple[str, list[dict[str
         "kuberay/rayjob-snapshot.yaml": ("kuberay/render.py", [rayjob("snapshot", secrets)]),
         "kuberay/rayjob-reconcile.yaml": ("kuberay/render.py", [rayjob("reconcile", secrets)]),
         "dashboards/grafana-dashboard-configmap.yaml": ("dashboards/c2pg.json", [grafana_configmap()]),
+        "dashboards/podmonitor.yaml": ("kuberay/render.py", [podmonitor()]),
+        "dashboards/prometheusrule.yaml": ("dashboards/prometheus-rules.yaml", [prometheusrule()]),
     }
 
 

@@ -31,6 +31,13 @@ SCHEMAS = ROOT / "kuberay" / "schemas"
 KUBERNETES_VERSION = "1.34"  # the oldest Kubernetes c2pg documents; KubeRay 1.7 supports it
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
              "RayService": "ray.io_rayservices.yaml"}
+# The Prometheus operator's CRDs for dashboards/podmonitor.yaml and prometheusrule.yaml
+# (version in dashboards/schemas/README.md).
+MONITORING_SCHEMAS = ROOT / "dashboards" / "schemas"
+MONITORING_CRD_FILES = {"PodMonitor": "monitoring.coreos.com_podmonitors.yaml",
+                        "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml"}
+API_VERSIONS = {**dict.fromkeys(CRD_FILES, "ray.io/v1"),
+                **dict.fromkeys(MONITORING_CRD_FILES, "monitoring.coreos.com/v1")}
 
 
 def strict(schema: Any) -> Any:
@@ -48,17 +55,19 @@ def strict(schema: Any) -> Any:
 
 @functools.cache
 def load_crd(name: str) -> dict[str, Any]:
-    """A CRD file of kuberay/schemas (1 MB of YAML each: libyaml's loader when present)."""
+    """A CRD file of kuberay/schemas or dashboards/schemas (1 MB of YAML each: libyaml's loader
+    when present)."""
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load((SCHEMAS / name).read_text(), Loader=loader)  # a safe loader, C or Python
+    path = SCHEMAS / name if (SCHEMAS / name).exists() else MONITORING_SCHEMAS / name
+    return yaml.load(path.read_text(), Loader=loader)  # a safe loader, C or Python
 
 
 @functools.cache
 def crd_validator(kind: str) -> jsonschema.Draft7Validator:
-    crd = load_crd(CRD_FILES[kind])
+    crd = load_crd({**CRD_FILES, **MONITORING_CRD_FILES}[kind])
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     schema = strict(version["schema"]["openAPIV3Schema"])
-    schema["properties"]["apiVersion"] = {"const": "ray.io/v1"}
+    schema["properties"]["apiVersion"] = {"const": API_VERSIONS[kind]}
     schema["properties"]["kind"] = {"const": kind}
     schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"})
     return jsonschema.Draft7Validator(schema)
@@ -146,6 +155,10 @@ def kuberay_rules(doc: dict[str, Any]) -> list[str]:
 
 def manifest_errors(doc: dict[str, Any]) -> list[str]:
     """Every schema and rule error of one manifest document (empty = valid)."""
+    if doc.get("apiVersion") == "monitoring.coreos.com/v1" and doc.get("kind") in MONITORING_CRD_FILES:
+        return [f"{doc['kind']}: {'.'.join(map(str, e.path))}: {e.message}"
+                for e in crd_validator(doc["kind"]).iter_errors(doc)] + core_errors(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc.get("metadata", {})})
     if doc.get("apiVersion") == "ray.io/v1" and doc.get("kind") in CRD_FILES:
         errors = [f"{doc['kind']}: {'.'.join(map(str, e.path))}: {e.message}"
                   for e in crd_validator(doc["kind"]).iter_errors(doc)]
