@@ -43,8 +43,12 @@ RULES = ROOT / "dashboards" / "prometheus-rules.yaml"
 NAMESPACE = "c2pg"
 CONFIG_DIR = "/etc/c2pg"
 CONFIG_PATH = f"{CONFIG_DIR}/pipeline.yaml"
-SECRET = "c2pg-secrets"  # the pipeline's secrets (kuberay/secrets.example.yaml)
-RAY_AUTH_SECRET = "c2pg-ray-auth"  # Ray's token authentication: one token for every cluster
+# Where the pods' secrets come from (--secrets): a mounted Kubernetes Secret, or files the
+# Vault agent injector writes.
+KUBERNETES_SECRETS, VAULT_AGENT = "kubernetes", "vault-agent"
+# Names of Kubernetes Secrets and paths, never secret values (hence the scanners' markers).
+SECRET = "c2pg-secrets"  # nosec B105 # pragma: allowlist secret - the pipeline's secrets (secrets.example.yaml)
+RAY_AUTH_SECRET = "c2pg-ray-auth"  # nosec B105 # pragma: allowlist secret - Ray's token, one for every cluster
 SERVE_PORT = 8000
 WORKER_ACCOUNT = "c2pg-worker"  # the workers' service account: no Kubernetes rights at all
 RAY_UID, RAY_GID = 1000, 100  # the image's `ray` user and `users` group (official Ray images)
@@ -65,7 +69,7 @@ MONITORING = {
 # file:/etc/c2pg/secrets/<key>; the Vault-agent variant to file:/vault/secrets/<key>.
 SECRET_KEYS = ("cassandra-password", "kafka-password", "postgres-password", "api-token")
 SECRET_DIR = f"{CONFIG_DIR}/secrets"
-VAULT_SECRET_DIR = "/vault/secrets"
+VAULT_SECRET_DIR = "/vault/secrets"  # nosec B105 - a directory
 VAULT_KV_PATH = "secret/data/c2pg/prod"  # KV v2: the keys are SECRET_KEYS with _ for -
 VAULT_ROLE = "c2pg"
 
@@ -134,7 +138,7 @@ def pod_template(*, role: str, cpu: str, memory: str, secrets: str,
         "securityContext": _container_security(),
     }
     volumes: list[dict[str, Any]] = [{"name": "pipeline", "configMap": {"name": "c2pg-pipeline"}}]
-    if secrets == "kubernetes":
+    if secrets == KUBERNETES_SECRETS:
         # Files, not environment variables: the kubelet refreshes a mounted Secret, so a
         # rotated password reaches the next `c2pg sync start` without restarting the pod.
         container["volumeMounts"].append({"name": "secrets", "mountPath": SECRET_DIR, "readOnly": True})
@@ -143,7 +147,7 @@ def pod_template(*, role: str, cpu: str, memory: str, secrets: str,
         container["ports"] = ports
     metadata: dict[str, Any] = {"labels": {"app.kubernetes.io/name": "c2pg",
                                            "app.kubernetes.io/component": role}}
-    if secrets == "vault-agent":
+    if secrets == VAULT_AGENT:
         metadata["annotations"] = _vault_annotations()
     spec: dict[str, Any] = {
         # No Kubernetes token in the Ray container: the drivers c2pg runs on the head (sync,
@@ -160,8 +164,8 @@ def pod_template(*, role: str, cpu: str, memory: str, secrets: str,
         # Not the head's account, which KubeRay names after the cluster and binds to its
         # pod-patching Role. The workers' has no rights; the Vault agent logs in with it.
         spec["serviceAccountName"] = WORKER_ACCOUNT
-        spec["automountServiceAccountToken"] = secrets == "vault-agent"
-    elif secrets == "vault-agent":
+        spec["automountServiceAccountToken"] = secrets == VAULT_AGENT
+    elif secrets == VAULT_AGENT:
         metadata["annotations"]["vault.hashicorp.com/agent-service-account-token-volume-name"] = TOKEN_VOLUME
     return {"metadata": metadata, "spec": spec}
 
@@ -175,8 +179,8 @@ def _container_security() -> dict[str, Any]:
 
 # The head's Kubernetes token, for the autoscaler sidecar only: what the kubelet would mount
 # in every container with automountServiceAccountToken (token, cluster CA, namespace).
-TOKEN_VOLUME = "autoscaler-token"
-TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+TOKEN_VOLUME = "autoscaler-token"  # nosec B105 - a volume's name
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"  # nosec B105 - where Kubernetes clients look
 
 
 def _token_volume() -> dict[str, Any]:
@@ -233,7 +237,9 @@ def cluster_spec(*, secrets: str, group: str = "sync", min_replicas: int = 1, ma
         "headGroupSpec": {
             # num-cpus 0: the head keeps GCS, the dashboard, the Serve controller and the sync
             # supervisor (0 CPUs); PartitionWorkers (0.5 CPU) and tasks go to the workers.
-            "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+            # All interfaces of the pod: the dashboard and Jobs API are reached through the head
+            # Service (token authentication on); 127.0.0.1 would shut out the job submitter.
+            "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},  # nosec B104
             "template": _head_template(secrets),
         },
         "workerGroupSpecs": [{
@@ -301,7 +307,7 @@ def raycluster(secrets: str) -> dict[str, Any]:
 # with the committed file skips, loudly, while this is in use.
 PROVISIONAL_SERVE_CONFIG: dict[str, Any] = {
     "proxy_location": "EveryNode",
-    "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
+    "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},  # nosec B104 - the pod's proxy, behind its Service
     "applications": [{"name": "c2pg", "route_prefix": "/", "import_path": "serve_app.app:app",
                       "runtime_env": {}}],
 }
@@ -390,7 +396,7 @@ def _submitter_template() -> dict[str, Any]:
 
 def configmap_pipeline(secrets: str) -> dict[str, Any]:
     text = PIPELINE.read_text()
-    if secrets == "vault-agent":
+    if secrets == VAULT_AGENT:
         text = text.replace(f"file:{SECRET_DIR}/", f"file:{VAULT_SECRET_DIR}/")
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata("c2pg-pipeline", "config"),
             "data": {"pipeline.yaml": text}}
@@ -403,7 +409,7 @@ def secrets_example() -> list[dict[str, Any]]:
         {"apiVersion": "v1", "kind": "Secret", "metadata": _metadata(SECRET, "secrets"),
          "type": "Opaque", "stringData": data},
         {"apiVersion": "v1", "kind": "Secret", "metadata": _metadata(RAY_AUTH_SECRET, "secrets"),
-         "type": "Opaque", "stringData": {"auth_token": "CHANGE-ME"}},
+         "type": "Opaque", "stringData": {"auth_token": "CHANGE-ME"}},  # nosec B105 - a placeholder
     ]
 
 
@@ -447,7 +453,7 @@ def prometheusrule() -> dict[str, Any]:
             "spec": {"groups": yaml.safe_load(RULES.read_text())["groups"]}}
 
 
-def manifests(secrets: str = "kubernetes") -> dict[str, tuple[str, list[dict[str, Any]]]]:
+def manifests(secrets: str = KUBERNETES_SECRETS) -> dict[str, tuple[str, list[dict[str, Any]]]]:
     """{path relative to the repository: (source named in the header, documents)}."""
     return {
         "kuberay/serviceaccount.yaml": ("kuberay/render.py", [serviceaccount()]),
@@ -485,7 +491,7 @@ def dump(source: str, docs: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--check", action="store_true", help="exit 1 if a committed file is out of date")
-    p.add_argument("--secrets", choices=["kubernetes", "vault-agent"], default="kubernetes")
+    p.add_argument("--secrets", choices=[KUBERNETES_SECRETS, VAULT_AGENT], default=KUBERNETES_SECRETS)
     p.add_argument("--out", type=Path, help="write here instead of the repository (required "
                                             "with --secrets vault-agent or --image)")
     p.add_argument("--image", default=os.environ.get("C2PG_IMAGE") or image(),
@@ -504,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = rayjob(args.job, args.secrets, args.table, args.repair, name[:47].rstrip("-"))
         print(dump("kuberay/render.py --job", [doc]), end="")
         return 0
-    if (args.secrets != "kubernetes" or _IMAGE) and not args.out:
+    if (args.secrets != KUBERNETES_SECRETS or _IMAGE) and not args.out:
         p.error("a variant (--secrets vault-agent, --image) goes to --out DIR, not over the committed files")
     stale = []
     for rel, (source, docs) in manifests(args.secrets).items():
