@@ -61,8 +61,8 @@ def test_nodes_run_the_engine_image_and_start_ray_and_serve():
     assert any(cmd.startswith("ulimit -n 65536; ray start --head") for cmd in config["head_start_ray_commands"])
     assert any("--autoscaling-config=~/ray_bootstrap_config.yaml" in c for c in config["head_start_ray_commands"])
     assert any("$RAY_HEAD_IP:6379" in c for c in config["worker_start_ray_commands"])
-    serve = [c for c in config["head_start_ray_commands"] if c.startswith("serve deploy")]
-    assert serve == ["serve deploy /home/ray/c2pg/serve_app/serve_config.yaml"]
+    serve = [c for c in config["head_start_ray_commands"] if "serve deploy" in c]
+    assert len(serve) == 1 and "serve deploy /home/ray/c2pg/serve_app/serve_config.yaml" in serve[0]
     assert (ROOT / "serve_app" / "serve_config.yaml").exists()
     assert config["setup_commands"]
     for local in config["file_mounts"].values():
@@ -241,3 +241,29 @@ def _run_initialization_twice(tmp_path) -> None:
     assert secret.read_text().strip() == "secret-for-/c2pg/prod/postgres-password"
     assert oct(secret.stat().st_mode & 0o777) == "0o400"
     assert not [p for p in (home / "c2pg-secrets").iterdir() if not p.name.replace("-", "").isalnum()]
+
+
+def test_head_start_waits_for_the_dashboard_before_serve_deploy(tmp_path):
+    """`ray start --head` returns before the dashboard's REST API listens; `serve deploy`
+    talks to it, and a refused first try must be retried, not fail `ray up`."""
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls, fails = tmp_path / "calls", tmp_path / "fails"
+    fails.write_text("3")
+    stubs = {"ray": 'echo "ray $*" >> "$CALLS"', "sleep": "exit 0",
+             "serve": ('echo "serve $*" >> "$CALLS"; n=$(cat "$FAILS"); '
+                       'if [ "$n" -gt 0 ]; then echo $((n-1)) > "$FAILS"; exit 1; fi')}
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls), "FAILS": str(fails)}
+    # The launcher runs each command in its own shell and stops at the first that fails.
+    for command in load()["head_start_ray_commands"]:
+        if "serve deploy" not in command:
+            continue
+        proc = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+    assert calls.read_text().count("serve deploy") == 4
