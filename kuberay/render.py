@@ -38,19 +38,38 @@ KUBERAY = ROOT / "kuberay"
 SERVE_CONFIG = ROOT / "serve_app" / "serve_config.yaml"
 PIPELINE = KUBERAY / "pipeline.yaml"
 DASHBOARD = ROOT / "dashboards" / "c2pg.json"
+RULES = ROOT / "dashboards" / "prometheus-rules.yaml"
 
 NAMESPACE = "c2pg"
 CONFIG_DIR = "/etc/c2pg"
 CONFIG_PATH = f"{CONFIG_DIR}/pipeline.yaml"
-SECRET = "c2pg-secrets"  # the pipeline's secrets (kuberay/secrets.example.yaml)
-RAY_AUTH_SECRET = "c2pg-ray-auth"  # Ray's token authentication: one token for every cluster
+# Where the pods' secrets come from (--secrets): a mounted Kubernetes Secret, or files the
+# Vault agent injector writes.
+KUBERNETES_SECRETS, VAULT_AGENT = "kubernetes", "vault-agent"
+# Names of Kubernetes Secrets and paths, never secret values (hence the scanners' markers).
+SECRET = "c2pg-secrets"  # nosec B105 # pragma: allowlist secret - the pipeline's secrets (secrets.example.yaml)
+RAY_AUTH_SECRET = "c2pg-ray-auth"  # nosec B105 # pragma: allowlist secret - Ray's token, one for every cluster
 SERVE_PORT = 8000
+WORKER_ACCOUNT = "c2pg-worker"  # the workers' service account: no Kubernetes rights at all
+RAY_UID, RAY_GID = 1000, 100  # the image's `ray` user and `users` group (official Ray images)
+
+# The monitoring stack docs/operations.md installs: kube-prometheus-stack, release
+# `prometheus`, namespace `monitoring`. The Ray dashboard on the head queries Prometheus and
+# embeds Grafana's panels (its Metrics tab) only when told where they are; the iframe host is
+# what the operator's browser reaches (the port-forward of docs/operations.md, step 6).
+MONITORING_RELEASE = "prometheus"  # its Prometheus loads monitors and rules with this label
+MONITORING = {
+    "RAY_PROMETHEUS_HOST": "http://prometheus-kube-prometheus-prometheus.monitoring.svc:9090",
+    "RAY_GRAFANA_HOST": "http://prometheus-grafana.monitoring.svc:80",
+    "RAY_GRAFANA_IFRAME_HOST": "http://127.0.0.1:3000",
+    "RAY_PROMETHEUS_NAME": "Prometheus",  # the chart's Grafana data source
+}
 
 # The keys of the Secret `c2pg-secrets`, one file each: kuberay/pipeline.yaml refers to
 # file:/etc/c2pg/secrets/<key>; the Vault-agent variant to file:/vault/secrets/<key>.
 SECRET_KEYS = ("cassandra-password", "kafka-password", "postgres-password", "api-token")
 SECRET_DIR = f"{CONFIG_DIR}/secrets"
-VAULT_SECRET_DIR = "/vault/secrets"
+VAULT_SECRET_DIR = "/vault/secrets"  # nosec B105 - a directory
 VAULT_KV_PATH = "secret/data/c2pg/prod"  # KV v2: the keys are SECRET_KEYS with _ for -
 VAULT_ROLE = "c2pg"
 
@@ -94,7 +113,8 @@ def _env() -> list[dict[str, Any]]:
 def _vault_annotations() -> dict[str, str]:
     """HashiCorp Vault agent injector: one file /vault/secrets/<key> per secret."""
     notes = {"vault.hashicorp.com/agent-inject": "true", "vault.hashicorp.com/role": VAULT_ROLE,
-             # The files are read by the `ray` user of the image (uid 1000).
+             # The files are read by the `ray` user of the image (uid 1000); the injector takes
+             # the user from the first container's securityContext (pod_template sets it there).
              "vault.hashicorp.com/agent-run-as-same-user": "true"}
     for key in SECRET_KEYS:
         field = key.replace("-", "_")
@@ -114,11 +134,11 @@ def pod_template(*, role: str, cpu: str, memory: str, secrets: str,
         "env": _env(),
         "resources": _resources(cpu, memory),
         "volumeMounts": [{"name": "pipeline", "mountPath": CONFIG_DIR, "readOnly": True}],
-        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
-                            "capabilities": {"drop": ["ALL"]}},
+        # runAsUser here too, not only on the pod: the Vault injector reads it from this container.
+        "securityContext": _container_security(),
     }
     volumes: list[dict[str, Any]] = [{"name": "pipeline", "configMap": {"name": "c2pg-pipeline"}}]
-    if secrets == "kubernetes":
+    if secrets == KUBERNETES_SECRETS:
         # Files, not environment variables: the kubelet refreshes a mounted Secret, so a
         # rotated password reaches the next `c2pg sync start` without restarting the pod.
         container["volumeMounts"].append({"name": "secrets", "mountPath": SECRET_DIR, "readOnly": True})
@@ -127,24 +147,48 @@ def pod_template(*, role: str, cpu: str, memory: str, secrets: str,
         container["ports"] = ports
     metadata: dict[str, Any] = {"labels": {"app.kubernetes.io/name": "c2pg",
                                            "app.kubernetes.io/component": role}}
-    if secrets == "vault-agent":
+    if secrets == VAULT_AGENT:
         metadata["annotations"] = _vault_annotations()
-    # The head's KubeRay autoscaler sidecar talks to the Kubernetes API with this service
-    # account's token (KubeRay binds it to a Role per cluster); the Vault agent logs in with
-    # it too. Workers without a Vault agent need no token.
-    needs_token = role == "head" or secrets == "vault-agent"
-    return {
-        "metadata": metadata,
-        "spec": {
-            "serviceAccountName": "c2pg",
-            "automountServiceAccountToken": needs_token,
-            # The image's `ray` user (uid 1000, gid 100 in the official Ray images).
-            "securityContext": {"runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100,
-                                "runAsNonRoot": True},
-            "containers": [container],
-            "volumes": volumes,
-        },
+    spec: dict[str, Any] = {
+        # No Kubernetes token in the Ray container: the drivers c2pg runs on the head (sync,
+        # the jobs, the Serve app) need none, and on the head the account is the one KubeRay
+        # lets patch the cluster's pods. The autoscaler sidecar gets its token from
+        # cluster_spec; the Vault agent, in that variant, from the volume or mount below.
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsUser": RAY_UID, "runAsGroup": RAY_GID, "fsGroup": RAY_GID,
+                            "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": volumes,
     }
+    if role != "head":
+        # Not the head's account, which KubeRay names after the cluster and binds to its
+        # pod-patching Role. The workers' has no rights; the Vault agent logs in with it.
+        spec["serviceAccountName"] = WORKER_ACCOUNT
+        spec["automountServiceAccountToken"] = secrets == VAULT_AGENT
+    elif secrets == VAULT_AGENT:
+        metadata["annotations"]["vault.hashicorp.com/agent-service-account-token-volume-name"] = TOKEN_VOLUME
+    return {"metadata": metadata, "spec": spec}
+
+
+def _container_security() -> dict[str, Any]:
+    """Pod Security "restricted" for one container, as the image's `ray` user."""
+    return {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "runAsUser": RAY_UID,
+            "runAsGroup": RAY_GID, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+# The head's Kubernetes token, for the autoscaler sidecar only: what the kubelet would mount
+# in every container with automountServiceAccountToken (token, cluster CA, namespace).
+TOKEN_VOLUME = "autoscaler-token"  # nosec B105 - a volume's name
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"  # nosec B105 - where Kubernetes clients look
+
+
+def _token_volume() -> dict[str, Any]:
+    return {"name": TOKEN_VOLUME, "projected": {"defaultMode": 0o444, "sources": [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+    ]}}
 
 
 # The head container's command on the sync cluster (RayService and RayCluster; not the job
@@ -193,9 +237,10 @@ def cluster_spec(*, secrets: str, group: str = "sync", min_replicas: int = 1, ma
         "headGroupSpec": {
             # num-cpus 0: the head keeps GCS, the dashboard, the Serve controller and the sync
             # supervisor (0 CPUs); PartitionWorkers (0.5 CPU) and tasks go to the workers.
-            "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-            "template": pod_template(role="head", cpu="2", memory="8Gi", secrets=secrets,
-                                     ports=HEAD_PORTS),
+            # All interfaces of the pod: the dashboard and Jobs API are reached through the head
+            # Service (token authentication on); 127.0.0.1 would shut out the job submitter.
+            "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},  # nosec B104
+            "template": _head_template(secrets),
         },
         "workerGroupSpecs": [{
             "groupName": group,
@@ -209,10 +254,23 @@ def cluster_spec(*, secrets: str, group: str = "sync", min_replicas: int = 1, ma
         # The in-tree autoscaler adds `group` pods while actors or tasks wait for CPUs (more
         # sync workers, snapshot tasks) and removes pods idle for 5 minutes.
         "enableInTreeAutoscaling": True,
+        # KubeRay's sidecar gets no securityContext of its own unless given one (Pod Security
+        # "restricted" rejects the pod), and it alone mounts the head's Kubernetes token.
         "autoscalerOptions": {"upscalingMode": "Default", "idleTimeoutSeconds": 300,
-                              "resources": _resources("500m", "512Mi")},
+                              "resources": _resources("500m", "512Mi"),
+                              "securityContext": _container_security(),
+                              "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_PATH,
+                                                "readOnly": True}]},
     }
     return spec
+
+
+def _head_template(secrets: str) -> dict[str, Any]:
+    template = pod_template(role="head", cpu="2", memory="8Gi", secrets=secrets, ports=HEAD_PORTS)
+    template["spec"]["volumes"].append(_token_volume())
+    # The Ray dashboard runs here: where its Metrics tab finds Prometheus and Grafana.
+    template["spec"]["containers"][0]["env"] += [{"name": k, "value": v} for k, v in MONITORING.items()]
+    return template
 
 
 def _metadata(name: str, component: str) -> dict[str, Any]:
@@ -238,7 +296,9 @@ def with_sync_keeper(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def raycluster(secrets: str) -> dict[str, Any]:
-    return {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": _metadata("c2pg", "sync"),
+    # Not `c2pg`: KubeRay names the head Service after the resource, and the RayService `c2pg`
+    # already has c2pg-head-svc.
+    return {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": _metadata("c2pg-sync", "sync"),
             "spec": with_sync_keeper(cluster_spec(secrets=secrets))}
 
 
@@ -247,7 +307,7 @@ def raycluster(secrets: str) -> dict[str, Any]:
 # with the committed file skips, loudly, while this is in use.
 PROVISIONAL_SERVE_CONFIG: dict[str, Any] = {
     "proxy_location": "EveryNode",
-    "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
+    "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},  # nosec B104 - the pod's proxy, behind its Service
     "applications": [{"name": "c2pg", "route_prefix": "/", "import_path": "serve_app.app:app",
                       "runtime_env": {}}],
 }
@@ -265,25 +325,19 @@ def serve_config() -> dict[str, Any]:
 
 def rayservice(secrets: str) -> dict[str, Any]:
     spec = with_sync_keeper(cluster_spec(secrets=secrets))
-    # Probes. KubeRay deploys the Serve app only once the head pod is Ready
-    # (rayservice_controller.go, reconcileServe), so no head probe may wait for the app on
-    # port 8000: the head keeps KubeRay's own probes (raylet and GCS health).
-    # On the workers, KubeRay's default readiness is "raylet healthy and a Serve proxy on
-    # this pod" (/-/healthz), which decides which pods c2pg-serve-svc sends traffic to; c2pg
-    # replaces it with /readyz, which answers through the same proxy and is 503 while a
-    # component the pipeline needs is down: traffic goes only to proxies whose control plane
-    # can act. Pods without a proxy are not Ready, as with KubeRay's default; readiness never
-    # restarts anything, so sync workers on those pods are not affected.
-    # /healthz (the replica answers) is deliberately NOT a Kubernetes liveness probe: a
-    # failing Serve replica is restarted by Serve itself (ControlPlane.check_health), while a
-    # liveness failure would restart the whole Ray pod, with the sync workers on it (the head:
-    # GCS and the sync supervisor) — for instance for as long as Vault is sealed and the
-    # replica cannot load its secrets. docker/compose.yaml uses /healthz as its health check.
+    # Probes: KubeRay's own, none of c2pg's. KubeRay puts a pod behind c2pg-serve-svc while
+    # its Serve proxy is healthy: the head through the operator's proxy check at every
+    # reconcile (rayservice_controller.go, updateHeadPodServeLabel; never the head's
+    # readiness), the workers through the readiness probe KubeRay writes when the template has
+    # none (raylet and the proxy's /-/healthz on the port named `serve`). A probe of ours would
+    # replace that one: /readyz (every component of the pipeline) would take all workers out
+    # together while Kafka or Vault blinks and leave the head serving — the one ControlPlane
+    # replica answers through every proxy alike. /readyz is for monitors and people.
+    # /healthz is deliberately NOT a Kubernetes liveness probe either: a failing Serve replica
+    # is restarted by Serve itself (ControlPlane.check_health), while a liveness failure would
+    # restart the whole Ray pod, with the sync workers on it.
     worker = spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     worker["ports"].append({"containerPort": SERVE_PORT, "name": "serve"})
-    worker["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": SERVE_PORT},
-                                "initialDelaySeconds": 10, "periodSeconds": 5, "timeoutSeconds": 4,
-                                "failureThreshold": 1}
     return {
         "apiVersion": "ray.io/v1", "kind": "RayService", "metadata": _metadata("c2pg", "control-plane"),
         "spec": {
@@ -321,13 +375,28 @@ def rayjob(kind: str, secrets: str, table: str = "demo.users", repair: bool = Fa
             "submissionMode": "K8sJobMode",
             "rayClusterSpec": cluster_spec(secrets=secrets, group="workers", min_replicas=0,
                                            max_replicas=8, replicas=2),
+            # KubeRay's default submitter pod has no securityContext (Pod Security "restricted"
+            # rejects it); this is that pod locked down. KubeRay adds the command and Ray's token.
+            "submitterPodTemplate": _submitter_template(),
         },
     }
 
 
+def _submitter_template() -> dict[str, Any]:
+    return {"metadata": {"labels": {"app.kubernetes.io/name": "c2pg",
+                                    "app.kubernetes.io/component": "job-submitter"}},
+            "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
+                     "securityContext": {"runAsUser": RAY_UID, "runAsGroup": RAY_GID, "runAsNonRoot": True,
+                                         "seccompProfile": {"type": "RuntimeDefault"}},
+                     "containers": [{"name": "ray-job-submitter", "image": image(),
+                                     "imagePullPolicy": "IfNotPresent",
+                                     "resources": _resources("500m", "512Mi"),
+                                     "securityContext": _container_security()}]}}
+
+
 def configmap_pipeline(secrets: str) -> dict[str, Any]:
     text = PIPELINE.read_text()
-    if secrets == "vault-agent":
+    if secrets == VAULT_AGENT:
         text = text.replace(f"file:{SECRET_DIR}/", f"file:{VAULT_SECRET_DIR}/")
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata("c2pg-pipeline", "config"),
             "data": {"pipeline.yaml": text}}
@@ -340,24 +409,51 @@ def secrets_example() -> list[dict[str, Any]]:
         {"apiVersion": "v1", "kind": "Secret", "metadata": _metadata(SECRET, "secrets"),
          "type": "Opaque", "stringData": data},
         {"apiVersion": "v1", "kind": "Secret", "metadata": _metadata(RAY_AUTH_SECRET, "secrets"),
-         "type": "Opaque", "stringData": {"auth_token": "CHANGE-ME"}},
+         "type": "Opaque", "stringData": {"auth_token": "CHANGE-ME"}},  # nosec B105 - a placeholder
     ]
 
 
 def serviceaccount() -> dict[str, Any]:
-    # Pods decide themselves whether they mount its token (pod_template).
-    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata("c2pg", "sync")}
+    # The workers' account, bound to nothing: only the Vault agent variant mounts its token (to
+    # log in to Vault). The heads' accounts are KubeRay's, one per cluster (pod_template).
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(WORKER_ACCOUNT, "sync"),
+            "automountServiceAccountToken": False}
 
 
 def grafana_configmap() -> dict[str, Any]:
     meta = _metadata("c2pg-grafana-dashboard", "dashboards")
+    # No namespace: it goes where Grafana's sidecar looks (kubectl -n monitoring apply).
+    del meta["namespace"]
     # The Grafana helm chart's sidecar loads ConfigMaps with this label.
     meta["labels"]["grafana_dashboard"] = "1"
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
             "data": {"c2pg.json": DASHBOARD.read_text()}}
 
 
-def manifests(secrets: str = "kubernetes") -> dict[str, tuple[str, list[dict[str, Any]]]]:
+def podmonitor() -> dict[str, Any]:
+    """Every Ray pod of the namespace (KubeRay labels them ray.io/is-ray-node=yes) on its port
+    `metrics`, where Ray exports its metrics and c2pg's; labelled like prometheus-scrape.yaml's job."""
+    meta = _metadata("c2pg-ray", "monitoring")
+    meta["labels"]["release"] = MONITORING_RELEASE
+    relabel = [{"sourceLabels": [f"__meta_kubernetes_pod_label_{src}"], "targetLabel": dst}
+               for src, dst in (("ray_io_cluster", "ray_io_cluster"), ("ray_io_node_type", "ray_node_type"))]
+    relabel.append({"sourceLabels": ["__meta_kubernetes_pod_name"], "targetLabel": "pod"})
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": meta,
+            "spec": {"selector": {"matchLabels": {"ray.io/is-ray-node": "yes"}},
+                     "namespaceSelector": {"matchNames": [NAMESPACE]},
+                     "podMetricsEndpoints": [{"port": "metrics", "interval": "15s",
+                                              "relabelings": relabel}]}}
+
+
+def prometheusrule() -> dict[str, Any]:
+    """dashboards/prometheus-rules.yaml for the Prometheus operator."""
+    meta = _metadata("c2pg-alerts", "monitoring")
+    meta["labels"]["release"] = MONITORING_RELEASE
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", "metadata": meta,
+            "spec": {"groups": yaml.safe_load(RULES.read_text())["groups"]}}
+
+
+def manifests(secrets: str = KUBERNETES_SECRETS) -> dict[str, tuple[str, list[dict[str, Any]]]]:
     """{path relative to the repository: (source named in the header, documents)}."""
     return {
         "kuberay/serviceaccount.yaml": ("kuberay/render.py", [serviceaccount()]),
@@ -369,6 +465,8 @@ def manifests(secrets: str = "kubernetes") -> dict[str, tuple[str, list[dict[str
         "kuberay/rayjob-snapshot.yaml": ("kuberay/render.py", [rayjob("snapshot", secrets)]),
         "kuberay/rayjob-reconcile.yaml": ("kuberay/render.py", [rayjob("reconcile", secrets)]),
         "dashboards/grafana-dashboard-configmap.yaml": ("dashboards/c2pg.json", [grafana_configmap()]),
+        "dashboards/podmonitor.yaml": ("kuberay/render.py", [podmonitor()]),
+        "dashboards/prometheusrule.yaml": ("dashboards/prometheus-rules.yaml", [prometheusrule()]),
     }
 
 
@@ -393,7 +491,7 @@ def dump(source: str, docs: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--check", action="store_true", help="exit 1 if a committed file is out of date")
-    p.add_argument("--secrets", choices=["kubernetes", "vault-agent"], default="kubernetes")
+    p.add_argument("--secrets", choices=[KUBERNETES_SECRETS, VAULT_AGENT], default=KUBERNETES_SECRETS)
     p.add_argument("--out", type=Path, help="write here instead of the repository (required "
                                             "with --secrets vault-agent or --image)")
     p.add_argument("--image", default=os.environ.get("C2PG_IMAGE") or image(),
@@ -412,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = rayjob(args.job, args.secrets, args.table, args.repair, name[:47].rstrip("-"))
         print(dump("kuberay/render.py --job", [doc]), end="")
         return 0
-    if (args.secrets != "kubernetes" or _IMAGE) and not args.out:
+    if (args.secrets != KUBERNETES_SECRETS or _IMAGE) and not args.out:
         p.error("a variant (--secrets vault-agent, --image) goes to --out DIR, not over the committed files")
     stale = []
     for rel, (source, docs) in manifests(args.secrets).items():

@@ -3,7 +3,8 @@
 #   - Debian packages: PostgreSQL 15 (the local stack's target), OpenJDK 17 and Maven
 #     (Cassandra, Kafka and the Debezium connector come from Maven Central at `stack up`),
 #     Chromium (headless: the control plane's status-page test and its screenshot);
-#   - a virtual environment .venv with the project and its test extra.
+#   - a virtual environment .venv with the project and its test and stack extras (stack:
+#     OpenBao's `bao` server for `c2pg stack up`).
 # Java 21+ for the schema registry (Apicurio 3.3) is the Temurin JDK under /usr/lib/jvm on
 # our machines; see docs/local-stack.md when it is missing.
 set -euo pipefail
@@ -31,6 +32,6 @@ stamp=.venv/.c2pg-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "bootstrap: installing the project into .venv (pip's cache makes reruns fast)"
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
+  .venv/bin/pip install -q -e '.[test,stack]'
   touch "$stamp"
 fi

@@ -31,6 +31,13 @@ SCHEMAS = ROOT / "kuberay" / "schemas"
 KUBERNETES_VERSION = "1.34"  # the oldest Kubernetes c2pg documents; KubeRay 1.7 supports it
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
              "RayService": "ray.io_rayservices.yaml"}
+# The Prometheus operator's CRDs for dashboards/podmonitor.yaml and prometheusrule.yaml
+# (version in dashboards/schemas/README.md).
+MONITORING_SCHEMAS = ROOT / "dashboards" / "schemas"
+MONITORING_CRD_FILES = {"PodMonitor": "monitoring.coreos.com_podmonitors.yaml",
+                        "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml"}
+API_VERSIONS = {**dict.fromkeys(CRD_FILES, "ray.io/v1"),
+                **dict.fromkeys(MONITORING_CRD_FILES, "monitoring.coreos.com/v1")}
 
 
 def strict(schema: Any) -> Any:
@@ -48,17 +55,19 @@ def strict(schema: Any) -> Any:
 
 @functools.cache
 def load_crd(name: str) -> dict[str, Any]:
-    """A CRD file of kuberay/schemas (1 MB of YAML each: libyaml's loader when present)."""
+    """A CRD file of kuberay/schemas or dashboards/schemas (1 MB of YAML each: libyaml's loader
+    when present)."""
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load((SCHEMAS / name).read_text(), Loader=loader)  # a safe loader, C or Python
+    path = SCHEMAS / name if (SCHEMAS / name).exists() else MONITORING_SCHEMAS / name
+    return yaml.load(path.read_text(), Loader=loader)  # a safe loader, C or Python
 
 
 @functools.cache
 def crd_validator(kind: str) -> jsonschema.Draft7Validator:
-    crd = load_crd(CRD_FILES[kind])
+    crd = load_crd({**CRD_FILES, **MONITORING_CRD_FILES}[kind])
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     schema = strict(version["schema"]["openAPIV3Schema"])
-    schema["properties"]["apiVersion"] = {"const": "ray.io/v1"}
+    schema["properties"]["apiVersion"] = {"const": API_VERSIONS[kind]}
     schema["properties"]["kind"] = {"const": kind}
     schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"})
     return jsonschema.Draft7Validator(schema)
@@ -146,6 +155,10 @@ def kuberay_rules(doc: dict[str, Any]) -> list[str]:
 
 def manifest_errors(doc: dict[str, Any]) -> list[str]:
     """Every schema and rule error of one manifest document (empty = valid)."""
+    if doc.get("apiVersion") == "monitoring.coreos.com/v1" and doc.get("kind") in MONITORING_CRD_FILES:
+        return [f"{doc['kind']}: {'.'.join(map(str, e.path))}: {e.message}"
+                for e in crd_validator(doc["kind"]).iter_errors(doc)] + core_errors(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc.get("metadata", {})})
     if doc.get("apiVersion") == "ray.io/v1" and doc.get("kind") in CRD_FILES:
         errors = [f"{doc['kind']}: {'.'.join(map(str, e.path))}: {e.message}"
                   for e in crd_validator(doc["kind"]).iter_errors(doc)]
@@ -163,3 +176,69 @@ def manifest_errors(doc: dict[str, Any]) -> list[str]:
 
 def load_documents(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+# --- what the KubeRay 1.7 operator builds from a manifest ------------------------------------
+# Small models of ray-operator's builders, for the properties the tests check (each names the
+# function it follows). They read the manifests, never c2pg's renderer.
+
+
+def services_created(doc: dict[str, Any]) -> list[str]:
+    """The Services KubeRay names after the resource (utils.GenerateHeadServiceName and
+    GenerateServeServiceName). A RayJob's cluster, and a RayService's, get a random suffix, so
+    their own head Services cannot clash; these are the fixed names."""
+    name, spec = doc["metadata"]["name"], doc["spec"]
+    if doc["kind"] == "RayCluster":
+        return [(spec["headGroupSpec"].get("headService") or {}).get("metadata", {}).get("name")
+                or f"{name}-head-svc"]
+    if doc["kind"] == "RayService":
+        return [f"{name}-head-svc", f"{name}-serve-svc"]
+    return []
+
+
+def head_service_account(cluster: dict[str, Any], cluster_name: str) -> str:
+    """The account KubeRay runs an autoscaled head as, and binds its Role (pods: get, list,
+    watch, patch; rayclusters: get, patch) to: the template's, else one named after the
+    cluster (utils.GetHeadGroupServiceAccountName, common.BuildRoleBinding)."""
+    return cluster["headGroupSpec"]["template"]["spec"].get("serviceAccountName") or cluster_name
+
+
+def containers_run(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(where, pod spec, container) for every container KubeRay starts for a resource: the pod
+    templates' containers, the autoscaler sidecar of an autoscaled head (common.BuildAutoscaler-
+    Container + mergeAutoscalerOverrides: autoscalerOptions.securityContext, volumeMounts), and a
+    RayJob's submitter (common.GetSubmitterTemplate: the user's submitterPodTemplate, else a
+    container with only an image and resources)."""
+    for where, template in pod_templates(doc):
+        for c in template["spec"]["containers"]:
+            yield f"{where}/{c['name']}", template["spec"], c
+    for cluster in cluster_specs(doc):
+        if cluster.get("enableInTreeAutoscaling"):
+            options = cluster.get("autoscalerOptions") or {}
+            sidecar = {"name": "autoscaler", "volumeMounts": options.get("volumeMounts", [])}
+            if "securityContext" in options:
+                sidecar["securityContext"] = options["securityContext"]
+            yield "autoscaler", cluster["headGroupSpec"]["template"]["spec"], sidecar
+    if doc["kind"] == "RayJob" and "submitterPodTemplate" not in doc["spec"]:
+        yield "submitter (KubeRay's default)", {}, {"name": "ray-job-submitter"}
+
+
+def restricted_errors(pod: dict[str, Any], container: dict[str, Any]) -> list[str]:
+    """What Pod Security Standards "restricted" (Kubernetes 1.34) rejects in one container of a
+    pod, the pod-level securityContext taken into account."""
+    pod_sc, sc = pod.get("securityContext") or {}, container.get("securityContext") or {}
+    errors = []
+    if not sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")):
+        errors.append("runAsNonRoot is not true")
+    if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+        errors.append("runAsUser 0")
+    if sc.get("allowPrivilegeEscalation") is not False:
+        errors.append("allowPrivilegeEscalation is not false")
+    if "ALL" not in (sc.get("capabilities") or {}).get("drop", []):
+        errors.append("capabilities do not drop ALL")
+    if set((sc.get("capabilities") or {}).get("add", [])) - {"NET_BIND_SERVICE"}:
+        errors.append("capabilities added")
+    seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+    if seccomp not in ("RuntimeDefault", "Localhost"):
+        errors.append("no seccompProfile RuntimeDefault or Localhost")
+    return errors

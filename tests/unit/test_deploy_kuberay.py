@@ -184,9 +184,12 @@ def test_pods_run_the_engine_image_as_non_root_with_config_and_secrets(path):
     for where, template in pod_templates(doc):
         spec = template["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
-        # The head's autoscaler sidecar needs the service account's token; workers do not.
-        assert spec["serviceAccountName"] == "c2pg"
-        assert spec["automountServiceAccountToken"] is ("headGroupSpec" in where)
+        if where == "spec.submitterPodTemplate":  # runs `ray job submit` only
+            continue
+        # The head's account is KubeRay's (one per cluster, for the autoscaler); the workers'
+        # has no rights; no Ray container mounts a token (test_only_the_autoscaler_holds_...).
+        assert spec.get("serviceAccountName") == (None if "headGroupSpec" in where else "c2pg-worker")
+        assert spec["automountServiceAccountToken"] is False
         volumes = {v["name"]: v for v in spec["volumes"]}
         assert volumes["pipeline"]["configMap"] == {"name": "c2pg-pipeline"}
         assert volumes["secrets"]["secret"]["secretName"] == "c2pg-secrets"
@@ -242,7 +245,6 @@ def test_rayservice_serve_app_is_importable_and_probed_where_kuberay_allows():
     assert {"containerPort": port, "name": "serve"} in head["ports"]
     for group in cluster["workerGroupSpecs"]:
         worker = group["template"]["spec"]["containers"][0]
-        assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
         assert {"containerPort": port, "name": "serve"} in worker["ports"]  # KubeRay's port name
         # No liveness on the app: restarting a Ray pod would take its sync workers with it.
         assert "livenessProbe" not in worker and "startupProbe" not in worker
@@ -321,3 +323,137 @@ def test_job_clusters_run_no_sync(kind):
     head = _doc(f"rayjob-{kind}.yaml")["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
     assert "command" not in head["spec"]["containers"][0]
     assert "ray.io/overwrite-container-cmd" not in head["metadata"].get("annotations", {})
+
+
+# --- what the KubeRay operator makes of the manifests ----------------------------------------
+
+
+def _all_kuberay_docs(directory=KUBERAY):
+    for path in sorted(directory.glob("*.yaml")):
+        for doc in load_documents(path):
+            if doc.get("apiVersion") == "ray.io/v1":
+                yield path.name, doc
+
+
+def test_the_services_kuberay_creates_have_unique_names():
+    """Two resources whose Services share a name fight over one object in the namespace."""
+    from tests.unit.deploy_validation import services_created
+
+    names = [s for _, doc in _all_kuberay_docs() for s in services_created(doc)]
+    assert names and len(names) == len(set(names)), sorted(names)
+
+
+def test_vault_agent_runs_as_the_ray_containers_user(tmp_path):
+    """The injector's agent-run-as-same-user copies runAsUser from the pod's first container
+    (not the pod) and refuses the pod without it; the files must be readable by that user."""
+    assert render.main(["--secrets", "vault-agent", "--out", str(tmp_path)]) == 0
+    checked = 0
+    for _, doc in _all_kuberay_docs(tmp_path):
+        for where, template in pod_templates(doc):
+            notes = template["metadata"].get("annotations", {})
+            if notes.get("vault.hashicorp.com/agent-run-as-same-user") != "true":
+                continue
+            first = template["spec"]["containers"][0]
+            user = (first.get("securityContext") or {}).get("runAsUser")
+            assert user not in (None, 0), where
+            assert user == template["spec"]["securityContext"]["runAsUser"], where
+            checked += 1
+    assert checked
+
+
+@pytest.mark.parametrize("variant", ["kubernetes", "vault-agent"])
+def test_every_container_kuberay_starts_passes_pod_security_restricted(variant, tmp_path):
+    """Namespaces that enforce Pod Security "restricted" admit only pods whose every container
+    (the autoscaler sidecar and a RayJob's submitter included) is locked down."""
+    from tests.unit.deploy_validation import containers_run, restricted_errors
+
+    directory = KUBERAY
+    if variant != "kubernetes":
+        assert render.main(["--secrets", variant, "--out", str(tmp_path)]) == 0
+        directory = tmp_path
+    problems = {f"{name}: {where}": errors for name, doc in _all_kuberay_docs(directory)
+                for where, pod, c in containers_run(doc) if (errors := restricted_errors(pod, c))}
+    assert not problems, problems
+    job = _doc("rayjob-snapshot.yaml")
+    assert manifest_errors(job) == []  # the submitter template validates as a PodTemplate too
+
+
+def test_only_the_autoscaler_holds_a_kubernetes_token_and_no_cluster_shares_its_account():
+    """KubeRay binds its pod-patching Role to the head's service account; the drivers c2pg runs
+    on the head (sync, the jobs, the Serve app) must not hold that token, and one cluster's
+    head must not get rights over another cluster's pods through a shared account."""
+    from tests.unit.deploy_validation import containers_run, head_service_account
+
+    token_path = "/var/run/secrets/kubernetes.io/serviceaccount"
+    accounts = []
+    for name, doc in _all_kuberay_docs():
+        for i, cluster in enumerate(cluster_specs_of(doc)):
+            accounts.append(head_service_account(cluster, f"{doc['metadata']['name']}-{i}"))
+            head = cluster["headGroupSpec"]["template"]["spec"]
+            assert head.get("automountServiceAccountToken") is False, name  # kubelet mounts it in every container
+            workers = {g["template"]["spec"].get("serviceAccountName") for g in cluster["workerGroupSpecs"]}
+            assert head_service_account(cluster, "") not in workers, name
+        for where, _pod, c in containers_run(doc):
+            mounted = any(m["mountPath"].rstrip("/") == token_path for m in c.get("volumeMounts", []))
+            assert mounted is (where == "autoscaler"), f"{name}: {where}"
+    assert len(accounts) == len(set(accounts)), accounts
+
+
+def cluster_specs_of(doc):
+    from tests.unit.deploy_validation import cluster_specs
+
+    return list(cluster_specs(doc))
+
+
+def test_serve_traffic_follows_the_proxy_health_kuberay_checks():
+    """KubeRay puts a pod behind c2pg-serve-svc while its Serve proxy is healthy: the head by
+    the operator's own proxy check (never its readiness), the workers by the readiness probe
+    it writes (raylet and proxy) — unless the template brings its own, which replaces both. An
+    application-level probe there (/readyz: every component of the pipeline) would take every
+    worker out together whenever Kafka or Vault blinks, while the head kept serving, and with
+    failureThreshold 1 it would flap on one slow answer."""
+    cluster = _doc("rayservice.yaml")["spec"]["rayClusterConfig"]
+    for group in cluster["workerGroupSpecs"]:
+        worker = group["template"]["spec"]["containers"][0]
+        probe = worker.get("readinessProbe")
+        assert probe is None, "KubeRay writes the worker's readiness (raylet + Serve proxy /-/healthz)"
+        assert {"containerPort": 8000, "name": "serve"} in worker["ports"]  # where KubeRay's check looks
+    probes = (KUBERAY / "README.md").read_text().split("## Probes", 1)[1].split("\n## ", 1)[0]
+    assert "/-/healthz" in probes and "Readiness, `/readyz`" not in probes  # says what KubeRay does
+
+
+GRAFANA_ENV = ("RAY_GRAFANA_HOST", "RAY_PROMETHEUS_HOST", "RAY_GRAFANA_IFRAME_HOST")
+
+
+def test_ray_dashboards_metrics_pane_knows_grafana_and_prometheus():
+    """The Ray dashboard (on the head) embeds Grafana and queries Prometheus only when these
+    are set in the head container; the hosts are the monitoring stack the docs install."""
+    from urllib.parse import urlparse
+
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    # The release docs/operations.md installs, and the Services kube-prometheus-stack names
+    # after it (<release>-grafana; <release>-kube-prometheus-prometheus).
+    release, namespace = re.search(
+        r"helm install (\S+) prometheus-community/kube-prometheus-stack --namespace (\S+)", ops).groups()
+    expected = {"RAY_GRAFANA_HOST": f"{release}-grafana.{namespace}.svc",
+                "RAY_PROMETHEUS_HOST": f"{release}-kube-prometheus-prometheus.{namespace}.svc"}
+    for name, doc in _all_kuberay_docs():
+        for cluster in cluster_specs_of(doc):
+            head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+            env = {e["name"]: e.get("value") for e in head["env"]}
+            for key in GRAFANA_ENV:
+                url = urlparse(env.get(key) or "")
+                assert url.scheme in ("http", "https") and url.hostname, (name, key)
+            for key, host in expected.items():
+                assert urlparse(env[key]).hostname == host, (name, key)
+            assert "RAY_PROMETHEUS_NAME" in env  # the Grafana data source the dashboard's panels name
+
+
+def test_namespaced_applies_in_the_docs_match_the_manifests_namespace():
+    """`kubectl -n NS apply -f FILE` fails when FILE hard-codes another namespace."""
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    applies = re.findall(r"kubectl -n (\S+) apply -f ((?:kuberay|dashboards)/\S+)", ops)
+    assert applies
+    for namespace, file in applies:
+        for doc in load_documents(ROOT / file):
+            assert doc["metadata"].get("namespace", namespace) == namespace, (file, namespace)
