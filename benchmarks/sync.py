@@ -49,6 +49,7 @@ from pathlib import Path
 
 import orjson
 import psycopg2
+import psycopg2.sql
 
 from benchmarks import sync_baseline as jdbc
 from engine import cql, log
@@ -209,7 +210,8 @@ def table_state(cfg, table: str) -> dict[int, tuple]:
     conn = psycopg2.connect(**cfg.postgres.connect_kwargs())
     try:
         with conn, conn.cursor() as cur:
-            cur.execute(f"SELECT id, name, qty, price, updated FROM {table}")
+            cur.execute(psycopg2.sql.SQL("SELECT id, name, qty, price, updated FROM {}").format(
+                psycopg2.sql.Identifier(*table.split("."))))
             return {r[0]: tuple(r[1:]) for r in cur.fetchall()}
     finally:
         conn.close()

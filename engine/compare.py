@@ -295,7 +295,7 @@ def _pg_array(s: str) -> list[str | None]:
             j = body.find(",", i)
             j = len(body) if j < 0 else j
             token = body[i:j]
-            out.append(None if token == "NULL" else token)
+            out.append(None if token == "NULL" else token)  # nosec B105 - an array's NULL, not a password
             i = j
         i += 1  # the comma
     return out

