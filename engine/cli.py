@@ -498,7 +498,7 @@ def _sync(args: argparse.Namespace) -> int:
 
     from engine.config import load_config
     from engine.ray_connect import ensure_ray
-    from engine.sync_supervisor import find, get_or_start
+    from engine.sync_supervisor import find, get_or_start, remove
     from jobs.sync import progress
 
     cfg = load_config(args.config)
@@ -515,7 +515,9 @@ def _sync(args: argparse.Namespace) -> int:
         return 1
     if args.action == "stop":
         ray.get(sup.stop.remote(), timeout=120)
-        ray.kill(sup, no_restart=True)
+        if not remove(cfg.name, sup):
+            print(f"c2pg: sync {cfg.name}: drained, but Ray still lists its supervisor after 30 s", file=sys.stderr)
+            return 1
         print(f"sync {cfg.name}: stopped; offsets committed")
     elif args.action == "heal":
         answer = ray.get(sup.heal.remote("on demand (c2pg sync heal)"), timeout=30)

@@ -70,6 +70,21 @@ def find(pipeline: str):
         return None
 
 
+def remove(pipeline: str, sup, timeout_s: float = 30.0) -> bool:
+    """Kill the (drained) supervisor ``sup`` and wait until its name is free, so that a
+    ``sync start`` right after starts a new one (``ray.kill`` returns before Ray's GCS has
+    seen the actor die). False if the name is still taken after ``timeout_s``."""
+    import time
+
+    ray.kill(sup, no_restart=True)
+    deadline = time.monotonic() + timeout_s
+    while find(pipeline) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 @ray.remote
 class SyncSupervisor:
     def __init__(self, cfg: PipelineConfig):

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     from engine.config import load_config
     from engine.ray_connect import ensure_ray
-    from engine.sync_supervisor import get_or_start
+    from engine.sync_supervisor import get_or_start, remove
 
     cfg = load_config(args.config)
     log.bind(pipeline=cfg.name)
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
         done.wait(args.interval)
     ray.get(sup.stop.remote(), timeout=120)
-    ray.kill(sup, no_restart=True)
+    remove(cfg.name, sup)
     print("sync: stopped; offsets committed", flush=True)
     return 0
 
