@@ -265,7 +265,7 @@ def tie_events(schema: TableSchema, n: int, now_us: int, seed: int = 3) -> list[
     """Events on few keys and few write times, so ties of every kind happen: equal-time
     values, deletions, TTLs (some already expired at ``now_us``), markers, row deletions,
     duplicates (the RF copies of a mutation)."""
-    rnd = random.Random(seed)
+    rnd = random.Random(seed)  # nosec B311 - reproducible test data, not security
     pools = {"bigint": ["0", "1", "-1", "9223372036854775807", "-9223372036854775808", "42"],
              "int": ["0", "7", "-7", "2147483647", "-2147483648"],
              "double": ["0.0", "-0.0", "1.5", "-1.5", "1e+300", "0.14285714285714285"],
