@@ -119,7 +119,7 @@ def fill_topics(bootstrap: str, generated) -> None:
     jdbc.prepare_flat_topic(bootstrap, FLAT_TOPIC, [(key, row) for key, _, row in generated])
 
 
-def _latency_at(cfg, sup, rate: float, start_pos: int, seconds: float = 20.0) -> dict:
+def _latency_at(cfg, rate: float, start_pos: int, seconds: float = 20.0) -> dict:
     """Produce updates at ``rate`` events/s for ``seconds`` while sync runs; then the p50/p99
     of Kafka record time → PostgreSQL commit over EVERY event of the window, measured from
     outside c2pg: each record's offset and timestamp come from the producer's delivery
@@ -127,7 +127,6 @@ def _latency_at(cfg, sup, rate: float, start_pos: int, seconds: float = 20.0) ->
     its partition's committed offset past it."""
     import threading
 
-    import ray
     from confluent_kafka import Producer
 
     delivered: list[tuple[int, int, int]] = []  # (partition, offset, record time ms)
@@ -170,14 +169,18 @@ def _latency_at(cfg, sup, rate: float, start_pos: int, seconds: float = 20.0) ->
         producer.poll(0)
         time.sleep(0.002)
     producer.flush()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        status = ray.get(sup.status.remote(), timeout=30)
-        parts = [p for w in status["workers"] for p in w.get("partitions", []) if not p.get("heartbeat")]
-        if all(p.get("lag") == 0 for p in parts):
-            break
-        time.sleep(0.5)
-    time.sleep(0.1)
+    # Wait until PostgreSQL has committed past every produced record (the poller's own view;
+    # the status's lag reads cached watermarks and can say 0 early).
+    need: dict[int, int] = {}
+    for partition, offset, _ in delivered:
+        need[partition] = max(need.get(partition, 0), offset + 1)
+    deadline = time.monotonic() + 120
+    while not (samples and all(samples[-1][1].get(p, -1) >= off for p, off in need.items())):
+        if time.monotonic() > deadline:
+            stop.set()
+            raise RuntimeError(f"sync did not commit the latency window's events within 120 s: {need} vs "
+                               f"{samples[-1][1] if samples else None}")
+        time.sleep(0.1)
     stop.set()
     poller.join(timeout=10)
     latencies = sorted(_commit_ms(samples, partition, offset) - ts for partition, offset, ts in delivered)
@@ -274,6 +277,12 @@ def run_c2pg(cfg, workers: int, events: int, timeout_s: float = 900, rate: float
                                      "heartbeat": heartbeat, "heartbeat_interval": timedelta(seconds=1)})})
     conn = psycopg2.connect(**cfg.postgres.connect_kwargs())
     with conn, conn.cursor() as cur:
+        # A fresh target means its tombstones too: left behind, every run's deletions piled up
+        # in _c2pg (1.5M rows after a few runs) and each run merged slower than the last.
+        cur.execute("SELECT tombstone_table FROM _c2pg.catalog WHERE target_schema = 'bench' AND target_table = %s",
+                    (f"sync_{workers}",))
+        for (tomb,) in cur.fetchall():
+            cur.execute(psycopg2.sql.SQL("DROP TABLE IF EXISTS {}").format(psycopg2.sql.Identifier("_c2pg", tomb)))
         cur.execute(f"DROP TABLE IF EXISTS bench.sync_{workers}")
         cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = 'bench' AND target_table = %s",
                     (f"sync_{workers}",))
@@ -296,7 +305,7 @@ def run_c2pg(cfg, workers: int, events: int, timeout_s: float = 900, rate: float
     seconds = time.monotonic() - (first or time.monotonic())
     latency = None
     if rate:
-        latency = _latency_at(cfg, sup, rate, events)
+        latency = _latency_at(cfg, rate, events)
     ray.get(sup.stop.remote(), timeout=120)
     ray.kill(sup, no_restart=True)
     with conn, conn.cursor() as cur:

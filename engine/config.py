@@ -357,6 +357,10 @@ class SyncConfig(_Section):
     batch is merged (``engine.readback``). Off: such cells are applied as the events carry
     them (an append replaces the collection with the appended elements; a duration loses
     its months and days) until reconcile repairs them.
+
+    ``kafka_group_commit``: after each PostgreSQL commit, also commit the batch's offsets to
+    the Kafka consumer group ``c2pg-<pipeline>`` (asynchronously, never read back) so that
+    Kafka's tools see c2pg's progress. Off: the group shows nothing.
     """
 
     workers: PositiveInt = 2
@@ -368,6 +372,7 @@ class SyncConfig(_Section):
     schema_check_interval: Duration = timedelta(seconds=60)
     poll_timeout: Duration = timedelta(milliseconds=100)
     read_back: bool = True
+    kafka_group_commit: bool = True
 
 
 class SnapshotConfig(_Section):

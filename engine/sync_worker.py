@@ -211,7 +211,7 @@ class PartitionWorker:
                 if not batch:
                     continue
                 try:
-                    self._apply(batch, appliers, consumer)
+                    self._apply(batch, appliers, consumer if cfg.sync.kafka_group_commit else None)
                     backoff = 1.0
                 except Exception as exc:  # noqa: BLE001 - not committed: rewind, report, retry
                     log.warning("batch not applied (%s: %s); retrying in %.0fs", type(exc).__name__, exc, backoff)
