@@ -15,6 +15,8 @@ import json
 import logging
 from dataclasses import dataclass, replace
 
+from psycopg2 import sql
+
 from engine import pg_dialect as d
 from engine.errors import C2pgError
 from engine.schema import META_ADDED_LATER, META_COLUMNS, Column, TableSchema
@@ -58,15 +60,23 @@ def ensure_target(conn, schema: TableSchema, target_schema: str, target_table: s
     tomb = d.tombstone_table_name(target_schema, target_table)
     with conn, conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{target_schema}.{target_table}",))
-        cur.execute("SELECT columns FROM _c2pg.catalog WHERE target_schema = %s AND target_table = %s",
-                    (target_schema, target_table))
-        row = cur.fetchone()
-        previous = row[0] if row is not None else None
-        if previous is not None:
-            schema = _in_catalog_order(schema, previous)
         cur.execute(*d.describe_target(target_schema, target_table))
         existing = dict(cur.fetchall())
         created = not existing
+        previous = None
+        if created:
+            # A target dropped by its owner leaves c2pg's state of it behind: its catalog row,
+            # its deletions and its collection rechecks describe rows that no longer exist (and
+            # a table recreated with another key could not even use them: the tombstone
+            # table's index names the old key columns). A new target starts without them.
+            _forget_dropped_target(cur, target_schema, target_table, tomb)
+        else:
+            cur.execute("SELECT columns FROM _c2pg.catalog WHERE target_schema = %s AND target_table = %s",
+                        (target_schema, target_table))
+            row = cur.fetchone()
+            previous = row[0] if row is not None else None
+            if previous is not None:
+                schema = _in_catalog_order(schema, previous)
         if created:
             for stmt in d.create_target(schema, target_schema, target_table,
                                         with_token_index=not defer_token_index):
@@ -83,6 +93,22 @@ def ensure_target(conn, schema: TableSchema, target_schema: str, target_table: s
              json.dumps(catalog_columns(schema, previous)),
              schema.fingerprint(), tomb))
     return Target(schema, target_schema, target_table, tomb, created)
+
+
+def _forget_dropped_target(cur, target_schema: str, target_table: str, tomb: str) -> None:
+    cur.execute("SELECT tombstone_table FROM _c2pg.catalog WHERE target_schema = %s AND target_table = %s",
+                (target_schema, target_table))
+    row = cur.fetchone()
+    leftovers = {tomb} | ({row[0]} if row is not None and row[0] else set())
+    for name in sorted(leftovers):
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(d.ident(d.STATE_SCHEMA, name)))
+    cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = %s AND target_table = %s",
+                (target_schema, target_table))
+    cur.execute("DELETE FROM _c2pg.rechecks WHERE target_schema = %s AND target_table = %s",
+                (target_schema, target_table))
+    if row is not None:
+        log.info("%s.%s did not exist: the state c2pg kept for it (catalog row, deletions, rechecks) was "
+                 "dropped with it", target_schema, target_table)
 
 
 def create_token_index(conn, target: Target) -> None:

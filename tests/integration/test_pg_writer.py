@@ -501,3 +501,35 @@ def test_clustering_values_of_every_type_order_as_in_cassandra_in_the_reducer_an
             with conn, conn.cursor() as cur:
                 cur.execute("SELECT a FROM writer_test.model")
                 assert {r[0] for r in cur.fetchall()} == kept, (cql_type, [len(b) for b in batches])
+
+
+def test_a_target_dropped_by_its_owner_starts_again_without_its_old_deletions_or_key(conn):
+    """A target table dropped in PostgreSQL leaves c2pg's state of it in _c2pg (catalog row,
+    tombstone table, rechecks). A new target of the same name — here for a table recreated in
+    Cassandra with another key — must start clean: the old tombstone table's index named the
+    old key, and creating the new one failed (``UndefinedColumn``), crash-looping the workers."""
+    target = _fresh_target(conn)
+    writer = SyncWriter(conn, target, "test")
+    writer.apply(reduce_events([ChangeEvent("ks", "writer_model", Op.ROW_DELETE, 50, ("1", "1"))], 1), {})
+    with conn, conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM _c2pg.{target.tomb_table}")
+        assert cur.fetchone() == (1,)
+        cur.execute("INSERT INTO _c2pg.rechecks (target_schema, target_table, key, col, at_us, wt) "
+                    "VALUES ('writer_test', 'model', '{1,1}', 'a', 1, 1)")
+        cur.execute("DROP TABLE writer_test.model")  # the owner drops it
+    other_key = TableSchema("ks", "writer_model", (Column("id", "partition_key", 0, TEXT),), (),
+                            (Column("a", "regular", -1, TEXT),), True)
+    again = ensure_target(conn, other_key, "writer_test", "model", defer_token_index=False)
+    assert again.created
+    writer = SyncWriter(conn, again, "test")
+    writer.apply(reduce_events([ChangeEvent("ks", "writer_model", Op.UPSERT, 10, ("x",), (("a", Cell("new", 10)),),
+                                            row_marker=True)], 1), {})
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT id, a FROM writer_test.model")
+        assert cur.fetchall() == [("x", "new")], "an old deletion at time 50 must not hide the new table's write"
+        cur.execute(f"SELECT count(*) FROM _c2pg.{again.tomb_table}")
+        assert cur.fetchone() == (0,)
+        cur.execute("SELECT count(*) FROM _c2pg.rechecks WHERE target_schema = 'writer_test'")
+        assert cur.fetchone() == (0,)
+        cur.execute("SELECT columns->0->>'name' FROM _c2pg.catalog WHERE target_schema = 'writer_test'")
+        assert cur.fetchone() == ("id",)
