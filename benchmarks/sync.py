@@ -277,12 +277,8 @@ def run_c2pg(cfg, workers: int, events: int, timeout_s: float = 900, rate: float
                                      "heartbeat": heartbeat, "heartbeat_interval": timedelta(seconds=1)})})
     conn = psycopg2.connect(**cfg.postgres.connect_kwargs())
     with conn, conn.cursor() as cur:
-        # A fresh target means its tombstones too: left behind, every run's deletions piled up
-        # in _c2pg (1.5M rows after a few runs) and each run merged slower than the last.
-        cur.execute("SELECT tombstone_table FROM _c2pg.catalog WHERE target_schema = 'bench' AND target_table = %s",
-                    (f"sync_{workers}",))
-        for (tomb,) in cur.fetchall():
-            cur.execute(psycopg2.sql.SQL("DROP TABLE IF EXISTS {}").format(psycopg2.sql.Identifier("_c2pg", tomb)))
+        # A fresh target (engine.target.ensure_target also drops what _c2pg kept of a dropped
+        # one: its tombstones had piled up to 1.5M rows and slowed every run more).
         cur.execute(f"DROP TABLE IF EXISTS bench.sync_{workers}")
         cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = 'bench' AND target_table = %s",
                     (f"sync_{workers}",))

@@ -57,7 +57,7 @@ from engine.types import (
     pg_type,
 )
 
-__all__ = ["FIXED_SIZE_KINDS", "column_serializers", "order_bytes", "order_key", "serializer", "uvint", "vint"]
+__all__ = ["FIXED_SIZE_KINDS", "column_serializers", "order_bytes", "serializer", "uvint", "vint"]
 
 Serializer = Callable[[str], bytes]
 
@@ -362,12 +362,6 @@ def order_bytes(t: CqlType) -> Callable[[bytes], bytes]:
     raise ValueError(f"CQL type {t.cql()!r} has no order (it cannot be a clustering column, set element or map key)")
 
 
-def order_key(t: CqlType) -> Callable[[bytes], bytes]:
-    """The sort key of serialized values of ``t`` in Cassandra's order (:func:`order_bytes`):
-    how a set's elements and a map's keys are laid out in their serialized form."""
-    return order_bytes(t)
-
-
 # -- composites -----------------------------------------------------------------------------
 
 def _sized(b: bytes | None) -> bytes:
@@ -386,7 +380,7 @@ def _pack(t: CqlType, items: list[bytes | None]) -> bytes:
 def _sort_set(t: CqlType, items: list[bytes | None]) -> list[bytes | None]:
     if t.kind != "set":
         return items
-    key = order_key(t.params[0])
+    key = order_bytes(t.params[0])
     return sorted(items, key=lambda b: b"" if b is None else b"\x01" + key(b))
 
 
@@ -403,7 +397,7 @@ def _from_json(t: CqlType) -> Callable[[Any], bytes | None]:
     if k == "map":
         key_of = _key_from_text(t.params[0])
         value_of = _from_json(t.params[1])
-        order = order_key(t.params[0])
+        order = order_bytes(t.params[0])
 
         def mapping(v: Any) -> bytes | None:
             if v is None:

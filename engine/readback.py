@@ -64,6 +64,7 @@ from engine.types import ValueConversionError, copy_unescape
 
 CONCURRENCY = 256  # token reads in flight per batch (benchmarks/readback.py: 32 → 39 s, 128 → 23 s, 512 → 20 s)
 KEYS_PER_READ = 64  # partitions per "pk IN ?" read
+WIDTH = 3  # selectors per read column: value, write time, TTL (a multi-cell column: its first element's)
 _IN_KINDS: dict[str, Callable[[str], object]] = {
     "tinyint": int, "smallint": int, "int": int, "bigint": int, "varint": int,
     "text": copy_unescape, "ascii": copy_unescape, "uuid": uuid.UUID, "timeuuid": uuid.UUID}
@@ -138,9 +139,6 @@ class ReadBack:
                 self.in_stmt = session.prepare(f"{select} WHERE {pk} IN ?")
                 self.in_stmt.consistency_level = cql.consistency_level(consistency)
 
-    def _width(self, c: Column) -> int:
-        return 3  # value, write time, TTL (a multi-cell column: its first element's TTL)
-
     def apply(self, batch: Reduced) -> ReadBackStats:
         """Replace, in ``batch``, every read-back column's cell by Cassandra's current one,
         and give every stored row of each partition the batch writes to its partition's
@@ -169,9 +167,8 @@ class ReadBack:
             found = found_rows.get(row.key)
             at = self.n_key
             for c in self.columns:
-                width = self._width(c)
-                values = found[at:at + width] if found is not None else (None,) * width
-                at += width
+                values = found[at:at + WIDTH] if found is not None else (None,) * WIDTH
+                at += WIDTH
                 event_cell = row.cells.get(c.name)
                 if event_cell is None:
                     continue
@@ -204,7 +201,7 @@ class ReadBack:
                 if self.multi_cell[c.name]:
                     text, soonest = self._text(c, raw[at], key), raw[at + 2]
                     cells[c.name] = (text, self._recheck_us(soonest) if text is not None else None)
-                at += self._width(c)
+                at += WIDTH
             out[key] = cells
         return out
 
@@ -223,14 +220,14 @@ class ReadBack:
         partition with statics and no rows reads as one row with null clustering values: it
         is staged as that, the partition's static row (ADR 0007); the writer drops it again
         if the partition holds a clustering row once the batch is applied."""
-        start = self.n_key + sum(self._width(c) for c in self.columns)
+        start = self.n_key + WIDTH * len(self.columns)
         given = 0
         for key, raw in found_rows.items():
             cells: dict[str, Cell] = {}
             at = start
             for c in self.statics:
                 value, wt, ttl = raw[at], raw[at + 1], raw[at + 2]
-                at += self._width(c)
+                at += WIDTH
                 text = self._text(c, value, key)
                 if text is None or wt is None:
                     continue

@@ -19,7 +19,7 @@ from cassandra.util import Date, Duration, Time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.cassandra_bytes import order_key, serializer, uvint, vint
+from engine.cassandra_bytes import order_bytes, serializer, uvint, vint
 from engine.types import codec, parse_cql_type
 
 V = 4  # native protocol version: int32 sizes in collections (v3 and later)
@@ -197,16 +197,16 @@ def test_set_order_of_uuids_follows_uuidtype_and_timeuuidtype():
 
     for cql, key, values in (("uuid", uuidtype, u1 + u4), ("timeuuid", timeuuidtype, u1)):
         t = parse_cql_type(cql)
-        k = order_key(t)
+        k = order_bytes(t)
         assert sorted(values, key=lambda u: k(u.bytes)) == sorted(values, key=key), cql
 
 
 def test_inet_sets_follow_address_bytes_and_floats_put_negative_zero_first():
-    key = order_key(parse_cql_type("inet"))
+    key = order_bytes(parse_cql_type("inet"))
     addrs = ["10.0.0.1", "9.255.0.0", "::1", "255.0.0.0"]
     assert sorted(addrs, key=lambda a: key(ipaddress.ip_address(a).packed)) == ["::1", "9.255.0.0", "10.0.0.1",
                                                                                   "255.0.0.0"]
-    fkey = order_key(parse_cql_type("double"))
+    fkey = order_bytes(parse_cql_type("double"))
     values = [float("nan"), 1.0, -0.0, 0.0, float("-inf"), -2.5]
     got = sorted(values, key=lambda f: fkey(ct.DoubleType.serialize(f, V)))
     assert [repr(x) for x in got] == ["-inf", "-2.5", "-0.0", "0.0", "1.0", "nan"]
