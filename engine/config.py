@@ -361,6 +361,11 @@ class SyncConfig(_Section):
     ``kafka_group_commit``: after each PostgreSQL commit, also commit the batch's offsets to
     the Kafka consumer group ``c2pg-<pipeline>`` (asynchronously, never read back) so that
     Kafka's tools see c2pg's progress. Off: the group shows nothing.
+
+    ``columnar``: decode, reduce and stage a batch as columns (``engine.sync``, ADR 0010)
+    for tables whose cells need no read-back (no non-frozen collection, UDT or duration, no
+    static column) and JSON values; the per-event path applies the others. Off: the
+    per-event path applies every table (the same result, slower).
     """
 
     workers: PositiveInt = 2
@@ -373,6 +378,7 @@ class SyncConfig(_Section):
     poll_timeout: Duration = timedelta(milliseconds=100)
     read_back: bool = True
     kafka_group_commit: bool = True
+    columnar: bool = True
 
 
 class SnapshotConfig(_Section):

@@ -38,6 +38,7 @@ from engine import pg_dialect as d
 from engine.events import Bound
 from engine.murmur import token_function
 from engine.reduce import Reduced, Tombstone
+from engine.sync.reduce_columns import StagedRows
 from engine.target import Target
 from engine.types import COPY_NULL, copy_line
 
@@ -99,9 +100,13 @@ class SyncWriter:
         self.sql_rechecks = as_text(d.REGISTER_RECHECKS)
         self.lock_key = f"{t_schema}.{t_table}"
 
-    def apply(self, batch: Reduced, offsets: Mapping[tuple[str, int], int],
+    def apply(self, batch: Reduced | StagedRows, offsets: Mapping[tuple[str, int], int],
               dead: Iterable[DeadLetter] = (), *, now_us: int | None = None) -> ApplyStats:
         """Apply ``batch`` and move ``offsets`` ((topic, partition) → next offset to read).
+
+        ``batch`` is the per-event reducer's :class:`~engine.reduce.Reduced`, or the columnar
+        path's :class:`~engine.sync.reduce_columns.StagedRows`, whose rows are COPY text
+        already (its tables have no multi-cell columns, so no rechecks).
 
         ``now_us`` is the clock the merge judges TTL expiries by (a staged cell whose expiry
         is at or before it is a deletion at its write time, ``pg_dialect.merge``): pass the
@@ -115,6 +120,7 @@ class SyncWriter:
             # worker may hold those rows: a batch with one takes the table's apply lock exclusively,
             # every other batch shares it. Without it a row merged while a partition deletion is
             # uncommitted in another transaction is never shadowed (neither statement sees the other).
+            n_rows = batch.rows if isinstance(batch, StagedRows) else len(batch.rows)
             wide = any(t.kind != "row" for t in batch.tombstones)
             cur.execute(d.APPLY_LOCK if wide else d.APPLY_LOCK_SHARED, (self.lock_key,))
             if now_us is not None:  # transaction-local: gone at commit or rollback
@@ -125,13 +131,15 @@ class SyncWriter:
                 cur.copy_expert(self.sql_copy_tstage, io.StringIO(self._tombstone_lines(batch.tombstones)))
                 cur.execute(self.sql_record)
                 cur.execute(self.sql_shadow)
-            if batch.rows:
-                cur.copy_expert(self.sql_copy_stage, io.StringIO(self._row_lines(batch)))
+            if n_rows:
+                rows: io.IOBase = (io.BytesIO(batch.copy_text) if isinstance(batch, StagedRows)
+                                   else io.StringIO(self._row_lines(batch)))
+                cur.copy_expert(self.sql_copy_stage, rows)
                 cur.execute(self.sql_merge)
-            rechecks = self._rechecks(batch) if self.multi_cell and batch.rows else []
+            rechecks = self._rechecks(batch) if self.multi_cell and isinstance(batch, Reduced) and n_rows else []
             if rechecks:
                 execute_values(cur, self.sql_rechecks, rechecks)
-            if batch.rows or batch.tombstones:
+            if n_rows or batch.tombstones:
                 cur.execute(self.sql_remove_empty)
                 if self.sql_settle:
                     cur.execute(self.sql_settle)
@@ -146,8 +154,8 @@ class SyncWriter:
             # Everything is written, nothing committed: the crash tests stop the world here.
             faults.hit("sync.commit", pipeline=self.pipeline, rows=self.rows_applied,
                        table=f"{self.schema.keyspace}.{self.schema.table}")
-        self.rows_applied += len(batch.rows)
-        return ApplyStats(len(batch.rows), len(batch.tombstones), len(dead), time.perf_counter() - t0)
+        self.rows_applied += n_rows
+        return ApplyStats(n_rows, len(batch.tombstones), len(dead), time.perf_counter() - t0)
 
     def _rechecks(self, batch: Reduced) -> list[tuple]:
         """Entries of ``_c2pg.rechecks`` for the batch's collection cells whose elements carry

@@ -20,6 +20,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import pyarrow.compute as pc
+
 from engine.cassandra_bytes import column_serializers
 from engine.config import PipelineConfig, TableConfig
 from engine.decode import DecodeError, EventDecoder, SchemaChanged
@@ -30,6 +33,8 @@ from engine.readback import ReadBack, ReadBackStats
 from engine.reduce import reduce_events, typed_compare
 from engine.schema import read_table
 from engine.sweep import wall_clock_us
+from engine.sync.decode_columns import ColumnDecoder, Columns
+from engine.sync.reduce_columns import ColumnReducer, columnar_fits
 from engine.target import Target, ensure_target
 
 log = logging.getLogger("c2pg.sync.apply")
@@ -92,6 +97,12 @@ class TableApplier:
         # are read back from Cassandra before the merge (engine.readback).
         self.read_back = (ReadBack(self.target.schema, self.cql, self.cfg.cassandra.consistency, self.writer.token)
                           if self.cfg.sync.read_back and self.cql is not None else None)
+        # The columnar path (engine.sync, ADR 0010) where nothing needs the per-event one:
+        # JSON values, and no cell the read-back or the static-row rules must see.
+        self.columnar: tuple[ColumnDecoder, ColumnReducer] | None = None
+        if self.cfg.sync.columnar and self.cfg.kafka.value_format == "json" and columnar_fits(self.target.schema):
+            self.columnar = (ColumnDecoder(self.target.schema),
+                             ColumnReducer(self.target.schema, self.compare, self.serializers, self.writer.token))
 
     def refresh_schema(self) -> None:
         """Read the table again and add new columns to PostgreSQL (the periodic check, and
@@ -99,6 +110,8 @@ class TableApplier:
         self._load()
 
     def apply(self, records: Sequence[Record], next_offsets: dict[tuple[str, int], int]) -> BatchResult:
+        if self.columnar is not None:
+            return self._apply_columns(records, next_offsets)
         events, dead = self._decode_all(records)
         # A token is computed for every upsert key at write time; find the impossible ones
         # now so one bad key does not fail the whole transaction.
@@ -119,6 +132,59 @@ class TableApplier:
         stats: ApplyStats = self.writer.apply(reduced, next_offsets, dead, now_us=now_us)
         return BatchResult(len(records), stats.rows, stats.tombstones, stats.dead_letters,
                            max((e.ts for e in good), default=None), stats.seconds, tuple(dead), read_back)
+
+    def _apply_columns(self, records: Sequence[Record], next_offsets: dict[tuple[str, int], int],
+                       again: bool = True) -> BatchResult:
+        """The columnar path: the same outcome as :meth:`apply`'s per-event one (tested), with
+        per-record work only for the records the column decoder leaves to the slow lane
+        (deletions, and anything it cannot take exactly: their dead letters are the
+        per-event decoder's)."""
+        decoder, reducer = self.columnar  # type: ignore[misc]
+        cols, slow = decoder.decode([r.value for r in records])
+        slow_events, dead = self._decode_all([records[i] for i in slow])
+        if self.columnar is None or self.columnar[0] is not decoder:
+            # The slow lane refreshed the schema (SchemaChanged): decode the batch again with
+            # the new one (once: a column still unknown then is the record's fault).
+            if again:
+                return (self._apply_columns(records, next_offsets, again=False) if self.columnar is not None
+                        else self.apply(records, next_offsets))
+            decoder, reducer = self.columnar or (decoder, reducer)
+        at = {id(records[i]): i for i in slow}
+        events: list[tuple[int, ChangeEvent]] = []
+        for ev, rec in slow_events:
+            try:
+                if ev.key:
+                    self.writer.token(ev.key[: self.n_pk])
+                events.append((at[id(rec)], ev))
+            except TokenError as exc:
+                dead.append(_dead(rec, exc))
+        cols, bad_token = self._drop_bad_tokens(cols, records, dead)
+        now_us = wall_clock_us()
+        staged = reducer.reduce(cols, events, now_us)
+        stats: ApplyStats = self.writer.apply(staged, next_offsets, dead, now_us=now_us)
+        return BatchResult(len(records), stats.rows, stats.tombstones, stats.dead_letters, staged.max_ts,
+                           stats.seconds, tuple(dead))
+
+    def _drop_bad_tokens(self, cols: Columns, records: Sequence[Record], dead: list[DeadLetter]) -> tuple[Columns, int]:
+        """Dead-letter the columnar upserts whose partition key has no token (one bad key must
+        not fail the transaction); tried once per distinct partition key."""
+        if not len(cols):
+            return cols, 0
+        part = cols.keys[: self.n_pk]
+        enc = pc.dictionary_encode(part[0] if self.n_pk == 1 else pc.binary_join_element_wise(*part, "\t"))
+        bad: dict[int, TokenError] = {}
+        for i, p in enumerate(enc.dictionary.to_pylist()):
+            try:
+                self.writer.token(tuple(p.split("\t")) if self.n_pk > 1 else (p,))
+            except TokenError as exc:
+                bad[i] = exc
+        if not bad:
+            return cols, 0
+        ids = enc.indices.to_numpy(zero_copy_only=False)
+        keep = ~np.isin(ids, list(bad))
+        for row in np.flatnonzero(~keep):
+            dead.append(_dead(records[int(cols.pos[row])], bad[int(ids[row])]))
+        return cols.take(np.flatnonzero(keep)), len(bad)
 
     def _decode_all(self, records: Sequence[Record]) -> tuple[list[tuple[ChangeEvent, Record]], list[DeadLetter]]:
         events, dead = [], []

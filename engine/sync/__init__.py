@@ -1,0 +1,19 @@
+"""Sync's columnar hot path (issue #14, ADR 0010): a batch of one table's Kafka records as
+columns, from the value bytes to the COPY text the merge reads.
+
+The stages, one module each, in the order a batch goes through them:
+
+- :mod:`engine.sync.decode_columns`: the records → one array per key column, write time,
+  row marker and, per regular column, written/value/expiry (msgspec Structs generated from
+  the table's schema; type conversions as Arrow kernels). What it does not take goes to the
+  per-record decoder (:class:`engine.decode.EventDecoder`, the slow lane), which gives the
+  event or the dead letter with its reason;
+- :mod:`engine.sync.reduce_columns`: per-cell last-write-wins over the columns and the slow
+  lane's events (one numpy sort and the last of each run), the deletions, then the staged
+  rows as COPY text built column-wise.
+
+The per-event path (:mod:`engine.decode`, :mod:`engine.reduce`, :meth:`engine.pg_writer.SyncWriter._row_lines`)
+stays: it is the oracle the columnar path is tested against, and it still applies tables
+whose cells sync must read back from Cassandra (non-frozen collections, durations:
+:mod:`engine.readback`), Avro values, and every batch when ``sync.columnar`` is off.
+"""
