@@ -325,6 +325,8 @@ class _ReplayApplier(TableApplier):
 
     def _load(self) -> None:
         super()._load()
+        # The per-event path: the hold-back below judges each decoded event (replay is small).
+        self.columnar = None
         # A SyncWriter by duck typing (it wraps one), which the annotation cannot say.
         self.writer = _CapturingWriter(self.writer, self._failures)  # type: ignore[assignment]
 
