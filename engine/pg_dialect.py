@@ -694,6 +694,18 @@ def copy_stage(columns: list[str]) -> sql.Composed:
 # else PostgreSQL's statement time (snapshot's and repair's merges). ``NULLIF``: once set in
 # a session, an unset transaction-local setting reads as '' rather than NULL.
 NOW_SETTING = "c2pg.now_us"
+KILLS = "_c2pg_kills"  # the merge's per-batch deletions of the staged rows (temporary)
+
+# For the merge's gathering of the staged rows' deletions (a just-filled stage of a few
+# thousand rows, never analyzed, joined with a tombstone table that only grows): with hash
+# and merge joins allowed PostgreSQL read the whole tombstone table into a hash for every
+# batch (385 ms per 5,000 staged rows against 405k tombstones, against 45 ms probing its
+# primary-key index once per staged row), so a batch's cost grew with the table. Off for
+# that one statement, restored right after (SET LOCAL: also gone at the transaction's end).
+# Sequential scans stay allowed: disabling them makes every plan's cost huge, and the JIT
+# compiler (jit_above_cost) then spends ~150 ms compiling it.
+INDEX_PLANS_ON = sql.SQL("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; ")
+INDEX_PLANS_OFF = sql.SQL("; SET LOCAL enable_hashjoin = DEFAULT; SET LOCAL enable_mergejoin = DEFAULT")
 MERGE_NOW_US = sql.SQL(
     "COALESCE(NULLIF(current_setting({setting}, true), '')::bigint, "
     "(extract(epoch FROM statement_timestamp()) * 1000000)::bigint)").format(setting=sql.Literal(NOW_SETTING))
@@ -806,22 +818,28 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
         cell_killed(schema, "s", "d", META_ROW_TS)))
     same_partition = sql.SQL(" AND ").join(sql.SQL("d.{c} = s.{c}").format(c=ident(c.name))
                                            for c in schema.partition_key)
-    # The deletions are gathered only for the staged rows whose partition has any (an inner
-    # join, probing the tombstone table's index once per staged row, aggregated over the few
-    # it finds), then hash-joined back by the staged row's ctid (a static row's clustering
-    # values are NULL, which an equality join would miss). A LATERAL aggregate per staged row
-    # did the same work with one aggregate node per row: most of the merge's time.
+    # The deletions are gathered first, only for the staged rows whose partition has any,
+    # into a small temporary table: an inner join that probes the tombstone table's index
+    # once per staged row (hash and merge joins are off for that statement alone: the
+    # planner knows nothing of the just-filled stage and would read the whole tombstone
+    # table, which only grows, for every batch), aggregated over the few it finds; then
+    # hash-joined back by the staged row's ctid (a static row's clustering values are NULL,
+    # which an equality join would miss). A LATERAL aggregate per staged row did the same
+    # with one aggregate node per row: most of the merge's time.
     return sql.SQL(
+        "{on}CREATE TEMP TABLE {kills} ON COMMIT DROP AS "
+        "SELECT s.ctid AS sid, max(d._c2pg_deleted_at) FILTER (WHERE {covers}) AS kill_ts{cell_kills} "
+        "FROM {stage} AS s JOIN {tomb} AS d ON {same_partition} GROUP BY s.ctid{off}; "
         "INSERT INTO {target} AS t ({cols}) "
-        "SELECT {select} FROM {stage} AS s "
-        "LEFT JOIN (SELECT s.ctid AS sid, max(d._c2pg_deleted_at) FILTER (WHERE {covers}) AS kill_ts{cell_kills} "
-        "FROM {stage} AS s JOIN {tomb} AS d ON {same_partition} GROUP BY s.ctid) AS k ON k.sid = s.ctid "
-        "ON CONFLICT ({pk}) DO UPDATE SET {sets} WHERE {any_wins}"
+        "SELECT {select} FROM {stage} AS s LEFT JOIN {kills} AS k ON k.sid = s.ctid "
+        "ON CONFLICT ({pk}) DO UPDATE SET {sets} WHERE {any_wins}; "
+        "DROP TABLE {kills}"
     ).format(
         target=target, cols=_cols(target_columns(schema)), select=sql.SQL(", ").join(select_cols),
         stage=ident(STAGE), tomb=ident(STATE_SCHEMA, tomb_table), covers=covers(schema, "s", "d"),
         cell_kills=sql.SQL("").join(sql.SQL(", ") + c for c in cell_kills), same_partition=same_partition,
-        pk=_cols(pk), sets=sql.SQL(", ").join(sets), any_wins=sql.SQL(" OR ").join(wins_any),
+        pk=_cols(pk), sets=sql.SQL(", ").join(sets), any_wins=sql.SQL(" OR ").join(wins_any), kills=ident(KILLS),
+        on=INDEX_PLANS_ON, off=INDEX_PLANS_OFF,
     )
 
 
