@@ -27,8 +27,8 @@ psycopg 3 (the driver without the format), B1 psycopg 3 binary COPY with ``write
 row (the naive baseline), B2 psycopg 3 binary COPY of :func:`binary_copy`'s buffer, C ADBC
 ``adbc_ingest`` of the Arrow table (mode ``append``, ``temporary=True``: the created temp
 table). Each has its own connection; the CPU of its PostgreSQL backend is read from
-``/proc/<pid>/stat`` around the send (clock ticks, so per batch it is coarse; summed over a
-pass it is not).
+``/proc/<pid>/schedstat`` (ns on a CPU) around the send; the first run (2026-12-04 11:13)
+read ``/proc/<pid>/stat``'s 10 ms clock ticks, too coarse for one batch's send.
 
 Check: after every send, ``md5`` of the stage's rows as text in key order (and the count)
 must equal what A staged; a difference fails the run. Interleaving: every repetition runs
@@ -295,7 +295,16 @@ def binary_copy(table: pa.Table) -> bytes:
 # ---------------------------------------------------------------------------------------
 
 def _backend_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a local process, from /proc; 0 if unreadable."""
+    """CPU seconds of a local process: its time on a CPU in ns from ``/proc/<pid>/schedstat``
+    (clock ticks of ``stat``, 10 ms, are coarser than one batch's send), else user + system
+    ticks; 0 if neither is readable."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return _backend_ticks(pid)
+
+
+def _backend_ticks(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
