@@ -77,8 +77,9 @@ from engine.sync.reduce_columns import _NONE, ColumnReducer
 RESULTS = Path(__file__).parent / "results" / "stage_copy.json"
 BENCH_SCHEMA = "bench_copy"
 CANDIDATES = ("A", "A3", "B1", "B2", "C")
-# Timed with them, sends nothing: the typed Arrow table alone, the build step B1, B2 and C share.
-CONTEXT = ("T",)
+# Timed with them, send nothing: the typed Arrow table alone (the build step B1, B2 and C
+# share), and the partition tokens alone (murmur3 per distinct partition, in every build).
+CONTEXT = ("T", "K")
 LABELS = {
     "A": "A, today: Arrow-built COPY text, psycopg2 copy_expert",
     "A3": "A3, the same text through psycopg 3 (copy.write)",
@@ -86,6 +87,7 @@ LABELS = {
     "B2": "B2, psycopg 3 binary COPY of one buffer built column-wise",
     "C": "C, ADBC adbc_ingest of the Arrow table",
     "T": "(B1, B2, C's shared build: staged_table alone, no send)",
+    "K": "(every build's partition tokens alone, no send)",
 }
 # PostgreSQL type → Arrow type of the staged column (what the binary candidates send).
 ARROW_TYPES = {"bigint": pa.int64(), "integer": pa.int32(), "smallint": pa.int16(),
@@ -181,20 +183,30 @@ def _int64_lists(matrix: np.ndarray, present: np.ndarray | None = None) -> pa.Ar
     return pa.ListArray.from_arrays(offsets, items, mask=mask)
 
 
+def partition_tokens(reducer: ColumnReducer, keys: list[pa.Array]) -> np.ndarray:
+    """Per staged row its partition's token, as ``ColumnReducer._copy_text`` computes it: the
+    reducer's token function (murmur3 in Python) once per distinct partition."""
+    partition = keys[: reducer.n_pk]
+    part_text = partition[0] if reducer.n_pk == 1 else pc.binary_join_element_wise(*partition, "\t")
+    penc = pc.dictionary_encode(part_text)
+    tokens = np.array([reducer.token(tuple(p.split("\t")) if reducer.n_pk > 1 else (p,))
+                       for p in penc.dictionary.to_pylist()], dtype=np.int64)
+    return tokens[penc.indices.to_numpy(zero_copy_only=False)]
+
+
+def _tokens_of(reducer: ColumnReducer, b: Batch) -> np.ndarray:
+    keep, key_cols, first = b.args[:3]
+    return partition_tokens(reducer, [k.take(pa.array(first[np.flatnonzero(keep)])) for k in key_cols])
+
+
 def staged_table(reducer: ColumnReducer, keep, key_cols, first, values, wts, exps, row_ts, row_exp) -> pa.Table:
     """What ``ColumnReducer._copy_text`` stages, as typed Arrow columns named and ordered as
     :func:`engine.pg_dialect.target_columns` (the same rows, tokens and metadata)."""
     schema = reducer.schema
     rows = np.flatnonzero(keep)
     take = pa.array(rows)
-    at = pa.array(first[rows])
-    keys = [k.take(at) for k in key_cols]
-    partition = keys[: reducer.n_pk]
-    part_text = partition[0] if reducer.n_pk == 1 else pc.binary_join_element_wise(*partition, "\t")
-    penc = pc.dictionary_encode(part_text)
-    tokens = np.array([reducer.token(tuple(p.split("\t")) if reducer.n_pk > 1 else (p,))
-                       for p in penc.dictionary.to_pylist()], dtype=np.int64)
-    token = tokens[penc.indices.to_numpy(zero_copy_only=False)]
+    keys = [k.take(pa.array(first[rows])) for k in key_cols]
+    token = partition_tokens(reducer, keys)
     by_name = dict(zip(reducer.regular, range(len(reducer.regular)), strict=True))
     types = {c.name: c.pg_sql_type for c in schema.columns}
     cols: list[pa.Array] = [typed_column(types[c.name], k) for c, k in zip(schema.primary_key, keys, strict=True)]
@@ -458,6 +470,7 @@ def connect(kwargs: dict, reducer: ColumnReducer, target_schema: str) -> tuple[S
 
     cands["C"] = Candidate("C", lambda b: staged_table(reducer, *b.args), send_c, begina, digesta, conna.rollback, pida)
     cands["T"] = Candidate("T", lambda b: staged_table(reducer, *b.args), None, begina, digesta, conna.rollback, pida)
+    cands["K"] = Candidate("K", lambda b: _tokens_of(reducer, b), None, begina, digesta, conna.rollback, pida)
     return st, cands
 
 
