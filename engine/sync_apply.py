@@ -17,6 +17,7 @@ committed, so the caller retries the same records later (offsets did not move).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,11 +31,11 @@ from engine.events import ChangeEvent, Origin
 from engine.murmur import TokenError
 from engine.pg_writer import ApplyStats, DeadLetter, SyncWriter
 from engine.readback import ReadBack, ReadBackStats
-from engine.reduce import reduce_events, typed_compare
+from engine.reduce import Reduced, reduce_events, typed_compare
 from engine.schema import read_table
 from engine.sweep import wall_clock_us
 from engine.sync.decode_columns import ColumnDecoder, Columns
-from engine.sync.reduce_columns import ColumnReducer, columnar_fits
+from engine.sync.reduce_columns import ColumnReducer, StagedRows, columnar_fits
 from engine.target import Target, ensure_target
 
 log = logging.getLogger("c2pg.sync.apply")
@@ -67,15 +68,38 @@ class BatchResult:
     read_back: ReadBackStats = ReadBackStats()
 
 
-class TableApplier:
-    """Decoder, writer and schema of one table, on one PostgreSQL connection."""
+@dataclass(slots=True)
+class Prepared:
+    """A batch decoded and reduced (:meth:`TableApplier.prepare`), not written yet."""
 
-    def __init__(self, cfg: PipelineConfig, table: TableConfig, conn, cql_session, registry=None):
+    records: int
+    batch: Reduced | StagedRows
+    next_offsets: dict[tuple[str, int], int]
+    dead: list[DeadLetter]
+    now_us: int
+    max_ts: int | None
+    read_back: ReadBackStats = ReadBackStats()
+
+
+class TableApplier:
+    """Decoder, writer and schema of one table, on one PostgreSQL connection.
+
+    A batch is prepared (:meth:`prepare`: decoded, reduced, read back; CPU and Cassandra),
+    then written (:meth:`write`: one PostgreSQL transaction); :meth:`apply` does both. The sync worker
+    prepares the next batch while the previous one is written, in another thread: ``lock``
+    (one per connection, shared by the appliers that use it) is held by :meth:`write` and
+    by a schema refresh (which alters the target), so the two never use the connection at
+    once.
+    """
+
+    def __init__(self, cfg: PipelineConfig, table: TableConfig, conn, cql_session, registry=None,
+                 lock: threading.RLock | None = None):
         self.cfg = cfg
         self.table = table
         self.conn = conn
         self.cql = cql_session
         self.registry = registry
+        self.lock = lock or threading.RLock()
         self._load()
 
     def _load(self) -> None:
@@ -106,12 +130,27 @@ class TableApplier:
 
     def refresh_schema(self) -> None:
         """Read the table again and add new columns to PostgreSQL (the periodic check, and
-        the reaction to :class:`SchemaChanged`)."""
-        self._load()
+        the reaction to :class:`SchemaChanged`); waits for a write in flight."""
+        with self.lock:
+            self._load()
 
     def apply(self, records: Sequence[Record], next_offsets: dict[tuple[str, int], int]) -> BatchResult:
+        """Prepare and write ``records``: one committed transaction with ``next_offsets``."""
+        return self.write(self.prepare(records, next_offsets))
+
+    def write(self, p: Prepared) -> BatchResult:
+        """Write a prepared batch in one transaction (its offsets, its dead letters).
+        Raises what the transaction raised; nothing was committed then."""
+        with self.lock:
+            stats: ApplyStats = self.writer.apply(p.batch, p.next_offsets, p.dead, now_us=p.now_us)
+        return BatchResult(p.records, stats.rows, stats.tombstones, stats.dead_letters, p.max_ts, stats.seconds,
+                           tuple(p.dead), p.read_back)
+
+    def prepare(self, records: Sequence[Record], next_offsets: dict[tuple[str, int], int]) -> Prepared:
+        """Decode and reduce ``records`` (and read back what the events cannot describe).
+        Touches PostgreSQL only to refresh the schema (under :attr:`lock`)."""
         if self.columnar is not None:
-            return self._apply_columns(records, next_offsets)
+            return self._prepare_columns(records, next_offsets)
         events, dead = self._decode_all(records)
         # A token is computed for every upsert key at write time; find the impossible ones
         # now so one bad key does not fail the whole transaction.
@@ -129,12 +168,11 @@ class TableApplier:
         now_us = wall_clock_us()
         reduced = reduce_events(good, self.n_pk, self.compare, self.serializers, now_us=now_us)
         read_back = self.read_back.apply(reduced) if self.read_back is not None else ReadBackStats()
-        stats: ApplyStats = self.writer.apply(reduced, next_offsets, dead, now_us=now_us)
-        return BatchResult(len(records), stats.rows, stats.tombstones, stats.dead_letters,
-                           max((e.ts for e in good), default=None), stats.seconds, tuple(dead), read_back)
+        return Prepared(len(records), reduced, next_offsets, dead, now_us, max((e.ts for e in good), default=None),
+                        read_back)
 
-    def _apply_columns(self, records: Sequence[Record], next_offsets: dict[tuple[str, int], int],
-                       again: bool = True) -> BatchResult:
+    def _prepare_columns(self, records: Sequence[Record], next_offsets: dict[tuple[str, int], int],
+                         again: bool = True) -> Prepared:
         """The columnar path: the same outcome as :meth:`apply`'s per-event one (tested), with
         per-record work only for the records the column decoder leaves to the slow lane
         (deletions, and anything it cannot take exactly: their dead letters are the
@@ -146,8 +184,8 @@ class TableApplier:
             # The slow lane refreshed the schema (SchemaChanged): decode the batch again with
             # the new one (once: a column still unknown then is the record's fault).
             if again:
-                return (self._apply_columns(records, next_offsets, again=False) if self.columnar is not None
-                        else self.apply(records, next_offsets))
+                return (self._prepare_columns(records, next_offsets, again=False) if self.columnar is not None
+                        else self.prepare(records, next_offsets))
             decoder, reducer = self.columnar or (decoder, reducer)
         at = {id(records[i]): i for i in slow}
         events: list[tuple[int, ChangeEvent]] = []
@@ -161,9 +199,7 @@ class TableApplier:
         cols, bad_token = self._drop_bad_tokens(cols, records, dead)
         now_us = wall_clock_us()
         staged = reducer.reduce(cols, events, now_us)
-        stats: ApplyStats = self.writer.apply(staged, next_offsets, dead, now_us=now_us)
-        return BatchResult(len(records), stats.rows, stats.tombstones, stats.dead_letters, staged.max_ts,
-                           stats.seconds, tuple(dead))
+        return Prepared(len(records), staged, next_offsets, dead, now_us, staged.max_ts)
 
     def _drop_bad_tokens(self, cols: Columns, records: Sequence[Record], dead: list[DeadLetter]) -> tuple[Columns, int]:
         """Dead-letter the columnar upserts whose partition key has no token (one bad key must
@@ -172,10 +208,16 @@ class TableApplier:
             return cols, 0
         part = cols.keys[: self.n_pk]
         enc = pc.dictionary_encode(part[0] if self.n_pk == 1 else pc.binary_join_element_wise(*part, "\t"))
+        partitions = enc.dictionary.to_pylist()
+        try:
+            self.columnar[1].tokens(partitions)  # type: ignore[index] # cached for the reducer
+            return cols, 0
+        except TokenError:
+            pass
         bad: dict[int, TokenError] = {}
-        for i, p in enumerate(enc.dictionary.to_pylist()):
+        for i, p in enumerate(partitions):
             try:
-                self.writer.token(tuple(p.split("\t")) if self.n_pk > 1 else (p,))
+                self.columnar[1].tokens([p])  # type: ignore[index]
             except TokenError as exc:
                 bad[i] = exc
         if not bad:

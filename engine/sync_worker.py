@@ -28,7 +28,9 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 
@@ -102,6 +104,9 @@ class PartitionWorker:
         self.state = WorkerState(paused_tables=set(paused_tables or []), paused_all=paused_all)
         self.parts = {(t, p): PartitionState(t, p) for t, p in self.partitions}
         self._stop = threading.Event()
+        # Writes batch N while the loop prepares batch N+1 (run()); one thread: in order.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="c2pg-write")
+        self._pg_lock = threading.RLock()  # the connection's: a write, or a schema refresh
         self._lock = threading.Lock()
         self._watermarks_at = 0.0
         self._paused: set[tuple[str, int]] = set()
@@ -183,7 +188,10 @@ class PartitionWorker:
                 from confluent_kafka.schema_registry import SchemaRegistryClient
 
                 registry = SchemaRegistryClient(cfg.schema_registry.client_conf())
-            appliers: dict = {topic: TableApplier(cfg, self.tables[topic], conn, session, registry)
+            # One lock for the connection the appliers share: the write thread holds it for a
+            # transaction, a schema refresh (in the loop's thread) for its DDL.
+            appliers: dict = {topic: TableApplier(cfg, self.tables[topic], conn, session, registry,
+                                                  lock=self._pg_lock)
                               for topic in {t for t, _ in self.partitions} if topic != self.heartbeat_topic}
             if any(t == self.heartbeat_topic for t, _ in self.partitions):
                 appliers[self.heartbeat_topic] = HeartbeatApplier(cfg, conn, session, registry)
@@ -204,24 +212,46 @@ class PartitionWorker:
                         self.parts[key].next_offset = off
                 self.state.state = "running"
             backoff = 1.0
+            kafka = consumer if cfg.sync.kafka_group_commit else None
+            # Batch N+1 is polled, decoded and reduced here while batch N is written in the
+            # write thread (its PostgreSQL work releases the GIL). One batch in flight at a
+            # time, written in order: N+1 is handed over only after N committed; when N
+            # fails, N+1 is dropped and both are read again from the committed offsets.
+            inflight: Future | None = None
             while not self._stop.is_set():
                 self._apply_pauses(consumer)
                 batch = self._poll_batch(consumer)
                 self._refresh_watermarks(consumer, offsets_reader)
-                if not batch:
-                    continue
-                try:
-                    self._apply(batch, appliers, consumer if cfg.sync.kafka_group_commit else None)
-                    backoff = 1.0
-                except Exception as exc:  # noqa: BLE001 - not committed: rewind, report, retry
-                    log.warning("batch not applied (%s: %s); retrying in %.0fs", type(exc).__name__, exc, backoff)
+                prepared, error = None, None
+                if batch:
+                    try:
+                        prepared = self._prepare(batch, appliers)
+                    except Exception as exc:  # noqa: BLE001 - handled below, after the batch in flight
+                        error = exc
+                if inflight is not None:
+                    try:
+                        _tell_kafka(kafka, inflight.result())
+                        backoff = 1.0
+                    except Exception as exc:  # noqa: BLE001 - not committed: rewind, report, retry
+                        error, prepared = exc, None
+                    inflight = None
+                if error is not None:
+                    log.warning("batch not applied (%s: %s); retrying in %.0fs", type(error).__name__, error,
+                                backoff)
                     with self._lock:
-                        self.state.state, self.state.error = "retrying", f"{type(exc).__name__}: {exc}"
+                        self.state.state, self.state.error = "retrying", f"{type(error).__name__}: {error}"
                         self.state.retries += 1
                     self._rewind(consumer, conn)
                     self._stop.wait(backoff)
                     backoff = min(30.0, backoff * 2)
                     conn = self._reconnect(conn, appliers)
+                elif prepared is not None:
+                    inflight = self._writer.submit(self._write, prepared, appliers)
+            if inflight is not None:  # stopping: finish the batch in flight
+                try:
+                    _tell_kafka(kafka, inflight.result())
+                except Exception as exc:  # noqa: BLE001 - not committed; the next start re-reads it
+                    log.warning("last batch not applied (%s: %s)", type(exc).__name__, exc)
             with self._lock:
                 self.state.state = "stopped"
             return "stopped"
@@ -283,39 +313,53 @@ class PartitionWorker:
                 size += len(m.value() or b"") + len(m.key() or b"")
         return batch
 
-    def _apply(self, batch: list, appliers: dict, consumer=None) -> None:
+    def _prepare(self, batch: list, appliers: dict) -> list[tuple[str, list, dict, Any]]:
+        """Per topic of ``batch``: its records, next offsets and prepared batch (a table's,
+        :meth:`TableApplier.prepare`; ``None`` for the capture heartbeats, applied whole)."""
         by_topic: dict[str, list] = defaultdict(list)
         for rec in batch:
             by_topic[rec.topic].append(rec)
-        # Heartbeats first, on their own: a table batch that keeps failing must not hold them
-        # back (capture would look stalled), and a heartbeat that cannot be recorded must not
-        # stop the tables (it is re-read after a restart or rewind; the next one comes anyway).
-        heartbeats = by_topic.pop(self.heartbeat_topic, None) if self.heartbeat_topic else None
-        if heartbeats:
-            hb_offsets: dict[tuple[str, int], int] = {}
-            for r in heartbeats:
-                hb_offsets[(r.topic, r.partition)] = max(hb_offsets.get((r.topic, r.partition), 0), r.offset + 1)
-            try:
-                appliers[self.heartbeat_topic].apply(heartbeats, hb_offsets)
-                self._advance(heartbeats, hb_offsets, None, time.monotonic(), count_batch=False)
-                _tell_kafka(consumer, hb_offsets)
-            except Exception as exc:  # noqa: BLE001 - logged; the tables go on
-                log.warning("capture heartbeats not recorded (%s: %s)", type(exc).__name__, exc)
-                with contextlib.suppress(Exception):
-                    appliers[self.heartbeat_topic].conn.rollback()
-        for topic, records in by_topic.items():
+        out = []
+        # Heartbeats first, on their own (see _write).
+        for topic in sorted(by_topic, key=lambda t: t != self.heartbeat_topic):
+            records = by_topic[topic]
             next_offsets: dict[tuple[str, int], int] = {}
             for r in records:
                 next_offsets[(r.topic, r.partition)] = max(next_offsets.get((r.topic, r.partition), 0), r.offset + 1)
+            prepared = None if topic == self.heartbeat_topic else appliers[topic].prepare(records, next_offsets)
+            out.append((topic, records, next_offsets, prepared))
+        return out
+
+    def _write(self, prepared: list[tuple[str, list, dict, Any]], appliers: dict) -> dict[tuple[str, int], int]:
+        """Write each topic's prepared batch (one transaction each) and count it; → the
+        offsets committed, for the Kafka consumer group. Runs in the write thread; raises
+        the first table's failure (the tables before it stay committed and counted)."""
+        committed: dict[tuple[str, int], int] = {}
+        for topic, records, next_offsets, p in prepared:
+            if p is None:
+                # A table batch that keeps failing must not hold heartbeats back (capture would
+                # look stalled), and a heartbeat that cannot be recorded must not stop the
+                # tables (it is re-read after a restart or rewind; the next one comes anyway).
+                try:
+                    with self._pg_lock:
+                        appliers[topic].apply(records, next_offsets)
+                    self._advance(records, next_offsets, None, time.monotonic(), count_batch=False)
+                    committed.update(next_offsets)
+                except Exception as exc:  # noqa: BLE001 - logged; the tables go on
+                    log.warning("capture heartbeats not recorded (%s: %s)", type(exc).__name__, exc)
+                    with contextlib.suppress(Exception):
+                        appliers[topic].conn.rollback()
+                continue
             t0 = time.monotonic()
-            result = appliers[topic].apply(records, next_offsets)
+            result = appliers[topic].write(p)
             _metrics().record(self.cfg.name, self._table_name(topic), result, time.monotonic() - t0)
             self._publish_dead(result.dead)
             committed_ms, committed_at = time.time() * 1000, time.monotonic()
             with self._lock:
                 self.latencies.extend(committed_ms - r.timestamp_ms for r in records if r.timestamp_ms)
             self._advance(records, next_offsets, result.max_write_ts_us, committed_at)
-            _tell_kafka(consumer, next_offsets)
+            committed.update(next_offsets)
+        return committed
 
     def _advance(self, records: list, next_offsets: dict, max_write_ts_us: int | None, committed_at: float,
                  count_batch: bool = True) -> None:

@@ -107,14 +107,20 @@ def _typed(kind: str, values: Sequence[Any]) -> pa.Array | None:
     if kind in INT_BITS:
         return arr if t == pa.int64() else None
     if kind == "double":
-        return arr.cast(pa.float64()) if t in (pa.float64(), pa.int64()) else None
+        try:
+            return arr.cast(pa.float64()) if t in (pa.float64(), pa.int64()) else None
+        except pa.ArrowInvalid:                       # an integer a double cannot hold exactly
+            return None
     return arr if t == pa.string() else None
 
 
 def convert(cd: Codec, values: Sequence[Any]) -> tuple[pa.Array, np.ndarray]:
     """One column's Debezium values (null = no value) → (canonical COPY texts, rows whose
     value does not convert). The rows marked bad go to the slow lane, which raises the
-    codec's own error for them. Equal to ``cd.from_debezium`` per value (tested)."""
+    codec's own error for them. Equal to ``cd.from_debezium`` per value (tested) for the
+    values the decoder's Structs let through: ``int`` for the integer kinds, ``float`` or
+    ``int`` for ``double``, ``str`` for text (a bool would be read as a number by Arrow's
+    inference; msgspec refuses it, and its record goes to the slow lane)."""
     kind = cd.cql_type.kind
     if kind not in INT_BITS and kind not in ("text", "ascii", "double"):
         return _per_value(cd, values)

@@ -86,6 +86,7 @@ class ColumnReducer:
         self.staged = [c.name for c in schema.regular]
         self.serializers = {n: serializers.get(n, text_bytes) for n in self.regular}
         self.token = token
+        self._tokens: dict[str, int] = {}  # partition text → token, across batches (bounded)
 
     def reduce(self, cols: Columns, events: Sequence[tuple[int, ChangeEvent]], now_us: int) -> StagedRows:
         """``cols`` (the columnar upserts) and ``events`` (the slow lane's, with their batch
@@ -140,6 +141,19 @@ class ColumnReducer:
         return StagedRows(self._copy_text(keep, key_cols, first, values, wts, exps, row_ts, row_exp),
                           int(keep.sum()), tombs, max_ts)
 
+    def tokens(self, partitions: list[str]) -> list[int]:
+        """The token of each partition (its key texts joined by tabs), cached: a stream
+        touches the same keys again and again. Raises :class:`engine.murmur.TokenError`."""
+        cache, out = self._tokens, []
+        if len(cache) > 1_000_000:
+            cache.clear()
+        for p in partitions:
+            t = cache.get(p)
+            if t is None:
+                t = cache[p] = self.token(tuple(p.split("\t")) if self.n_pk > 1 else (p,))
+            out.append(t)
+        return out
+
     # -- the parts ----------------------------------------------------------------------
 
     @staticmethod
@@ -158,21 +172,31 @@ class ColumnReducer:
         kill = np.full(nkeys, _NONE, dtype=np.int64)
         if not tombs:
             return kill
+        # Deletions of one exact key (every row deletion; a partition deletion where a
+        # partition is one row): looked up by key text, no per-key Python.
+        exact = [t for t in tombs if t.kind == "row" or (t.kind == "partition" and self.n_pk == self.n_key)]
+        if exact:
+            ids = pc.index_in(pa.array(["\t".join(t.key) for t in exact], pa.string()), value_set=keys)
+            found = ~_np(ids.is_null())
+            np.maximum.at(kill, _np(ids.fill_null(0)).astype(np.int64)[found],
+                          np.array([t.ts for t in exact], dtype=np.int64)[found])
+        wide = [t for t in tombs if t.kind != "row" and self.n_pk != self.n_key]
+        if not wide:
+            return kill
+        # Partition and range deletions of tables with clustering columns: each key of such a
+        # partition is judged by kill_ts, the per-event reducer's own function (few per batch).
         by_partition: dict[tuple[str, ...], list[Tombstone]] = {}
         for t in tombs:
             by_partition.setdefault(t.key[: self.n_pk], []).append(t)
-        if self.n_pk == self.n_key:
-            partitions = keys                              # a partition is one row
-        else:
-            part_cols = [k.take(pa.array(first)) for k in key_cols[: self.n_pk]]
-            partitions = part_cols[0] if self.n_pk == 1 else pc.binary_join_element_wise(*part_cols, "\t")
-        wanted = pa.array(["\t".join(p) for p in by_partition], pa.string())
+        part_cols = [k.take(pa.array(first)) for k in key_cols[: self.n_pk]]
+        partitions = part_cols[0] if self.n_pk == 1 else pc.binary_join_element_wise(*part_cols, "\t")
+        wanted = pa.array(sorted({"\t".join(t.key[: self.n_pk]) for t in wide}), pa.string())
         hit = np.flatnonzero(_np(pc.is_in(partitions, value_set=wanted)))
         for i in hit:
             key = tuple(keys[int(i)].as_py().split("\t"))
             k = kill_ts(key, by_partition[key[: self.n_pk]], self.n_pk, self.compare)
             if k is not None:
-                kill[i] = k
+                kill[i] = max(kill[i], k)
         return kill
 
     def _column(self, j: int, name: str, cols: Columns, ups, key_id, ts, pos, nkeys: int, now_us: int):
@@ -276,8 +300,7 @@ class ColumnReducer:
         # The token per distinct partition (murmur3 of its serialized key).
         part_text = partition[0] if self.n_pk == 1 else pc.binary_join_element_wise(*partition, "\t")
         penc = pc.dictionary_encode(part_text)
-        tokens = np.array([self.token(tuple(p.split("\t")) if self.n_pk > 1 else (p,))
-                           for p in penc.dictionary.to_pylist()], dtype=np.int64)
+        tokens = np.array(self.tokens(penc.dictionary.to_pylist()), dtype=np.int64)
         token = pa.array(tokens[_np(penc.indices)]).cast(pa.string())
 
         def as_text(a: np.ndarray) -> pa.Array:
