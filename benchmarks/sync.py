@@ -263,6 +263,55 @@ def copy_merge_ceiling(cfg, want: dict[int, tuple], events: int) -> dict:
     return {"rows": len(want), "seconds": round(seconds, 3), "events_per_s": round(events / seconds)}
 
 
+def _component(proc) -> str:
+    """Which part of the stack a process is, for the CPU accounting of a run."""
+    name = proc.info["name"] or ""
+    cmd = " ".join(proc.info["cmdline"] or ())
+    if proc.pid == os.getpid():
+        return "benchmark driver"
+    if name == "postgres" or "postgres:" in cmd:
+        return "postgresql"
+    if name.startswith("ray::PartitionWor") or "ray::PartitionWorker" in cmd:
+        return "c2pg sync workers"
+    if name.startswith("ray::SyncSupervi") or "ray::SyncSupervisor" in cmd:
+        return "c2pg supervisor"
+    if "kafka.Kafka" in cmd:
+        return "kafka broker"
+    if "CassandraDaemon" in cmd:
+        return "cassandra"
+    if "debezium" in cmd:
+        return "debezium connector"
+    if "ray" in name or "/ray/" in cmd or "ray::" in cmd:
+        return "ray (other)"
+    return "other"
+
+
+def cpu_snapshot() -> dict[int, tuple[str, float]]:
+    """pid → (component, user + system CPU seconds so far) of every process on the machine."""
+    import psutil
+
+    out = {}
+    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        t = proc.info["cpu_times"]
+        if t is not None:
+            out[proc.pid] = (_component(proc), t.user + t.system)
+    return out
+
+
+def cpu_between(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], events: int) -> dict:
+    """CPU seconds per component between two snapshots (a process started in between counts
+    whole; one that ended in between is lost, which the workers never do: the second
+    snapshot is taken before they stop), and µs of CPU per event."""
+    by: dict[str, float] = {}
+    for pid, (comp, cpu) in after.items():
+        old = before.get(pid)
+        by[comp] = by.get(comp, 0.0) + cpu - (old[1] if old and old[0] == comp else 0.0)
+    total = sum(by.values())
+    return {"cpu_seconds": {k: round(v, 2) for k, v in sorted(by.items(), key=lambda kv: -kv[1])},
+            "cpu_us_per_event": {k: round(v / events * 1e6, 2) for k, v in sorted(by.items(), key=lambda kv: -kv[1])},
+            "total_cpu_seconds": round(total, 2)}
+
+
 def run_c2pg(cfg, workers: int, events: int, timeout_s: float = 900, rate: float | None = None,
              heartbeat: bool = True) -> dict:
     import ray
@@ -286,6 +335,7 @@ def run_c2pg(cfg, workers: int, events: int, timeout_s: float = 900, rate: float
     old = find(name)
     if old is not None:
         ray.kill(old, no_restart=True)
+    cpu_before = cpu_snapshot()
     sup = get_or_start(cfg)
     first = None
     deadline = time.monotonic() + timeout_s
@@ -299,6 +349,7 @@ def run_c2pg(cfg, workers: int, events: int, timeout_s: float = 900, rate: float
             break
         time.sleep(0.2)
     seconds = time.monotonic() - (first or time.monotonic())
+    cpu = cpu_between(cpu_before, cpu_snapshot(), events)
     latency = None
     if rate:
         latency = _latency_at(cfg, rate, events)
@@ -310,7 +361,7 @@ def run_c2pg(cfg, workers: int, events: int, timeout_s: float = 900, rate: float
     conn.close()
     return {"workers": workers, "events": applied, "seconds": round(seconds, 2),
             "events_per_s": round(applied / seconds) if seconds else None, "rows": rows,
-            "latency_at_half_rate": latency, "heartbeat": heartbeat}
+            "latency_at_half_rate": latency, "heartbeat": heartbeat, "cpu": cpu}
 
 
 def heartbeat_ab(cfg, events: int, rounds: int, expected_rows: int) -> None:
@@ -351,6 +402,7 @@ def main() -> None:
     p.add_argument("--keys", type=int, default=100_000)
     p.add_argument("--config", type=Path, default=Path("examples/pipeline.local.yaml"))
     p.add_argument("--skip-jdbc", action="store_true")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3], help="the worker counts to run c2pg with")
     p.add_argument("--heartbeat-ab", action="store_true",
                    help="measure the capture heartbeat's cost instead (capture_heartbeat.json)")
     p.add_argument("--rounds", type=int, default=3, help="with --heartbeat-ab: runs with and without, each")
@@ -377,13 +429,14 @@ def main() -> None:
         heartbeat_ab(cfg, args.events, args.rounds, expected_rows)
         return
     c2pg, end_states = [], {}
-    for w in (1, 2):
+    for w in args.workers:
         r = run_c2pg(cfg, w, args.events)
         end_states[f"c2pg_{w}_workers"] = state_differences(want, table_state(cfg, f"bench.sync_{w}"))
         c2pg.append(r)
         print(f"c2pg, {r['workers']} worker(s): {r['events_per_s']:,} events/s ({r['seconds']} s), "
               f"rows {r['rows']:,} (expected {expected_rows:,}); end state vs expected: "
               f"{end_states[f'c2pg_{w}_workers']}", flush=True)
+        print(f"  CPU µs per event: {r['cpu']['cpu_us_per_event']}", flush=True)
     best = max(c2pg, key=lambda r: r["events_per_s"] or 0)
     # The latency run: the best worker count again, then a steady stream at half its rate.
     fill_topics(bootstrap, generated)
@@ -417,7 +470,10 @@ def main() -> None:
         "jdbc_sink": jdbc_result,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": f".venv/bin/python -m benchmarks.sync --events {args.events} --keys {args.keys}",
+        "command": f".venv/bin/python -m benchmarks.sync --events {args.events} --keys {args.keys}"
+                   + (f" --workers {' '.join(map(str, args.workers))}" if args.workers != [1, 2, 3] else "")
+                   + (" --skip-jdbc" if args.skip_jdbc else ""),
+        "load_average_at_end": os.getloadavg(),
     }
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "sync.json"
