@@ -706,6 +706,18 @@ KILLS = "_c2pg_kills"  # the merge's per-batch deletions of the staged rows (tem
 # compiler (jit_above_cost) then spends ~150 ms compiling it.
 INDEX_PLANS_ON = sql.SQL("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; ")
 INDEX_PLANS_OFF = sql.SQL("; SET LOCAL enable_hashjoin = DEFAULT; SET LOCAL enable_mergejoin = DEFAULT")
+
+
+def by_key_index(statement: sql.Composable) -> sql.Composed:
+    """``statement`` (the writer's removal of emptied rows) run so that it finds the batch's
+    keys in the target through the primary-key index, never by reading the whole target:
+    with the default costs PostgreSQL scanned the target filtered by emptiness for every
+    batch (8 ms at 18k rows, growing with the table). Sequential scans are discouraged for
+    that statement and the JIT compiler is off for it (the discouraging cost would
+    otherwise trigger ~150 ms of compilation); both restored right after. Several
+    statements in one text, for ``cursor.execute``; nothing to fetch."""
+    return sql.Composed([sql.SQL("SET LOCAL jit = off; SET LOCAL enable_seqscan = off; "), statement,
+                         sql.SQL("; SET LOCAL enable_seqscan = DEFAULT; SET LOCAL jit = DEFAULT")])
 MERGE_NOW_US = sql.SQL(
     "COALESCE(NULLIF(current_setting({setting}, true), '')::bigint, "
     "(extract(epoch FROM statement_timestamp()) * 1000000)::bigint)").format(setting=sql.Literal(NOW_SETTING))

@@ -91,7 +91,7 @@ class SyncWriter:
         self.sql_create_stage = as_text(d.create_stage(t_schema, t_table))
         self.sql_copy_stage = as_text(d.copy_stage(d.target_columns(schema)))
         self.sql_merge = as_text(d.merge(schema, t_schema, t_table, tomb, source_wins_ties=source_wins_ties))
-        self.sql_remove_empty = as_text(d.remove_empty_rows(schema, t_schema, t_table, tomb))
+        self.sql_remove_empty = as_text(d.by_key_index(d.remove_empty_rows(schema, t_schema, t_table, tomb)))
         settle = d.settle_static_rows(schema, t_schema, t_table, (d.STAGE, d.TSTAGE))
         self.sql_settle = as_text(settle) if settle is not None else None
         self.sql_dead = as_text(d.insert_dead_letters())
