@@ -308,9 +308,9 @@ class PartitionWorker:
                     log.warning("kafka: %s", m.error())
                     continue
                 kind, ts = m.timestamp()
-                batch.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
-                                    ts if kind else None))
-                size += len(m.value() or b"") + len(m.key() or b"")
+                key, value = m.key(), m.value()
+                batch.append(Record(m.topic(), m.partition(), m.offset(), key, value, ts if kind else None))
+                size += len(value or b"") + len(key or b"")
         return batch
 
     def _prepare(self, batch: list, appliers: dict) -> list[tuple[str, list, dict, Any]]:
