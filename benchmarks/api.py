@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from engine.config import load_config
     from engine.stack.launcher import Stack
-    from engine.sync_supervisor import find, get_or_start
+    from engine.sync.supervisor import find, get_or_start
     from serve_app.app import ControlPlane
 
     stack = Stack()

@@ -13,7 +13,7 @@ Input: the raw value bytes a Kafka consumer hands over, in two sets of ``--event
 Output, per batch of ``--batch`` records (the sync worker's ``batch_max_events``): one Arrow
 table (:data:`COLUMNS`, below) and the dead letters ``(position, reason)``. Candidates:
 
-- ``A_per_event``: today's path, :meth:`engine.decode.EventDecoder.decode` per record, giving
+- ``A_per_event``: today's path, :meth:`engine.sync.decode.EventDecoder.decode` per record, giving
   :class:`~engine.events.ChangeEvent` objects (the oracle; its time excludes turning them into
   columns, since today's reducer takes the objects);
 - ``B_msgspec``: ``msgspec.json.Decoder`` with Structs typed from the table's schema, then
@@ -28,7 +28,7 @@ text and doubles and the column's codec per value for the other types (as the sn
 ``_column_converter`` does). A record the columnar path does not take — a range deletion
 (op ``r``, bounds are per-record work), anything malformed, a value that does not convert —
 goes to the *slow lane*: ``EventDecoder.decode`` for that record alone, which returns its
-event or raises the :class:`~engine.decode.DecodeError` that makes it a dead letter, with
+event or raises the :class:`~engine.sync.decode.DecodeError` that makes it a dead letter, with
 today's reason. A parse error that fails a whole batch (pyarrow.json fails the read for one
 bad line) is found by bisection (:func:`decode_batch`).
 
@@ -62,7 +62,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from benchmarks.sync import KS, TABLE, generate
-from engine.decode import DecodeError, EventDecoder, SchemaChanged
+from engine.sync.decode import DecodeError, EventDecoder, SchemaChanged
 from engine.events import ChangeEvent, Op, Origin
 from engine.schema import Column, TableSchema
 from engine.types import Codec, ValueConversionError, codec, parse_cql_type

@@ -57,7 +57,7 @@ from engine import cql, log, readback
 from engine.compare import differences
 from engine.config import TableConfig, load_config
 from engine.pg_dialect import tombstone_table_name
-from engine.sync_apply import Record, TableApplier
+from engine.sync.apply import Record, TableApplier
 from engine.target import ensure_state
 
 KS = "c2pg_bench"

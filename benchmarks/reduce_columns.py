@@ -2,10 +2,10 @@
 
 Input: one batch as the columns of :func:`benchmarks.decode.columns_schema`. Output: per key
 and regular column the winning write (value, write time, expiry), per key the winning row
-marker, and the row deletions — what :func:`engine.reduce.reduce_events` returns, which is
+marker, and the row deletions — what :func:`engine.sync.reduce.reduce_events` returns, which is
 the oracle every candidate is checked against (:func:`check`).
 
-The rule, per cell (``engine.reduce.wins``) as one sort and one "last per group":
+The rule, per cell (``engine.sync.reduce.wins``) as one sort and one "last per group":
 sort the cell writes by (key, column, write time, is a deletion, has a TTL, expiry in whole
 seconds, Cassandra's serialized value) and keep the last of each (key, column). A cell whose
 TTL ran out by ``now_us`` is a deletion at its write time. The row marker is the last by
@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from engine.cassandra_bytes import column_serializers, serializer
 from engine.events import Cell, ChangeEvent, Op
-from engine.reduce import Reduced, reduce_events
+from engine.sync.reduce import Reduced, reduce_events
 from engine.schema import TableSchema
 from engine.types import copy_unescape
 
@@ -210,7 +210,7 @@ CANDIDATES: dict[str, Callable[[Long], Winners]] = {
 
 
 # ---------------------------------------------------------------------------------------
-# Checking against engine.reduce.reduce_events
+# Checking against engine.sync.reduce.reduce_events
 # ---------------------------------------------------------------------------------------
 
 def as_oracle_form(schema: TableSchema, long: Long, won: Winners) -> tuple[dict, set]:
@@ -304,7 +304,7 @@ def measure(schema: TableSchema, values: list[bytes], size: int, reps: int, rnd:
     """µs per event to reduce the bench set batch by batch: today's ``reduce_events`` on the
     events, the shared preparation alone, and each candidate including the preparation."""
     from benchmarks.decode import batches, decode_per_event, events_table, summary, timed
-    from engine.decode import EventDecoder
+    from engine.sync.decode import EventDecoder
 
     decoder = EventDecoder(schema)
     now_us = int(time.time() * 1_000_000)

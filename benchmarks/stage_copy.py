@@ -66,10 +66,10 @@ from benchmarks.decode import bench_schema
 from benchmarks.sync import generate
 from engine import pg_dialect as d
 from engine.cassandra_bytes import column_serializers
-from engine.decode import EventDecoder
+from engine.sync.decode import EventDecoder
 from engine.events import ChangeEvent, Origin
 from engine.murmur import token_function
-from engine.reduce import typed_compare
+from engine.sync.reduce import typed_compare
 from engine.schema import TableSchema
 from engine.sync.decode_columns import ColumnDecoder
 from engine.sync.reduce_columns import _NONE, ColumnReducer

@@ -316,7 +316,7 @@ def run_c2pg(cfg, workers: int, events: int, timeout_s: float = 900, rate: float
              heartbeat: bool = True) -> dict:
     import ray
 
-    from engine.sync_supervisor import find, get_or_start
+    from engine.sync.supervisor import find, get_or_start
 
     name = f"bench-sync-{workers}"
     table = TableConfig(keyspace=KS, table=TABLE, target_schema="bench", target_table=f"sync_{workers}")

@@ -5,7 +5,7 @@ healthy: one statement it cannot decode makes it skip the rest of a commit-log s
 schema it cannot parse stops it from learning new tables (docs/troubleshooting.md). Only an
 event that travels the whole path proves the path works, so c2pg sends its own:
 
-- **Writer.** The pipeline's :class:`~engine.sync_supervisor.SyncSupervisor` runs a
+- **Writer.** The pipeline's :class:`~engine.sync.supervisor.SyncSupervisor` runs a
   :class:`HeartbeatWriter` every ``capture.heartbeat_interval``: one row per Cassandra node
   in ``<capture.heartbeat_keyspace>.heartbeat`` (created by c2pg with ``cdc = true`` and one
   replica; each node's row has a partition key whose token that node owns, so it is in that
@@ -212,13 +212,13 @@ def record_written(conn, pipeline: str, since_s: float, beats: Sequence[Beat]) -
 class HeartbeatReader:
     """Reads heartbeat records (a sync worker's batch of the heartbeat topic).
 
-    The records are decoded by the ordinary :class:`~engine.decode.EventDecoder` built from
+    The records are decoded by the ordinary :class:`~engine.sync.decode.EventDecoder` built from
     the heartbeat table's schema (JSON or Avro alike); rows of other pipelines are skipped, so
     are records that do not decode (logged: they are c2pg's own rows, not user data).
     """
 
     def __init__(self, cfg, session, registry=None):
-        from engine.decode import EventDecoder
+        from engine.sync.decode import EventDecoder
         from engine.schema import read_table
 
         self.cfg = cfg
@@ -227,7 +227,7 @@ class HeartbeatReader:
 
     def newest(self, records: Iterable) -> dict[str, int]:
         """``{node: write time (µs) of the newest heartbeat of this pipeline in records}``."""
-        from engine.decode import DecodeError
+        from engine.sync.decode import DecodeError
 
         out: dict[str, int] = {}
         for r in records:

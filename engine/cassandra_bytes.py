@@ -9,7 +9,7 @@ compared — through ``ValueAccessor.compare``, which for buffers ends in
 first. So ``10`` beats ``9`` as an ``int`` (``…0a`` > ``…09``) and ``-1`` beats ``1``
 (``ff…`` > ``00…``), where c2pg's text comparison gave the opposite.
 
-Callers: :func:`engine.reduce.wins` (within one batch, through :func:`column_serializers`)
+Callers: :func:`engine.sync.reduce.wins` (within one batch, through :func:`column_serializers`)
 and the tests. The merge computes the same bytes in PostgreSQL
 (``engine.pg_dialect.cassandra_bytes``); docs/types.md, "Cassandra's tie rule", has the
 table of both and what c2pg's text cannot carry.
@@ -465,6 +465,6 @@ def serializer(t: CqlType, *, time_as: str = "time") -> Serializer:
 
 def column_serializers(schema) -> dict[str, Serializer]:
     """One :func:`serializer` per regular column of ``schema`` (an
-    :class:`engine.schema.TableSchema`), by name: what :func:`engine.reduce.reduce_events`
+    :class:`engine.schema.TableSchema`), by name: what :func:`engine.sync.reduce.reduce_events`
     takes to break live-live ties the way Cassandra does."""
     return {c.name: serializer(c.cql_type) for c in schema.regular if not c.dropped}

@@ -498,7 +498,7 @@ def _sync(args: argparse.Namespace) -> int:
 
     from engine.config import load_config
     from engine.ray_connect import ensure_ray
-    from engine.sync_supervisor import find, get_or_start, remove
+    from engine.sync.supervisor import find, get_or_start, remove
     from jobs.sync import progress
 
     cfg = load_config(args.config)

@@ -6,7 +6,7 @@ row of ``_c2pg.dead_letters``: the raw record (key and value as text), where it 
 (``origin`` ``sync``: Kafka topic/partition/offset; ``snapshot``: a run), and why it failed.
 
 **Replay** (:func:`replay`) re-applies dead letters of origin ``sync`` exactly the way sync
-applies records: the table's :class:`~engine.sync_apply.TableApplier` decodes, reduces and
+applies records: the table's :class:`~engine.sync.apply.TableApplier` decodes, reduces and
 merges them with per-cell last-write-wins, so an old record cannot overwrite newer data.
 Replay never moves Kafka offsets (``next_offsets={}``): the records were consumed long ago.
 Per table and per chunk of dead letters, ONE transaction holds
@@ -59,7 +59,7 @@ from engine.events import ChangeEvent, Op
 from engine.pg_writer import DeadLetter
 from engine.schema import TableNotFound
 from engine.sweep import wall_clock_us
-from engine.sync_apply import Record, TableApplier
+from engine.sync.apply import Record, TableApplier
 from engine.target import TargetMismatch
 
 log = logging.getLogger("c2pg.dlq")
@@ -228,7 +228,7 @@ def _not_replayable(letter: dict, pipeline: str, tables: Mapping[tuple[str, str]
     if (letter["keyspace"], letter["source_table"]) not in tables:
         return f"table {letter['keyspace']}.{letter['source_table']} is not in the pipeline's tables"
     if (letter["raw_value"] or "").startswith("\\u0000"):
-        # engine.sync_apply._dead stores bytes as text with NUL escaped: an Avro record (magic
+        # engine.sync.apply._dead stores bytes as text with NUL escaped: an Avro record (magic
         # byte 0) cannot be rebuilt from it.
         return ("an Avro record, stored as lossy text: re-read it from Kafka at "
                 f"{letter['topic']}/{letter['kafka_partition']}/{letter['kafka_offset']}")
@@ -312,7 +312,7 @@ class _ReplayApplier(TableApplier):
     """The sync applier of one table, run inside replay's transaction.
 
     Differences from sync: the table's new columns are always added (``evolve``), as sync
-    does on :class:`~engine.decode.SchemaChanged`; the writer runs in the caller's
+    does on :class:`~engine.sync.decode.SchemaChanged`; the writer runs in the caller's
     transaction and its dead letters are captured instead of inserted; upserts older than
     ``oldest_upsert_us`` are held back (module docstring).
     """

@@ -2,10 +2,10 @@
 
 Contract between the stages of sync (decode → reduce → stage → merge, STYLE.md):
 
-- :mod:`engine.decode` turns one Kafka record (a Debezium Cassandra event) into one
-  :class:`ChangeEvent`, or raises :class:`~engine.decode.DecodeError` (the record goes to the
+- :mod:`engine.sync.decode` turns one Kafka record (a Debezium Cassandra event) into one
+  :class:`ChangeEvent`, or raises :class:`~engine.sync.decode.DecodeError` (the record goes to the
   dead letters);
-- :mod:`engine.reduce` folds the events of a batch per primary key with per-cell
+- :mod:`engine.sync.reduce` folds the events of a batch per primary key with per-cell
   last-write-wins into rows and tombstones;
 - :mod:`engine.pg_writer` stages and merges them in one transaction with the offsets.
 

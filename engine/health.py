@@ -231,7 +231,7 @@ def check_debezium(*, url: str, timeout_s: float = 3.0) -> str:
 
 
 def check_sync_supervisor(pipeline: str, *, timeout_s: float = 3.0) -> str:
-    """The pipeline's :class:`~engine.sync_supervisor.SyncSupervisor` answers ``status()``
+    """The pipeline's :class:`~engine.sync.supervisor.SyncSupervisor` answers ``status()``
     within ``timeout_s`` and every worker it runs is ``running`` or ``paused``.
 
     Needs a connected Ray driver (the Serve replica is one; so is any process after
@@ -241,7 +241,7 @@ def check_sync_supervisor(pipeline: str, *, timeout_s: float = 3.0) -> str:
     """
     import ray
 
-    from engine.sync_supervisor import find
+    from engine.sync.supervisor import find
 
     if not ray.is_initialized():
         raise RuntimeError("not connected to Ray (the check runs in a Ray driver or the Serve app)")

@@ -600,7 +600,7 @@ _NATIVE_ORDER = frozenset({"tinyint", "smallint", "int", "bigint", "counter", "v
 
 def clustering_order_key(value: sql.Composable, t: CqlType) -> sql.Composable:
     """An expression PostgreSQL orders the way Cassandra orders a clustering column of
-    CQL type ``t`` (the order ``engine.reduce.typed_compare`` uses within one batch):
+    CQL type ``t`` (the order ``engine.sync.reduce.typed_compare`` uses within one batch):
 
     - numbers, timestamp, date, time, boolean and blob by PostgreSQL's own order;
     - text/ascii by UTF-8 bytes, whatever the column's or database's collation
@@ -879,7 +879,7 @@ def _wins(x: sql.Composable, t: sql.Composable, col: Column, i: int, source_wins
     """Does the staged cell (``EXCLUDED``) beat the stored one (``t``) at position ``i``?
 
     Cassandra's rule (``org.apache.cassandra.db.rows.Cells.resolveRegular``, the same as
-    :func:`engine.reduce.wins` inside a batch): the newer write time wins; at an equal time
+    :func:`engine.sync.reduce.wins` inside a batch): the newer write time wins; at an equal time
     a deletion (NULL value) beats a live value, a value with a TTL (``_c2pg_exp``) beats one
     without, of two with a TTL the later expiry (in whole seconds) wins, and then the
     greater serialized value, compared as unsigned bytes (``bytea`` order) — Cassandra's

@@ -37,7 +37,7 @@ from engine import faults
 from engine import pg_dialect as d
 from engine.events import Bound
 from engine.murmur import token_function
-from engine.reduce import Reduced, Tombstone
+from engine.sync.reduce import Reduced, Tombstone
 from engine.sync.reduce_columns import StagedRows
 from engine.target import Target
 from engine.types import COPY_NULL, copy_line
@@ -104,13 +104,13 @@ class SyncWriter:
               dead: Iterable[DeadLetter] = (), *, now_us: int | None = None) -> ApplyStats:
         """Apply ``batch`` and move ``offsets`` ((topic, partition) → next offset to read).
 
-        ``batch`` is the per-event reducer's :class:`~engine.reduce.Reduced`, or the columnar
+        ``batch`` is the per-event reducer's :class:`~engine.sync.reduce.Reduced`, or the columnar
         path's :class:`~engine.sync.reduce_columns.StagedRows`, whose rows are COPY text
         already (its tables have no multi-cell columns, so no rechecks).
 
         ``now_us`` is the clock the merge judges TTL expiries by (a staged cell whose expiry
         is at or before it is a deletion at its write time, ``pg_dialect.merge``): pass the
-        ``now_us`` the batch was reduced with (:func:`engine.reduce.reduce_events`). ``None``:
+        ``now_us`` the batch was reduced with (:func:`engine.sync.reduce.reduce_events`). ``None``:
         PostgreSQL's statement time.
         """
         t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Read back from Cassandra the cells a change event cannot describe exactly.
 
-Called by :class:`engine.sync_apply.TableApplier` on every reduced batch, between the reducer
+Called by :class:`engine.sync.apply.TableApplier` on every reduced batch, between the reducer
 and the writer, when ``sync.read_back`` is on (the default). Two kinds of cell arrive from
 the Debezium connector as something other than the value Cassandra holds:
 
@@ -58,7 +58,7 @@ from engine import cql
 from engine.cassandra_source import _cql_ident, _value
 from engine.errors import C2pgError
 from engine.events import Cell
-from engine.reduce import Reduced, RowWrite
+from engine.sync.reduce import Reduced, RowWrite
 from engine.schema import Column, TableSchema, has_kind
 from engine.types import ValueConversionError, copy_unescape
 
@@ -93,7 +93,7 @@ class ReadBackStats:
 class ReadBack:
     """The reader of one table, on the sync worker's Cassandra session.
 
-    Built by :class:`~engine.sync_apply.TableApplier` with the table's schema and its token
+    Built by :class:`~engine.sync.apply.TableApplier` with the table's schema and its token
     function; holds one prepared statement (``SELECT`` the key, the read-back columns and
     the static columns of one partition, by token). :meth:`apply` mutates the batch in
     place. A partition is read whole: a batch touching one row of a wide partition pays for

@@ -69,7 +69,7 @@ from engine.errors import C2pgError
 from engine.events import Cell
 from engine.pg_writer import SyncWriter
 from engine.ray_connect import ensure_ray
-from engine.reduce import Reduced, RowWrite, Tombstone
+from engine.sync.reduce import Reduced, RowWrite, Tombstone
 from engine.schema import TableSchema, read_table
 from engine.target import Target, ensure_state, ensure_target
 from engine.token_ranges import TokenSplit, plan_splits

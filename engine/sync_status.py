@@ -2,7 +2,7 @@
 times that lie in the future.
 
 Pure: every function takes the clock as an argument, so the tests drive it. Used by
-:mod:`engine.sync_worker` (``PartitionState`` and ``PartitionWorker.status``), by
+:mod:`engine.sync.worker` (``PartitionState`` and ``PartitionWorker.status``), by
 ``c2pg sync status`` (:mod:`engine.cli`) and by the control plane's status
 (``serve_app/control.py``). The rules are stated in docs/sync.md, "Status, metrics, progress".
 """

@@ -333,7 +333,7 @@ def _copy_escape(s: str) -> str:
 def copy_unescape(text: str) -> str:
     """Undo :func:`_copy_escape` (``\\\\``, ``\\t``, ``\\n``, ``\\r``): a canonical text value back
     to the text itself. Callers: partition tokens (:mod:`engine.murmur`) and clustering
-    order (:func:`engine.reduce.typed_compare`), which need the raw text."""
+    order (:func:`engine.sync.reduce.typed_compare`), which need the raw text."""
     if "\\" not in text:
         return text
     out, i = [], 0

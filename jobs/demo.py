@@ -201,7 +201,7 @@ def _live_sync(cfg: PipelineConfig, session, table, start_offsets: dict[int, int
     import ray
 
     from engine.compare import differences
-    from engine.sync_supervisor import find, get_or_start
+    from engine.sync.supervisor import find, get_or_start
     from jobs.sync import progress
 
     topic = cfg.kafka.topic_for(table.keyspace, table.table)

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     from engine.config import load_config
     from engine.ray_connect import ensure_ray
-    from engine.sync_supervisor import get_or_start, remove
+    from engine.sync.supervisor import get_or_start, remove
 
     cfg = load_config(args.config)
     log.bind(pipeline=cfg.name)

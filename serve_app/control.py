@@ -4,7 +4,7 @@ Built by :class:`serve_app.app.ControlPlane` when a replica starts (from the pip
 the routes of :func:`serve_app.api.create_api` call it and render its answers. It talks to
 
 - the components, through :mod:`engine.health` (readiness; results cached ``api.health_cache``);
-- the pipeline's :class:`~engine.sync_supervisor.SyncSupervisor` actor, looked up by name
+- the pipeline's :class:`~engine.sync.supervisor.SyncSupervisor` actor, looked up by name
   (status, with ``api.check_timeout``; cached ``api.status_cache``; pause and resume);
 - the Ray Jobs API (:class:`ray.job_submission.JobSubmissionClient`) for snapshot and
   reconcile runs: each run's id is chosen here and passed as ``--run-id``, the Ray job is
@@ -204,7 +204,7 @@ class Control:
         ``not running`` or ``unreachable``."""
         import ray
 
-        from engine.sync_supervisor import find
+        from engine.sync.supervisor import find
 
         try:
             sup = find(self.cfg.name)
@@ -302,7 +302,7 @@ class Control:
         keeps the flag in ``_c2pg.sync_state`` and tells every worker."""
         import ray
 
-        from engine.sync_supervisor import find
+        from engine.sync.supervisor import find
 
         self.pipeline(name)
         if table is not None:

@@ -1,11 +1,11 @@
 """Decode a batch of one table's Debezium JSON records into columns (ADR 0010).
 
-Called by :class:`engine.sync_apply.TableApplier` for each batch of a table on the columnar
+Called by :class:`engine.sync.apply.TableApplier` for each batch of a table on the columnar
 path; :meth:`ColumnDecoder.decode` returns a :class:`Columns` of the upserts (ops ``i`` and
 ``u``) it took, and the positions of every other record: deletions (``d``, ``r``: their
 keys and bounds are per-record work, and they are few), Kafka tombstones, and anything it
 cannot take exactly — malformed JSON, a value of the wrong JSON type, an unknown column, a
-value its kernel cannot convert. Those go through :class:`engine.decode.EventDecoder` one
+value its kernel cannot convert. Those go through :class:`engine.sync.decode.EventDecoder` one
 by one (the *slow lane*), which returns the event or raises the ``DecodeError`` /
 ``SchemaChanged`` a dead letter (or a schema refresh) needs, word for word as on the
 per-event path.
@@ -191,7 +191,7 @@ def _value_type(kind: str) -> Any:
 
 class ColumnDecoder:
     """The columnar decoder of one table (JSON values); built once per schema, like
-    :class:`engine.decode.EventDecoder` (a new schema, a new decoder)."""
+    :class:`engine.sync.decode.EventDecoder` (a new schema, a new decoder)."""
 
     def __init__(self, schema: TableSchema):
         self.schema = schema

@@ -1,9 +1,9 @@
 """Reduce a decoded batch per key and cell with Cassandra's rules, column-wise, and build the
 staged rows' COPY text from the result (ADR 0010).
 
-Called by :class:`engine.sync_apply.TableApplier` on the columnar path, after
+Called by :class:`engine.sync.apply.TableApplier` on the columnar path, after
 :mod:`engine.sync.decode_columns`; the result goes to :meth:`engine.pg_writer.SyncWriter.apply`.
-The rules are :func:`engine.reduce.reduce_events`'s — that per-event function is the oracle
+The rules are :func:`engine.sync.reduce.reduce_events`'s — that per-event function is the oracle
 this one is tested against on any events in any order with any duplicates
 (``tests/unit/test_reduce_columns.py``):
 
@@ -11,11 +11,11 @@ this one is tested against on any events in any order with any duplicates
   expiry in whole seconds) wins: one numpy ``lexsort`` and the last of each run. A cell
   whose TTL ran out by the batch's clock is a deletion at its write time. Where the winner
   ties another live write on all four, Cassandra compares the serialized values
-  (:func:`engine.reduce.wins`): those few groups are folded with ``wins`` itself, in batch
+  (:func:`engine.sync.reduce.wins`): those few groups are folded with ``wins`` itself, in batch
   order (the earlier of two equal writes is kept, as the per-event fold keeps it);
 - per key the row marker with the greatest (write time, has a TTL, expiry seconds);
 - deletions (row, partition, range) come from the slow lane's events, few per batch: each
-  key of a partition that has one is judged by :func:`engine.reduce.kill_ts`, and what it
+  key of a partition that has one is judged by :func:`engine.sync.reduce.kill_ts`, and what it
   covers is dropped (a key left with nothing is dropped; a key never covered stays, even
   empty, as the per-event reducer keeps it).
 
@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.events import Cell, ChangeEvent, Op
-from engine.reduce import Tombstone, _tombstone, kill_ts, text_bytes, wins
+from engine.sync.reduce import Tombstone, _tombstone, kill_ts, text_bytes, wins
 from engine.schema import TableSchema
 from engine.sync.decode_columns import Columns
 
@@ -53,7 +53,7 @@ def columnar_fits(schema: TableSchema) -> bool:
 @dataclass(slots=True)
 class StagedRows:
     """A reduced batch ready for the writer: ``copy_text`` holds ``rows`` lines of COPY text
-    for the stage table; ``tombstones`` as :func:`engine.reduce.reduce_events` gives them."""
+    for the stage table; ``tombstones`` as :func:`engine.sync.reduce.reduce_events` gives them."""
 
     copy_text: bytes
     rows: int
@@ -224,7 +224,7 @@ class ColumnReducer:
         x = np.concatenate(exp)
         has_exp = x != _NONE
         # Dead on arrival: a live value whose TTL ran out by the batch's clock is a deletion at
-        # its write time (engine.reduce.dead_on_arrival).
+        # its write time (engine.sync.reduce.dead_on_arrival).
         is_del = _np(values.is_null())
         doa = has_exp & ~is_del & (x <= now_us)
         if doa.any():

@@ -250,7 +250,7 @@ def stop_sync(pipeline: str) -> None:
     """Drain and remove ``pipeline``'s supervisor if one runs (a test's cleanup)."""
     import ray
 
-    from engine.sync_supervisor import find
+    from engine.sync.supervisor import find
 
     sup = find(pipeline)
     if sup is not None:

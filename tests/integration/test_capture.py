@@ -30,7 +30,7 @@ import requests
 
 from engine import cql
 from engine.config import load_config
-from engine.sync_supervisor import get_or_start
+from engine.sync.supervisor import get_or_start
 from tests.integration.cdc_scenarios import fresh_keyspace, stop_sync
 from tests.integration.serve_helpers import Api, pipeline_file, serve_app_running, shutdown_serve
 

@@ -25,7 +25,7 @@ import ray
 
 from engine import capture, cql
 from engine.compare import wait_equal
-from engine.sync_supervisor import get_or_start
+from engine.sync.supervisor import get_or_start
 from tests.integration.cdc_scenarios import fresh_keyspace, fresh_sync_pipeline, stop_sync, wait_for_table_capture
 
 KS = "c2pg_capture_heal_test"

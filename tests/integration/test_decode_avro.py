@@ -2,7 +2,7 @@
 
 The writer schema has the connector's event shape for a small table (the cell_value record
 per column: value/deletion_ts/set); records are written in the Confluent wire format with
-fastavro, read back by :class:`engine.decode.EventDecoder` with a real
+fastavro, read back by :class:`engine.sync.decode.EventDecoder` with a real
 ``SchemaRegistryClient``, and must equal the JSON decode of the same event.
 """
 
@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from engine.decode import DecodeError, EventDecoder, RegistryUnavailable
+from engine.sync.decode import DecodeError, EventDecoder, RegistryUnavailable
 from engine.events import Bound, Cell, Op, Origin
 from tests.unit.test_decode import (avro_key_schema, avro_value_schema, cell, event, make_schema,
                                     to_avro_record, wire)

@@ -20,7 +20,7 @@ from engine.config import TableConfig
 from engine.dlq import (DeadLetterNotFound, list_dead_letters, publish_to_topic, replay, show)
 from engine.pg_dialect import tombstone_table_name
 from engine.pg_writer import DeadLetter
-from engine.sync_apply import Record, TableApplier
+from engine.sync.apply import Record, TableApplier
 from engine.target import ensure_state
 
 KS = "c2pg_dlq_test"

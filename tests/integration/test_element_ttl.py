@@ -26,7 +26,7 @@ from engine.events import Cell, ChangeEvent, Op
 from engine.pg_writer import SyncWriter
 from engine.readback import ReadBack
 from engine.recheck import recheck
-from engine.reduce import reduce_events, typed_compare
+from engine.sync.reduce import reduce_events, typed_compare
 from engine.schema import read_table
 from engine.sweep import sweep_expired, wall_clock_us
 from engine.target import ensure_state, ensure_target

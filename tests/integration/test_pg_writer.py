@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.events import Cell, ChangeEvent, Op
-from engine.reduce import reduce_events
+from engine.sync.reduce import reduce_events
 from engine.schema import Column, TableSchema
 from engine.target import ensure_state, ensure_target
 from engine.pg_writer import DeadLetter, SyncWriter
@@ -119,7 +119,7 @@ U3 = "00000005-0001-1000-8000-000000000000"  # time 0x000000100000005
 ])
 def test_range_deletions_follow_cassandra_clustering_order(conn, kind, values, start, end, deleted):
     from engine.events import Bound
-    from engine.reduce import Reduced, RowWrite, Tombstone
+    from engine.sync.reduce import Reduced, RowWrite, Tombstone
 
     schema = TableSchema("ks", "writer_model", SCHEMA.partition_key,
                          (Column("ck", "clustering", 0, parse_cql_type(kind)),), SCHEMA.regular, True)
@@ -154,7 +154,7 @@ def _rows(conn) -> dict:
 
 def _stage(writer, rows: dict, now_us: int | None = NOW, marker: set = frozenset()) -> None:
     """Apply rows as staged, bypassing the reducer's judgment: the merge alone decides."""
-    from engine.reduce import Reduced, RowWrite
+    from engine.sync.reduce import Reduced, RowWrite
 
     writer.apply(Reduced({("1", str(ck)): RowWrite(("1", str(ck)), cells, 1 if ck in marker else None)
                           for ck, cells in rows.items()}, []), {}, now_us=now_us)
@@ -232,7 +232,7 @@ def test_sql_writer_with_expired_cells_equals_the_reference_read_as_deletions(co
 
 def _markers(writer, markers: dict, now_us: int) -> None:
     """Apply bare row markers (ck → (time, expiry)), as INSERTs without cells."""
-    from engine.reduce import Reduced, RowWrite
+    from engine.sync.reduce import Reduced, RowWrite
 
     writer.apply(Reduced({("1", str(ck)): RowWrite(("1", str(ck)), {}, t, exp) for ck, (t, exp) in markers.items()},
                          []), {}, now_us=now_us)
@@ -297,7 +297,7 @@ STATIC = TableSchema("ks", "writer_model", SCHEMA.partition_key, SCHEMA.clusteri
 def test_a_partition_holding_only_statics_is_its_static_row_and_only_then(conn):
     """ADR 0007: the static row (clustering NULL) lives by its statics and exists only while
     its partition has no clustering row."""
-    from engine.reduce import Reduced, RowWrite, Tombstone
+    from engine.sync.reduce import Reduced, RowWrite, Tombstone
     from engine.sweep import sweep_expired
 
     target = _fresh_target(conn, STATIC)
@@ -340,7 +340,7 @@ def test_a_range_deletion_over_inet_follows_cassandra_order_in_the_reducer_and_t
     real Cassandra table given the same writes."""
     from engine import cql
     from engine.events import Bound
-    from engine.reduce import typed_compare
+    from engine.sync.reduce import typed_compare
 
     cluster, session = cql.connect(pipeline.cassandra)
     try:
@@ -444,7 +444,7 @@ def test_clustering_values_of_every_type_order_as_in_cassandra_in_the_reducer_an
     from engine import cql
     from engine.events import Bound
     from engine.pg_dialect import clustering_order_key
-    from engine.reduce import typed_compare
+    from engine.sync.reduce import typed_compare
     from psycopg2 import sql
 
     cluster, session = cql.connect(pipeline.cassandra)

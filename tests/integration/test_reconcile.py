@@ -24,7 +24,7 @@ from engine.config import TableConfig
 from engine.reconcile import _KeyReader, apply_repair, plan_repair, recheck, run_reconcile
 from engine.schema import read_table
 from engine.snapshot import run_snapshot
-from engine.sync_supervisor import find, get_or_start
+from engine.sync.supervisor import find, get_or_start
 from engine.target import ensure_target
 from tests.integration.cdc_scenarios import fresh_sync_pipeline, wait_for_table_capture
 

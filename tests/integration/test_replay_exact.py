@@ -32,7 +32,7 @@ from engine import cql
 from engine.compare import differences, wait_equal
 from engine.reconcile import run_reconcile
 from engine.snapshot import run_snapshot
-from engine.sync_supervisor import get_or_start
+from engine.sync.supervisor import get_or_start
 from tests.integration.cdc_scenarios import TopicTail, fresh_sync_pipeline, wait_for_table_capture
 
 KS = "c2pg_replay_exact"

@@ -17,7 +17,7 @@ import ray
 from engine import cql
 from engine.compare import wait_equal
 from engine.config import load_config
-from engine.sync_supervisor import find, get_or_start
+from engine.sync.supervisor import find, get_or_start
 from engine.topic_tail import TopicTail
 from tests.conftest import ROOT
 from tests.integration.serve_helpers import (

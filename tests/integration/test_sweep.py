@@ -14,7 +14,7 @@ import pytest
 from engine.events import Cell, ChangeEvent, Op
 from engine.pg_dialect import tombstone_table_name
 from engine.pg_writer import SyncWriter
-from engine.reduce import reduce_events
+from engine.sync.reduce import reduce_events
 from engine.schema import Column, TableSchema
 from engine.sweep import purge_cutoff_us, purge_tombstones, sweep_expired
 from engine.target import ensure_state, ensure_target

@@ -17,7 +17,7 @@ import ray
 
 from engine import cql, faults
 from engine.compare import wait_equal
-from engine.sync_supervisor import find, get_or_start
+from engine.sync.supervisor import find, get_or_start
 from tests.integration.cdc_scenarios import (
     TopicTail,
     capture_with_restart,

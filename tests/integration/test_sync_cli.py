@@ -12,7 +12,7 @@ import yaml
 
 from engine import cli, cql
 from engine.compare import wait_equal
-from engine.sync_supervisor import find
+from engine.sync.supervisor import find
 from jobs import sync as sync_job
 from tests.conftest import EXAMPLE_PIPELINE, ROOT
 from tests.integration.cdc_scenarios import TopicTail

@@ -27,7 +27,7 @@ from engine.cassandra_bytes import column_serializers
 from engine.events import Cell, ChangeEvent, Op
 from engine.pg_dialect import tombstone_table_name
 from engine.pg_writer import SyncWriter
-from engine.reduce import reduce_events
+from engine.sync.reduce import reduce_events
 from engine.schema import read_table
 from engine.target import ensure_state, ensure_target
 from engine.types import codec, register_pg_text_casts

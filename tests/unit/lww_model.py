@@ -6,7 +6,7 @@ applied in any order, any number of times: it is order-free by construction.
 
 ``Target`` is what PostgreSQL holds under c2pg's layout (ADR 0002), in Python: rows with one
 cell (value, write time) per column and a row marker (time, expiry), plus the tombstone table. It
-applies :class:`~engine.reduce.Reduced` batches the way the sync writer must, step by step:
+applies :class:`~engine.sync.reduce.Reduced` batches the way the sync writer must, step by step:
 
 1. record the batch's deletions (row, partition, range, and cell deletions of rows that
    become empty — see 4);
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from cassandra.cqltypes import AsciiType, Int32Type, LongType, UTF8Type
 
 from engine.events import Bound, Cell, ChangeEvent, Op
-from engine.reduce import Reduced, Tombstone, reduce_events
+from engine.sync.reduce import Reduced, Tombstone, reduce_events
 
 # The CQL types the model's values may have: the Python value of a canonical text, and the
 # driver's serializer for it (protocol v4). A column not named in ``types`` is text.

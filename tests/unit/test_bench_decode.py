@@ -1,6 +1,6 @@
 """benchmarks.decode and benchmarks.reduce_columns on a few hundred events: every columnar
 decode candidate gives the per-event decoder's columns and dead letters, and every
-columnar reduce candidate gives engine.reduce.reduce_events's result (ADR 0010's
+columnar reduce candidate gives engine.sync.reduce.reduce_events's result (ADR 0010's
 measurement is only worth its figures if these hold)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ pytest.importorskip("polars")
 
 from benchmarks import decode as bench  # noqa: E402
 from benchmarks import reduce_columns  # noqa: E402
-from engine.decode import EventDecoder  # noqa: E402
+from engine.sync.decode import EventDecoder  # noqa: E402
 from engine.types import codec, parse_cql_type  # noqa: E402
 
 BATCH = 100

@@ -1,4 +1,4 @@
-"""engine.decode without servers: every recorded Debezium event (tests/fixtures/debezium)
+"""engine.sync.decode without servers: every recorded Debezium event (tests/fixtures/debezium)
 decodes to the ChangeEvent the replication contract expects; the envelope, Avro (with an
 in-memory registry), range bounds, and every way a record can be bad; and, with hypothesis,
 that nothing but DecodeError or SchemaChanged ever escapes ``decode``."""
@@ -19,7 +19,7 @@ import fastavro
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from engine.decode import DecodeError, EventDecoder, RegistryUnavailable, SchemaChanged
+from engine.sync.decode import DecodeError, EventDecoder, RegistryUnavailable, SchemaChanged
 from engine.events import Bound, Cell, ChangeEvent, Op, Origin
 from engine.schema import Column, TableSchema
 from engine.types import CqlType, codec, parse_cql_type
@@ -892,7 +892,7 @@ def test_desc_clustering_bounds_follow_clustering_order():
 
 
 def test_stdlib_json_fallback_decodes_the_same(monkeypatch):
-    import engine.decode as decode_module
+    import engine.sync.decode as decode_module
 
     expected = {n: decode_fixture(n) for n in FIXTURE_NAMES}
     monkeypatch.setattr(decode_module, "_loads", json.loads)

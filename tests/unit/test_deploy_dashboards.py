@@ -54,7 +54,7 @@ def test_the_engine_defines_the_metrics_the_docs_promise():
         assert name in metrics, name
     # Exported by the reconcile job (engine/reconcile.py), tags pipeline, table, kind.
     assert metrics.get("c2pg_reconcile_drift_rows") == "Gauge"
-    # The capture heartbeat (engine/sync_supervisor.py), tags pipeline, node.
+    # The capture heartbeat (engine/sync/supervisor.py), tags pipeline, node.
     for name in ("c2pg_capture_delay_seconds", "c2pg_capture_transit_seconds", "c2pg_capture_stalled"):
         assert metrics.get(name) == "Gauge", name
 
@@ -154,11 +154,12 @@ def _selectors(expr: str) -> list[tuple[str, dict[str, str], bool]]:
 
 
 def _ray_actor_classes() -> dict[str, str]:
-    """{module stem: class} of every Ray actor class the engine defines (@ray.remote)."""
+    """{module path below engine/, dots for slashes: class} of every Ray actor class the
+    engine defines (@ray.remote)."""
     found = {}
     for path in (ROOT / "engine").rglob("*.py"):
         for name in re.findall(r"^@ray\.remote[^\n]*\nclass (\w+)", path.read_text(), re.M):
-            found[path.stem] = name
+            found[".".join(path.relative_to(ROOT / "engine").with_suffix("").parts)] = name
     return found
 
 
@@ -204,7 +205,7 @@ def test_alerts_cover_what_an_operator_must_hear_about():
     sync paused (not applying) too long, stalled capture."""
     alerts = _alerts()
     actors = _ray_actor_classes()
-    worker, supervisor = actors["sync_worker"], actors["sync_supervisor"]
+    worker, supervisor = actors["sync.worker"], actors["sync.supervisor"]
 
     def find(test) -> list[str]:
         return [n for n, r in alerts.items() if test(r, _reads(r))]

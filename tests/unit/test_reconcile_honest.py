@@ -26,7 +26,7 @@ from engine.reconcile import (
     verify_repair,
 )
 from engine.reconcile_report import render_html, summary
-from engine.reduce import Reduced
+from engine.sync.reduce import Reduced
 from engine.schema import Column, TableSchema
 from engine.token_ranges import TokenSplit
 from engine.types import parse_cql_type

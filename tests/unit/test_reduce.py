@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.events import Bound, Cell, ChangeEvent, Op
-from engine.reduce import Tombstone, in_range, reduce_events, typed_compare, wins
+from engine.sync.reduce import Tombstone, in_range, reduce_events, typed_compare, wins
 from tests.unit.lww_model import Cassandra, Target, apply_in_batches
 
 PKS, CKS, COLS = ["1", "2"], ["1", "2", "3", "4"], ["a", "b", "c"]

@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.cassandra_bytes import column_serializers
-from engine.decode import DecodeError, EventDecoder, SchemaChanged
+from engine.sync.decode import DecodeError, EventDecoder, SchemaChanged
 from engine.events import Op, Origin
 from engine.murmur import token_function
 from engine.pg_writer import SyncWriter
-from engine.reduce import reduce_events, typed_compare
+from engine.sync.reduce import reduce_events, typed_compare
 from engine.schema import Column, TableSchema
 from engine.sync.decode_columns import ColumnDecoder, convert
 from engine.sync.reduce_columns import ColumnReducer, columnar_fits

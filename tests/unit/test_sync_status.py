@@ -217,7 +217,7 @@ def test_worker_status_reports_the_window_rate_and_the_future_flag(monkeypatch):
     """``PartitionWorker.status`` on the plain class (no Ray): a batch, then idle."""
     import types
 
-    from engine import sync_worker
+    from engine.sync import worker as sync_worker
     from engine.config import load_config
     from tests.conftest import EXAMPLE_PIPELINE
 

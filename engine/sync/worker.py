@@ -1,6 +1,6 @@
 """``PartitionWorker``: a Ray actor that owns Kafka partitions and applies their events.
 
-Created and supervised by :class:`engine.sync_supervisor.SyncSupervisor`, which gives each
+Created and supervised by :class:`engine.sync.supervisor.SyncSupervisor`, which gives each
 worker its partitions (``assign()``, no consumer-group rebalancing). Everything the worker
 holds is derived from resume state: it reads its starting offsets from ``_c2pg.offsets``
 (where the writer commits them with the data), so a restarted worker — or another worker
@@ -169,7 +169,7 @@ class PartitionWorker:
 
         from engine import cql
         from engine.capture import HeartbeatApplier
-        from engine.sync_apply import TableApplier
+        from engine.sync.apply import TableApplier
 
         cfg = self.cfg
         conn = psycopg2.connect(**cfg.postgres.connect_kwargs(application_name=f"c2pg-sync-{self.worker_id}"))
@@ -292,7 +292,7 @@ class PartitionWorker:
             consumer.resume([TopicPartition(t, p) for t, p in running])
 
     def _poll_batch(self, consumer) -> list:
-        from engine.sync_apply import Record
+        from engine.sync.apply import Record
 
         s = self.cfg.sync
         deadline = time.monotonic() + s.batch_max_wait.total_seconds()

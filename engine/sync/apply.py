@@ -3,9 +3,9 @@
 Used by the sync ``PartitionWorker`` (one :class:`TableApplier` per table it serves) and by
 ``c2pg dlq replay``. It owns the per-table pipeline decode → reduce → write:
 
-- bad records (:class:`~engine.decode.DecodeError`) become dead letters in the same
+- bad records (:class:`~engine.sync.decode.DecodeError`) become dead letters in the same
   transaction as the rest of the batch, and their offsets move on;
-- a record naming a column the schema lacks (:class:`~engine.decode.SchemaChanged`) makes
+- a record naming a column the schema lacks (:class:`~engine.sync.decode.SchemaChanged`) makes
   the applier read the table definition again, add the column to PostgreSQL, and decode
   the record again; if the column is still unknown the record is a dead letter;
 - an event whose partition-key token cannot be computed is a dead letter.
@@ -27,12 +27,12 @@ import pyarrow.compute as pc
 
 from engine.cassandra_bytes import column_serializers
 from engine.config import PipelineConfig, TableConfig
-from engine.decode import DecodeError, EventDecoder, SchemaChanged
+from engine.sync.decode import DecodeError, EventDecoder, SchemaChanged
 from engine.events import ChangeEvent, Origin
 from engine.murmur import TokenError
 from engine.pg_writer import ApplyStats, DeadLetter, SyncWriter
 from engine.readback import ReadBack, ReadBackStats
-from engine.reduce import Reduced, reduce_events, typed_compare
+from engine.sync.reduce import Reduced, reduce_events, typed_compare
 from engine.schema import read_table
 from engine.sweep import wall_clock_us
 from engine.sync.decode_columns import ColumnDecoder, Columns

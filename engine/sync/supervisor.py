@@ -4,7 +4,7 @@ Started (or found) by ``python -m jobs.sync`` / ``c2pg sync start`` through
 :func:`get_or_start`; looked up by name by the CLI and the Serve app. It
 
 - lists the partitions of every configured table's topic and spreads them over
-  ``sync.workers`` :class:`~engine.sync_worker.PartitionWorker` actors with ``assign()``
+  ``sync.workers`` :class:`~engine.sync.worker.PartitionWorker` actors with ``assign()``
   (sorted partitions, round robin: the same input gives the same assignment);
 - watches the workers: a worker whose ``run()`` ended is restarted with exponential
   backoff; a slot that fails ``MAX_FAILURES`` times in ``FAILURE_WINDOW_S`` is retired and
@@ -513,7 +513,7 @@ class SyncSupervisor:
         self._save_assignment()
 
     def _start_slot(self, slot: int, partitions: list[tuple[str, int]], failures: list[float] | None = None) -> None:
-        from engine.sync_worker import PartitionWorker
+        from engine.sync.worker import PartitionWorker
 
         actor = PartitionWorker.options(num_cpus=0.5, **faults.runtime_env()).remote(  # type: ignore[attr-defined]
             self.cfg, slot, partitions, sorted(self.paused_tables), self.paused_all)

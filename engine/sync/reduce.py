@@ -221,7 +221,7 @@ def kill_ts(key: tuple[str, ...], tombstones: Sequence[Tombstone], n_partition_k
 
     ``compare(a, b)`` orders two clustering values of one position (negative, zero,
     positive); without it they compare as text, which is right for text columns only —
-    callers pass the table's typed comparison (:func:`engine.reduce.typed_compare`).
+    callers pass the table's typed comparison (:func:`engine.sync.reduce.typed_compare`).
     """
     partition, clustering = key[:n_partition_key], key[n_partition_key:]
     best = None
