@@ -143,8 +143,11 @@ def check_cassandra(*, contact_points: list[str], port: int, username: str | Non
     profile = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy(contact_points),
                                request_timeout=timeout_s)
     with _drivers_quiet("cassandra"):
+        # No schema or token metadata: the check reads one row, and the driver would otherwise
+        # read every keyspace's schema at connect (a cost that grows with the cluster's tables).
         cluster = Cluster(contact_points, port=port, auth_provider=auth, connect_timeout=timeout_s,
                           control_connection_timeout=timeout_s, protocol_version=5,
+                          schema_metadata_enabled=False, token_metadata_enabled=False,
                           execution_profiles={EXEC_PROFILE_DEFAULT: profile})
         try:
             session = cluster.connect()
@@ -184,6 +187,153 @@ def check_kafka(*, bootstrap_servers: str, topics: list[str] | None = None,
     if missing:
         detail += f"; no topic yet for {', '.join(missing)} (created by the first change event)"
     return detail
+
+
+class CassandraProbe:
+    """The Cassandra check for a long-lived caller (the Serve replica's ``/readyz``, every
+    ``api.health_cache``): one session kept between checks, so each check costs one round
+    trip (``system.local``) instead of a new cluster connection; no schema or token metadata,
+    so its cost does not grow with the cluster's tables. A failed check drops the session and
+    the next one connects afresh (the driver's own reconnection backs off for minutes, and a
+    probe must see a node that came back at once)."""
+
+    def __init__(self, *, contact_points: list[str], port: int, username: str | None = None,
+                 password: str | None = None, timeout_s: float = 5.0):
+        self._args = (list(contact_points), port, username, password)
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._cluster: Any = None
+        self._session: Any = None
+
+    def __call__(self) -> str:
+        with self._lock, _drivers_quiet("cassandra"):
+            try:
+                if self._session is None:
+                    self._connect()
+                row = self._session.execute("SELECT now(), release_version FROM system.local",
+                                            timeout=self.timeout_s).one()
+                return f"Cassandra {row.release_version}"
+            except Exception:
+                self._close()
+                raise
+
+    def _connect(self) -> None:
+        from cassandra.auth import PlainTextAuthProvider
+        from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+        from cassandra.policies import WhiteListRoundRobinPolicy
+
+        contact_points, port, username, password = self._args
+        profile = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy(contact_points),
+                                   request_timeout=self.timeout_s)
+        self._cluster = Cluster(contact_points, port=port, protocol_version=5,
+                                auth_provider=PlainTextAuthProvider(username, password) if username else None,
+                                connect_timeout=self.timeout_s, control_connection_timeout=self.timeout_s,
+                                schema_metadata_enabled=False, token_metadata_enabled=False,
+                                execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+        self._session = self._cluster.connect()
+
+    def _close(self) -> None:
+        cluster, self._cluster, self._session = self._cluster, None, None
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.shutdown()
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+
+class KafkaProbe:
+    """The Kafka check for a long-lived caller (the Serve replica's ``/readyz``): one admin
+    client kept between checks, and only the pipeline's topics described (not the metadata
+    of every topic of the cluster), so its cost follows the pipeline, not the cluster.
+
+    Same verdict as :func:`check_kafka` with ``require_topics=False``: fails when the
+    brokers do not answer or a partition of a pipeline topic has no leader; a topic that
+    does not exist yet is named in the detail. The detail counts topics and partitions
+    rather than listing each (a pipeline may have hundreds)."""
+
+    NAMES_SHOWN = 5
+
+    def __init__(self, *, bootstrap_servers: str, topics: list[str], extra: Mapping[str, object] | None = None,
+                 timeout_s: float = 5.0):
+        self._conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers,
+                                      "socket.timeout.ms": int(timeout_s * 1000), "logger": _QUIET,
+                                      **(extra or {})}
+        self.topics = list(topics)
+        self.timeout_s = timeout_s
+        self._admin: Any = None
+
+    def __call__(self) -> str:
+        from confluent_kafka import KafkaError, KafkaException, TopicCollection
+        from confluent_kafka.admin import AdminClient
+
+        if self._admin is None:
+            self._admin = AdminClient(self._conf)
+        t = self.timeout_s
+        try:
+            brokers = len(self._admin.describe_cluster(request_timeout=t).result(timeout=t).nodes)
+            futures = self._admin.describe_topics(TopicCollection(self.topics), request_timeout=t) \
+                if self.topics else {}
+            missing, leaderless, partitions = [], [], 0
+            for topic, fut in futures.items():
+                try:
+                    desc = fut.result(timeout=t)
+                except KafkaException as exc:
+                    if exc.args and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                        missing.append(topic)
+                        continue
+                    raise
+                partitions += len(desc.partitions)
+                leaderless += [f"{topic}/{p.id}" for p in desc.partitions if p.leader is None]
+        except Exception:
+            self._admin = None  # a new client next time, not one stuck on a broken connection
+            raise
+        if leaderless:
+            raise RuntimeError(f"partitions without a leader: {_some(leaderless, self.NAMES_SHOWN)}")
+        present = len(self.topics) - len(missing)
+        detail = (f"{brokers} broker(s); {present} topic(s) of the pipeline, {partitions} partition(s), "
+                  "each with a leader")
+        if missing:
+            detail += f"; no topic yet for {_some(missing, self.NAMES_SHOWN)} (created by the first change event)"
+        return detail
+
+
+def _some(names: list[str], shown: int) -> str:
+    """The first ``shown`` names, and how many more."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+class SingleFlight:
+    """A check for a caller that repeats it (the Serve replica, every ``api.health_cache``)
+    that is never run twice at once: while an earlier call has not returned (a peer that
+    accepts the connection and never answers), each new call fails at once naming it,
+    instead of starting another thread that would hang too. So a hung peer costs one thread,
+    however long it hangs, and the other checks and the probes' answers are not held up.
+
+    ``faults.hit("health.check", component=NAME)`` runs first: the fault tests make one
+    component's check hang (``action=hold``) or fail, aimed, without stopping a server."""
+
+    def __init__(self, name: str, check: Check):
+        self.name = name
+        self._check = check
+        self._lock = threading.Lock()
+        self._since: float | None = None
+
+    def __call__(self) -> str | None:
+        from engine import faults
+
+        with self._lock:
+            if self._since is not None:
+                raise RuntimeError(f"the previous check has not returned after {time.monotonic() - self._since:.0f}s")
+            self._since = time.monotonic()
+        try:
+            faults.hit("health.check", component=self.name)
+            return self._check()
+        finally:
+            with self._lock:
+                self._since = None
 
 
 def check_http_json(url: str, *, timeout_s: float = 3.0, headers: Mapping[str, str] | None = None,
