@@ -82,15 +82,27 @@ class ComponentHealth:
                                                               if k != "name"}}
 
 
-def run_checks(checks: Mapping[str, Check], timeout_s: float = 5.0) -> list[ComponentHealth]:
+def run_checks(checks: Mapping[str, Check], timeout_s: float = 5.0,
+               executor: cf.ThreadPoolExecutor | None = None) -> list[ComponentHealth]:
     """Run ``checks`` concurrently; a check still running after ``timeout_s`` is a failure.
 
     The result keeps the order of ``checks``. The threads of checks that time out are left
     to finish on their own (drivers have their own timeouts, set from the same budget).
+    ``executor``: a pool kept by a caller that checks every second (the Serve replica), so
+    a round starts no threads; its checks must be :class:`SingleFlight` and the pool have a
+    thread per check and one more, so a hung check never starves the next round.
     """
+    if executor is not None:
+        return _collect({name: executor.submit(_timed, fn) for name, fn in checks.items()}, timeout_s)
     pool = cf.ThreadPoolExecutor(max_workers=max(1, len(checks)), thread_name_prefix="health")
+    try:
+        return _collect({name: pool.submit(_timed, fn) for name, fn in checks.items()}, timeout_s)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _collect(futures: Mapping[str, cf.Future], timeout_s: float) -> list[ComponentHealth]:
     started = time.monotonic()
-    futures = {name: pool.submit(_timed, fn) for name, fn in checks.items()}
     results = []
     for name, fut in futures.items():
         remaining = max(0.0, timeout_s - (time.monotonic() - started))
@@ -99,7 +111,6 @@ def run_checks(checks: Mapping[str, Check], timeout_s: float = 5.0) -> list[Comp
         except cf.TimeoutError:
             ok, latency, detail, error = False, timeout_s * 1000, None, f"timed out after {timeout_s:g}s"
         results.append(ComponentHealth(name, ok, round(latency, 1), detail, error))
-    pool.shutdown(wait=False, cancel_futures=True)
     return results
 
 
@@ -254,6 +265,10 @@ class KafkaProbe:
     rather than listing each (a pipeline may have hundreds)."""
 
     NAMES_SHOWN = 5
+    TOPICS_PER_ROUND = 25
+    """A round describes at most this many topics (the next ones in turn), so its cost is
+    bounded whatever the pipeline's size; every topic is described again within
+    ``ceil(topics / TOPICS_PER_ROUND)`` rounds (8 s at 200 tables and one round a second)."""
 
     def __init__(self, *, bootstrap_servers: str, topics: list[str], extra: Mapping[str, object] | None = None,
                  timeout_s: float = 5.0):
@@ -263,6 +278,10 @@ class KafkaProbe:
         self.topics = list(topics)
         self.timeout_s = timeout_s
         self._admin: Any = None
+        self._next = 0
+        # per topic, from its latest description: partition count (None: no such topic yet)
+        # and the partitions without a leader
+        self._seen: dict[str, tuple[int | None, list[str]]] = {}
 
     def __call__(self) -> str:
         from confluent_kafka import KafkaError, KafkaException, TopicCollection
@@ -271,32 +290,43 @@ class KafkaProbe:
         if self._admin is None:
             self._admin = AdminClient(self._conf)
         t = self.timeout_s
+        batch = self._batch()
         try:
             brokers = len(self._admin.describe_cluster(request_timeout=t).result(timeout=t).nodes)
-            futures = self._admin.describe_topics(TopicCollection(self.topics), request_timeout=t) \
-                if self.topics else {}
-            missing, leaderless, partitions = [], [], 0
+            futures = self._admin.describe_topics(TopicCollection(batch), request_timeout=t) if batch else {}
             for topic, fut in futures.items():
                 try:
                     desc = fut.result(timeout=t)
                 except KafkaException as exc:
                     if exc.args and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                        missing.append(topic)
+                        self._seen[topic] = (None, [])
                         continue
                     raise
-                partitions += len(desc.partitions)
-                leaderless += [f"{topic}/{p.id}" for p in desc.partitions if p.leader is None]
+                self._seen[topic] = (len(desc.partitions),
+                                     [f"{topic}/{p.id}" for p in desc.partitions if p.leader is None])
         except Exception:
             self._admin = None  # a new client next time, not one stuck on a broken connection
             raise
+        seen = [self._seen[topic] for topic in self.topics if topic in self._seen]
+        leaderless = [p for _, parts in seen for p in parts]
         if leaderless:
             raise RuntimeError(f"partitions without a leader: {_some(leaderless, self.NAMES_SHOWN)}")
-        present = len(self.topics) - len(missing)
-        detail = (f"{brokers} broker(s); {present} topic(s) of the pipeline, {partitions} partition(s), "
-                  "each with a leader")
+        missing = [topic for topic in self.topics if self._seen.get(topic, (0, []))[0] is None]
+        partitions = sum(n or 0 for n, _ in seen)
+        detail = (f"{brokers} broker(s); {len(seen) - len(missing)} topic(s) of the pipeline, {partitions} "
+                  "partition(s), each with a leader")
         if missing:
             detail += f"; no topic yet for {_some(missing, self.NAMES_SHOWN)} (created by the first change event)"
         return detail
+
+    def _batch(self) -> list[str]:
+        """The next topics to describe, in turn."""
+        n = len(self.topics)
+        if n <= self.TOPICS_PER_ROUND:
+            return list(self.topics)
+        batch = [self.topics[(self._next + i) % n] for i in range(self.TOPICS_PER_ROUND)]
+        self._next = (self._next + self.TOPICS_PER_ROUND) % n
+        return batch
 
 
 def _some(names: list[str], shown: int) -> str:

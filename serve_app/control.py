@@ -32,6 +32,7 @@ supervisor does not answer. Nothing here returns a traceback.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import gzip
 import json
@@ -60,6 +61,8 @@ FINDINGS_CACHE_S = 15.0
 _DONE = {"succeeded", "completed"}
 
 
+POOL_MAX = 8
+POOL_KEEP = 4  # idle connections kept: the status refresh, the postgres and capture checks, a route
 GZIP_FROM_BYTES = 1024
 """Answers at least this long are also kept gzipped (once per refresh), for clients that accept it."""
 
@@ -174,9 +177,11 @@ class Control:
         self._findings = Cached(FINDINGS_CACHE_S, self._find_uncapturable)
         self.tables = {f"{t.keyspace}.{t.table}": t for t in cfg.tables}
         self._topics = {cfg.kafka.topic_for(t.keyspace, t.table): q for q, t in self.tables.items()}
-        self._sync_version: str | None = None  # of the supervisor status held in _sync_doc
-        self._sync_doc: dict | None = None
+        # The supervisor's published status this replica holds, and its version (replaced
+        # together: the refresh and a cold read after pause may overlap).
+        self._sync_held: tuple[str | None, dict | None] = (None, None)
         self._checks: dict[str, health.Check] | None = None
+        self._executor: cf.ThreadPoolExecutor | None = None
         self._probes: list[Any] = []
 
     # --- lookups -----------------------------------------------------------------------
@@ -227,16 +232,28 @@ class Control:
         return self._checks
 
     def _postgres_check(self) -> str:
-        """``SELECT 1`` on a pooled connection (a broken one is replaced by the pool)."""
+        """A round trip on a pooled connection. A pooled connection broken since its last
+        use (PostgreSQL restarted in between) is dropped and the check tried once more on a
+        new one, so a restart that is over does not read as an outage."""
+        try:
+            return self._postgres_round_trip()
+        except ApiError:
+            return self._postgres_round_trip()
+
+    def _postgres_round_trip(self) -> str:
         with self.pg() as conn:
             with conn.cursor() as cur:
                 cur.execute("SELECT current_setting('server_version')")
                 row = cur.fetchone()
             conn.rollback()
-        return f"PostgreSQL {row[0]}"
+        return f"PostgreSQL {row[0] if row else '?'}"
 
     def _check_all(self) -> dict[str, Any]:
-        results = health.run_checks(self._component_checks(), timeout_s=self.check_timeout_s + 0.5)
+        checks = self._component_checks()
+        if self._executor is None:
+            # A thread per check and one more: a hung check holds one (SingleFlight), never the round.
+            self._executor = cf.ThreadPoolExecutor(len(checks) + 1, thread_name_prefix="readyz")
+        results = health.run_checks(checks, timeout_s=self.check_timeout_s + 0.5, executor=self._executor)
         required = {r.name for r in results} - (set() if self.cfg.api.sync_required else {"sync"})
         failed = [r.name for r in results if not r.ok and r.name in required]
         components = [{**r.as_dict(), "required": r.name in required} for r in results]
@@ -296,16 +313,17 @@ class Control:
         try:
             sup = find(self.cfg.name)
             if sup is None:
-                self._sync_version = self._sync_doc = None
+                self._sync_held = (None, None)
                 return "not running", None, None
             snapshot = getattr(sup, "status_snapshot", None)
             if snapshot is None:  # a supervisor started by an older c2pg
                 status = ray.get(sup.status.remote(), timeout=self.check_timeout_s)
             else:
-                version, doc = ray.get(snapshot.remote(self._sync_version), timeout=self.check_timeout_s)
-                if doc is not None or self._sync_doc is None:
-                    self._sync_version, self._sync_doc = version, doc
-                status = self._sync_doc
+                held_version, held = self._sync_held
+                version, doc = ray.get(snapshot.remote(held_version), timeout=self.check_timeout_s)
+                if doc is not None:
+                    self._sync_held = (version, doc)
+                status = doc if doc is not None else held
             if status is None:
                 raise RuntimeError("the supervisor published no status")
         except Exception as exc:  # noqa: BLE001 - a dead or slow actor is an answer, not a crash
@@ -418,7 +436,7 @@ class Control:
             raise ApiError(503, f"the sync supervisor did not confirm the {action} within 30 s") from exc
         except ray.exceptions.RayError as exc:
             raise ApiError(503, f"the sync supervisor failed to {action} ({type(exc).__name__})") from exc
-        self._sync_version = None  # the supervisor gathered its status again before answering
+        self._sync_held = (None, None)  # the supervisor gathered its status again before answering
         self._sync.clear()
         self._status.clear()
         self._health.clear()
@@ -584,12 +602,19 @@ class Control:
         with self._pool_lock:
             if self._pool is None:
                 kwargs = self.cfg.postgres.connect_kwargs(application_name="c2pg-serve")
-                self._pool = ThreadedConnectionPool(0, 8, **kwargs)
+                self._pool = ThreadedConnectionPool(0, POOL_MAX, **kwargs)
+                # psycopg2's pool closes a returned connection once it holds ``minconn`` idle
+                # ones: with 0, every use connected anew (a fork and an authentication on the
+                # server, several a second). Created with 0, so that a replica starts while
+                # PostgreSQL is down; kept up to POOL_KEEP from then on.
+                self._pool.minconn = POOL_KEEP
             return self._pool
 
     def close(self) -> None:
         for probe in self._probes:
             probe.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
         if self._pool is not None:
             self._pool.closeall()
         if self._cql is not None:
