@@ -325,7 +325,7 @@ def _frame(frame: str) -> str:
     """``function (path/to/module.py:line)`` → ``function (module path from the package)``."""
     name, _, where = frame.partition(" (")
     where = where.rstrip(")").rsplit(":", 1)[0]
-    for marker in ("site-packages/", "/wt18/", "/main/", "lib/python3.11/"):
+    for marker in ("site-packages/", f"{ROOT}/", "lib/python3.11/"):
         if marker in where:
             where = where.split(marker, 1)[1]
             break
@@ -392,6 +392,10 @@ def measure(n: int, args, work: Path) -> dict:
     ready = requests.get(f"{url}/readyz", timeout=30).json()
     print(f"{n} table(s): set up in {setup['total_s']} s ({setup}); readiness {ready['ready']} "
           f"(failed: {ready['failed']}); {args.users} users for {args.seconds} s, wait {args.wait} s", flush=True)
+    nice = serve_nice()
+    if args.serve_nice is not None:
+        for pid in _serve_pids().values():
+            os.setpriority(os.PRIO_PROCESS, pid, args.serve_nice)
     load_before = os.getloadavg()
     t1, cpu0 = time.monotonic(), cpu_snapshot()
     rows = run_locust(url, token, args.users, args.seconds, args.wait, work, f"api-{n}")
@@ -413,7 +417,8 @@ def measure(n: int, args, work: Path) -> dict:
         "serve_cpu_ms_per_request": round(1000 * cpu["serve_cpu_s"] / requests_n, 2) if requests_n else None,
         "ready": ready["ready"], "failed_components": ready["failed"],
         "load_avg_1m_before": round(load_before[0], 2), "load_avg_1m_after": round(load_after[0], 2),
-        "wall_s": round(elapsed, 1), "cpu": cpu, "setup": setup, "serve_nice": serve_nice(),
+        "wall_s": round(elapsed, 1), "cpu": cpu, "setup": setup, "serve_nice_by_ray": nice,
+        "serve_nice": serve_nice(),
     }
     if args.profile_seconds:
         out["profile"] = profile(url, token, args, work, f"profile-{n}")
@@ -431,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-seconds", type=int, default=0,
                    help="after each measured load, a load of this many seconds with py-spy on Serve (0: none)")
     p.add_argument("--keep", action="store_true", help="leave the tables and topics for the next run")
+    p.add_argument("--serve-nice", type=int, default=None,
+                   help="diagnosis: renice Serve's proxy and replica to this value before each load (Ray starts "
+                        "its workers at nice 15; needs root). Default: leave them as Ray runs them")
     p.add_argument("--output", type=Path, default=RESULTS / "api.json")
     args = p.parse_args(argv)
     sizes = sorted({int(x) for x in args.tables.split(",")})
@@ -473,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     largest, smallest = by_size[str(sizes[-1])], by_size[str(sizes[0])]
     command = (f".venv/bin/python -m benchmarks.api --tables {','.join(map(str, sizes))} --users {args.users} "
                f"--seconds {args.seconds} --wait {args.wait}"
-               + (f" --profile-seconds {args.profile_seconds}" if args.profile_seconds else ""))
+               + (f" --profile-seconds {args.profile_seconds}" if args.profile_seconds else "")
+               + (f" --serve-nice {args.serve_nice}" if args.serve_nice is not None else ""))
     result = {
         "benchmark": "api", "date": started, "command": command, "git": _git(),
         "users": args.users, "seconds": args.seconds, "wait_s": args.wait,
