@@ -210,13 +210,13 @@ def run_locust(url: str, token: str, users: int, seconds: int, wait: str, out_di
            "--headless", "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{seconds}s",
            "--host", url, "--csv", str(out_dir / tag), "--only-summary", "--loglevel", "WARNING",
            "--stop-timeout", "5"]
-    subprocess.run(cmd, env=env, check=False, timeout=seconds + 120, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, env=env, check=False, timeout=seconds + 120, stdout=subprocess.DEVNULL)  # nosec B603 - locust with the argv built above, no shell
     with open(out_dir / f"{tag}_stats.csv", newline="") as fh:
         return {r["Name"]: r for r in csv.DictReader(fh)}
 
 
 def _serve_pids() -> dict[str, int]:
-    out = subprocess.run(["pgrep", "-af", r"ray::(ProxyActor|ServeReplica:" + APP + ")"], capture_output=True,
+    out = subprocess.run(["pgrep", "-af", r"ray::(ProxyActor|ServeReplica:" + APP + ")"], capture_output=True,  # nosec B603 B607 - pgrep from PATH with a fixed pattern, no shell
                          text=True, check=False).stdout
     pids = {}
     for line in out.splitlines():
@@ -283,7 +283,7 @@ def profile(url: str, token: str, args, work: Path, tag: str) -> dict:
     procs = {}
     for role, pid in pids.items():
         out = work / f"{tag}-{role}.txt"
-        procs[role] = (out, subprocess.Popen(
+        procs[role] = (out, subprocess.Popen(  # nosec B603 - py-spy next to this interpreter, argv built here
             [str(py_spy), "record", "--pid", str(pid), "--duration", str(args.profile_seconds), "--rate", "50",
              "--nonblocking", "--format", "raw", "--output", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -338,9 +338,9 @@ def _ms(row: dict, column: str) -> float | None:
 
 
 def _git() -> str:
-    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,  # nosec B603 B607 - git from PATH, fixed argv
                          check=False).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],  # nosec B603 B607 - git from PATH, fixed argv
                            capture_output=True, text=True, check=False).stdout.strip()
     return out + ("+dirty" if dirty else "")
 
