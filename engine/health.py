@@ -82,15 +82,27 @@ class ComponentHealth:
                                                               if k != "name"}}
 
 
-def run_checks(checks: Mapping[str, Check], timeout_s: float = 5.0) -> list[ComponentHealth]:
+def run_checks(checks: Mapping[str, Check], timeout_s: float = 5.0,
+               executor: cf.ThreadPoolExecutor | None = None) -> list[ComponentHealth]:
     """Run ``checks`` concurrently; a check still running after ``timeout_s`` is a failure.
 
     The result keeps the order of ``checks``. The threads of checks that time out are left
     to finish on their own (drivers have their own timeouts, set from the same budget).
+    ``executor``: a pool kept by a caller that checks every second (the Serve replica), so
+    a round starts no threads; its checks must be :class:`SingleFlight` and the pool have a
+    thread per check and one more, so a hung check never starves the next round.
     """
+    if executor is not None:
+        return _collect({name: executor.submit(_timed, fn) for name, fn in checks.items()}, timeout_s)
     pool = cf.ThreadPoolExecutor(max_workers=max(1, len(checks)), thread_name_prefix="health")
+    try:
+        return _collect({name: pool.submit(_timed, fn) for name, fn in checks.items()}, timeout_s)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _collect(futures: Mapping[str, cf.Future], timeout_s: float) -> list[ComponentHealth]:
     started = time.monotonic()
-    futures = {name: pool.submit(_timed, fn) for name, fn in checks.items()}
     results = []
     for name, fut in futures.items():
         remaining = max(0.0, timeout_s - (time.monotonic() - started))
@@ -99,7 +111,6 @@ def run_checks(checks: Mapping[str, Check], timeout_s: float = 5.0) -> list[Comp
         except cf.TimeoutError:
             ok, latency, detail, error = False, timeout_s * 1000, None, f"timed out after {timeout_s:g}s"
         results.append(ComponentHealth(name, ok, round(latency, 1), detail, error))
-    pool.shutdown(wait=False, cancel_futures=True)
     return results
 
 
@@ -143,8 +154,11 @@ def check_cassandra(*, contact_points: list[str], port: int, username: str | Non
     profile = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy(contact_points),
                                request_timeout=timeout_s)
     with _drivers_quiet("cassandra"):
+        # No schema or token metadata: the check reads one row, and the driver would otherwise
+        # read every keyspace's schema at connect (a cost that grows with the cluster's tables).
         cluster = Cluster(contact_points, port=port, auth_provider=auth, connect_timeout=timeout_s,
                           control_connection_timeout=timeout_s, protocol_version=5,
+                          schema_metadata_enabled=False, token_metadata_enabled=False,
                           execution_profiles={EXEC_PROFILE_DEFAULT: profile})
         try:
             session = cluster.connect()
@@ -184,6 +198,172 @@ def check_kafka(*, bootstrap_servers: str, topics: list[str] | None = None,
     if missing:
         detail += f"; no topic yet for {', '.join(missing)} (created by the first change event)"
     return detail
+
+
+class CassandraProbe:
+    """The Cassandra check for a long-lived caller (the Serve replica's ``/readyz``, every
+    ``api.health_cache``): one session kept between checks, so each check costs one round
+    trip (``system.local``) instead of a new cluster connection; no schema or token metadata,
+    so its cost does not grow with the cluster's tables. A failed check drops the session and
+    the next one connects afresh (the driver's own reconnection backs off for minutes, and a
+    probe must see a node that came back at once)."""
+
+    def __init__(self, *, contact_points: list[str], port: int, username: str | None = None,
+                 password: str | None = None, timeout_s: float = 5.0):
+        self._args = (list(contact_points), port, username, password)
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._cluster: Any = None
+        self._session: Any = None
+
+    def __call__(self) -> str:
+        with self._lock, _drivers_quiet("cassandra"):
+            try:
+                if self._session is None:
+                    self._connect()
+                row = self._session.execute("SELECT now(), release_version FROM system.local",
+                                            timeout=self.timeout_s).one()
+                return f"Cassandra {row.release_version}"
+            except Exception:
+                self._close()
+                raise
+
+    def _connect(self) -> None:
+        from cassandra.auth import PlainTextAuthProvider
+        from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+        from cassandra.policies import WhiteListRoundRobinPolicy
+
+        contact_points, port, username, password = self._args
+        profile = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy(contact_points),
+                                   request_timeout=self.timeout_s)
+        self._cluster = Cluster(contact_points, port=port, protocol_version=5,
+                                auth_provider=PlainTextAuthProvider(username, password) if username else None,
+                                connect_timeout=self.timeout_s, control_connection_timeout=self.timeout_s,
+                                schema_metadata_enabled=False, token_metadata_enabled=False,
+                                execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+        self._session = self._cluster.connect()
+
+    def _close(self) -> None:
+        cluster, self._cluster, self._session = self._cluster, None, None
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.shutdown()
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+
+class KafkaProbe:
+    """The Kafka check for a long-lived caller (the Serve replica's ``/readyz``): one admin
+    client kept between checks, and only the pipeline's topics described (not the metadata
+    of every topic of the cluster), so its cost follows the pipeline, not the cluster.
+
+    Same verdict as :func:`check_kafka` with ``require_topics=False``: fails when the
+    brokers do not answer or a partition of a pipeline topic has no leader; a topic that
+    does not exist yet is named in the detail. The detail counts topics and partitions
+    rather than listing each (a pipeline may have hundreds)."""
+
+    NAMES_SHOWN = 5
+    TOPICS_PER_ROUND = 25
+    """A round describes at most this many topics (the next ones in turn), so its cost is
+    bounded whatever the pipeline's size; every topic is described again within
+    ``ceil(topics / TOPICS_PER_ROUND)`` rounds (8 s at 200 tables and one round a second)."""
+
+    def __init__(self, *, bootstrap_servers: str, topics: list[str], extra: Mapping[str, object] | None = None,
+                 timeout_s: float = 5.0):
+        self._conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers,
+                                      "socket.timeout.ms": int(timeout_s * 1000), "logger": _QUIET,
+                                      **(extra or {})}
+        self.topics = list(topics)
+        self.timeout_s = timeout_s
+        self._admin: Any = None
+        self._next = 0
+        # per topic, from its latest description: partition count (None: no such topic yet)
+        # and the partitions without a leader
+        self._seen: dict[str, tuple[int | None, list[str]]] = {}
+
+    def __call__(self) -> str:
+        from confluent_kafka import KafkaError, KafkaException, TopicCollection
+        from confluent_kafka.admin import AdminClient
+
+        if self._admin is None:
+            self._admin = AdminClient(self._conf)
+        t = self.timeout_s
+        batch = self._batch()
+        try:
+            brokers = len(self._admin.describe_cluster(request_timeout=t).result(timeout=t).nodes)
+            futures = self._admin.describe_topics(TopicCollection(batch), request_timeout=t) if batch else {}
+            for topic, fut in futures.items():
+                try:
+                    desc = fut.result(timeout=t)
+                except KafkaException as exc:
+                    if exc.args and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                        self._seen[topic] = (None, [])
+                        continue
+                    raise
+                self._seen[topic] = (len(desc.partitions),
+                                     [f"{topic}/{p.id}" for p in desc.partitions if p.leader is None])
+        except Exception:
+            self._admin = None  # a new client next time, not one stuck on a broken connection
+            raise
+        seen = [self._seen[topic] for topic in self.topics if topic in self._seen]
+        leaderless = [p for _, parts in seen for p in parts]
+        if leaderless:
+            raise RuntimeError(f"partitions without a leader: {_some(leaderless, self.NAMES_SHOWN)}")
+        missing = [topic for topic in self.topics if self._seen.get(topic, (0, []))[0] is None]
+        partitions = sum(n or 0 for n, _ in seen)
+        detail = (f"{brokers} broker(s); {len(seen) - len(missing)} topic(s) of the pipeline, {partitions} "
+                  "partition(s), each with a leader")
+        if missing:
+            detail += f"; no topic yet for {_some(missing, self.NAMES_SHOWN)} (created by the first change event)"
+        return detail
+
+    def _batch(self) -> list[str]:
+        """The next topics to describe, in turn."""
+        n = len(self.topics)
+        if n <= self.TOPICS_PER_ROUND:
+            return list(self.topics)
+        batch = [self.topics[(self._next + i) % n] for i in range(self.TOPICS_PER_ROUND)]
+        self._next = (self._next + self.TOPICS_PER_ROUND) % n
+        return batch
+
+
+def _some(names: list[str], shown: int) -> str:
+    """The first ``shown`` names, and how many more."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+class SingleFlight:
+    """A check for a caller that repeats it (the Serve replica, every ``api.health_cache``)
+    that is never run twice at once: while an earlier call has not returned (a peer that
+    accepts the connection and never answers), each new call fails at once naming it,
+    instead of starting another thread that would hang too. So a hung peer costs one thread,
+    however long it hangs, and the other checks and the probes' answers are not held up.
+
+    ``faults.hit("health.check", component=NAME)`` runs first: the fault tests make one
+    component's check hang (``action=hold``) or fail, aimed, without stopping a server."""
+
+    def __init__(self, name: str, check: Check):
+        self.name = name
+        self._check = check
+        self._lock = threading.Lock()
+        self._since: float | None = None
+
+    def __call__(self) -> str | None:
+        from engine import faults
+
+        with self._lock:
+            if self._since is not None:
+                raise RuntimeError(f"the previous check has not returned after {time.monotonic() - self._since:.0f}s")
+            self._since = time.monotonic()
+        try:
+            faults.hit("health.check", component=self.name)
+            return self._check()
+        finally:
+            with self._lock:
+                self._since = None
 
 
 def check_http_json(url: str, *, timeout_s: float = 3.0, headers: Mapping[str, str] | None = None,

@@ -36,12 +36,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve_app.control import Rendered
 from serve_app.security import ApiError, BearerAuth, RateLimiter, RequestContext, client_key, request_id_of
 
 API_VERSION = "1.0.0"
@@ -132,17 +133,19 @@ def create_api(control: Any, *, token: str, rate_limit_per_minute: int, behind_s
     def status_page() -> HTMLResponse:
         return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
+    # async: on the event loop, never queued behind the thread pool (which a hung backend may fill).
     @app.get("/healthz", tags=["health"], summary="Liveness: the replica answers")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
     @app.get("/readyz", tags=["health"], summary="Readiness: a real check of every component",
              responses={503: {"description": "a required component is down; `failed` names it"}})
-    async def readyz() -> JSONResponse:
-        # Answered on the event loop from the cache; only a cold cache waits for the checks,
-        # in a worker thread.
+    async def readyz(request: Request) -> Response:
+        # Answered on the event loop from the cache, as rendered by its refresh; only a cold
+        # cache waits for the checks, in a worker thread.
         result = control.readiness_cached() or await run_in_threadpool(control.readiness)
-        return JSONResponse(result, status_code=200 if result["ready"] else 503)
+        return _json(result, request, status_code=None if isinstance(result, Rendered)
+                     else 200 if result["ready"] else 503)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(guard)], responses=_ERRORS)
 
@@ -156,9 +159,9 @@ def create_api(control: Any, *, token: str, rate_limit_per_minute: int, behind_s
 
     @v1.get("/pipelines/{name}/status", tags=["sync"], responses=_NOT_FOUND, response_model=dict[str, Any],
             summary="Per table and partition: offset, lag, last write applied, events/s, dead letters, worker")
-    async def pipeline_status(name: PipelineName) -> JSONResponse:
+    async def pipeline_status(name: PipelineName, request: Request) -> Response:
         result = control.status_cached(name) or await run_in_threadpool(control.status, name)
-        return JSONResponse(result)
+        return _json(result, request)
 
     @v1.post("/pipelines/{name}/pause", tags=["sync"], responses={**_NOT_FOUND, **_UNAVAILABLE,
                                                                   409: {"model": ErrorBody}},
@@ -219,6 +222,20 @@ def create_api(control: Any, *, token: str, rate_limit_per_minute: int, behind_s
 
     app.include_router(v1)
     return app
+
+
+def _json(result: Any, request: Request, status_code: int | None = None) -> Response:
+    """``result`` as JSON: a :class:`~serve_app.control.Rendered` as the bytes its refresh
+    made (gzipped when the client accepts it), so a request costs the same whatever the
+    answer's size; anything else serialized now."""
+    if not isinstance(result, Rendered):
+        return JSONResponse(result, status_code=status_code or 200)
+    headers = {"Vary": "Accept-Encoding"}
+    body = result.body
+    if result.gzipped and "gzip" in request.headers.get("accept-encoding", ""):
+        body = result.gzipped
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, status_code=status_code or result.status, media_type="application/json", headers=headers)
 
 
 def _root(request: Request) -> str:

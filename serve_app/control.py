@@ -5,13 +5,24 @@ the routes of :func:`serve_app.api.create_api` call it and render its answers. I
 
 - the components, through :mod:`engine.health` (readiness; results cached ``api.health_cache``);
 - the pipeline's :class:`~engine.sync.supervisor.SyncSupervisor` actor, looked up by name
-  (status, with ``api.check_timeout``; cached ``api.status_cache``; pause and resume);
+  (the status it publishes, with ``api.check_timeout``; cached ``api.status_cache``; pause
+  and resume);
 - the Ray Jobs API (:class:`ray.job_submission.JobSubmissionClient`) for snapshot and
   reconcile runs: each run's id is chosen here and passed as ``--run-id``, the Ray job is
   ``c2pg-<kind>-<run id>``, and the run's record in ``_c2pg.runs`` (written by the job) is
   read back through :mod:`engine.runs`;
 - PostgreSQL (a small connection pool) for runs, offsets and dead letters
   (:mod:`engine.dlq`).
+
+What a request costs does not depend on the pipeline's size: ``/readyz`` and the status
+route answer from a :class:`Rendered` (JSON serialized once per refresh, and gzipped once
+for clients that accept it), refreshed in the background (:class:`Cached`). The refresh is
+bounded too: the checks keep their clients between rounds (one round trip each, no schema
+metadata; only the pipeline's Kafka topics described), a check that hangs is never started
+twice (:class:`engine.health.SingleFlight`), and the supervisor's status and findings come
+from what it publishes (:meth:`~engine.sync.supervisor.SyncSupervisor.status_snapshot`), not
+from asking each worker and scanning Cassandra's schema here. Docs: docs/benchmarks.md,
+"Control plane".
 
 Failure means an :class:`~serve_app.security.ApiError` with a message for the client:
 404 for an unknown pipeline, run or dead letter; 409 for pause/resume with no sync running;
@@ -21,13 +32,17 @@ supervisor does not answer. Nothing here returns a traceback.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
+import gzip
+import json
 import os
 import shlex
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +59,32 @@ log = structlog.get_logger("c2pg.serve")
 KINDS = {"snapshot": "jobs.snapshot", "reconcile": "jobs.reconcile"}
 FINDINGS_CACHE_S = 15.0
 _DONE = {"succeeded", "completed"}
+
+
+POOL_MAX = 8
+POOL_KEEP = 4  # idle connections kept: the status refresh, the postgres and capture checks, a route
+GZIP_FROM_BYTES = 1024
+"""Answers at least this long are also kept gzipped (once per refresh), for clients that accept it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """An answer serialized once per refresh and sent as it is to every request until the
+    next one: ``value`` (for callers in Python), ``body`` (compact JSON, as Starlette's
+    ``JSONResponse`` writes it), ``gzipped`` (``body`` compressed; empty for short answers)
+    and the HTTP ``status``."""
+
+    value: dict
+    body: bytes
+    gzipped: bytes
+    status: int = 200
+
+    @classmethod
+    def of(cls, value: dict, status: int = 200) -> Rendered:
+        body = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        # mtime=0: the same answer gives the same bytes
+        gzipped = gzip.compress(body, compresslevel=5, mtime=0) if len(body) >= GZIP_FROM_BYTES else b""
+        return cls(value, body, gzipped, status)
 
 
 class Cached:
@@ -127,13 +168,21 @@ class Control:
         self._cql: Any = None
         api = cfg.api
         self.check_timeout_s = api.check_timeout.total_seconds()
-        self._health = Cached(api.health_cache.total_seconds(), self._check_all)
+        self._health = Cached(api.health_cache.total_seconds(), self._render_readiness)
         self._sync = Cached(api.status_cache.total_seconds(), self._read_sync)
-        self._status = Cached(api.status_cache.total_seconds(), self._build_status)
-        # Which tables the connector will not capture changes slowly (schema changes): a scan
-        # of system_schema per FINDINGS_CACHE_S, not per probe.
+        self._status = Cached(api.status_cache.total_seconds(), lambda: Rendered.of(self._build_status()))
+        # Which tables the connector will not capture changes slowly (schema changes): taken
+        # from the supervisor's status (its schema round finds them); without a supervisor, a
+        # scan of system_schema here per FINDINGS_CACHE_S, not per probe.
         self._findings = Cached(FINDINGS_CACHE_S, self._find_uncapturable)
         self.tables = {f"{t.keyspace}.{t.table}": t for t in cfg.tables}
+        self._topics = {cfg.kafka.topic_for(t.keyspace, t.table): q for q, t in self.tables.items()}
+        # The supervisor's published status this replica holds, and its version (replaced
+        # together: the refresh and a cold read after pause may overlap).
+        self._sync_held: tuple[str | None, dict | None] = (None, None)
+        self._checks: dict[str, health.Check] | None = None
+        self._executor: cf.ThreadPoolExecutor | None = None
+        self._probes: list[Any] = []
 
     # --- lookups -----------------------------------------------------------------------
 
@@ -153,17 +202,58 @@ class Control:
     def readiness(self) -> dict[str, Any]:
         """``{"ready", "failed", "components"}``; ``ready`` is false when a required
         component is down (every configured one; ``sync`` only with ``api.sync_required``)."""
-        return self._health.get()
+        return self._health.get().value
 
-    def readiness_cached(self) -> dict[str, Any] | None:
-        """:meth:`readiness` if it can be answered from the cache without waiting, else None."""
+    def readiness_cached(self) -> Rendered | None:
+        """:meth:`readiness`, rendered, if it can be answered from the cache without waiting, else None."""
         return self._health.peek()
 
+    def _render_readiness(self) -> Rendered:
+        result = self._check_all()
+        return Rendered.of(result, 200 if result["ready"] else 503)
+
+    def _component_checks(self) -> dict[str, health.Check]:
+        """The checks of ``/readyz``, built once per replica: those of ``c2pg health``, with
+        PostgreSQL on the pool, Cassandra and Kafka on long-lived clients (see the module
+        docstring), each wrapped in :class:`engine.health.SingleFlight`."""
+        if self._checks is None:
+            cfg, t = self.cfg, self.check_timeout_s
+            checks = health.pipeline_checks(cfg, timeout_s=t)
+            cassandra = health.CassandraProbe(
+                contact_points=list(cfg.cassandra.contact_points), port=cfg.cassandra.port,
+                username=cfg.cassandra.username,
+                password=cfg.cassandra.password.get() if cfg.cassandra.password else None, timeout_s=t)
+            kafka = health.KafkaProbe(bootstrap_servers=cfg.kafka.bootstrap_servers, topics=list(self._topics),
+                                      extra=cfg.kafka.client_conf(), timeout_s=t)
+            self._probes = [cassandra]
+            checks.update(postgres=self._postgres_check, cassandra=cassandra, kafka=kafka,
+                          sync=lambda: health.describe_sync(self._sync_answer()), capture=self._capture_check)
+            self._checks = {name: health.SingleFlight(name, fn) for name, fn in checks.items()}
+        return self._checks
+
+    def _postgres_check(self) -> str:
+        """A round trip on a pooled connection. A pooled connection broken since its last
+        use (PostgreSQL restarted in between) is dropped and the check tried once more on a
+        new one, so a restart that is over does not read as an outage."""
+        try:
+            return self._postgres_round_trip()
+        except ApiError:
+            return self._postgres_round_trip()
+
+    def _postgres_round_trip(self) -> str:
+        with self.pg() as conn:
+            with conn.cursor() as cur:
+                cur.execute("SELECT current_setting('server_version')")
+                row = cur.fetchone()
+            conn.rollback()
+        return f"PostgreSQL {row[0] if row else '?'}"
+
     def _check_all(self) -> dict[str, Any]:
-        checks = health.pipeline_checks(self.cfg, timeout_s=self.check_timeout_s)
-        checks["sync"] = lambda: health.describe_sync(self._sync_answer())
-        checks["capture"] = self._capture_check
-        results = health.run_checks(checks, timeout_s=self.check_timeout_s + 0.5)
+        checks = self._component_checks()
+        if self._executor is None:
+            # A thread per check and one more: a hung check holds one (SingleFlight), never the round.
+            self._executor = cf.ThreadPoolExecutor(len(checks) + 1, thread_name_prefix="readyz")
+        results = health.run_checks(checks, timeout_s=self.check_timeout_s + 0.5, executor=self._executor)
         required = {r.name for r in results} - (set() if self.cfg.api.sync_required else {"sync"})
         failed = [r.name for r in results if not r.ok and r.name in required]
         components = [{**r.as_dict(), "required": r.name in required} for r in results]
@@ -182,13 +272,27 @@ class Control:
             return f"not measured: {exc.message}"
         nodes = capture.assess(rows, time.time(), self.cfg.capture.stall_after.total_seconds(),
                                self.cfg.capture.heartbeat_interval.total_seconds())
-        try:
-            findings = self._findings.get()
-        except Exception as exc:  # noqa: BLE001 - Cassandra away: reported as its own component
-            findings, note = [], f"; tables not checked ({type(exc).__name__})"
+        published = self._published_findings()
+        note = ""
+        if published is not None:
+            findings = published
         else:
-            note = ""
+            try:
+                findings = self._findings.get()
+            except Exception as exc:  # noqa: BLE001 - Cassandra away: reported as its own component
+                findings, note = [], f"; tables not checked ({type(exc).__name__})"
         return capture.describe(nodes, findings, capture.stall_cause(self.cfg, nodes)) + note
+
+    def _published_findings(self) -> list | None:
+        """The running supervisor's findings (its schema round, every
+        ``sync.schema_check_interval``), or None without a supervisor status."""
+        from engine.capture import Finding
+
+        _, doc, _ = self._sync.get()
+        raw = ((doc or {}).get("capture") or {}).get("findings")
+        if raw is None:
+            return None
+        return [Finding(**f) for f in raw]
 
     def _find_uncapturable(self) -> list:
         from engine import capture
@@ -209,8 +313,19 @@ class Control:
         try:
             sup = find(self.cfg.name)
             if sup is None:
+                self._sync_held = (None, None)
                 return "not running", None, None
-            status = ray.get(sup.status.remote(), timeout=self.check_timeout_s)
+            snapshot = getattr(sup, "status_snapshot", None)
+            if snapshot is None:  # a supervisor started by an older c2pg
+                status = ray.get(sup.status.remote(), timeout=self.check_timeout_s)
+            else:
+                held_version, held = self._sync_held
+                version, doc = ray.get(snapshot.remote(held_version), timeout=self.check_timeout_s)
+                if doc is not None:
+                    self._sync_held = (version, doc)
+                status = doc if doc is not None else held
+            if status is None:
+                raise RuntimeError("the supervisor published no status")
         except Exception as exc:  # noqa: BLE001 - a dead or slow actor is an answer, not a crash
             return "unreachable", None, f"{type(exc).__name__}: {str(exc)[:300]}"
         return ("paused" if status.get("paused_all") else "running"), status, None
@@ -224,17 +339,17 @@ class Control:
 
     def status(self, name: str) -> dict[str, Any]:
         self.pipeline(name)
-        return self._status.get()
+        return self._status.get().value
 
-    def status_cached(self, name: str) -> dict[str, Any] | None:
-        """:meth:`status` if it can be answered from the cache without waiting, else None."""
+    def status_cached(self, name: str) -> Rendered | None:
+        """:meth:`status`, rendered, if it can be answered from the cache without waiting, else None."""
         self.pipeline(name)
         return self._status.peek()
 
     def _build_status(self) -> dict[str, Any]:
         state, sup, error = self._sync.get()
         problems = [f"sync: {error}"] if error else []
-        topics = {self.cfg.kafka.topic_for(t.keyspace, t.table): q for q, t in self.tables.items()}
+        topics = self._topics
         dead: dict[tuple[str, int | None], int] | None = None
         committed: list[dict] = []
         try:
@@ -321,6 +436,7 @@ class Control:
             raise ApiError(503, f"the sync supervisor did not confirm the {action} within 30 s") from exc
         except ray.exceptions.RayError as exc:
             raise ApiError(503, f"the sync supervisor failed to {action} ({type(exc).__name__})") from exc
+        self._sync_held = (None, None)  # the supervisor gathered its status again before answering
         self._sync.clear()
         self._status.clear()
         self._health.clear()
@@ -486,10 +602,19 @@ class Control:
         with self._pool_lock:
             if self._pool is None:
                 kwargs = self.cfg.postgres.connect_kwargs(application_name="c2pg-serve")
-                self._pool = ThreadedConnectionPool(0, 8, **kwargs)
+                self._pool = ThreadedConnectionPool(0, POOL_MAX, **kwargs)
+                # psycopg2's pool closes a returned connection once it holds ``minconn`` idle
+                # ones: with 0, every use connected anew (a fork and an authentication on the
+                # server, several a second). Created with 0, so that a replica starts while
+                # PostgreSQL is down; kept up to POOL_KEEP from then on.
+                self._pool.minconn = POOL_KEEP
             return self._pool
 
     def close(self) -> None:
+        for probe in self._probes:
+            probe.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
         if self._pool is not None:
             self._pool.closeall()
         if self._cql is not None:

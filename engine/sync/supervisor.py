@@ -17,6 +17,10 @@ Started (or found) by ``python -m jobs.sync`` / ``c2pg sync start`` through
   recovers (:meth:`heal`, also on demand);
 - reconciles the tables configured ``capture: reconcile`` with repair every
   ``reconcile_every`` (one reconcile at a time, heals included);
+- publishes its status for the control plane (:meth:`SyncSupervisor.status_snapshot`): one
+  gathering of the workers' status per ``STATUS_PERIOD_S`` while someone watches, with a
+  version, so a Serve replica that polls it pays one cheap call, and nothing when it has not
+  changed;
 - keeps its desired state (pause flags, worker count, assignment) in ``_c2pg.sync_state``,
   so a restarted supervisor (``max_restarts=-1``: Ray re-runs ``__init__``) resumes it.
   Workers are its children: they die with it and are re-created by the new incarnation,
@@ -29,6 +33,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 
 import ray
 
@@ -41,6 +46,10 @@ log = logging.getLogger("c2pg.sync.supervisor")
 NAMESPACE = "c2pg"
 MAX_FAILURES = 3
 FAILURE_WINDOW_S = 300.0
+STATUS_PERIOD_S = 1.0
+"""How often the published status is gathered from the workers while it is watched."""
+STATUS_WATCH_S = 30.0
+"""The status is gathered only while someone asked for it within this many seconds."""
 
 STATE_DDL = """CREATE TABLE IF NOT EXISTS _c2pg.sync_state (
     pipeline text PRIMARY KEY,
@@ -124,8 +133,17 @@ class SyncSupervisor:
         self._runner: threading.Thread | None = None
         self._next_reconcile: dict[str, float] = {}
         self._heal_pending: str | None = None  # a heal asked for while a reconcile ran
+        # The published status (status_snapshot): gathered by the "status" thread while watched.
+        self._status_epoch = uuid.uuid4().hex[:12]  # a new incarnation's versions never match the old one's
+        self._status_version = 0
+        self._status_doc: dict | None = None
+        self._status_at = 0.0
+        self._watched_at = 0.0
+        self._status_lock = threading.Lock()
+        self._status_wake = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="supervise", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._publish_loop, name="status", daemon=True).start()
         self._heartbeat: threading.Thread | None = None
         if cfg.capture.heartbeat:
             self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
@@ -148,6 +166,46 @@ class SyncSupervisor:
         return {"pipeline": self.cfg.name, "started_at": self.started_at, "paused_all": self.paused_all,
                 "paused_tables": sorted(self.paused_tables), "workers": workers,
                 "retired_slots": sorted(self.retired), "capture": self.capture_status()}
+
+    def status_snapshot(self, since: str | None = None) -> tuple[str, dict | None]:
+        """``(version, status)``: the status of :meth:`status`, as gathered at most
+        ``STATUS_PERIOD_S`` ago by the supervisor's own thread; ``status`` is None when
+        ``since`` is already that version (nothing changed since the caller's copy).
+
+        Called by the control plane (``serve_app.control``) once per ``api.status_cache``:
+        the workers are asked once per period whatever the number of callers, and an
+        unchanged status crosses no wire. The first call after nobody watched for
+        ``STATUS_WATCH_S`` gathers it at once. After pause and resume it is gathered again
+        before they return."""
+        self._watched_at = time.monotonic()
+        with self._status_lock:
+            fresh = self._status_doc is not None and time.monotonic() - self._status_at < 2 * STATUS_PERIOD_S + 5.0
+        if not fresh:
+            self._publish()
+        self._status_wake.set()
+        with self._status_lock:
+            version = f"{self._status_epoch}-{self._status_version}"
+            return version, (None if since == version else self._status_doc)
+
+    def _publish(self) -> None:
+        doc = self.status()
+        with self._status_lock:
+            if doc != self._status_doc:
+                self._status_doc = doc
+                self._status_version += 1
+            self._status_at = time.monotonic()
+
+    def _publish_loop(self) -> None:
+        while not self._stop.is_set():
+            if time.monotonic() - self._watched_at < STATUS_WATCH_S:
+                try:
+                    self._publish()
+                except Exception:  # noqa: BLE001 - the next period tries again; status_snapshot gathers itself
+                    log.exception("status not gathered")
+                self._stop.wait(STATUS_PERIOD_S)
+            else:
+                self._status_wake.wait(STATUS_WATCH_S)
+                self._status_wake.clear()
 
     def capture_status(self) -> dict:
         """The capture heartbeat's verdict per node, the tables that will not be captured, and
@@ -182,6 +240,7 @@ class SyncSupervisor:
             actors = [s["actor"] for s in self.slots.values()]
         self._save_flags()
         ray.get([a.pause.remote(table) for a in actors])
+        self._publish()
 
     def resume(self, table: str | None = None) -> None:
         with self._lock:
@@ -193,6 +252,7 @@ class SyncSupervisor:
             actors = [s["actor"] for s in self.slots.values()]
         self._save_flags()
         ray.get([a.resume.remote(table) for a in actors])
+        self._publish()
 
     def stop(self, timeout_s: float = 60.0) -> str:
         """Drain: every worker finishes its batch and returns; then the actor can be killed."""
@@ -412,7 +472,6 @@ class SyncSupervisor:
     def _run_reconciles(self, tables: list, record: dict) -> None:
         import os
         import tempfile
-        import uuid
 
         from engine.reconcile import run_reconcile
 
