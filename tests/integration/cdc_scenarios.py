@@ -178,15 +178,31 @@ def ensure_captured(session: Session, stack=None) -> None:
 def run_scenario(session: Session, scenario: Scenario, timeout_s: float = 20.0) -> list[TailedEvent]:
     """Execute the scenario's statements (each after the previous one's write time) and
     return its events, in Kafka order."""
+    return run_scenarios(session, [scenario], timeout_s)[scenario.name]
+
+
+def run_scenarios(session: Session, scenarios: list[Scenario], timeout_s: float = 20.0,
+                  settle_s: float = 2.0) -> dict[str, list[TailedEvent]]:
+    """Execute every scenario's statements (each after the previous one's write time), then
+    read the events of all of them at once: each scenario's by its partition key, in Kafka
+    order. After the last expected event, reading goes on ``settle_s`` more, so an extra
+    event of any scenario is caught (one wait for all, not one per scenario)."""
+    pks = {sc.pk: sc.name for sc in scenarios}
+    assert len(pks) == len(scenarios), "each scenario needs its own partition key"
     tail = open_tail()
     try:
-        for stmt in scenario.statements:
-            session.execute(stmt)
-            time.sleep(0.002)  # distinct microsecond write times, in statement order
-        return tail.read(len(scenario.statements), timeout_s,
-                         key_filter=lambda k: isinstance(k, dict) and k.get("pk") == scenario.pk, settle_s=2.0)
+        for sc in scenarios:
+            for stmt in sc.statements:
+                session.execute(stmt)
+                time.sleep(0.002)  # distinct microsecond write times, in statement order
+        events = tail.read(sum(len(sc.statements) for sc in scenarios), timeout_s,
+                           key_filter=lambda k: isinstance(k, dict) and k.get("pk") in pks, settle_s=settle_s)
     finally:
         tail.close()
+    out: dict[str, list[TailedEvent]] = {sc.name: [] for sc in scenarios}
+    for e in events:
+        out[pks[e.key["pk"]]].append(e)  # type: ignore[index]  # the key filter kept dict keys only
+    return out
 
 
 def record(into: Path = FIXTURES) -> None:
