@@ -227,22 +227,24 @@ if __name__ == "__main__":
     record(Path(sys.argv[1]) if len(sys.argv) > 1 else FIXTURES)
 
 
-def fresh_sync_pipeline(pg, pipeline, keyspace: str, target_schema: str, name: str):
-    """An empty PostgreSQL side for ``keyspace.name`` and a pipeline ``t-<name>`` syncing
-    only it (own offsets, own supervisor)."""
+def fresh_sync_pipeline(pg, pipeline, keyspace: str, target_schema: str, name: str, *more: str):
+    """An empty PostgreSQL side for ``keyspace.name`` (and each of ``more``) and a pipeline
+    ``t-<name>`` syncing only them (own offsets, own supervisor)."""
     from engine.config import TableConfig
     from engine.target import ensure_state
 
     ensure_state(pg)  # a test run alone on a new stack: nothing has made c2pg's schema yet
+    tables = []
     with pg, pg.cursor() as cur:
         cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{target_schema}"')
-        cur.execute(f'DROP TABLE IF EXISTS "{target_schema}"."{name}"')
-        cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = %s AND target_table = %s",
-                    (target_schema, name))
+        for t in (name, *more):
+            cur.execute(f'DROP TABLE IF EXISTS "{target_schema}"."{t}"')
+            cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = %s AND target_table = %s",
+                        (target_schema, t))
+            tables.append(TableConfig(keyspace=keyspace, table=t, target_schema=target_schema, target_table=t))
         cur.execute("DELETE FROM _c2pg.offsets WHERE pipeline = %s", (f"t-{name}",))
-    table = TableConfig(keyspace=keyspace, table=name, target_schema=target_schema, target_table=name)
     return pipeline.model_copy(update={"pipeline": pipeline.pipeline.model_copy(update={"name": f"t-{name}"}),
-                                       "tables": (table,)})
+                                       "tables": tuple(tables)})
 
 
 def wait_for_table_capture(session: Session, keyspace: str, name: str, sentinel: str, timeout_s: float = 60) -> None:
