@@ -47,9 +47,13 @@ def test_start_follow_pause_resume_status_stop(stack, pipeline, ray_cluster, tmp
     conn = psycopg2.connect(**pipeline.postgres.connect_kwargs())
     try:
         assert cli.main(["sync", "start", "--config", config]) == 0
-        for i in range(1, 30):
-            session.execute(f"INSERT INTO {KS}.{table} (id, v) VALUES (%s, %s)", (i, f"v{i}"))
-        time.sleep(2)
+        with TopicTail(f"c2pg.{KS}.{table}", {"bootstrap.servers": "127.0.0.1:9092"}) as tail:
+            for i in range(1, 30):
+                session.execute(f"INSERT INTO {KS}.{table} (id, v) VALUES (%s, %s)", (i, f"v{i}"))
+            # Every write is in Kafka before --until-caught-up measures the lag: caught up
+            # then means these were applied, not that they had not arrived yet.
+            arrived = tail.read(29, 60, key_filter=lambda k: isinstance(k, dict) and 1 <= k.get("id", 0) < 30)
+            assert len(arrived) == 29
         assert sync_job.main(["--config", config, "--until-caught-up", "--interval", "1", "--timeout", "90"]) == 0
         assert wait_equal(session, conn, KS, table, "sync_cli_test", table) == []
         assert cli.main(["sync", "pause", "--config", config, "--table", f"{KS}.{table}"]) == 0
