@@ -255,15 +255,6 @@ def wait_for_table_capture(session: Session, keyspace: str, name: str, sentinel:
             raise TimeoutError(f"the connector never captured {keyspace}.{name}")
 
 
-def fresh_keyspace(session: Session, keyspace: str) -> None:
-    """Drop and create ``keyspace`` (one replica), then wait out the connector's schema
-    refresh window: a table created in the same ~1 s as its keyspace is never captured."""
-    session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
-    session.execute(f"CREATE KEYSPACE {keyspace} WITH replication = {{'class': 'SimpleStrategy', "
-                    "'replication_factor': 1}")
-    time.sleep(2)
-
-
 def stop_sync(pipeline: str) -> None:
     """Drain and remove ``pipeline``'s supervisor if one runs (a test's cleanup)."""
     import ray

@@ -31,7 +31,7 @@ import requests
 from engine import cql
 from engine.config import load_config
 from engine.sync_supervisor import get_or_start
-from tests.integration.cdc_scenarios import fresh_keyspace, stop_sync
+from tests.integration.cdc_scenarios import stop_sync
 from tests.integration.serve_helpers import Api, pipeline_file, serve_app_running, shutdown_serve
 
 KS = "c2pg_capture_test"
@@ -39,9 +39,9 @@ FAST = {"heartbeat_interval": "1s", "stall_after": "6s"}
 
 
 @pytest.fixture(scope="module")
-def cass(stack, pipeline):
+def cass(stack, pipeline, cdc_keyspaces):
+    assert KS in cdc_keyspaces
     cluster, session = cql.connect(pipeline.cassandra)
-    fresh_keyspace(session, KS)
     yield session
     cluster.shutdown()
 
