@@ -90,7 +90,7 @@ def _wait_metric(pipeline: str, want: float, timeout_s: float = 90) -> None:
     deadline = time.monotonic() + timeout_s
     while _stalled_metric(pipeline) != want:
         assert time.monotonic() < deadline, f"ray_c2pg_capture_stalled never {want} for {pipeline}"
-        time.sleep(1)
+        time.sleep(0.25)
 
 
 def _health(path) -> tuple[int, str]:
