@@ -204,6 +204,10 @@ def test_every_write_kind_is_exact_by_sync_alone_and_replayed_onto_a_snapshot(ca
             assert time.monotonic() < deadline, f"({pk}, {ck}).{column} = {value!r} never applied"
             time.sleep(0.2)
     try:
+        # Sync runs before the writes start: the element written with an 8 s TTL must be
+        # seen applied before it expires, and a supervisor still starting (several seconds
+        # on a busy machine) would eat that time.
+        applied(-1, 0, "x", "sentinel")
         _write_every_kind(cass, t, applied)
         _caught_up(cass, t, topic)
         statics_alone = ("missing", ("7", None))  # no event: the connector skips a write of statics alone
