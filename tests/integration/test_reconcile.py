@@ -41,11 +41,9 @@ def _drift_pages_in_tmp(monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cass(stack, pipeline):
+def cass(stack, pipeline, cdc_keyspaces):
+    assert KS in cdc_keyspaces  # past the connector's schema-refresh window
     cluster, session = cql.connect(pipeline.cassandra)
-    session.execute(f"CREATE KEYSPACE IF NOT EXISTS {KS} WITH replication = "
-                    "{'class': 'SimpleStrategy', 'replication_factor': 1}")
-    time.sleep(2)  # the connector misses tables created in their keyspace's refresh window
     yield session
     cluster.shutdown()
 
