@@ -97,14 +97,18 @@ def differences(session, conn, keyspace: str, table: str, target_schema: str, ta
 def wait_equal(session, conn, keyspace, table, target_schema, target_table, timeout_s: float = 60,
                expected=lambda d: False) -> list:
     """Differences after waiting up to ``timeout_s`` for them to vanish (sync catching up);
-    ``expected(diff)`` marks differences that are known and documented, not waited for."""
+    ``expected(diff)`` marks differences that are known and documented, not waited for.
+
+    Compares again as often as a comparison costs (0.1 s to 0.5 s apart): a small table is
+    seen equal soon after sync applies it, a large one is not read back to back."""
     deadline = time.monotonic() + timeout_s
     while True:
+        started = time.monotonic()
         diffs = [d for d in differences(session, conn, keyspace, table, target_schema, target_table)
                  if not expected(d)]
         if not diffs or time.monotonic() > deadline:
             return diffs
-        time.sleep(0.5)
+        time.sleep(min(0.5, max(0.1, time.monotonic() - started)))
 
 
 def _key(values: list) -> tuple[str | None, ...]:

@@ -178,15 +178,31 @@ def ensure_captured(session: Session, stack=None) -> None:
 def run_scenario(session: Session, scenario: Scenario, timeout_s: float = 20.0) -> list[TailedEvent]:
     """Execute the scenario's statements (each after the previous one's write time) and
     return its events, in Kafka order."""
+    return run_scenarios(session, [scenario], timeout_s)[scenario.name]
+
+
+def run_scenarios(session: Session, scenarios: list[Scenario], timeout_s: float = 20.0,
+                  settle_s: float = 2.0) -> dict[str, list[TailedEvent]]:
+    """Execute every scenario's statements (each after the previous one's write time), then
+    read the events of all of them at once: each scenario's by its partition key, in Kafka
+    order. After the last expected event, reading goes on ``settle_s`` more, so an extra
+    event of any scenario is caught (one wait for all, not one per scenario)."""
+    pks = {sc.pk: sc.name for sc in scenarios}
+    assert len(pks) == len(scenarios), "each scenario needs its own partition key"
     tail = open_tail()
     try:
-        for stmt in scenario.statements:
-            session.execute(stmt)
-            time.sleep(0.002)  # distinct microsecond write times, in statement order
-        return tail.read(len(scenario.statements), timeout_s,
-                         key_filter=lambda k: isinstance(k, dict) and k.get("pk") == scenario.pk, settle_s=2.0)
+        for sc in scenarios:
+            for stmt in sc.statements:
+                session.execute(stmt)
+                time.sleep(0.002)  # distinct microsecond write times, in statement order
+        events = tail.read(sum(len(sc.statements) for sc in scenarios), timeout_s,
+                           key_filter=lambda k: isinstance(k, dict) and k.get("pk") in pks, settle_s=settle_s)
     finally:
         tail.close()
+    out: dict[str, list[TailedEvent]] = {sc.name: [] for sc in scenarios}
+    for e in events:
+        out[pks[e.key["pk"]]].append(e)  # type: ignore[index]  # the key filter kept dict keys only
+    return out
 
 
 def record(into: Path = FIXTURES) -> None:
@@ -211,22 +227,24 @@ if __name__ == "__main__":
     record(Path(sys.argv[1]) if len(sys.argv) > 1 else FIXTURES)
 
 
-def fresh_sync_pipeline(pg, pipeline, keyspace: str, target_schema: str, name: str):
-    """An empty PostgreSQL side for ``keyspace.name`` and a pipeline ``t-<name>`` syncing
-    only it (own offsets, own supervisor)."""
+def fresh_sync_pipeline(pg, pipeline, keyspace: str, target_schema: str, name: str, *more: str):
+    """An empty PostgreSQL side for ``keyspace.name`` (and each of ``more``) and a pipeline
+    ``t-<name>`` syncing only them (own offsets, own supervisor)."""
     from engine.config import TableConfig
     from engine.target import ensure_state
 
     ensure_state(pg)  # a test run alone on a new stack: nothing has made c2pg's schema yet
+    tables = []
     with pg, pg.cursor() as cur:
         cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{target_schema}"')
-        cur.execute(f'DROP TABLE IF EXISTS "{target_schema}"."{name}"')
-        cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = %s AND target_table = %s",
-                    (target_schema, name))
+        for t in (name, *more):
+            cur.execute(f'DROP TABLE IF EXISTS "{target_schema}"."{t}"')
+            cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = %s AND target_table = %s",
+                        (target_schema, t))
+            tables.append(TableConfig(keyspace=keyspace, table=t, target_schema=target_schema, target_table=t))
         cur.execute("DELETE FROM _c2pg.offsets WHERE pipeline = %s", (f"t-{name}",))
-    table = TableConfig(keyspace=keyspace, table=name, target_schema=target_schema, target_table=name)
     return pipeline.model_copy(update={"pipeline": pipeline.pipeline.model_copy(update={"name": f"t-{name}"}),
-                                       "tables": (table,)})
+                                       "tables": tuple(tables)})
 
 
 def wait_for_table_capture(session: Session, keyspace: str, name: str, sentinel: str, timeout_s: float = 60) -> None:
@@ -235,15 +253,6 @@ def wait_for_table_capture(session: Session, keyspace: str, name: str, sentinel:
     with TopicTail(f"c2pg.{keyspace}.{name}", {"bootstrap.servers": "127.0.0.1:9092"}) as tail:
         if not tail.wait_for_capture(lambda: session.execute(sentinel), timeout_s):
             raise TimeoutError(f"the connector never captured {keyspace}.{name}")
-
-
-def fresh_keyspace(session: Session, keyspace: str) -> None:
-    """Drop and create ``keyspace`` (one replica), then wait out the connector's schema
-    refresh window: a table created in the same ~1 s as its keyspace is never captured."""
-    session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
-    session.execute(f"CREATE KEYSPACE {keyspace} WITH replication = {{'class': 'SimpleStrategy', "
-                    "'replication_factor': 1}")
-    time.sleep(2)
 
 
 def stop_sync(pipeline: str) -> None:

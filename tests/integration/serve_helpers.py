@@ -85,7 +85,7 @@ class Api:
     def post(self, path: str, **kwargs) -> requests.Response:
         return self.call("POST", path, **kwargs)
 
-    def wait(self, path: str, done, timeout_s: float = 120, interval_s: float = 1.0) -> dict:
+    def wait(self, path: str, done, timeout_s: float = 120, interval_s: float = 0.25) -> dict:
         """GET ``path`` until ``done(json)``; the last answer is returned (or the test fails)."""
         deadline = time.monotonic() + timeout_s
         while True:
@@ -120,7 +120,7 @@ def serve_app_running(config: Path, *, env: dict[str, str] | None = None) -> Ite
         except requests.RequestException:
             pass
         assert time.monotonic() < deadline, f"the control plane {name} did not come up in 120 s"
-        time.sleep(0.5)
+        time.sleep(0.2)
     try:
         yield api
     finally:

@@ -31,7 +31,7 @@ import requests
 from engine import cql
 from engine.config import load_config
 from engine.sync.supervisor import get_or_start
-from tests.integration.cdc_scenarios import fresh_keyspace, stop_sync
+from tests.integration.cdc_scenarios import stop_sync
 from tests.integration.serve_helpers import Api, pipeline_file, serve_app_running, shutdown_serve
 
 KS = "c2pg_capture_test"
@@ -39,9 +39,9 @@ FAST = {"heartbeat_interval": "1s", "stall_after": "6s"}
 
 
 @pytest.fixture(scope="module")
-def cass(stack, pipeline):
+def cass(stack, pipeline, cdc_keyspaces):
+    assert KS in cdc_keyspaces
     cluster, session = cql.connect(pipeline.cassandra)
-    fresh_keyspace(session, KS)
     yield session
     cluster.shutdown()
 
@@ -90,7 +90,7 @@ def _wait_metric(pipeline: str, want: float, timeout_s: float = 90) -> None:
     deadline = time.monotonic() + timeout_s
     while _stalled_metric(pipeline) != want:
         assert time.monotonic() < deadline, f"ray_c2pg_capture_stalled never {want} for {pipeline}"
-        time.sleep(1)
+        time.sleep(0.25)
 
 
 def _health(path) -> tuple[int, str]:

@@ -26,15 +26,15 @@ import ray
 from engine import capture, cql
 from engine.compare import wait_equal
 from engine.sync.supervisor import get_or_start
-from tests.integration.cdc_scenarios import fresh_keyspace, fresh_sync_pipeline, stop_sync, wait_for_table_capture
+from tests.integration.cdc_scenarios import fresh_sync_pipeline, stop_sync, wait_for_table_capture
 
 KS = "c2pg_capture_heal_test"
 
 
 @pytest.fixture(scope="module")
-def cass(stack, pipeline):
+def cass(stack, pipeline, cdc_keyspaces):
+    assert KS in cdc_keyspaces
     cluster, session = cql.connect(pipeline.cassandra)
-    fresh_keyspace(session, KS)
     session.execute(f"CREATE TABLE {KS}.filler (k int PRIMARY KEY, b blob)")  # no CDC: forces segments
     yield session
     cluster.shutdown()

@@ -30,16 +30,15 @@ from engine.sync.reduce import reduce_events, typed_compare
 from engine.schema import read_table
 from engine.sweep import sweep_expired, wall_clock_us
 from engine.target import ensure_state, ensure_target
-from tests.integration.cdc_scenarios import fresh_keyspace
 
 KS, TABLE, PG_SCHEMA = "c2pg_element_ttl", "t", "element_ttl"
 COLUMNS = ("l", "s", "m", "u")
 
 
 @pytest.fixture(scope="module")
-def cass(stack, pipeline):
+def cass(stack, pipeline, cdc_keyspaces):
+    assert KS in cdc_keyspaces
     cluster, session = cql.connect(pipeline.cassandra)
-    fresh_keyspace(session, KS)
     session.execute(f"CREATE TYPE {KS}.pt (x int, y text)")
     session.execute(f"CREATE TABLE {KS}.{TABLE} (pk int, ck int, l list<int>, s set<text>, m map<text, int>, "
                     "u pt, a text, sl list<int> static, PRIMARY KEY (pk, ck))")

@@ -1,8 +1,8 @@
 """Reconcile end to end on the real stack: equal tables, damage on either side, live sync
 traffic, and a repair racing a newer write.
 
-Tables that need no sync are loaded by a snapshot; tables that do are CDC tables with
-their own pipeline (``t-<name>``) and supervisor, as in ``test_sync``.
+Tables that need no sync are loaded by a snapshot; tables that do are CDC tables of one
+pipeline and supervisor (``TestUnderSync``, a table per test), as in ``test_sync``.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from engine.config import TableConfig
 from engine.reconcile import _KeyReader, apply_repair, plan_repair, recheck, run_reconcile
 from engine.schema import read_table
 from engine.snapshot import run_snapshot
-from engine.sync.supervisor import find, get_or_start
+from engine.sync.supervisor import get_or_start
 from engine.target import ensure_target
-from tests.integration.cdc_scenarios import fresh_sync_pipeline, wait_for_table_capture
+from tests.integration.cdc_scenarios import fresh_sync_pipeline, stop_sync, wait_for_table_capture
 
 KS = "c2pg_reconcile_test"
 SCHEMA = "reconcile_test"
@@ -41,11 +41,9 @@ def _drift_pages_in_tmp(monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cass(stack, pipeline):
+def cass(stack, pipeline, cdc_keyspaces):
+    assert KS in cdc_keyspaces  # past the connector's schema-refresh window
     cluster, session = cql.connect(pipeline.cassandra)
-    session.execute(f"CREATE KEYSPACE IF NOT EXISTS {KS} WITH replication = "
-                    "{'class': 'SimpleStrategy', 'replication_factor': 1}")
-    time.sleep(2)  # the connector misses tables created in their keyspace's refresh window
     yield session
     cluster.shutdown()
 
@@ -98,23 +96,45 @@ def snapshotted(cass, pg, pipeline, ray_cluster):
     cass.execute(f"DROP TABLE IF EXISTS {KS}.{name}")
 
 
-@pytest.fixture()
-def synced(cass, pg, pipeline, ray_cluster):
-    """A fresh CDC table with 50 partitions × 10 rows and a running sync that has them."""
-    name = "sync_" + uuid.uuid4().hex[:8]
-    cass.execute(f"CREATE TABLE {KS}.{name} ({COLUMNS}) WITH cdc = true")
-    cfg = fresh_sync_pipeline(pg, pipeline, KS, SCHEMA, name)
-    wait_for_table_capture(cass, KS, name, f"INSERT INTO {KS}.{name} (pk, ck, a) VALUES (-1, -1, 'sentinel')")
-    sup = get_or_start(cfg)
-    _fill(cass, name, 50, 10, one_statement_per_row=True)
-    assert wait_equal(cass, pg, KS, name, SCHEMA, name, timeout_s=90) == []
-    yield _quick(cfg), cfg.tables[0], name, sup
-    current = find(cfg.name)
-    if current is not None:
+# The tests of :class:`TestUnderSync`, by the name of the table each one uses.
+SYNCED = ("paused", "load", "race")
+
+
+@pytest.fixture(scope="class")
+def synced_tables(cass, pipeline, ray_cluster):
+    """A fresh CDC table per test in :data:`SYNCED`, 50 partitions × 10 rows each, and one
+    running sync that has them all (one supervisor start for the class, not one per test);
+    removed after the class."""
+    run = uuid.uuid4().hex[:8]
+    names = {key: f"sync_{key}_{run}" for key in SYNCED}
+    for name in names.values():
+        cass.execute(f"CREATE TABLE {KS}.{name} ({COLUMNS}) WITH cdc = true")
+    conn = psycopg2.connect(**pipeline.postgres.connect_kwargs())
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        cfg = fresh_sync_pipeline(conn, pipeline, KS, SCHEMA, *names.values())
+        for name in names.values():
+            wait_for_table_capture(cass, KS, name, f"INSERT INTO {KS}.{name} (pk, ck, a) VALUES (-1, -1, 'sentinel')")
+        sup = get_or_start(cfg)
         try:
-            ray.get(current.stop.remote(), timeout=60)
+            for name in names.values():
+                _fill(cass, name, 50, 10, one_statement_per_row=True)
+            for name in names.values():
+                assert wait_equal(cass, conn, KS, name, SCHEMA, name, timeout_s=90) == []
+            yield _quick(cfg), names, sup
         finally:
-            ray.kill(current, no_restart=True)
+            stop_sync(cfg.name)
+    finally:
+        conn.close()
+
+
+def _synced(synced_tables, key: str):
+    """(config, table config, table name, supervisor) of the table ``key`` of :data:`SYNCED`."""
+    cfg, names, sup = synced_tables
+    name = names[key]
+    return cfg, next(t for t in cfg.tables if t.table == name), name, sup
 
 
 def _diff_rows(pg, run_id: str) -> list[tuple]:
@@ -178,105 +198,110 @@ def test_damage_in_postgres_is_found_classified_and_repaired(snapshotted, pg, tm
     assert after.drift == 0 and after.sub_ranges_differing == 0
 
 
-def test_writes_made_in_cassandra_while_sync_is_paused_are_found_and_repaired(synced, cass, pg):
-    cfg, table, name, sup = synced
-    ray.get(sup.pause.remote())
-    # "paused" is set at the top of the worker's loop: a batch in flight has committed.
-    deadline = time.monotonic() + 60
-    while {w["state"] for w in ray.get(sup.status.remote())["workers"]} != {"paused"}:
-        assert time.monotonic() < deadline, "the workers did not pause within 60 s"
-        time.sleep(0.1)
-    cass.execute(f"UPDATE {KS}.{name} SET a = 'while paused' WHERE pk = 1 AND ck = 1")
-    # (An overwrite: an append would come back wrong when sync resumes and replays it, the
-    # documented Debezium limit that the next scheduled reconcile repairs.)
-    cass.execute(f"UPDATE {KS}.{name} SET m = {{'new': 1}} WHERE pk = 2 AND ck = 2")
-    cass.execute(f"DELETE FROM {KS}.{name} WHERE pk = 3 AND ck = 3")
-    cass.execute(f"INSERT INTO {KS}.{name} (pk, ck, a) VALUES (1000, 1, 'new row')")
-    cass.execute(f"DELETE FROM {KS}.{name} WHERE pk = 4")  # a whole partition: 10 rows
-    # Written before the run starts, so they are drift, not in-flight changes.
-    time.sleep(0.01)
-    found = run_reconcile(cfg, table, repair=True)
-    assert found.differences == {"missing": 1, "extra": 11, "mismatch": 2}
-    assert found.repaired["rows_written"] == 3 and found.repaired["rows_deleted"] == 11
-    assert run_reconcile(cfg, table).drift == 0
-    # Sync then applies the same changes again: LWW makes that a no-op.
-    ray.get(sup.resume.remote())
-    cass.execute(f"INSERT INTO {KS}.{name} (pk, ck, a) VALUES (1001, 1, 'after resume')")
-    assert wait_equal(cass, pg, KS, name, SCHEMA, name, timeout_s=90) == []
-    assert run_reconcile(cfg, table).drift == 0
+class TestUnderSync:
+    """Reconcile beside a running sync: the tests share one pipeline (:func:`synced_tables`),
+    a table each; the one that pauses sync resumes it before it ends."""
 
-
-def test_reconcile_during_a_steady_write_load_reports_no_false_drift(synced, cass, pg):
-    cfg, table, name, _ = synced
-    stop = threading.Event()
-    written = []
-
-    def load() -> None:  # ~100 writes/s of every kind until stopped (at most 60 s)
-        stmt = cass.prepare(f"UPDATE {KS}.{name} SET a = ?, n = ? WHERE pk = ? AND ck = ?")
-        deadline = time.monotonic() + 60
-        i = 0
-        while not stop.is_set() and time.monotonic() < deadline:
-            pk, ck = i % 60, i % 13
-            if i % 17 == 0:
-                cass.execute(f"DELETE FROM {KS}.{name} WHERE pk = %s AND ck = %s", (pk, ck))
-            else:
-                cass.execute(stmt, (f"load {i}", i, pk, ck))
-            written.append(i)
-            i += 1
+    def test_writes_made_in_cassandra_while_sync_is_paused_are_found_and_repaired(self, synced_tables, cass, pg):
+        cfg, table, name, sup = _synced(synced_tables, "paused")
+        ray.get(sup.pause.remote())
+        try:
+            # "paused" is set at the top of the worker's loop: a batch in flight has committed.
+            deadline = time.monotonic() + 60
+            while {w["state"] for w in ray.get(sup.status.remote())["workers"]} != {"paused"}:
+                assert time.monotonic() < deadline, "the workers did not pause within 60 s"
+                time.sleep(0.1)
+            cass.execute(f"UPDATE {KS}.{name} SET a = 'while paused' WHERE pk = 1 AND ck = 1")
+            # (An overwrite: an append would come back wrong when sync resumes and replays it, the
+            # documented Debezium limit that the next scheduled reconcile repairs.)
+            cass.execute(f"UPDATE {KS}.{name} SET m = {{'new': 1}} WHERE pk = 2 AND ck = 2")
+            cass.execute(f"DELETE FROM {KS}.{name} WHERE pk = 3 AND ck = 3")
+            cass.execute(f"INSERT INTO {KS}.{name} (pk, ck, a) VALUES (1000, 1, 'new row')")
+            cass.execute(f"DELETE FROM {KS}.{name} WHERE pk = 4")  # a whole partition: 10 rows
+            # Written before the run starts, so they are drift, not in-flight changes.
             time.sleep(0.01)
+            found = run_reconcile(cfg, table, repair=True)
+            assert found.differences == {"missing": 1, "extra": 11, "mismatch": 2}
+            assert found.repaired["rows_written"] == 3 and found.repaired["rows_deleted"] == 11
+            assert run_reconcile(cfg, table).drift == 0
+        finally:
+            # Sync then applies the same changes again: LWW makes that a no-op. (Resumed
+            # whatever happened: the next tests share this pipeline.)
+            ray.get(sup.resume.remote())
+        cass.execute(f"INSERT INTO {KS}.{name} (pk, ck, a) VALUES (1001, 1, 'after resume')")
+        assert wait_equal(cass, pg, KS, name, SCHEMA, name, timeout_s=90) == []
+        assert run_reconcile(cfg, table).drift == 0
 
-    writer = threading.Thread(target=load, daemon=True)
-    writer.start()
-    try:
-        time.sleep(3)
-        during = run_reconcile(cfg.model_copy(update={"reconcile": cfg.reconcile.model_copy(
-            update={"recheck_delay": timedelta(seconds=3)})}), table)
-    finally:
-        stop.set()
-        writer.join(timeout=10)
-    assert len(written) > 200
-    print(f"under load: {during.rechecked} differences re-checked, {during.unsettled} unsettled")
-    assert during.rechecked > 0, "the load left nothing in flight to re-check: the test proves nothing"
-    assert during.drift == 0, during.sample
-    assert wait_equal(cass, pg, KS, name, SCHEMA, name, timeout_s=90) == []
-    assert run_reconcile(cfg, table).drift == 0
+    def test_reconcile_during_a_steady_write_load_reports_no_false_drift(self, synced_tables, cass, pg):
+        cfg, table, name, _ = _synced(synced_tables, "load")
+        stop = threading.Event()
+        written = []
 
+        def load() -> None:  # ~100 writes/s of every kind until stopped (at most 60 s)
+            stmt = cass.prepare(f"UPDATE {KS}.{name} SET a = ?, n = ? WHERE pk = ? AND ck = ?")
+            deadline = time.monotonic() + 60
+            i = 0
+            while not stop.is_set() and time.monotonic() < deadline:
+                pk, ck = i % 60, i % 13
+                if i % 17 == 0:
+                    cass.execute(f"DELETE FROM {KS}.{name} WHERE pk = %s AND ck = %s", (pk, ck))
+                else:
+                    cass.execute(stmt, (f"load {i}", i, pk, ck))
+                written.append(i)
+                i += 1
+                time.sleep(0.01)
 
-def test_a_repair_racing_a_newer_sync_write_keeps_the_newer_value(synced, cass, pg):
-    cfg, table, name, _ = synced
-    with pg.cursor() as cur:
-        cur.execute(f"UPDATE {SCHEMA}.\"{name}\" SET a = 'damaged' WHERE pk = 5 AND ck = 5")
-    run_started_us = int(time.time() * 1_000_000)
-    cluster, session = cql.connect(cfg.cassandra)
-    conn = psycopg2.connect(**cfg.postgres.connect_kwargs())
-    try:
-        target = ensure_target(conn, read_table(session, KS, name), SCHEMA, name)
-        reader = _KeyReader(target, "LOCAL_QUORUM", session, conn)
-        with conn.cursor() as cur:
-            cur.execute(f"SELECT _c2pg_token FROM {SCHEMA}.\"{name}\" WHERE pk = 5 AND ck = 5")
-            token = cur.fetchone()[0]
-        from engine.reconcile import Diff
+        writer = threading.Thread(target=load, daemon=True)
+        writer.start()
+        try:
+            time.sleep(3)
+            during = run_reconcile(cfg.model_copy(update={"reconcile": cfg.reconcile.model_copy(
+                update={"recheck_delay": timedelta(seconds=3)})}), table)
+        finally:
+            stop.set()
+            writer.join(timeout=10)
+        assert len(written) > 200
+        print(f"under load: {during.rechecked} differences re-checked, {during.unsettled} unsettled")
+        assert during.rechecked > 0, "the load left nothing in flight to re-check: the test proves nothing"
+        assert during.drift == 0, during.sample
+        assert wait_equal(cass, pg, KS, name, SCHEMA, name, timeout_s=90) == []
+        assert run_reconcile(cfg, table).drift == 0
 
-        drift, _ = recheck(reader, [Diff(0, token, ("5", "5"), "mismatch")], run_started_us, 0, 1)
-        assert [(x.kind, x.columns) for x in drift] == [("mismatch", ("a",))]
-        plan = plan_repair(reader, drift, run_started_us)     # reads Cassandra: a = 'row 5/5'
-        cass.execute(f"UPDATE {KS}.{name} SET a = 'newer' WHERE pk = 5 AND ck = 5")
-        deadline = time.monotonic() + 60
-        while True:                                           # sync applies the newer write first
+    def test_a_repair_racing_a_newer_sync_write_keeps_the_newer_value(self, synced_tables, cass, pg):
+        cfg, table, name, _ = _synced(synced_tables, "race")
+        with pg.cursor() as cur:
+            cur.execute(f"UPDATE {SCHEMA}.\"{name}\" SET a = 'damaged' WHERE pk = 5 AND ck = 5")
+        run_started_us = int(time.time() * 1_000_000)
+        cluster, session = cql.connect(cfg.cassandra)
+        conn = psycopg2.connect(**cfg.postgres.connect_kwargs())
+        try:
+            target = ensure_target(conn, read_table(session, KS, name), SCHEMA, name)
+            reader = _KeyReader(target, "LOCAL_QUORUM", session, conn)
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT _c2pg_token FROM {SCHEMA}.\"{name}\" WHERE pk = 5 AND ck = 5")
+                token = cur.fetchone()[0]
+            from engine.reconcile import Diff
+
+            drift, _ = recheck(reader, [Diff(0, token, ("5", "5"), "mismatch")], run_started_us, 0, 1)
+            assert [(x.kind, x.columns) for x in drift] == [("mismatch", ("a",))]
+            plan = plan_repair(reader, drift, run_started_us)     # reads Cassandra: a = 'row 5/5'
+            cass.execute(f"UPDATE {KS}.{name} SET a = 'newer' WHERE pk = 5 AND ck = 5")
+            deadline = time.monotonic() + 60
+            while True:                                           # sync applies the newer write first
+                with conn, conn.cursor() as cur:
+                    cur.execute(f"SELECT a FROM {SCHEMA}.\"{name}\" WHERE pk = 5 AND ck = 5")
+                    if cur.fetchone()[0] == "newer":
+                        break
+                assert time.monotonic() < deadline, "sync did not apply the newer write"
+                time.sleep(0.2)
+            apply_repair(conn, target, cfg.name, plan)            # ... then the stale repair lands
             with conn, conn.cursor() as cur:
                 cur.execute(f"SELECT a FROM {SCHEMA}.\"{name}\" WHERE pk = 5 AND ck = 5")
-                if cur.fetchone()[0] == "newer":
-                    break
-            assert time.monotonic() < deadline, "sync did not apply the newer write"
-            time.sleep(0.2)
-        apply_repair(conn, target, cfg.name, plan)            # ... then the stale repair lands
-        with conn, conn.cursor() as cur:
-            cur.execute(f"SELECT a FROM {SCHEMA}.\"{name}\" WHERE pk = 5 AND ck = 5")
-            assert cur.fetchone()[0] == "newer"
-    finally:
-        conn.close()
-        cluster.shutdown()
-    assert run_reconcile(cfg, table).drift == 0
+                assert cur.fetchone()[0] == "newer"
+        finally:
+            conn.close()
+            cluster.shutdown()
+        assert run_reconcile(cfg, table).drift == 0
 
 
 def test_reconcile_of_a_table_without_target_is_a_usage_error(cass, pipeline):

@@ -40,11 +40,9 @@ KAFKA = {"bootstrap.servers": "127.0.0.1:9092"}
 
 
 @pytest.fixture(scope="module")
-def cass(stack, pipeline):
+def cass(stack, pipeline, cdc_keyspaces):
+    assert KS in cdc_keyspaces  # empty, and past the connector's schema-refresh window
     cluster, session = cql.connect(pipeline.cassandra)
-    session.execute(f"DROP KEYSPACE IF EXISTS {KS}")
-    session.execute(f"CREATE KEYSPACE {KS} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}")
-    time.sleep(2)  # the connector misses tables created in their keyspace's refresh window
     yield session
     cluster.shutdown()
 
@@ -158,6 +156,17 @@ def _with_sweep(cfg, every: timedelta):
     return cfg.model_copy(update={"sync": cfg.sync.model_copy(update={"ttl_sweep_interval": every})})
 
 
+def _elements_expired(cass, t: str, timeout_s: float = 60) -> None:
+    """Wait until the collection elements written with an 8 s TTL (row (9, 0)) have expired
+    in Cassandra: no event says so, the sweep finds them. Comparing the tables before would
+    find them equal with the elements still alive on both sides (sync applies far sooner
+    than 8 s), and the hand-checked values say they are gone."""
+    deadline = time.monotonic() + timeout_s
+    while cass.execute(f"SELECT l FROM {t} WHERE pk = 9 AND ck = 0").one().l != [1]:
+        assert time.monotonic() < deadline, f"the 8 s TTL elements of (9, 0) still there after {timeout_s:.0f} s"
+        time.sleep(0.2)
+
+
 def _caught_up(cass, t: str, topic: str) -> None:
     with TopicTail(topic, KAFKA) as tail:
         cass.execute(f"INSERT INTO {t} (pk, ck, x) VALUES (-2, 0, 'end of the writes')")
@@ -206,8 +215,13 @@ def test_every_write_kind_is_exact_by_sync_alone_and_replayed_onto_a_snapshot(ca
             assert time.monotonic() < deadline, f"({pk}, {ck}).{column} = {value!r} never applied"
             time.sleep(0.2)
     try:
+        # Sync runs before the writes start: the element written with an 8 s TTL must be
+        # seen applied before it expires, and a supervisor still starting (several seconds
+        # on a busy machine) would eat that time.
+        applied(-1, 0, "x", "sentinel")
         _write_every_kind(cass, t, applied)
         _caught_up(cass, t, topic)
+        _elements_expired(cass, t)
         statics_alone = ("missing", ("7", None))  # no event: the connector skips a write of statics alone
         assert wait_equal(cass, pg, KS, name, "replay_alone", name, timeout_s=90,
                           expected=lambda d: d == statics_alone) == []

@@ -51,7 +51,7 @@ def run_job(client, entrypoint: str, timeout_s: float = 180) -> str:
     deadline = time.monotonic() + timeout_s
     while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
         assert time.monotonic() < deadline, f"job did not finish in {timeout_s:.0f} s"
-        time.sleep(1)
+        time.sleep(0.25)
     logs = client.get_job_logs(job)
     assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
     return logs

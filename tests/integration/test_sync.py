@@ -1,8 +1,10 @@
 """Sync end to end: Cassandra → Debezium → Kafka → c2pg actors → PostgreSQL.
 
-Each test makes its own table in a fresh keyspace and its own pipeline name (own offsets,
-own supervisor), writes to Cassandra, and waits until the PostgreSQL table equals a full
-read of the Cassandra table, every row and column.
+Each test makes its own table in a fresh keyspace, writes to Cassandra, and waits until the
+PostgreSQL table equals a full read of the Cassandra table, every row and column. The tests
+that break something (a worker, the supervisor, PostgreSQL, the topic's offsets) or need a
+connector restart run their own pipeline (own offsets, own supervisor); the others share one
+pipeline of a table each (``shared_sync``), so the supervisor and its workers start once.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tests.integration.cdc_scenarios import (
     TopicTail,
     capture_with_restart,
     fresh_sync_pipeline,
+    stop_sync,
     type_is_new,
     wait_for_table_capture,
 )
@@ -30,11 +33,9 @@ KS = "c2pg_sync_test"
 
 
 @pytest.fixture(scope="module")
-def cass(stack, pipeline):
+def cass(stack, pipeline, cdc_keyspaces):
+    assert KS in cdc_keyspaces  # empty, and past the connector's schema-refresh window
     cluster, session = cql.connect(pipeline.cassandra)
-    session.execute(f"DROP KEYSPACE IF EXISTS {KS}")
-    session.execute(f"CREATE KEYSPACE {KS} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}")
-    time.sleep(2)  # the connector misses tables created in their keyspace's refresh window
     yield session
     cluster.shutdown()
 
@@ -46,10 +47,8 @@ def pg(pipeline):
     conn.close()
 
 
-
-
-def _fresh_target(pg, pipeline, name: str):
-    return fresh_sync_pipeline(pg, pipeline, KS, "sync_test", name)
+def _fresh_target(pg, pipeline, name: str, *more: str):
+    return fresh_sync_pipeline(pg, pipeline, KS, "sync_test", name, *more)
 
 
 @pytest.fixture()
@@ -74,73 +73,209 @@ def sync_table(cass, pg, pipeline, ray_cluster, request):
             ray.kill(current, no_restart=True)
 
 
-def test_every_kind_of_write_reaches_postgres_and_the_tables_end_equal(cass, pg, sync_table):
-    cfg, t, sup = sync_table
-    def q(stmt, *args):
-        return cass.execute(stmt.format(t=f"{KS}.{t}"), args)
-
-    for pk in range(5):
-        for ck in range(4):
-            q("INSERT INTO {t} (pk, ck, a, b, s) VALUES (%s, %s, %s, %s, %s)", pk, ck, f"a{pk}.{ck}", pk * 10 + ck,
-              {f"x{ck}"})
-    q("UPDATE {t} SET a = 'partial' WHERE pk = 0 AND ck = 0")                      # partial update
-    q("DELETE b FROM {t} WHERE pk = 0 AND ck = 1")                                  # column delete
-    q("UPDATE {t} SET a = null WHERE pk = 0 AND ck = 2")                            # set to null
-    q("DELETE FROM {t} WHERE pk = 1 AND ck = 1")                                    # row delete
-    q("DELETE FROM {t} WHERE pk = 2")                                               # partition delete
-    q("DELETE FROM {t} WHERE pk = 3 AND ck > 0 AND ck <= 2")                        # range delete
-    q("INSERT INTO {t} (pk, ck, a) VALUES (4, 9, 'ttl') USING TTL 3600")            # TTL write
-    q("UPDATE {t} SET s = s + {{'added'}} WHERE pk = 4 AND ck = 0")                 # collection append
-    q("UPDATE {t} SET s = {{'replaced'}} WHERE pk = 4 AND ck = 1")                  # collection overwrite
-    q("UPDATE {t} SET a = 'upd-only' WHERE pk = 7 AND ck = 7")                      # a row born by UPDATE
-    q("UPDATE {t} SET a = null WHERE pk = 7 AND ck = 7")                            # ... and emptied again
-    # A set append arrives as the added element only; sync reads the whole set back.
-    assert wait_equal(cass, pg, KS, t, "sync_test", t, timeout_s=90) == []
-    status = ray.get(sup.status.remote())
-    assert all(w["state"] in ("running", "paused") for w in status["workers"])
-    assert sum(p["events"] for w in status["workers"] for p in w["partitions"]) >= 20
+# The tests on the shared pipeline, by the name of the table each one writes to.
+SHARED = ("every_kind", "late_older", "consumer_group", "pause", "poison", "column_added")
 
 
-def test_a_late_older_write_after_a_delete_does_not_resurrect_and_a_newer_one_does(cass, pg, sync_table):
-    cfg, t, sup = sync_table
-    now = int(time.time() * 1_000_000)
-    cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (1, 1, 'first') USING TIMESTAMP {now}")
-    cass.execute(f"DELETE FROM {KS}.{t} USING TIMESTAMP {now + 10} WHERE pk = 1 AND ck = 1")
-    cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (1, 1, 'late older') USING TIMESTAMP {now + 5}")
-    assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
-    with pg, pg.cursor() as cur:
-        cur.execute(f'SELECT count(*) FROM sync_test."{t}" WHERE pk = 1')
-        assert cur.fetchone()[0] == 0
-    cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (1, 1, 'newer') USING TIMESTAMP {now + 20}")
-    assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
-    with pg, pg.cursor() as cur:
-        cur.execute(f'SELECT a FROM sync_test."{t}" WHERE pk = 1')
-        assert cur.fetchall() == [("newer",)]
+@pytest.fixture(scope="class")
+def shared_sync(cass, pipeline, ray_cluster):
+    """One pipeline syncing a fresh CDC table per test in :data:`SHARED`, each captured by
+    the connector before it is used; the supervisor is removed after the class.
 
-
-def test_the_kafka_consumer_group_shows_the_offsets_postgresql_committed(cass, pg, sync_table):
-    """Kafka's tools (kafka-consumer-groups.sh, lag exporters) read the consumer group's
-    committed offsets: after each PostgreSQL commit the workers commit the same offsets to
-    ``c2pg-<pipeline>``, asynchronously (``_c2pg.offsets`` stays the truth)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    cfg, t, _sup = sync_table
-    cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (7, 1, 'seen by the Kafka tools')")
-    assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
-    want = _offsets(pg, cfg.name)
-    assert want and all(o > 0 for o in want.values()), want
-    reader = Consumer({**cfg.kafka.client_conf(), "group.id": f"c2pg-{cfg.name}", "enable.auto.commit": False})
+    Starting a supervisor and its workers is most of a short sync test's time (~9 s on two
+    cores); the tests below break nothing and pause only what they resume, so they share it.
+    Each asserts on its own table only: its rows, its topic's offsets and partitions."""
+    run = uuid.uuid4().hex[:6]
+    names = {key: f"{key}_{run}" for key in SHARED}
+    for name in names.values():
+        cass.execute(f"CREATE TABLE {KS}.{name} (pk int, ck int, a text, b bigint, s set<text>, "
+                     f"PRIMARY KEY (pk, ck)) WITH cdc = true")
+    conn = psycopg2.connect(**pipeline.postgres.connect_kwargs())
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            got = {(tp.topic, tp.partition): tp.offset
-                   for tp in reader.committed([TopicPartition(topic, p) for topic, p in want], timeout=10)}
-            if all(got[k] >= v for k, v in want.items()):
-                break
-            assert time.monotonic() < deadline, f"Kafka's group offsets {got} never reached PostgreSQL's {want}"
-            time.sleep(0.2)
+        cfg = _fresh_target(conn, pipeline, *names.values())
     finally:
-        reader.close()
+        conn.close()
+    for name in names.values():
+        wait_for_table_capture(cass, KS, name, f"INSERT INTO {KS}.{name} (pk, ck, a) VALUES (-1, -1, 'sentinel')")
+    sup = get_or_start(cfg)
+    try:
+        yield cfg, names, sup
+    finally:
+        stop_sync(cfg.name)
+
+
+def _shared(shared_sync, key: str):
+    cfg, names, sup = shared_sync
+    return cfg, names[key], sup
+
+
+class TestOnOnePipeline:
+    """Tests that break nothing and pause only what they resume: they share one pipeline and
+    its supervisor (:func:`shared_sync`, started once for the class and removed after its
+    last test, before the fault tests below start theirs), each on a table of its own."""
+
+    def test_every_kind_of_write_reaches_postgres_and_the_tables_end_equal(self, cass, pg, shared_sync):
+        cfg, t, sup = _shared(shared_sync, "every_kind")
+        def q(stmt, *args):
+            return cass.execute(stmt.format(t=f"{KS}.{t}"), args)
+
+        for pk in range(5):
+            for ck in range(4):
+                q("INSERT INTO {t} (pk, ck, a, b, s) VALUES (%s, %s, %s, %s, %s)", pk, ck, f"a{pk}.{ck}", pk * 10 + ck,
+                  {f"x{ck}"})
+        q("UPDATE {t} SET a = 'partial' WHERE pk = 0 AND ck = 0")                      # partial update
+        q("DELETE b FROM {t} WHERE pk = 0 AND ck = 1")                                  # column delete
+        q("UPDATE {t} SET a = null WHERE pk = 0 AND ck = 2")                            # set to null
+        q("DELETE FROM {t} WHERE pk = 1 AND ck = 1")                                    # row delete
+        q("DELETE FROM {t} WHERE pk = 2")                                               # partition delete
+        q("DELETE FROM {t} WHERE pk = 3 AND ck > 0 AND ck <= 2")                        # range delete
+        q("INSERT INTO {t} (pk, ck, a) VALUES (4, 9, 'ttl') USING TTL 3600")            # TTL write
+        q("UPDATE {t} SET s = s + {{'added'}} WHERE pk = 4 AND ck = 0")                 # collection append
+        q("UPDATE {t} SET s = {{'replaced'}} WHERE pk = 4 AND ck = 1")                  # collection overwrite
+        q("UPDATE {t} SET a = 'upd-only' WHERE pk = 7 AND ck = 7")                      # a row born by UPDATE
+        q("UPDATE {t} SET a = null WHERE pk = 7 AND ck = 7")                            # ... and emptied again
+        # A set append arrives as the added element only; sync reads the whole set back.
+        assert wait_equal(cass, pg, KS, t, "sync_test", t, timeout_s=90) == []
+        status = ray.get(sup.status.remote())
+        assert all(w["state"] in ("running", "paused") for w in status["workers"])
+        assert sum(p["events"] for w in status["workers"] for p in w["partitions"] if p["table"] == f"{KS}.{t}") >= 20
+
+    def test_a_late_older_write_after_a_delete_does_not_resurrect_and_a_newer_one_does(self, cass, pg, shared_sync):
+        cfg, t, sup = _shared(shared_sync, "late_older")
+        now = int(time.time() * 1_000_000)
+        cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (1, 1, 'first') USING TIMESTAMP {now}")
+        cass.execute(f"DELETE FROM {KS}.{t} USING TIMESTAMP {now + 10} WHERE pk = 1 AND ck = 1")
+        cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (1, 1, 'late older') USING TIMESTAMP {now + 5}")
+        assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
+        with pg, pg.cursor() as cur:
+            cur.execute(f'SELECT count(*) FROM sync_test."{t}" WHERE pk = 1')
+            assert cur.fetchone()[0] == 0
+        cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (1, 1, 'newer') USING TIMESTAMP {now + 20}")
+        assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
+        with pg, pg.cursor() as cur:
+            cur.execute(f'SELECT a FROM sync_test."{t}" WHERE pk = 1')
+            assert cur.fetchall() == [("newer",)]
+
+    def test_the_kafka_consumer_group_shows_the_offsets_postgresql_committed(self, cass, pg, shared_sync):
+        """Kafka's tools (kafka-consumer-groups.sh, lag exporters) read the consumer group's
+        committed offsets: after each PostgreSQL commit the workers commit the same offsets to
+        ``c2pg-<pipeline>``, asynchronously (``_c2pg.offsets`` stays the truth)."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        cfg, t, _sup = _shared(shared_sync, "consumer_group")
+        cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (7, 1, 'seen by the Kafka tools')")
+        assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
+        want = _offsets(pg, cfg.name, t)
+        assert want and all(o > 0 for o in want.values()), want
+        reader = Consumer({**cfg.kafka.client_conf(), "group.id": f"c2pg-{cfg.name}", "enable.auto.commit": False})
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                got = {(tp.topic, tp.partition): tp.offset
+                       for tp in reader.committed([TopicPartition(topic, p) for topic, p in want], timeout=10)}
+                if all(got[k] >= v for k, v in want.items()):
+                    break
+                assert time.monotonic() < deadline, f"Kafka's group offsets {got} never reached PostgreSQL's {want}"
+                time.sleep(0.2)
+        finally:
+            reader.close()
+
+    def test_pause_stops_applying_and_resume_catches_up(self, cass, pg, shared_sync):
+        cfg, t, sup = _shared(shared_sync, "pause")
+        cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (1, 1, 'before pause')")
+        assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
+        ray.get(sup.pause.remote())
+        try:
+            # "paused" is set at the top of the worker's loop: a batch in flight has committed.
+            status = _wait_status(sup, lambda st: {w["state"] for w in st["workers"]} == {"paused"},
+                                  "all workers paused")
+            before = _offsets(pg, cfg.name)
+            batches = sum(w["batches"] for w in status["workers"])
+            for i in range(20):
+                cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (2, %s, 'while paused')", (i,))
+            # The events are in Kafka and the workers know it (their lag counts them): a running
+            # worker would apply them within one batch wait (200 ms); give it five times that.
+            status = _wait_status(sup, lambda st: sum(p["lag"] or 0 for w in st["workers"] for p in w["partitions"]
+                                                      if p["table"] == f"{KS}.{t}") >= 20,
+                                  "the paused events counted as lag")
+            time.sleep(1.0)
+            assert _offsets(pg, cfg.name) == before, "offsets stay while paused"
+            status = ray.get(sup.status.remote())
+            assert {w["state"] for w in status["workers"]} == {"paused"}
+            assert sum(w["batches"] for w in status["workers"]) == batches, "no batch applied while paused"
+        finally:
+            ray.get(sup.resume.remote())  # the shared pipeline runs on for the next tests
+        assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
+
+    def test_poison_events_go_to_dead_letters_and_the_good_ones_around_them_apply(self, cass, pg, shared_sync):
+        import json as _json
+
+        from confluent_kafka import Producer
+
+        cfg, t, sup = _shared(shared_sync, "poison")
+        topic = f"c2pg.{KS}.{t}"
+        cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a, b) VALUES (5, 1, 'good before', 1)")
+        assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
+
+        def event(after: dict, table: str = t) -> bytes:
+            now = int(time.time() * 1_000_000)
+            cells = {k: (None if v is None else {"value": v, "deletion_ts": None, "set": True})
+                     for k, v in after.items()}
+            return _json.dumps({"ts_ms": now // 1000, "op": "u", "source": {
+                "version": "3.4.1.Final", "connector": "cassandra", "name": "c2pg", "ts_ms": now // 1000, "ts_us": now,
+                "ts_ns": now * 1000, "snapshot": "false", "db": "NULL", "sequence": None, "cluster": "c2pg-dev",
+                "file": "x", "pos": 0, "keyspace": KS, "table": table},
+                "after": {**cells, "_range_start": None, "_range_end": None}}).encode()
+
+        key = _json.dumps({"pk": 5, "ck": 2}).encode()
+        poison = [
+            b"{not json at all",                                                       # malformed JSON
+            event({"pk": 5, "ck": 2, "b": "not a number"}),                            # wrong type
+            event({"pk": 5, "ck": 2, "b": 2 ** 70}),                                   # does not fit bigint
+            event({"pk": 5, "ck": 2, "a": "x"}, table='evil"; DROP TABLE sync_test.x; --'),  # table name injection
+            event({"pk": 5, "ck": 2, 'a"; DROP TABLE _c2pg.offsets; --': "x"}),        # column name injection
+            event({"pk": 5, "ck": 2, "a": "nul \x00 inside"}),                          # text PostgreSQL cannot hold
+        ]
+        producer = Producer({"bootstrap.servers": "127.0.0.1:9092"})
+        for value in poison:
+            producer.produce(topic, key=key, value=value, partition=0)
+        producer.produce(topic, key=key, value=event({"pk": 5, "ck": 2, "a": "good after"}), partition=0)
+        producer.flush(10)
+        cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a, b) VALUES (5, 3, 'good via cassandra', 3)")
+
+        deadline = time.monotonic() + 60
+        while True:
+            with pg, pg.cursor() as cur:
+                cur.execute("SELECT error_class, error, raw_value FROM _c2pg.dead_letters WHERE pipeline = %s "
+                            "AND topic = %s ORDER BY kafka_offset", (cfg.name, topic))
+                dead = cur.fetchall()
+                cur.execute(f'SELECT ck, a FROM sync_test."{t}" WHERE pk = 5 ORDER BY ck')
+                rows = cur.fetchall()
+            if len(dead) >= len(poison) and (2, "good after") in rows and (3, "good via cassandra") in rows:
+                break
+            assert time.monotonic() < deadline, (dead, rows)
+            time.sleep(1)
+        assert len(dead) == len(poison)
+        assert {cls for cls, _, _ in dead} <= {"DecodeError", "SchemaChanged"}
+        reasons = " | ".join(err for _, err, _ in dead)
+        for fragment in ("JSON", "bigint", "NUL", "DROP TABLE _c2pg.offsets"):
+            assert fragment in reasons, fragment
+        assert any(raw == "{not json at all" for _, _, raw in dead)
+        with pg, pg.cursor() as cur:  # the injections were values, never SQL
+            cur.execute("SELECT to_regclass('_c2pg.offsets') IS NOT NULL")
+            assert cur.fetchone()[0]
+
+    def test_a_column_added_in_cassandra_is_added_in_postgres_by_its_first_event(self, cass, pg, shared_sync):
+        cfg, t, sup = _shared(shared_sync, "column_added")
+        cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (6, 1, 'before')")
+        assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
+        cass.execute(f"ALTER TABLE {KS}.{t} ADD added_later text")
+        time.sleep(2)  # the connector learns the new column from the schema change event
+        cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a, added_later) VALUES (6, 2, 'after', 'new column')")
+        assert wait_equal(cass, pg, KS, t, "sync_test", t, timeout_s=60) == []
+        with pg, pg.cursor() as cur:
+            cur.execute(f'SELECT added_later FROM sync_test."{t}" WHERE pk = 6 AND ck = 2')
+            assert cur.fetchone() == ("new column",)
 
 
 class _Writer:
@@ -163,11 +298,13 @@ class _Writer:
         self.thread.join(timeout=120)
 
 
-def _offsets(pg, pipeline: str) -> dict:
-    """The table's committed offsets (the capture heartbeat's topic is never paused)."""
+def _offsets(pg, pipeline: str, table: str | None = None) -> dict:
+    """The tables' committed offsets (the capture heartbeat's topic is never paused), or
+    those of ``table``'s topic only."""
     with pg, pg.cursor() as cur:
         cur.execute("SELECT topic, kafka_partition, next_offset FROM _c2pg.offsets WHERE pipeline = %s "
-                    "AND topic <> 'c2pg.c2pg.heartbeat'", (pipeline,))
+                    "AND topic <> 'c2pg.c2pg.heartbeat' AND (%s::text IS NULL OR topic = %s)",
+                    (pipeline, table and f"c2pg.{KS}.{table}", table and f"c2pg.{KS}.{table}"))
         return {(t, p): o for t, p, o in cur.fetchall()}
 
 
@@ -180,30 +317,6 @@ def _wait_status(sup, ready, what: str, timeout_s: float = 60) -> dict:
             return status
         assert time.monotonic() < deadline, f"not {what} within {timeout_s:.0f}s: {status['workers']}"
         time.sleep(0.1)
-
-
-def test_pause_stops_applying_and_resume_catches_up(cass, pg, sync_table):
-    cfg, t, sup = sync_table
-    cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (1, 1, 'before pause')")
-    assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
-    ray.get(sup.pause.remote())
-    # "paused" is set at the top of the worker's loop: a batch in flight has committed.
-    status = _wait_status(sup, lambda st: {w["state"] for w in st["workers"]} == {"paused"}, "all workers paused")
-    before = _offsets(pg, cfg.name)
-    batches = sum(w["batches"] for w in status["workers"])
-    for i in range(20):
-        cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (2, %s, 'while paused')", (i,))
-    # The events are in Kafka and the workers know it (their lag counts them): a running
-    # worker would apply them within one batch wait (200 ms); give it five times that.
-    status = _wait_status(sup, lambda st: sum(p["lag"] or 0 for w in st["workers"] for p in w["partitions"]) >= 20,
-                          "the paused events counted as lag")
-    time.sleep(1.0)
-    assert _offsets(pg, cfg.name) == before, "offsets stay while paused"
-    status = ray.get(sup.status.remote())
-    assert {w["state"] for w in status["workers"]} == {"paused"}
-    assert sum(w["batches"] for w in status["workers"]) == batches, "no batch applied while paused"
-    ray.get(sup.resume.remote())
-    assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
 
 
 @pytest.fixture()
@@ -357,77 +470,6 @@ def test_replaying_the_topic_and_shuffled_duplicates_end_equal(cass, pg, sync_ta
         assert wait_equal(cass, pg, KS, t, "sync_test", t, timeout_s=90) == []
     finally:
         ray.get(sup.stop.remote(), timeout=60)
-
-
-def test_poison_events_go_to_dead_letters_and_the_good_ones_around_them_apply(cass, pg, sync_table):
-    import json as _json
-
-    from confluent_kafka import Producer
-
-    cfg, t, sup = sync_table
-    topic = f"c2pg.{KS}.{t}"
-    cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a, b) VALUES (5, 1, 'good before', 1)")
-    assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
-
-    def event(after: dict, table: str = t) -> bytes:
-        now = int(time.time() * 1_000_000)
-        cells = {k: (None if v is None else {"value": v, "deletion_ts": None, "set": True}) for k, v in after.items()}
-        return _json.dumps({"ts_ms": now // 1000, "op": "u", "source": {
-            "version": "3.4.1.Final", "connector": "cassandra", "name": "c2pg", "ts_ms": now // 1000, "ts_us": now,
-            "ts_ns": now * 1000, "snapshot": "false", "db": "NULL", "sequence": None, "cluster": "c2pg-dev",
-            "file": "x", "pos": 0, "keyspace": KS, "table": table},
-            "after": {**cells, "_range_start": None, "_range_end": None}}).encode()
-
-    key = _json.dumps({"pk": 5, "ck": 2}).encode()
-    poison = [
-        b"{not json at all",                                                       # malformed JSON
-        event({"pk": 5, "ck": 2, "b": "not a number"}),                            # wrong type
-        event({"pk": 5, "ck": 2, "b": 2 ** 70}),                                   # does not fit bigint
-        event({"pk": 5, "ck": 2, "a": "x"}, table='evil"; DROP TABLE sync_test.x; --'),  # table name injection
-        event({"pk": 5, "ck": 2, 'a"; DROP TABLE _c2pg.offsets; --': "x"}),        # column name injection
-        event({"pk": 5, "ck": 2, "a": "nul \x00 inside"}),                          # text PostgreSQL cannot hold
-    ]
-    producer = Producer({"bootstrap.servers": "127.0.0.1:9092"})
-    for value in poison:
-        producer.produce(topic, key=key, value=value, partition=0)
-    producer.produce(topic, key=key, value=event({"pk": 5, "ck": 2, "a": "good after"}), partition=0)
-    producer.flush(10)
-    cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a, b) VALUES (5, 3, 'good via cassandra', 3)")
-
-    deadline = time.monotonic() + 60
-    while True:
-        with pg, pg.cursor() as cur:
-            cur.execute("SELECT error_class, error, raw_value FROM _c2pg.dead_letters WHERE pipeline = %s "
-                        "ORDER BY kafka_offset", (cfg.name,))
-            dead = cur.fetchall()
-            cur.execute(f'SELECT ck, a FROM sync_test."{t}" WHERE pk = 5 ORDER BY ck')
-            rows = cur.fetchall()
-        if len(dead) >= len(poison) and (2, "good after") in rows and (3, "good via cassandra") in rows:
-            break
-        assert time.monotonic() < deadline, (dead, rows)
-        time.sleep(1)
-    assert len(dead) == len(poison)
-    assert {cls for cls, _, _ in dead} <= {"DecodeError", "SchemaChanged"}
-    reasons = " | ".join(err for _, err, _ in dead)
-    for fragment in ("JSON", "bigint", "NUL", "DROP TABLE _c2pg.offsets"):
-        assert fragment in reasons, fragment
-    assert any(raw == "{not json at all" for _, _, raw in dead)
-    with pg, pg.cursor() as cur:  # the injections were values, never SQL
-        cur.execute("SELECT to_regclass('_c2pg.offsets') IS NOT NULL")
-        assert cur.fetchone()[0]
-
-
-def test_a_column_added_in_cassandra_is_added_in_postgres_by_its_first_event(cass, pg, sync_table):
-    cfg, t, sup = sync_table
-    cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (6, 1, 'before')")
-    assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
-    cass.execute(f"ALTER TABLE {KS}.{t} ADD added_later text")
-    time.sleep(2)  # the connector learns the new column from the schema change event
-    cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a, added_later) VALUES (6, 2, 'after', 'new column')")
-    assert wait_equal(cass, pg, KS, t, "sync_test", t, timeout_s=60) == []
-    with pg, pg.cursor() as cur:
-        cur.execute(f'SELECT added_later FROM sync_test."{t}" WHERE pk = 6 AND ck = 2')
-        assert cur.fetchone() == ("new column",)
 
 
 def test_udt_frozen_collections_maps_and_ttl_reach_postgres(cass, pg, pipeline, stack, ray_cluster):

@@ -3,7 +3,6 @@ and python -m jobs.sync --until-caught-up, on a pipeline file of its own."""
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import psycopg2
@@ -33,12 +32,10 @@ def _pipeline_file(tmp_path, table: str) -> str:
     return str(path)
 
 
-def test_start_follow_pause_resume_status_stop(stack, pipeline, ray_cluster, tmp_path, capsys):
+def test_start_follow_pause_resume_status_stop(stack, pipeline, ray_cluster, cdc_keyspaces, tmp_path, capsys):
+    assert KS in cdc_keyspaces  # past the connector's schema-refresh window
     table = "t_" + uuid.uuid4().hex[:8]
     cluster, session = cql.connect(pipeline.cassandra)
-    session.execute(f"CREATE KEYSPACE IF NOT EXISTS {KS} WITH replication = "
-                    "{'class': 'SimpleStrategy', 'replication_factor': 1}")
-    time.sleep(2)
     session.execute(f"CREATE TABLE {KS}.{table} (id int PRIMARY KEY, v text) WITH cdc = true")
     with TopicTail(f"c2pg.{KS}.{table}", {"bootstrap.servers": "127.0.0.1:9092"}) as tail:
         assert tail.wait_for_capture(
@@ -47,9 +44,13 @@ def test_start_follow_pause_resume_status_stop(stack, pipeline, ray_cluster, tmp
     conn = psycopg2.connect(**pipeline.postgres.connect_kwargs())
     try:
         assert cli.main(["sync", "start", "--config", config]) == 0
-        for i in range(1, 30):
-            session.execute(f"INSERT INTO {KS}.{table} (id, v) VALUES (%s, %s)", (i, f"v{i}"))
-        time.sleep(2)
+        with TopicTail(f"c2pg.{KS}.{table}", {"bootstrap.servers": "127.0.0.1:9092"}) as tail:
+            for i in range(1, 30):
+                session.execute(f"INSERT INTO {KS}.{table} (id, v) VALUES (%s, %s)", (i, f"v{i}"))
+            # Every write is in Kafka before --until-caught-up measures the lag: caught up
+            # then means these were applied, not that they had not arrived yet.
+            arrived = tail.read(29, 60, key_filter=lambda k: isinstance(k, dict) and 1 <= k.get("id", 0) < 30)
+            assert len(arrived) == 29
         assert sync_job.main(["--config", config, "--until-caught-up", "--interval", "1", "--timeout", "90"]) == 0
         assert wait_equal(session, conn, KS, table, "sync_cli_test", table) == []
         assert cli.main(["sync", "pause", "--config", config, "--table", f"{KS}.{table}"]) == 0

@@ -34,11 +34,9 @@ KAFKA = {"bootstrap.servers": "127.0.0.1:9092"}
 
 
 @pytest.fixture(scope="module")
-def cass(stack, pipeline):
+def cass(stack, pipeline, cdc_keyspaces):
+    assert KS in cdc_keyspaces  # empty, and past the connector's schema-refresh window
     cluster, session = cql.connect(pipeline.cassandra)
-    session.execute(f"DROP KEYSPACE IF EXISTS {KS}")
-    session.execute(f"CREATE KEYSPACE {KS} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}")
-    time.sleep(2)  # the connector misses tables created in their keyspace's refresh window
     yield session
     cluster.shutdown()
 

@@ -1,0 +1,50 @@
+"""Fixtures of the integration tests (the real local stack; see ``tests/conftest.py``).
+
+``cdc_keyspaces`` makes, once per session, the keyspaces in which modules create tables
+the Debezium connector must capture. A table created within about a second of its keyspace
+is never captured (the connector's schema refresh misses it, docs/local-stack.md), so each
+module used to wait 2 s after making its keyspace; made together at the session's start,
+the keyspaces are long settled when a module creates its first table, and the wait is paid
+once.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+# Keyspace → whether it is dropped first: the modules that dropped theirs at their start
+# (each starts from an empty keyspace) still do; the others only create theirs if missing,
+# as they did (their tables have names of their own per run).
+CDC_KEYSPACES = {
+    "c2pg_capture_test": True,
+    "c2pg_capture_heal_test": True,
+    "c2pg_element_ttl": True,
+    "c2pg_reconcile_test": False,
+    "c2pg_replay_exact": True,
+    "c2pg_serve_test": False,
+    "c2pg_sync_cli_test": False,
+    "c2pg_sync_test": True,
+    "c2pg_ttl_replay": True,
+}
+
+
+@pytest.fixture(scope="session")
+def cdc_keyspaces(stack, pipeline) -> tuple[str, ...]:
+    """The names of :data:`CDC_KEYSPACES`, each past the connector's schema-refresh window
+    (and empty where dropped). A module asserts its keyspace is among them (a new module
+    adds its own here)."""
+    from engine import cql
+
+    cluster, session = cql.connect(pipeline.cassandra)
+    try:
+        for ks, drop in CDC_KEYSPACES.items():
+            if drop:
+                session.execute(f"DROP KEYSPACE IF EXISTS {ks}")
+            session.execute(f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
+                            "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+    finally:
+        cluster.shutdown()
+    time.sleep(2)  # the connector misses tables created in their keyspace's refresh window
+    return tuple(CDC_KEYSPACES)
