@@ -65,19 +65,13 @@ from benchmarks.sync import KS, TABLE, generate
 from engine.sync.decode import DecodeError, EventDecoder, SchemaChanged
 from engine.events import ChangeEvent, Op, Origin
 from engine.schema import Column, TableSchema
-from engine.types import Codec, ValueConversionError, codec, parse_cql_type
+from engine.sync.decode_columns import INT_BITS as _INT_RANGE
+from engine.sync.decode_columns import convert
+from engine.types import codec, parse_cql_type
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "debezium"
 
-_INT_RANGE = {"tinyint": 8, "smallint": 16, "int": 32, "bigint": 64}
-_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
-# Arrow's float → string and Python's repr (the codec's text) print the same shortest digits,
-# but Arrow drops ".0" from integral values and chooses exponents differently (0.00001 vs
-# 1e-05, 9.99999999999999e+14 vs 999999999999999.0). Where repr writes no exponent
-# (1e-4 <= |x| < 1e16, and 0) and Arrow wrote none either, only the ".0" differs; every
-# other value goes through the codec.
-_F64_PLAIN_LO, _F64_PLAIN_HI = 1e-4, 1e16
 _FAST_OPS = ("i", "u", "d")
 
 
@@ -189,78 +183,8 @@ def events_table(schema: TableSchema, events: Sequence[tuple[int, ChangeEvent]])
 # Column-wise conversions: Arrow kernels where c2pg's text is Arrow's, the codec elsewhere
 # ---------------------------------------------------------------------------------------
 
-def _per_value(cd: Codec, values: Sequence[Any]) -> tuple[pa.Array, np.ndarray]:
-    """The codec on every value: (texts, rows whose value does not convert)."""
-    out, bad = [], np.zeros(len(values), dtype=bool)
-    conv = cd.from_debezium
-    for i, v in enumerate(values):
-        try:
-            out.append(conv(v))
-        except ValueConversionError:
-            out.append(None)
-            bad[i] = True
-    return pa.array(out, pa.string()), bad
-
-
-def _typed(kind: str, values: Any) -> pa.Array | None:
-    """Python values → an Arrow array of the kernel's input type, or None when some value is
-    not of the JSON type the codec expects (the caller then goes per value). Inferred, not
-    cast: ``pa.array([1.5], pa.int64())`` would truncate."""
-    if isinstance(values, (pa.Array, pa.ChunkedArray)):
-        return values
-    try:
-        arr = pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return None
-    t = arr.type
-    if pa.types.is_null(t):
-        return arr
-    if kind in _INT_RANGE:
-        return arr if t == pa.int64() else None
-    if kind == "double":
-        return arr.cast(pa.float64()) if t in (pa.float64(), pa.int64()) else None
-    return arr if t == pa.string() else None
-
-
-def convert(cd: Codec, values: Any) -> tuple[pa.Array, np.ndarray]:
-    """One column's Debezium values (Python list or Arrow array, null = no value) →
-    (canonical COPY texts, rows whose value does not convert). The rows marked bad go to the
-    slow lane, which raises the codec's own error for them."""
-    kind = cd.cql_type.kind
-    if kind not in _INT_RANGE and kind not in ("text", "ascii", "double"):
-        return _per_value(cd, values.to_pylist() if isinstance(values, pa.Array) else values)
-    arr = _typed(kind, values)
-    if arr is None:
-        return _per_value(cd, values)
-    n = len(arr)
-    if pa.types.is_null(arr.type):
-        return pa.nulls(n, pa.string()), np.zeros(n, dtype=bool)
-    if kind in _INT_RANGE:
-        bits = _INT_RANGE[kind]
-        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-        bad = pc.or_(pc.less(arr, lo), pc.greater(arr, hi)).fill_null(False)
-        return arr.cast(pa.string()), bad.to_numpy(zero_copy_only=False)
-    if kind == "double":
-        return _doubles(cd, arr), np.zeros(n, dtype=bool)
-    bad = pc.match_substring(arr, "\x00").fill_null(False).to_numpy(zero_copy_only=False)
-    for old, new in _ESCAPES:
-        arr = pc.replace_substring(arr, old, new)
-    return arr, bad
-
-
-def _doubles(cd: Codec, arr: pa.Array) -> pa.Array:
-    text = arr.cast(pa.string())
-    mag = pc.abs(arr)
-    plain = pc.or_(pc.equal(arr, 0.0), pc.and_(pc.greater_equal(mag, _F64_PLAIN_LO), pc.less(mag, _F64_PLAIN_HI)))
-    plain = pc.and_(plain, pc.invert(pc.match_substring(text, "e"))).fill_null(True)
-    integral = pc.invert(pc.match_substring_regex(text, r"[.e]")).fill_null(False)
-    text = pc.if_else(integral, pc.binary_join_element_wise(text, ".0", ""), text)
-    if pc.all(plain).as_py():
-        return text
-    out = text.to_pylist()
-    for i in np.flatnonzero(~plain.to_numpy(zero_copy_only=False)):
-        out[i] = cd.from_debezium(arr[i].as_py())
-    return pa.array(out, pa.string())
+# The conversions are the engine's (engine.sync.decode_columns.convert): these candidates
+# were measured with the same code before it moved there.
 
 
 # ---------------------------------------------------------------------------------------
