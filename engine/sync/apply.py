@@ -197,22 +197,22 @@ class TableApplier:
                 events.append((at[id(rec)], ev))
             except TokenError as exc:
                 dead.append(_dead(rec, exc))
-        cols, bad_token = self._drop_bad_tokens(cols, records, dead)
+        cols = self._drop_bad_tokens(cols, records, dead)
         now_us = wall_clock_us()
         staged = reducer.reduce(cols, events, now_us)
         return Prepared(len(records), staged, next_offsets, dead, now_us, staged.max_ts)
 
-    def _drop_bad_tokens(self, cols: Columns, records: Sequence[Record], dead: list[DeadLetter]) -> tuple[Columns, int]:
+    def _drop_bad_tokens(self, cols: Columns, records: Sequence[Record], dead: list[DeadLetter]) -> Columns:
         """Dead-letter the columnar upserts whose partition key has no token (one bad key must
         not fail the transaction); tried once per distinct partition key."""
         if not len(cols):
-            return cols, 0
+            return cols
         part = cols.keys[: self.n_pk]
         enc = pc.dictionary_encode(part[0] if self.n_pk == 1 else pc.binary_join_element_wise(*part, "\t"))
         partitions = enc.dictionary.to_pylist()
         try:
             self.columnar[1].tokens(partitions)  # type: ignore[index] # cached for the reducer
-            return cols, 0
+            return cols
         except TokenError:
             pass
         bad: dict[int, TokenError] = {}
@@ -222,12 +222,12 @@ class TableApplier:
             except TokenError as exc:
                 bad[i] = exc
         if not bad:
-            return cols, 0
+            return cols
         ids = enc.indices.to_numpy(zero_copy_only=False)
         keep = ~np.isin(ids, list(bad))
         for row in np.flatnonzero(~keep):
             dead.append(_dead(records[int(cols.pos[row])], bad[int(ids[row])]))
-        return cols.take(np.flatnonzero(keep)), len(bad)
+        return cols.take(np.flatnonzero(keep))
 
     def _decode_all(self, records: Sequence[Record]) -> tuple[list[tuple[ChangeEvent, Record]], list[DeadLetter]]:
         events, dead = [], []

@@ -241,10 +241,13 @@ class ColumnReducer:
         # decide (wins), in batch order. Equal values (the same write seen again: RF
         # duplicates, a replay) need no fold, the earliest already sorts last.
         if len(o) > 1:
-            ks, vs = k[o], values.take(pa.array(o))
+            ks = k[o]
             same = ((ks[1:] == ks[:-1]) & (t[o][1:] == t[o][:-1]) & (is_del[o][1:] == is_del[o][:-1])
                     & (has_exp[o][1:] == has_exp[o][:-1]) & (exp_s[o][1:] == exp_s[o][:-1]) & ~is_del[o][1:])
-            differ = same & ~_np(pc.equal(vs[1:], vs[:-1]).fill_null(False))
+            differ = same
+            if same.any():  # the values are compared only when some writes tie on everything else
+                vs = values.take(pa.array(o))
+                differ = same & ~_np(pc.equal(vs[1:], vs[:-1]).fill_null(False))
             if differ.any():
                 win = win.copy()
                 serialize = self.serializers[name]
