@@ -104,7 +104,12 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Everything under tests/integration needs the stack: mark it so -m "not stack" skips it."""
+    """Everything under tests/integration needs the stack: mark it so -m "not stack" skips it.
+
+    Modules marked ``serve`` (they deploy the control plane on Ray Serve) run last, together,
+    in their usual order: they share one Serve instance (``serve_instance``), started by the
+    first and stopped at the session's end, so nothing else runs beside an idle Serve."""
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.stack)
+    items.sort(key=lambda item: item.get_closest_marker("serve") is not None)  # stable: order kept within each group

@@ -3,9 +3,11 @@ the Serve app on the stack's Ray head (127.0.0.1, port 8000 or a free one), a sm
 
 Used by ``tests/integration/test_serve_*.py``. A Ray cluster has one Serve instance, and
 several test processes (developers sharing the stack) may use it at once, so each app gets
-its own name and route prefix (``/c2pg-test-<hex>``), is deleted after its tests, and
-:func:`shutdown_serve` stops Serve only when no application is left (``serve.shutdown()``);
-the Ray cluster stays up.
+its own name and route prefix (``/c2pg-test-<hex>``) and is deleted after its tests.
+Serve itself (controller and proxy) is started once, by the ``serve_instance`` fixture of
+``tests/integration/conftest.py`` that every module marked ``serve`` requests; those modules
+run last and together (``tests/conftest.py``), and :func:`shutdown_serve` stops Serve at the
+session's end if no application is left; the Ray cluster stays up.
 """
 
 from __future__ import annotations
@@ -137,9 +139,10 @@ def _serve_port() -> int:
 def shutdown_serve() -> None:
     """Stop Serve if no application is left (another test process may still use it).
 
-    Each serve module calls it at its end: starting Serve again costs a few seconds, but its
-    controller and proxy use about a third of a core while up, and a Serve kept for the rest
-    of the session made every later test slower (the unit tests 36 s -> 64 s in CI)."""
+    Called once, when the session ends (``serve_instance``). Starting Serve costs several
+    seconds per module that starts it; kept up between modules it costs about a third of a
+    core while idle, which made every later test slower (the unit tests 36 s -> 64 s in CI)
+    when modules of other kinds ran after it: hence the serve modules run last."""
     from ray import serve
 
     if not serve.status().applications:

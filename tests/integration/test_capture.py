@@ -10,8 +10,9 @@ after 6 s) and breaks capture for real:
   ``/readyz`` as the reason tables created later will not be captured; after a connector
   restart nothing is captured, and the stall names it.
 
-The segment the connector skips and the heal are in ``test_capture_heal.py`` (after this
-module's control plane and supervisor are gone, so its reconciles get the cluster's CPUs).
+The segment the connector skips and the heal are in ``test_capture_heal.py`` (a module of
+its own, with no control plane or supervisor of this one beside it: its reconciles need the
+cluster's CPUs).
 This module STOPS the connector: tests run one at a time, and every test puts it back in a
 finally.
 """
@@ -32,7 +33,10 @@ from engine import cql
 from engine.config import load_config
 from engine.sync.supervisor import get_or_start
 from tests.integration.cdc_scenarios import stop_sync
-from tests.integration.serve_helpers import Api, pipeline_file, serve_app_running, shutdown_serve
+from tests.integration.serve_helpers import Api, pipeline_file, serve_app_running
+
+# Deploys the control plane: runs last, with the other serve modules, on one Serve instance.
+pytestmark = pytest.mark.serve
 
 KS = "c2pg_capture_test"
 FAST = {"heartbeat_interval": "1s", "stall_after": "6s"}
@@ -47,19 +51,20 @@ def cass(stack, pipeline, cdc_keyspaces):
 
 
 @pytest.fixture(scope="module")
-def app(stack, ray_cluster, tmp_path_factory):
+def app(stack, serve_instance, tmp_path_factory):
     """A control plane (readyz never cached) for a pipeline whose sync runs only the heartbeat
-    (its one table does not exist: capture is judged by the heartbeat alone)."""
+    (its one table does not exist: capture is judged by the heartbeat alone). The supervisor's
+    schema round, whose findings /readyz shows, runs every 2 s instead of every minute."""
     name = f"capture-{uuid.uuid4().hex[:8]}"
     path = pipeline_file(tmp_path_factory.mktemp("capture"), name, [f"absent_{uuid.uuid4().hex[:6]}"],
-                         api={"health_cache": "0s", "check_timeout": "3s"}, capture=FAST, sync={"workers": 1})
+                         api={"health_cache": "0s", "check_timeout": "3s"}, capture=FAST,
+                         sync={"workers": 1, "schema_check_interval": "2s"})
     cfg = load_config(path)
     get_or_start(cfg)
     try:
         with serve_app_running(path) as api:
             yield api, cfg, path
     finally:
-        shutdown_serve()
         stop_sync(cfg.name)
 
 

@@ -17,7 +17,10 @@ import uuid
 import pytest
 import requests
 
-from tests.integration.serve_helpers import Api, free_port, pipeline_file, shutdown_serve
+from tests.integration.serve_helpers import Api, pipeline_file
+
+# Deploys the control plane: runs last, with the other serve modules, on one Serve instance.
+pytestmark = pytest.mark.serve
 
 PROBE_BUDGET_S = 1.0  # a Kubernetes probe's timeoutSeconds: 1 by default
 LOAD_S = 10.0
@@ -25,7 +28,7 @@ CLIENTS = 8
 
 
 @pytest.fixture()
-def hung_postgres_check(stack, ray_cluster, tmp_path):
+def hung_postgres_check(stack, serve_instance, tmp_path):
     """The control plane deployed with PostgreSQL's check held by the fault hook; yields the
     client and the fault directory (release with ``faults.release``)."""
     from ray import serve
@@ -42,7 +45,6 @@ def hung_postgres_check(stack, ray_cluster, tmp_path):
                          api={"health_cache": "1s", "check_timeout": "2s"})
     env = {"C2PG_FAULTS": "health.check:component=postgres,action=hold,times=1,seconds=120",
            "C2PG_FAULTS_DIR": str(fault_dir)}
-    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     deployment = ControlPlane.options(ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env}})
     serve.run(deployment.bind(str(path)), name=name, route_prefix=f"/{name}", blocking=False)
     api = Api(f"http://127.0.0.1:{_serve_port()}", f"/{name}", load_config(path).api.token.get())
@@ -60,7 +62,6 @@ def hung_postgres_check(stack, ray_cluster, tmp_path):
     finally:
         faults.release("health.check", directory=fault_dir)
         serve.delete(name)
-        shutdown_serve()
 
 
 def _hammer(api: Api, seconds: float) -> list[tuple[str, int, float, dict | None]]:
@@ -125,32 +126,29 @@ def test_probes_answer_within_budget_while_a_check_hangs(hung_postgres_check):
         time.sleep(0.5)
 
 
-def test_status_and_readiness_are_served_as_rendered_gzip_or_plain(stack, ray_cluster, tmp_path):
+def test_status_and_readiness_are_served_as_rendered_gzip_or_plain(stack, serve_instance, tmp_path):
     """The cached answers go out as the bytes their refresh made: gzipped for a client that
     accepts it (the same JSON once decompressed), plain for one that does not."""
     from tests.integration.serve_helpers import serve_app_running
 
     path = pipeline_file(tmp_path, f"gz-{uuid.uuid4().hex[:8]}", [f"t_{i}_{uuid.uuid4().hex[:6]}" for i in range(30)])
-    try:
-        with serve_app_running(path) as api:
-            status_path = f"/v1/pipelines/{path.stem}/status"
-            api.wait(status_path, lambda b: len(b["tables"]) == 30)
-            gz = api.get(status_path, headers={"Accept-Encoding": "gzip"})
-            plain = api.get(status_path, headers={"Accept-Encoding": "identity"})
-            assert gz.status_code == plain.status_code == 200
-            assert gz.headers.get("Content-Encoding") == "gzip"
-            assert "Content-Encoding" not in plain.headers
-            assert gz.json()["pipeline"] == plain.json()["pipeline"] == path.stem
-            assert [t["table"] for t in gz.json()["tables"]] == [t["table"] for t in plain.json()["tables"]]
-            # 30 topics that do not exist yet: counted and a few named, not listed one by one
-            # (a round describes 25 of them: the second round has seen all 30)
-            deadline = time.monotonic() + 30
-            while True:
-                r = requests.get(api.url("/readyz"), timeout=30, headers={"Accept-Encoding": "gzip"})
-                kafka = next(c for c in r.json()["components"] if c["name"] == "kafka")
-                if "and 25 more" in (kafka["detail"] or "") or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
-            assert kafka["status"] == "up" and "and 25 more" in kafka["detail"], kafka
-    finally:
-        shutdown_serve()
+    with serve_app_running(path) as api:
+        status_path = f"/v1/pipelines/{path.stem}/status"
+        api.wait(status_path, lambda b: len(b["tables"]) == 30)
+        gz = api.get(status_path, headers={"Accept-Encoding": "gzip"})
+        plain = api.get(status_path, headers={"Accept-Encoding": "identity"})
+        assert gz.status_code == plain.status_code == 200
+        assert gz.headers.get("Content-Encoding") == "gzip"
+        assert "Content-Encoding" not in plain.headers
+        assert gz.json()["pipeline"] == plain.json()["pipeline"] == path.stem
+        assert [t["table"] for t in gz.json()["tables"]] == [t["table"] for t in plain.json()["tables"]]
+        # 30 topics that do not exist yet: counted and a few named, not listed one by one
+        # (a round describes 25 of them: the second round has seen all 30)
+        deadline = time.monotonic() + 30
+        while True:
+            r = requests.get(api.url("/readyz"), timeout=30, headers={"Accept-Encoding": "gzip"})
+            kafka = next(c for c in r.json()["components"] if c["name"] == "kafka")
+            if "and 25 more" in (kafka["detail"] or "") or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert kafka["status"] == "up" and "and 25 more" in kafka["detail"], kafka

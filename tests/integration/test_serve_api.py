@@ -13,20 +13,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
 from serve_app import openapi
-from tests.integration.serve_helpers import Api, pipeline_file, serve_app_running, shutdown_serve
+from tests.integration.serve_helpers import Api, pipeline_file, serve_app_running
 
+
+# Deploys the control plane: runs last, with the other serve modules, on one Serve instance.
+pytestmark = pytest.mark.serve
 
 @pytest.fixture(scope="module")
-def api(stack, ray_cluster, tmp_path_factory):
+def api(stack, serve_instance, tmp_path_factory):
     name = f"serve-api-{uuid.uuid4().hex[:8]}"
     # Generous limit: the contract run must not be throttled (the limit has its own app below).
     path = pipeline_file(tmp_path_factory.mktemp("serve-api"), name, [f"t_{uuid.uuid4().hex[:8]}"],
                          api={"rate_limit_per_minute": 100_000})
-    try:
-        with serve_app_running(path) as app:
-            yield app
-    finally:
-        shutdown_serve()
+    with serve_app_running(path) as app:
+        yield app
 
 
 def test_served_openapi_spec_is_the_committed_one(api: Api):

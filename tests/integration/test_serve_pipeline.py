@@ -26,8 +26,10 @@ from tests.integration.serve_helpers import (
     TARGET_SCHEMA,
     pipeline_file,
     serve_app_running,
-    shutdown_serve,
 )
+
+# Deploys the control plane: runs last, with the other serve modules, on one Serve instance.
+pytestmark = pytest.mark.serve
 
 SUFFIX = uuid.uuid4().hex[:8]
 SYNCED = f"synced_{SUFFIX}"      # CDC on; sync runs on it
@@ -60,7 +62,7 @@ def pg(pipeline):
 
 
 @pytest.fixture(scope="module")
-def setup(stack, ray_cluster, cass, pg, tmp_path_factory):
+def setup(stack, serve_instance, cass, pg, tmp_path_factory):
     """The pipeline file (three tables), sync running on SYNCED, the Serve app on it."""
     cass.execute(f"CREATE TABLE {KS}.{SYNCED} (id int PRIMARY KEY, v text) WITH cdc = true")
     with TopicTail(f"c2pg.{KS}.{SYNCED}", {"bootstrap.servers": "127.0.0.1:9092"}) as tail:
@@ -78,7 +80,6 @@ def setup(stack, ray_cluster, cass, pg, tmp_path_factory):
         with serve_app_running(path) as api:
             yield cfg, api
     finally:
-        shutdown_serve()
         sup = find(name)
         if sup is not None:
             ray.get(sup.stop.remote(), timeout=120)

@@ -18,7 +18,10 @@ import uuid
 import pytest
 import requests
 
-from tests.integration.serve_helpers import Api, pipeline_file, serve_app_running, shutdown_serve
+from tests.integration.serve_helpers import Api, pipeline_file, serve_app_running
+
+# Deploys the control plane: runs last, with the other serve modules, on one Serve instance.
+pytestmark = pytest.mark.serve
 
 # stack service → the component /readyz reports
 OUTAGES = [("postgres", "postgres"), ("kafka", "kafka"), ("cassandra", "cassandra"),
@@ -26,15 +29,12 @@ OUTAGES = [("postgres", "postgres"), ("kafka", "kafka"), ("cassandra", "cassandr
 
 
 @pytest.fixture(scope="module")
-def api(stack, ray_cluster, tmp_path_factory):
+def api(stack, serve_instance, tmp_path_factory):
     name = f"serve-readyz-{uuid.uuid4().hex[:8]}"
     path = pipeline_file(tmp_path_factory.mktemp("serve-readyz"), name, [f"t_{uuid.uuid4().hex[:8]}"],
                          api={"health_cache": "0s", "check_timeout": "2s"})
-    try:
-        with serve_app_running(path) as app:
-            yield app
-    finally:
-        shutdown_serve()
+    with serve_app_running(path) as app:
+        yield app
 
 
 def _readyz(api: Api) -> tuple[int, dict]:
