@@ -34,6 +34,7 @@ import logging
 import threading
 import time
 import uuid
+from typing import Any
 
 import ray
 
@@ -131,6 +132,7 @@ class SyncSupervisor:
         self.heals: list[dict] = []
         self._stalled: set[str] = set()
         self._runner: threading.Thread | None = None
+        self._admin: Any = None  # the Kafka admin client of the supervision rounds (_partitions)
         self._next_reconcile: dict[str, float] = {}
         self._heal_pending: str | None = None  # a heal asked for while a reconcile ran
         # The published status (status_snapshot): gathered by the "status" thread while watched.
@@ -538,19 +540,38 @@ class SyncSupervisor:
             conn.close()
 
     def _partitions(self) -> list[tuple[str, int]]:
+        """The (topic, partition) pairs of the pipeline's topics that exist now: its CDC tables'
+        and the capture heartbeat's (a table's topic appears with its first change event).
+
+        Asked every supervision round (2 s) with one DescribeTopics request for those topics
+        alone, on an admin client kept across rounds: a cluster's full metadata grows with
+        every topic it holds (hundreds on a shared cluster), this pipeline's does not. Raises
+        what Kafka raises (the round logs it and tries again); the client is then made anew."""
+        from confluent_kafka import KafkaError, KafkaException, TopicCollection
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({**self.cfg.kafka.client_conf()})
-        md = admin.list_topics(timeout=5)
-        out = []
         topics = [self.cfg.kafka.topic_for(t.keyspace, t.table) for t in self.cfg.tables if t.capture == "cdc"]
         if self.cfg.capture.heartbeat:
             from engine.capture import heartbeat_topic
 
             topics.append(heartbeat_topic(self.cfg))
-        for topic in topics:
-            if topic in md.topics and md.topics[topic].error is None:
-                out += [(topic, p) for p in sorted(md.topics[topic].partitions)]
+        topics = list(dict.fromkeys(topics))
+        if not topics:
+            return []
+        admin = self._admin = self._admin or AdminClient({**self.cfg.kafka.client_conf()})
+        out = []
+        try:
+            for topic, fut in admin.describe_topics(TopicCollection(topics), request_timeout=5).items():
+                try:
+                    desc = fut.result(timeout=10)
+                except KafkaException as exc:
+                    if exc.args and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                        continue  # not created yet
+                    raise
+                out += [(topic, p.id) for p in desc.partitions]
+        except Exception:
+            self._admin = None
+            raise
         return sorted(out)
 
     def _reconcile_assignment(self) -> None:
