@@ -527,9 +527,15 @@ def find_uncapturable(session, cfg, log_state: ConnectorLogState | None = None) 
     """Every reason changes of ``cfg``'s tables (or of tables created later) will not be
     captured, from Cassandra's schema tables and, when given, the connector's log."""
     out: list[Finding] = []
-    vector_cols = [(r.keyspace_name, r.table_name, r.column_name) for r in session.execute(
-        "SELECT keyspace_name, table_name, column_name, type FROM system_schema.columns")
-        if "vector<" in r.type and r.keyspace_name not in _SYSTEM]
+    # Two reads of the schema tables whole, whatever the number of tables (they are small;
+    # two queries per configured table were hundreds at once for a large pipeline).
+    columns: dict[tuple[str, str], list] = {}
+    for r in session.execute("SELECT keyspace_name, table_name, column_name, type FROM system_schema.columns"):
+        columns.setdefault((r.keyspace_name, r.table_name), []).append(r)
+    cdc = {(r.keyspace_name, r.table_name): r.cdc
+           for r in session.execute("SELECT keyspace_name, table_name, cdc FROM system_schema.tables")}
+    vector_cols = [(ks, tbl, c.column_name) for (ks, tbl), cols in columns.items() if ks not in _SYSTEM
+                   for c in cols if "vector<" in c.type]
     configured = {(t.keyspace, t.table): t for t in cfg.tables}
     for ks, tbl, col in vector_cols:
         if (ks, tbl) in configured:
@@ -541,12 +547,10 @@ def find_uncapturable(session, cfg, log_state: ConnectorLogState | None = None) 
             "drop the table or its vector column, or keep vector tables in a cluster without CDC", "warning"))
     for (ks, tbl), t in configured.items():
         name = f"{ks}.{tbl}"
-        row = session.execute("SELECT cdc FROM system_schema.tables WHERE keyspace_name = %s AND table_name = %s",
-                              (ks, tbl)).one()
-        if row is None:
+        if (ks, tbl) not in cdc:
             continue  # a missing table is reported by every command that uses it
-        cols = list(session.execute("SELECT column_name, type FROM system_schema.columns "
-                                    "WHERE keyspace_name = %s AND table_name = %s", (ks, tbl)))
+        table_cdc = bool(cdc[(ks, tbl)])
+        cols = columns.get((ks, tbl), [])
         reasons = []
         if any(c.type == "counter" for c in cols):
             reasons.append(("it is a counter table, which the connector skips", "capture: reconcile"))
@@ -554,10 +558,10 @@ def find_uncapturable(session, cfg, log_state: ConnectorLogState | None = None) 
         if vec:
             reasons.append((f"column {', '.join(vec)} is a vector, which the connector cannot parse",
                             "capture: reconcile, or drop the column"))
-        if not row.cdc and not reasons:  # cdc on would not help a counter or vector table
+        if not table_cdc and not reasons:  # cdc on would not help a counter or vector table
             reasons.append(("cdc is off, so the connector never sees its changes",
                             f'ALTER TABLE "{ks}"."{tbl}" WITH cdc = true (or capture: reconcile)'))
-        if log_state is not None and log_state.started and row.cdc and not reasons and name not in log_state.loaded:
+        if log_state is not None and log_state.started and table_cdc and not reasons and name not in log_state.loaded:
             why = log_state.failed.get(name) or "it is not among the tables the connector loaded"
             reasons.append((f"the connector running since {log_state.started} has not loaded it ({why}); a UDT "
                             "created while it ran, or a table created within a second of its keyspace",

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -63,6 +64,41 @@ STATE_DDL = """CREATE TABLE IF NOT EXISTS _c2pg.sync_state (
 
 def actor_name(pipeline: str) -> str:
     return f"c2pg-sync-{pipeline}"
+
+
+ROUND_S = 2.0  # seconds between supervision rounds
+
+
+class Pass:
+    """Work over every table once per ``interval_s``, spread over the supervision rounds.
+
+    A pass begins once the previous one has ended and ``interval_s`` has passed since that one
+    began; each round then takes the next ``ceil(tables × ROUND_S / interval_s)`` tables, so a
+    pass ends within its interval. The first pass takes every table in one round, as a
+    supervisor starting needs every target made at once. Without it, a pipeline of hundreds of
+    tables did all the work of a minute in one round — four schema queries per table in
+    Cassandra, the DDL checks and sweeps in PostgreSQL, twice — and held the machine's cores for
+    seconds each minute (the control plane's latency tail at 200 tables, docs/benchmarks.md)."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s = max(interval_s, ROUND_S)
+        self.next_start = 0.0
+        self.queue: list = []
+        self.per_round = 0
+        self.first = True
+
+    def take(self, now: float, tables) -> tuple[list, bool] | None:
+        """The tables of this round and whether they end the pass, or None between passes."""
+        if not self.queue:
+            if now < self.next_start:
+                return None
+            self.next_start = now + self.interval_s
+            self.queue = list(tables)
+            self.per_round = len(self.queue) if self.first else max(
+                1, math.ceil(len(self.queue) * ROUND_S / self.interval_s))
+            self.first = False
+        batch, self.queue = self.queue[:self.per_round], self.queue[self.per_round:]
+        return batch, not self.queue
 
 
 def get_or_start(cfg: PipelineConfig):
@@ -133,6 +169,7 @@ class SyncSupervisor:
         self._stalled: set[str] = set()
         self._runner: threading.Thread | None = None
         self._admin: Any = None  # the Kafka admin client of the supervision rounds (_partitions)
+        self._cass: Any = None  # (cluster, session) of the schema rounds and sweeps (_cassandra)
         self._next_reconcile: dict[str, float] = {}
         self._heal_pending: str | None = None  # a heal asked for while a reconcile ran
         # The published status (status_snapshot): gathered by the "status" thread while watched.
@@ -289,30 +326,47 @@ class SyncSupervisor:
     # --- supervision ---------------------------------------------------------------------
 
     def _supervise(self) -> None:
-        next_sweep = next_schema = time.monotonic()
+        schema_pass = Pass(self.cfg.sync.schema_check_interval.total_seconds())
+        sweep_pass = Pass(self.cfg.sync.ttl_sweep_interval.total_seconds())
         while not self._stop.is_set():
             try:
                 self._reconcile_assignment()
                 self._restart_dead_workers()
                 now = time.monotonic()
-                if now >= next_schema:
-                    next_schema = now + self.cfg.sync.schema_check_interval.total_seconds()
-                    self._check_schemas()
-                    self._export_drift()
-                if now >= next_sweep:
-                    next_sweep = now + self.cfg.sync.ttl_sweep_interval.total_seconds()
-                    self._sweep()
+                due = schema_pass.take(now, self.cfg.tables)
+                if due is not None:
+                    self._check_schemas(*due)
+                due = sweep_pass.take(now, self.cfg.tables)
+                if due is not None:
+                    self._sweep(due[0])
                 self._scheduled_reconciles()
             except Exception:  # noqa: BLE001 - keep supervising; the error is logged with its trace
                 log.exception("supervision round failed")
-            self._stop.wait(2.0)
+                self._close_cassandra()
+            self._stop.wait(ROUND_S)
+        self._close_cassandra()
 
-    def _targets(self, conn, session) -> list:
+    def _cassandra(self):
+        """The session of the schema rounds and sweeps, kept across rounds (one connect, not
+        one per round); without the driver's schema metadata, which these rounds do not use
+        and which every schema change anywhere in the cluster would make it read again."""
+        from engine import cql
+
+        if self._cass is None:
+            self._cass = cql.connect(self.cfg.cassandra, metadata=False)
+        return self._cass[1]
+
+    def _close_cassandra(self) -> None:
+        cass, self._cass = self._cass, None
+        if cass is not None:
+            cass[0].shutdown()
+
+    def _targets(self, conn, session, tables) -> list:
         from engine.schema import read_table
         from engine.target import ensure_target
 
         out = []
-        for t in self.cfg.tables:
+        for t in tables:
             try:
                 schema = read_table(session, t.keyspace, t.table)
             except Exception as exc:  # noqa: BLE001 - one missing table must not stop the others
@@ -322,21 +376,24 @@ class SyncSupervisor:
                                      t.target_table or t.table, evolve=True, defer_token_index=False))
         return out
 
-    def _check_schemas(self) -> None:
-        """Columns added in Cassandra are added in PostgreSQL even before their first event;
-        tables whose changes will not be captured are found (``capture.findings``)."""
-        from engine import cql
+    def _check_schemas(self, tables, pass_done: bool) -> None:
+        """Columns added in Cassandra to ``tables`` are added in PostgreSQL even before their
+        first event (a :class:`Pass` hands every table over once per
+        ``sync.schema_check_interval``); when the pass is done, the tables whose changes will
+        not be captured are found (``capture.findings``) and the drift metrics exported."""
         from engine.capture import connector_log, find_uncapturable
 
+        session = self._cassandra()
         conn = self._connect()
-        cluster, session = cql.connect(self.cfg.cassandra)
         try:
-            self._targets(conn, session)
-            log_path = self.cfg.capture.connector_log
-            findings = find_uncapturable(session, self.cfg, connector_log(log_path).update() if log_path else None)
+            self._targets(conn, session, tables)
         finally:
-            cluster.shutdown()
             conn.close()
+        if not pass_done:
+            return
+        log_path = self.cfg.capture.connector_log
+        findings = find_uncapturable(session, self.cfg, connector_log(log_path).update() if log_path else None)
+        self._export_drift()
         with self._lock:
             old = {f.line() for f in self.findings}
             self.findings = findings
@@ -507,21 +564,21 @@ class SyncSupervisor:
         finally:
             conn.close()
 
-    def _sweep(self) -> None:
-        """Expire TTL cells (Cassandra emits no event for it) and purge old tombstones.
+    def _sweep(self, tables) -> None:
+        """Expire TTL cells of ``tables`` (Cassandra emits no event for it) and purge old
+        tombstones (a :class:`Pass` hands every table over once per ``sync.ttl_sweep_interval``).
         First, with the read-back on, read again the collections whose first element has
         expired (:mod:`engine.recheck`); when Cassandra cannot be read, that table's expiry
         waits for the next sweep (it could expire a collection whole that still holds
         elements)."""
-        from engine import cql
         from engine.readback import ReadBackFailed
         from engine.recheck import recheck
         from engine.sweep import purge_cutoff_us, purge_tombstones, sweep_expired, wall_clock_us
 
+        session = self._cassandra()
         conn = self._connect()
-        cluster, session = cql.connect(self.cfg.cassandra)
         try:
-            for target in self._targets(conn, session):
+            for target in self._targets(conn, session, tables):
                 now_us = wall_clock_us()
                 expired = 0
                 try:
@@ -536,7 +593,6 @@ class SyncSupervisor:
                     log.info("%s.%s: %d cell(s) expired, %d tombstone(s) purged", target.target_schema,
                              target.target_table, expired, purged)
         finally:
-            cluster.shutdown()
             conn.close()
 
     def _partitions(self) -> list[tuple[str, int]]:
