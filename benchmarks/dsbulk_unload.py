@@ -19,8 +19,8 @@ reads; exit 1 on any difference.
 API for ``benchmarks/snapshot.py``: :func:`unload`, :func:`copy_csv_dir`.
 
 DSBulk carries no write times and no TTLs: it copies values. Its settings here
-(:data:`UNLOAD_SETTINGS`) are its fastest on this machine; docs/benchmarks.md lists what
-else was tried.
+(:data:`UNLOAD_SETTINGS`) are its defaults, which DSBulk sizes for the machine's cores;
+docs/benchmarks.md says more.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ CSV_SETTINGS = {
     "--connector.csv.escape": '"\\""',  # HOCON: the string "\""
     "--connector.csv.maxCharsPerColumn": "-1",
 }
-# Throughput settings, from a sweep on this machine (docs/benchmarks.md, "DSBulk"): DSBulk's
-# defaults (AUTO concurrency, 8C splits, 5000-row pages) were as fast as any other choice.
+# Throughput settings: DSBulk's own defaults (engine.maxConcurrentQueries AUTO, schema.splits
+# 8C, 5000-row pages, connector.csv.maxConcurrentFiles AUTO), sized by DSBulk for the cores.
 UNLOAD_SETTINGS: dict[str, str] = {}
 
 
