@@ -134,10 +134,12 @@ def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | N
                                table_cfg.target_table or table_cfg.table, evolve=evolve)
         ensure_ray()
         mode: Literal["direct", "merge"]
-        if not write_times and (resume or not target.created):
-            raise SnapshotUsageError("--no-writetime loads a new target only: "
-                                     f"{target.target_schema}.{target.target_table} exists" if not resume else
-                                     "--no-writetime loads a new target only; --resume reads write times")
+        # Stand-in write times must never meet real ones in a merge (docs/snapshot.md).
+        if not write_times and resume:
+            raise SnapshotUsageError("--no-writetime loads a new target only; --resume reads write times")
+        if not write_times and not target.created:
+            raise SnapshotUsageError(f"--no-writetime loads a new target only: "
+                                     f"{target.target_schema}.{target.target_table} exists")
         if resume:
             run_id, plan = _load_resume(conn, resume, schema.qualified)
             mode = "merge"
@@ -230,7 +232,7 @@ def may_have_ttls(session, schema: TableSchema, plan: list[TokenSplit]) -> bool:
     pk = ", ".join(q(c.name) for c in schema.partition_key)
     ttls = [f"collection_min(TTL({q(c.name)}))" if c.cql_type.multi_cell else f"TTL({q(c.name)})"
             for c in schema.live_regular]
-    stmt = session.prepare(f"SELECT {', '.join(ttls)} FROM {q(schema.keyspace)}.{q(schema.table)} "  # nosec B608
+    stmt = session.prepare(f"SELECT {', '.join(ttls)} FROM {q(schema.keyspace)}.{q(schema.table)} "  # nosec B608 - quoted names
                            f"WHERE token({pk}) > ? AND token({pk}) <= ? LIMIT {TTL_SAMPLE_ROWS}")
     step = max(1, len(plan) // TTL_SAMPLE_SPLITS)
     for split in plan[::step][:TTL_SAMPLE_SPLITS]:
