@@ -55,6 +55,11 @@ class ReadSettings:
     page_size: int
     max_retries: int
     read_started_us: int  # a row with no live regular cell gets this as its marker time
+    # Off (``--no-writetime``, a first load): no WRITETIME selectors; every live cell gets
+    # read_started_us as its write time (docs/snapshot.md says when that is sound).
+    write_times: bool = True
+    # Off when the table never had TTLs (engine.snapshot.may_have_ttls): no TTL selectors.
+    ttls: bool = True
 
 
 def arrow_schema(schema: TableSchema) -> pa.Schema:
@@ -68,8 +73,9 @@ def arrow_schema(schema: TableSchema) -> pa.Schema:
     return pa.schema(fields)
 
 
-def select_statement(schema: TableSchema) -> str:
-    """``SELECT token(pk), pk..., ck..., c, WRITETIME(c), TTL(c)... WHERE token range``.
+def select_statement(schema: TableSchema, write_times: bool = True, ttls: bool = True) -> str:
+    """``SELECT token(pk), pk..., ck..., c, WRITETIME(c), TTL(c)... WHERE token range``;
+    without ``write_times`` or ``ttls`` those selectors are left out (:class:`RowLayout`).
 
     Identifiers are double-quoted for CQL (a quote inside a name is doubled).
     """
@@ -77,14 +83,15 @@ def select_statement(schema: TableSchema) -> str:
     pk = ", ".join(q(c.name) for c in schema.partition_key)
     parts = [f"token({pk})"] + [_value(c) for c in schema.primary_key]
     for c in schema.live_regular:
+        parts.append(_value(c))
         if c.cql_type.multi_cell:
             # WRITETIME/TTL of a multi-cell column are lists with null elements, which the
             # Python driver cannot decode; MAXWRITETIME (Cassandra 5) gives the newest
             # element's time, collection_min(TTL(c)) the seconds to the first element's
             # expiry (engine.recheck reads the value again then).
-            parts += [_value(c), f"MAXWRITETIME({q(c.name)})", f"collection_min(TTL({q(c.name)}))"]
+            parts += [f"MAXWRITETIME({q(c.name)})"] * write_times + [f"collection_min(TTL({q(c.name)}))"] * ttls
         else:
-            parts += [_value(c), f"WRITETIME({q(c.name)})", f"TTL({q(c.name)})"]
+            parts += [f"WRITETIME({q(c.name)})"] * write_times + [f"TTL({q(c.name)})"] * ttls
     return (f"SELECT {', '.join(parts)} FROM {q(schema.keyspace)}.{q(schema.table)} "
             f"WHERE token({pk}) > ? AND token({pk}) <= ?")
 
@@ -106,7 +113,8 @@ def _cql_ident(name: str) -> str:
 class RowLayout:
     """Where each column sits in a row of :func:`select_statement`: the token at 0, the key
     columns, then per live regular column its value, WRITETIME and (single-cell columns)
-    TTL. ``None``: not selected (a dropped column: NULL, no write time)."""
+    TTL. ``None``: not selected (a dropped column: NULL, no write time; or a selector left
+    out, see :func:`select_statement`)."""
 
     value_at: list[int | None]
     wt_at: list[int | None]
@@ -115,7 +123,7 @@ class RowLayout:
     soonest_at: list[int | None]  # a multi-cell column's first element TTL
 
     @classmethod
-    def of(cls, schema: TableSchema) -> RowLayout:
+    def of(cls, schema: TableSchema, write_times: bool = True, ttls: bool = True) -> RowLayout:
         n_key = len(schema.primary_key)
         value_at: list[int | None] = [1 + i for i in range(n_key)]
         wt_at: list[int | None] = []
@@ -129,13 +137,13 @@ class RowLayout:
                 ttl_at.append(None)
                 soonest_at.append(None)
                 continue
-            has_ttl = not c.cql_type.multi_cell
-            has_soonest = c.cql_type.multi_cell
             value_at.append(at)
-            wt_at.append(at + 1)
-            ttl_at.append(at + 2 if has_ttl else None)
-            soonest_at.append(at + 2 if has_soonest else None)
-            at += 3 if has_ttl or has_soonest else 2
+            at += 1
+            wt_at.append(at if write_times else None)
+            at += write_times
+            ttl_at.append(at if ttls and not c.cql_type.multi_cell else None)
+            soonest_at.append(at if ttls and c.cql_type.multi_cell else None)
+            at += ttls
         return cls(value_at, wt_at, ttl_at, at, soonest_at)
 
 
@@ -168,7 +176,7 @@ class SplitReader:
         s = self.settings
         cluster, session = cql.connect(s.cassandra, row_factory=tuple_factory, metadata=False)
         try:
-            stmt = session.prepare(select_statement(s.schema))
+            stmt = session.prepare(select_statement(s.schema, s.write_times, s.ttls))
             stmt.consistency_level = cql.consistency_level(s.consistency)
             stmt.fetch_size = s.page_size
             self.host = _replica(cluster, self.split)
@@ -249,7 +257,8 @@ class _BlockBuilder:
         codecs = self.schema.codecs()
         self.converters = [_column_converter(c) for c in codecs]
         self.n_key = len(self.schema.primary_key)
-        layout = RowLayout.of(self.schema)
+        layout = RowLayout.of(self.schema, settings.write_times, settings.ttls)
+        self.write_times = settings.write_times
         self.value_at, self.wt_at, self.ttl_at, self.width = layout.value_at, layout.wt_at, layout.ttl_at, layout.width
         self.soonest_at = layout.soonest_at
         self.split_index = split_index
@@ -291,10 +300,17 @@ class _BlockBuilder:
                 # clustering columns: its static row (ADR 0007).
                 static_row |= array.is_null().to_numpy(zero_copy_only=False)
         absent = (None,) * n
-        wts, _ = _list_column([absent if at is None else cols[at] for at in self.wt_at], n)
+        if self.write_times:
+            wt_cols: list = [absent if at is None else cols[at] for at in self.wt_at]
+        else:
+            # --no-writetime: a live cell was written at the latest when the read started.
+            stand_in = pa.scalar(self.read_started_us, pa.int64())
+            wt_cols = [absent if at is None else pc.if_else(pc.is_valid(v), stand_in, pa.scalar(None, pa.int64()))
+                       for v, at in zip(values[self.n_key:], self.value_at[self.n_key:], strict=True)]
+        wts, _ = _list_column(wt_cols, n)
         # A static cell is the partition's: it does not make a clustering row live.
-        _, no_cell = _list_column([cols[at] for at, c in zip(self.wt_at, self.schema.regular, strict=True)
-                                   if at is not None and c.kind != "static"], n)
+        _, no_cell = _list_column([wt for wt, at, c in zip(wt_cols, self.value_at[self.n_key:], self.schema.regular,
+                                                           strict=True) if at is not None and c.kind != "static"], n)
         exps = self._expiries(cols, n)
         # A row with no live regular cell exists through its row marker, whose time CQL
         # does not expose: the read's start time stands in (ADR 0002). A static row has
@@ -344,13 +360,14 @@ class _BlockBuilder:
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
 
 
-def _list_column(columns: list[tuple], n: int) -> tuple[pa.Array, np.ndarray]:
-    """``n`` lists of ``len(columns)`` int64 each (row i = the i-th value of every column),
-    and per row whether every value is null. Built with numpy, not per value in Python."""
+def _list_column(columns: list, n: int) -> tuple[pa.Array, np.ndarray]:
+    """``n`` lists of ``len(columns)`` int64 each (row i = the i-th value of every column,
+    a tuple of ints or an int64 Arrow array), and per row whether every value is null.
+    Built with numpy, not per value in Python."""
     width = len(columns)
     if width == 0:
         return pa.array([[]] * n, pa.list_(pa.int64())), np.ones(n, dtype=bool)
-    arrays = [pa.array(c, pa.int64()) for c in columns]
+    arrays = [c if isinstance(c, pa.Array) else pa.array(c, pa.int64()) for c in columns]
     values = np.stack([a.fill_null(0).to_numpy() for a in arrays], axis=1).ravel()
     nulls = np.stack([a.is_null().to_numpy(zero_copy_only=False) for a in arrays], axis=1)
     offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))

@@ -28,12 +28,12 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from engine import cql, faults, log
-from engine.cassandra_source import ReadSettings, SplitReader
+from engine.cassandra_source import ReadSettings, SplitReader, _cql_ident
 from engine.config import PipelineConfig, TableConfig
 from engine.errors import C2pgError
 from engine.pg_sink import PostgresDatasink, SinkSettings
 from engine.ray_connect import ensure_ray
-from engine.schema import read_table
+from engine.schema import TableSchema, read_table
 from engine.target import create_token_index, ensure_state, ensure_target
 from engine.token_ranges import TokenSplit, plan_splits
 
@@ -54,6 +54,8 @@ class SnapshotResult:
     retries: int
     mode: str
     rows_this_run: int  # rows written by this invocation (less than ``rows`` after --resume)
+    write_times: bool = True  # False: --no-writetime, every cell stamped with the read's start
+    ttls: bool = True  # False: TTL selectors left out (the table never had TTLs, may_have_ttls)
 
     @property
     def rows_per_s(self) -> float:
@@ -95,12 +97,17 @@ class SnapshotFailed(C2pgError):
 
 def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | None = None,
                  consistency: str | None = None, resume: str | None = None, evolve: bool = False,
-                 concurrency: int | None = None, run_id: str | None = None) -> SnapshotResult:
+                 concurrency: int | None = None, run_id: str | None = None, write_times: bool = True,
+                 read_ttls: bool | None = None) -> SnapshotResult:
     """Copy ``table_cfg``'s table; see the module docstring. Raises :class:`SnapshotFailed`
     (with the run id) when splits fail, after recording the run as failed.
 
     ``run_id`` names the new run (the Serve app picks it so it can answer with it before the
     job starts); it must be a UUID not used yet, and cannot be combined with ``resume``.
+    ``write_times=False`` (``--no-writetime``) is for a first load only (the target must not
+    exist yet): cells get the read's start as their write time (docs/snapshot.md).
+    ``read_ttls``: ``None`` reads TTLs unless :func:`may_have_ttls` says the table never had
+    any; ``True``/``False`` force it.
     """
     import ray
 
@@ -127,6 +134,12 @@ def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | N
                                table_cfg.target_table or table_cfg.table, evolve=evolve)
         ensure_ray()
         mode: Literal["direct", "merge"]
+        # Stand-in write times must never meet real ones in a merge (docs/snapshot.md).
+        if not write_times and resume:
+            raise SnapshotUsageError("--no-writetime loads a new target only; --resume reads write times")
+        if not write_times and not target.created:
+            raise SnapshotUsageError(f"--no-writetime loads a new target only: "
+                                     f"{target.target_schema}.{target.target_table} exists")
         if resume:
             run_id, plan = _load_resume(conn, resume, schema.qualified)
             mode = "merge"
@@ -139,25 +152,28 @@ def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | N
             plan = plan_splits(cluster, schema.keyspace, schema.table, split_size_mb=cfg.snapshot.split_size_mb,
                                min_splits=min_splits, splits=splits)
             _record_run(conn, run_id, cfg, schema.qualified, target, plan, mode, splits, consistency)
+        ttls = may_have_ttls(session, schema, plan) if read_ttls is None else read_ttls
         log.bind(pipeline=cfg.name, table=schema.qualified, run_id=run_id)
-        logger.info("snapshot starting", splits=len(plan), mode=mode,
+        logger.info("snapshot starting", splits=len(plan), mode=mode, write_times=write_times, ttls=ttls,
                     target=f"{target.target_schema}.{target.target_table}")
         sink = PostgresDatasink(SinkSettings(cfg.postgres, target.schema, target.target_schema,
                                              target.target_table, target.tomb_table, run_id, cfg.name, mode))
+        read = ReadSettings(cfg.cassandra, target.schema, consistency, cfg.snapshot.page_size,
+                            cfg.snapshot.max_retries, read_started_us, write_times, ttls)
         try:
             if plan:
-                _copy(cfg, target, plan, sink, consistency, read_started_us, concurrency)
+                _copy(cfg, read, plan, sink, concurrency)
             # Built after an initial load, and by any later run if that load never finished.
             create_token_index(conn, target)
         except BaseException as exc:  # Ctrl-C included: the run record must not stay 'running'
             try:
-                _finish(conn, run_id, schema.qualified, target, sink, time.monotonic() - started, mode, exc)
+                _finish(conn, run_id, schema.qualified, target, sink, time.monotonic() - started, mode, exc, read)
             except Exception:
                 logger.exception("could not record the failed run", run_id=run_id)
             if isinstance(exc, Exception):
                 raise SnapshotFailed(run_id, exc) from exc
             raise
-        return _finish(conn, run_id, schema.qualified, target, sink, time.monotonic() - started, mode, None)
+        return _finish(conn, run_id, schema.qualified, target, sink, time.monotonic() - started, mode, None, read)
 
 
 @contextlib.contextmanager
@@ -198,13 +214,44 @@ class CassandraDatasource(Datasource):
                 for split in self.splits]
 
 
-def _copy(cfg: PipelineConfig, target, plan: list[TokenSplit], sink: PostgresDatasink, consistency: str,
-          read_started_us: int, concurrency: int | None) -> None:
+def may_have_ttls(session, schema: TableSchema, plan: list[TokenSplit]) -> bool:
+    """Whether the snapshot must read ``TTL(c)`` of every cell: true when the table has a
+    default TTL, or a sample finds a cell with one (the first :data:`TTL_SAMPLE_ROWS` rows of
+    up to :data:`TTL_SAMPLE_SPLITS` splits spread over the ring). False only for a table
+    with no TTL in that sample; a TTL cell the sample missed is copied without its expiry
+    (sync's events and reconcile catch up with it; docs/snapshot.md, "Known limits").
+    Skipping the selectors saves a third of the values Cassandra sends and the driver decodes.
+    """
+    if not schema.live_regular:
+        return False
+    row = session.execute("SELECT default_time_to_live FROM system_schema.tables "
+                          "WHERE keyspace_name = %s AND table_name = %s", (schema.keyspace, schema.table)).one()
+    if row is None or row.default_time_to_live:
+        return True
+    q = _cql_ident
+    pk = ", ".join(q(c.name) for c in schema.partition_key)
+    ttls = [f"collection_min(TTL({q(c.name)}))" if c.cql_type.multi_cell else f"TTL({q(c.name)})"
+            for c in schema.live_regular]
+    stmt = session.prepare(f"SELECT {', '.join(ttls)} FROM {q(schema.keyspace)}.{q(schema.table)} "  # nosec B608 - quoted names
+                           f"WHERE token({pk}) > ? AND token({pk}) <= ? LIMIT {TTL_SAMPLE_ROWS}")
+    step = max(1, len(plan) // TTL_SAMPLE_SPLITS)
+    for split in plan[::step][:TTL_SAMPLE_SPLITS]:
+        for sample in session.execute(stmt, (split.start, split.end)):
+            if any(t is not None for t in sample):
+                return True
+    return False
+
+
+TTL_SAMPLE_SPLITS = 16
+TTL_SAMPLE_ROWS = 2000
+
+
+def _copy(cfg: PipelineConfig, read: ReadSettings, plan: list[TokenSplit], sink: PostgresDatasink,
+          concurrency: int | None) -> None:
     """The Ray Data pipeline: one read task per split, the sink's write tasks fused to them."""
     import ray
 
-    source = CassandraDatasource(ReadSettings(cfg.cassandra, target.schema, consistency, cfg.snapshot.page_size,
-                                              cfg.snapshot.max_retries, read_started_us), plan)
+    source = CassandraDatasource(read, plan)
     env = faults.runtime_env()
     # One block per read task output: a split's part must reach the sink whole (it is
     # committed with its run_parts row), so Ray Data must not split blocks here.
@@ -250,7 +297,7 @@ def _load_resume(conn, run_id: str, qualified: str) -> tuple[str, list[TokenSpli
 
 
 def _finish(conn, run_id: str, qualified: str, target, sink: PostgresDatasink | None, seconds: float,
-            mode: str, error: BaseException | None) -> SnapshotResult:
+            mode: str, error: BaseException | None, read: ReadSettings) -> SnapshotResult:
     with conn, conn.cursor() as cur:
         cur.execute("SELECT count(*), count(*) FILTER (WHERE status = 'done'), COALESCE(sum(rows), 0), "
                     "COALESCE(sum(retries), 0) FROM _c2pg.run_splits WHERE run_id = %s", (run_id,))
@@ -260,7 +307,7 @@ def _finish(conn, run_id: str, qualified: str, target, sink: PostgresDatasink | 
         written = sink.total if sink else None
         result = SnapshotResult(run_id, qualified, f"{target.target_schema}.{target.target_table}", int(rows),
                                 int(dead), written.bytes if written else 0, round(seconds, 2), n_splits, done,
-                                int(retries), mode, written.rows if written else 0)
+                                int(retries), mode, written.rows if written else 0, read.write_times, read.ttls)
         status = "failed" if error or done < n_splits else "succeeded"
         cur.execute("UPDATE _c2pg.runs SET status = %s, finished_at = now(), stats = %s, error = %s "
                     "WHERE run_id = %s", (status, json.dumps(result.as_dict()),

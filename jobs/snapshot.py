@@ -1,7 +1,7 @@
 """Snapshot a Cassandra table into PostgreSQL (Ray Data, token ranges, COPY + LWW merge).
 
     python -m jobs.snapshot --config pipeline.yaml --table ks.table [--splits N]
-        [--consistency LEVEL] [--resume RUN_ID] [--evolve] [--concurrency N] [--output result.json]
+        [--consistency LEVEL] [--resume RUN_ID] [--evolve] [--concurrency N] [--no-writetime] [--output result.json]
         [--run-id UUID]
 
 Usable as-is under ``ray job submit --working-dir . -- python -m jobs.snapshot ...`` (it
@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evolve", action="store_true", help="add columns missing in an existing target")
     p.add_argument("--concurrency", type=int, metavar="N",
                    help="max concurrent read/write tasks (default: Ray Data decides)")
+    p.add_argument("--no-writetime", action="store_true",
+                   help="first load of a new target only: skip reading write times; every cell is stamped "
+                        "with the snapshot's start (docs/snapshot.md says when that is sound)")
     p.add_argument("--output", type=Path, metavar="FILE", help="write the result as JSON here too")
     p.add_argument("--run-id", metavar="UUID", help="the new run's id, chosen by the caller: the Serve app "
                                                     "returns it before the job starts (default: a new one)")
@@ -52,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     log.bind(pipeline=cfg.name, table=args.table)
     result = run_snapshot(cfg, find_table(cfg, args.table), splits=args.splits,
                           consistency=args.consistency, resume=args.resume, evolve=args.evolve,
-                          concurrency=args.concurrency, run_id=getattr(args, "run_id", None))
+                          concurrency=args.concurrency, run_id=getattr(args, "run_id", None),
+                          write_times=not getattr(args, "no_writetime", False))
     summary = result.as_dict()
     print(f"snapshot {result.table} → {result.target}: {result.rows} rows, "
           f"{result.bytes / 1e6:.1f} MB, {result.seconds:.1f} s, {result.rows_per_s:,.0f} rows/s, "
