@@ -168,7 +168,7 @@ func buildRayCluster(doc []byte) (Result, error) {
 		return Result{}, err
 	}
 	// RayClusterReconciler.reconcileServeService: only when the cluster asks for one.
-	if rc.Annotations[utils.EnableServeServiceKey] == utils.EnableServeServiceTrue {
+	if rc.Annotations[utils.EnableServeServiceKey] == utils.EnableServeServiceTrue { // pragma: allowlist secret
 		svc, err := common.BuildServeServiceForRayCluster(context.Background(), rc)
 		if err != nil {
 			return Result{}, err
