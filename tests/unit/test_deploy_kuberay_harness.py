@@ -40,7 +40,7 @@ KUBERAY = ROOT / "kuberay"
 # appends five random characters (utils.GenerateRayClusterName).
 CLUSTER_SUFFIX = "-xxxxx"
 TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
-AUTH_SECRET = "c2pg-ray-auth"
+AUTH_SECRET = "c2pg-ray-auth"  # the Secret's name, not a secret  # pragma: allowlist secret
 
 
 def _operator_version() -> str:
