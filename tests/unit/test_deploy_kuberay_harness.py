@@ -204,6 +204,13 @@ def test_the_harness_runs_the_pinned_operator_on_every_ray_manifest(output):
         assert r["pods"] and r["services"], r["name"]
 
 
+def test_the_harness_source_is_gofmt_clean(harness):
+    gofmt = Path(shutil.which("go") or "go").with_name("gofmt")
+    out = subprocess.run([str(gofmt), "-l", "."], cwd=HARNESS, capture_output=True,  # nosec B603
+                         text=True, timeout=60, check=False)
+    assert out.returncode == 0 and out.stdout == "", out.stdout + out.stderr
+
+
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
 def test_what_the_operator_builds_passes(check, output, vault_output):
     assert check(output) == []
