@@ -181,19 +181,22 @@ def load_documents(path: Path) -> list[dict[str, Any]]:
 # --- what the KubeRay 1.7 operator builds from a manifest ------------------------------------
 # Small models of ray-operator's builders, for the properties the tests check (each names the
 # function it follows). They read the manifests, never c2pg's renderer.
+# test_deploy_kuberay_harness.py compares them with what the operator's own code builds
+# (kuberay/harness, ray-operator 1.6.2: the newest release the Go module proxy serves).
 
 
 def services_created(doc: dict[str, Any]) -> list[str]:
     """The Services KubeRay names after the resource (utils.GenerateHeadServiceName and
-    GenerateServeServiceName). A RayJob's cluster, and a RayService's, get a random suffix, so
-    their own head Services cannot clash; these are the fixed names."""
+    GenerateServeServiceName; a RayJob's own head Service, common.BuildHeadServiceForRayJob).
+    A RayJob's cluster, and a RayService's, get a random suffix, so the head Services named
+    after those clusters cannot clash; these are the fixed names."""
     name, spec = doc["metadata"]["name"], doc["spec"]
     if doc["kind"] == "RayCluster":
         return [(spec["headGroupSpec"].get("headService") or {}).get("metadata", {}).get("name")
                 or f"{name}-head-svc"]
     if doc["kind"] == "RayService":
         return [f"{name}-head-svc", f"{name}-serve-svc"]
-    return []
+    return [f"{name}-head-svc"] if "rayClusterSpec" in spec else []
 
 
 def head_service_account(cluster: dict[str, Any], cluster_name: str) -> str:
@@ -205,13 +208,22 @@ def head_service_account(cluster: dict[str, Any], cluster_name: str) -> str:
 
 def containers_run(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(where, pod spec, container) for every container KubeRay starts for a resource: the pod
-    templates' containers, the autoscaler sidecar of an autoscaled head (common.BuildAutoscaler-
+    templates' containers and init containers, the init container it adds to every worker
+    (common.DefaultWorkerPodTemplate: wait-gcs-ready, with the Ray container's securityContext
+    and mounts), the autoscaler sidecar of an autoscaled head (common.BuildAutoscaler-
     Container + mergeAutoscalerOverrides: autoscalerOptions.securityContext, volumeMounts), and a
     RayJob's submitter (common.GetSubmitterTemplate: the user's submitterPodTemplate, else a
     container with only an image and resources)."""
     for where, template in pod_templates(doc):
-        for c in template["spec"]["containers"]:
-            yield f"{where}/{c['name']}", template["spec"], c
+        spec = template["spec"]
+        for c in [*spec.get("initContainers", []), *spec["containers"]]:
+            yield f"{where}/{c['name']}", spec, c
+        if ".workerGroupSpecs[" in where:
+            ray = spec["containers"][0]
+            init = {"name": "wait-gcs-ready", "volumeMounts": ray.get("volumeMounts", [])}
+            if "securityContext" in ray:
+                init["securityContext"] = ray["securityContext"]
+            yield f"{where}/wait-gcs-ready", spec, init
     for cluster in cluster_specs(doc):
         if cluster.get("enableInTreeAutoscaling"):
             options = cluster.get("autoscalerOptions") or {}
