@@ -236,13 +236,22 @@ def read_or_create_secret(paths: StackPaths, name: str, nbytes: int = 18, hex_to
     return f.read_text().strip()
 
 
-def stack_credentials(paths: StackPaths) -> dict[str, str]:
-    """The stack's generated credentials as OpenBao holds them at ``secret/c2pg/local``."""
-    return {"postgres_user": Postgres.ROLE, "postgres_password": read_or_create_secret(paths, "postgres-password"),
-            "postgres_tls_password": read_or_create_secret(paths, "postgres-tls-password"),
-            "cassandra_user": Cassandra.ROLE, "cassandra_password": read_or_create_secret(paths, "cassandra-password"),
-            "kafka_user": Kafka.SCRAM_USER, "kafka_password": read_or_create_secret(paths, "kafka-password"),
-            "api_token": read_or_create_secret(paths, "api-token")}
+def stack_credentials(paths: StackPaths) -> dict[str, dict[str, str]]:
+    """The stack's generated credentials by OpenBao path: ``c2pg/local`` (PostgreSQL's role,
+    the API token) and ``c2pg/logins`` (the logins of TLS mode: Cassandra's role, Kafka's
+    SCRAM user, PostgreSQL's TLS-only role; written in both modes, so a pipeline file that
+    names them loads in either)."""
+    return {
+        "c2pg/local": {"postgres_user": Postgres.ROLE,
+                       "postgres_password": read_or_create_secret(paths, "postgres-password"),
+                       "api_token": read_or_create_secret(paths, "api-token")},
+        "c2pg/logins": {"cassandra_user": Cassandra.ROLE,
+                        "cassandra_password": read_or_create_secret(paths, "cassandra-password"),
+                        "kafka_user": Kafka.SCRAM_USER,
+                        "kafka_password": read_or_create_secret(paths, "kafka-password"),
+                        "postgres_tls_user": Postgres.TLS_ROLE,
+                        "postgres_tls_password": read_or_create_secret(paths, "postgres-tls-password")},
+    }
 
 
 def write_secret_file(paths: StackPaths, name: str, value: str) -> None:
@@ -488,8 +497,8 @@ class Vault(Service):
         import hvac
 
         client = hvac.Client(url=self.url, token=self.root_token)
-        client.secrets.kv.v2.create_or_update_secret(path=self.SECRET_PATH, mount_point="secret",
-                                                     secret=stack_credentials(self.paths))
+        for path, secret in stack_credentials(self.paths).items():
+            client.secrets.kv.v2.create_or_update_secret(path=path, mount_point="secret", secret=secret)
 
     def after_ready(self) -> None:
         import hvac
@@ -787,8 +796,7 @@ client_encryption_options:
 
     def configure(self) -> None:
         """TLS mode: the superuser role :attr:`ROLE` with the stack's password, created through
-        the default ``cassandra`` superuser the first time, whose password is then replaced by
-        a random one nobody keeps (it cannot be dropped while logged in as it)."""
+        the default ``cassandra`` superuser the first time, which is then dropped."""
         if not self.tls:
             return
         from cassandra import AuthenticationFailed
@@ -802,19 +810,21 @@ client_encryption_options:
             return cluster, cluster.connect()
 
         try:
-            cluster, _ = session(self.ROLE, self.password)
-            cluster.shutdown()
-            return
+            cluster, cql = session(self.ROLE, self.password)
         except NoHostAvailable as exc:
             if not any(isinstance(e, AuthenticationFailed) for e in exc.errors.values()):
                 raise
-        cluster, cql = session("cassandra", "cassandra")
+            cluster, cql = session("cassandra", "cassandra")
+            try:
+                # CQL takes no bind marker for a password; the generated ones are URL-safe base64.
+                cql.execute(f"CREATE ROLE IF NOT EXISTS {self.ROLE} WITH SUPERUSER = true AND LOGIN = true "
+                            f"AND PASSWORD = '{_cql_literal(self.password)}'")
+            finally:
+                cluster.shutdown()
+            cluster, cql = session(self.ROLE, self.password)
         try:
-            # CQL takes no bind marker for a password; the generated ones are URL-safe base64.
-            cql.execute(f"CREATE ROLE IF NOT EXISTS {self.ROLE} WITH SUPERUSER = true AND LOGIN = true "
-                        f"AND PASSWORD = '{_cql_literal(self.password)}'")
-            cql.execute(f"ALTER ROLE {self.ROLE} WITH PASSWORD = '{_cql_literal(self.password)}'")
-            cql.execute(f"ALTER ROLE cassandra WITH PASSWORD = '{secrets.token_urlsafe(24)}'")
+            # The well-known default superuser goes; with a role left, the node does not make it again.
+            cql.execute("DROP ROLE IF EXISTS cassandra")
         finally:
             cluster.shutdown()
 

@@ -55,7 +55,7 @@ class TlsFiles:
                 self.client_key, self.server_store, self.trust_store]
 
 
-def ensure_certificates(root: Path, store_password: str) -> TlsFiles:
+def ensure_certificates(root: Path, store_password: str, ca_name: str = "c2pg local stack CA") -> TlsFiles:
     """The stack's certificates under ``root/tls``, issued now if missing or expiring."""
     files = TlsFiles(root / "tls")
     if all(p.exists() for p in files.all()) and _valid(files.server_cert) and _valid(files.client_cert):
@@ -64,8 +64,8 @@ def ensure_certificates(root: Path, store_password: str) -> TlsFiles:
     os.chmod(files.dir, 0o700)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "c2pg local stack CA")])
-    ca = (_builder(ca_name, ca_name, ca_key, now)
+    issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
+    ca = (_builder(issuer, issuer, ca_key, now)
           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
           .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
           .sign(ca_key, hashes.SHA256()))
