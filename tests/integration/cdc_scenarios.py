@@ -107,7 +107,14 @@ SCENARIOS = [
 
 
 def connect(host: str = "127.0.0.1", port: int = 9042) -> tuple[Cluster, Session]:
-    cluster = Cluster([host], port=port, protocol_version=5)
+    from cassandra.auth import PlainTextAuthProvider
+
+    from engine.stack.root import default_root
+    from engine.stack.services import Cassandra, StackPaths
+
+    # The stack's login: its node asks for one in TLS mode only (the driver sends it when asked).
+    auth = PlainTextAuthProvider(Cassandra.ROLE, Cassandra(StackPaths(default_root())).password)
+    cluster = Cluster([host], port=port, protocol_version=5, auth_provider=auth)
     return cluster, cluster.connect()
 
 
