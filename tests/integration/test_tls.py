@@ -52,8 +52,12 @@ def tls_cfg(stack, tmp_path_factory) -> PipelineConfig:
 @pytest.fixture(scope="module")
 def tls_cass(tls_cfg):
     cluster, session = cql.connect(tls_cfg.cassandra)
+    new = session.execute("SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s",
+                          (KS,)).one() is None
     session.execute(f"CREATE KEYSPACE IF NOT EXISTS {KS} WITH replication = "
                     "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+    if new:  # the connector misses a table made in the same schema refresh as its keyspace
+        time.sleep(2)
     yield session
     cluster.shutdown()
 
