@@ -112,12 +112,13 @@ def _trust_store(files: TlsFiles, password: str) -> None:
     from engine.stack.services import java_bin  # the same JDK the servers run on
 
     keytool = Path(java_bin("tls")).with_name("keytool")
-    proc = subprocess.run([str(keytool), "-importcert",  # nosec B603 - no shell, our own arguments "-noprompt", "-alias", "c2pg-ca",
-                           "-file", str(files.ca_cert), "-keystore", str(files.trust_store),
-                           "-storetype", "PKCS12", "-storepass:env", "C2PG_STORE_PASSWORD"],
+    proc = subprocess.run([str(keytool), "-importcert",  # nosec B603 - no shell, our own arguments
+                           "-noprompt", "-alias", "c2pg-ca", "-file", str(files.ca_cert),
+                           "-keystore", str(files.trust_store), "-storetype", "PKCS12",
+                           "-storepass:env", "C2PG_STORE_PASSWORD"],
                           capture_output=True, text=True, check=False,
                           env={**os.environ, "C2PG_STORE_PASSWORD": password})
-    if proc.returncode != 0:
+    if proc.returncode != 0 or not files.trust_store.exists():
         output = (proc.stderr + proc.stdout).strip()[-300:]
         raise StackError("tls", f"keytool could not write the trust store: {output}")
     os.chmod(files.trust_store, 0o600)

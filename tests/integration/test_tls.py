@@ -50,14 +50,11 @@ def tls_cfg(stack, tmp_path_factory) -> PipelineConfig:
 
 
 @pytest.fixture(scope="module")
-def tls_cass(tls_cfg):
+def tls_cass(tls_cfg, cdc_keyspaces):
+    """A session through TLS and the stack's login; the keyspace is made with the suite's
+    others, past the connector's schema-refresh window (tests/integration/conftest.py)."""
+    assert KS in cdc_keyspaces
     cluster, session = cql.connect(tls_cfg.cassandra)
-    new = session.execute("SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s",
-                          (KS,)).one() is None
-    session.execute(f"CREATE KEYSPACE IF NOT EXISTS {KS} WITH replication = "
-                    "{'class': 'SimpleStrategy', 'replication_factor': 1}")
-    if new:  # the connector misses a table made in the same schema refresh as its keyspace
-        time.sleep(2)
     yield session
     cluster.shutdown()
 

@@ -111,5 +111,6 @@ def test_certificates_are_kept_while_valid(tmp_path):
     before = first.server_cert.read_bytes()
     assert ensure_certificates(tmp_path, "unit-store-pw").server_cert.read_bytes() == before
     assert oct(first.server_key.stat().st_mode & 0o777) == "0o600"
+    assert oct(first.trust_store.stat().st_mode & 0o777) == "0o600"
     first.client_key.unlink()  # a missing file: everything issued again
     assert ensure_certificates(tmp_path, "unit-store-pw").server_cert.read_bytes() != before
