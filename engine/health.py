@@ -179,20 +179,22 @@ def check_kafka(*, bootstrap_servers: str, topics: list[str] | None = None,
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    # librdkafka's own connection errors go to a silenced logger: the exception below is
+    # librdkafka's own connection errors are collected, not printed: the exception below is
     # the answer, and a probe of a stopped broker must not flood the caller's stderr.
-    errors: list[str] = []
+    causes = _KafkaCauses()
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers,
-                               "socket.timeout.ms": int(timeout_s * 1000), "logger": _QUIET,
-                               "error_cb": lambda err: errors.append(err.str())}
+                            "socket.timeout.ms": int(timeout_s * 1000), "logger": causes.logger,
+                            "error_cb": lambda err: causes.errors.append(err.str())}
     conf.update(extra or {})
     admin = AdminClient(conf)
     try:
         md = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         # "Failed to get metadata: Local: Broker transport failure" hides the cause (a TLS
-        # handshake or a SASL login refused); librdkafka reports it to error_cb.
-        raise KafkaException(f"{exc.args[0]}; {'; '.join(dict.fromkeys(errors))}" if errors else exc.args[0]) from exc
+        # handshake or a SASL login refused): librdkafka tells it to error_cb, served by poll(),
+        # and to its log.
+        admin.poll(0)
+        raise KafkaException(f"{exc.args[0]}; {causes}" if causes else exc.args[0]) from exc
     detail = f"{len(md.brokers)} broker(s), {len(md.topics)} topic(s)"
     missing = [t for t in topics or [] if t not in md.topics or md.topics[t].error is not None]
     if missing and require_topics:
@@ -207,6 +209,30 @@ def check_kafka(*, bootstrap_servers: str, topics: list[str] | None = None,
     if missing:
         detail += f"; no topic yet for {', '.join(missing)} (created by the first change event)"
     return detail
+
+
+class _KafkaCauses(logging.Handler):
+    """What librdkafka said while a check failed: its error callbacks and its warning or
+    error log lines (a certificate refused, a SASL login refused), shown after the
+    exception's own text. The logger is not registered with :mod:`logging`: one per check."""
+
+    SHOWN = 3
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.errors: list[str] = []
+        self.lines: list[str] = []
+        self.logger = logging.Logger("c2pg.health.librdkafka")
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def __bool__(self) -> bool:
+        return bool(self.errors or self.lines)
+
+    def __str__(self) -> str:
+        return "; ".join(list(dict.fromkeys(self.errors or self.lines))[:self.SHOWN])
 
 
 class CassandraProbe:

@@ -26,7 +26,7 @@ from pathlib import Path
 from engine import health
 from engine.errors import StackError
 from engine.stack import versions as v
-from engine.stack.root import RAY_TOKEN_FILE, ray_token_path
+from engine.stack.root import RAY_TOKEN_FILE, default_root, ray_token_path
 from engine.stack.tls import CLIENT_CN, TlsFiles, ensure_certificates
 
 MAVEN_DIR = Path(__file__).with_name("maven")
@@ -252,6 +252,15 @@ def stack_credentials(paths: StackPaths) -> dict[str, dict[str, str]]:
                         "postgres_tls_user": Postgres.TLS_ROLE,
                         "postgres_tls_password": read_or_create_secret(paths, "postgres-tls-password")},
     }
+
+
+def cassandra_login(root: Path | None = None) -> tuple[str, str]:
+    """The stack's Cassandra login, ``(role, password)``, for a client that reads no pipeline
+    file: a test's own driver session, ``cqlsh -u ROLE -p PASSWORD`` in a benchmark. (A
+    pipeline file names the same login: ``examples/pipeline.local.yaml``.) The node asks for
+    it in TLS mode only; a node without authentication never does, so a client may always
+    pass it."""
+    return Cassandra.ROLE, Cassandra(StackPaths(root or default_root())).password
 
 
 def write_secret_file(paths: StackPaths, name: str, value: str) -> None:

@@ -109,12 +109,10 @@ SCENARIOS = [
 def connect(host: str = "127.0.0.1", port: int = 9042) -> tuple[Cluster, Session]:
     from cassandra.auth import PlainTextAuthProvider
 
-    from engine.stack.root import default_root
-    from engine.stack.services import Cassandra, StackPaths
+    from engine.stack.services import cassandra_login
 
     # The stack's login: its node asks for one in TLS mode only (the driver sends it when asked).
-    auth = PlainTextAuthProvider(Cassandra.ROLE, Cassandra(StackPaths(default_root())).password)
-    cluster = Cluster([host], port=port, protocol_version=5, auth_provider=auth)
+    cluster = Cluster([host], port=port, protocol_version=5, auth_provider=PlainTextAuthProvider(*cassandra_login()))
     return cluster, cluster.connect()
 
 
