@@ -28,7 +28,7 @@ postgres:
   %s
 tables: [{keyspace: ks, table: t}]
 """
-ENV = {"PGPASSWORD": "pw", "KEYPW": "kpw"}
+ENV = {"PGPASSWORD": "pw", "KEYPW": "kpw"}  # pragma: allowlist secret - test values
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_a_full_tls_config_loads_with_absolute_paths_and_pickles(tmp_path, certs
     assert cfg.cassandra.ssl.ca_file == str(tmp_path / "tls" / "ca.crt")
     conf = cfg.kafka.client_conf()
     assert conf["ssl.key.location"] == str(tmp_path / "tls" / "client.key")
-    assert conf["ssl.key.password"] == "kpw" and conf["socket.keepalive.enable"] == "true"
+    assert conf["ssl.key.password"] == "kpw" and conf["socket.keepalive.enable"] == "true"  # pragma: allowlist secret
     kwargs = cfg.postgres.connect_kwargs()
     assert kwargs["sslrootcert"] == str(tmp_path / "tls" / "ca.crt") and kwargs["sslmode"] == "verify-full"
     ctx = ssl_context(cfg.cassandra.ssl)
