@@ -162,8 +162,15 @@ def _add_stack(sub) -> None:
         "Exit codes: 0 every service healthy, 1 some not healthy, 3 a service could not be "
         "installed or started (the message names its log file).",
         "c2pg stack up  # every service",
-        "c2pg stack up debezium  # and cassandra and kafka, which it needs")
+        "c2pg stack up debezium  # and cassandra and kafka, which it needs",
+        "c2pg stack up --tls  # TLS mode (kept until --no-tls)")
     up.add_argument("services", nargs="*", metavar="SERVICE", help=f"{services} (default: all)")
+    mode = up.add_mutually_exclusive_group()
+    mode.add_argument("--tls", dest="tls", action="store_true", default=None,
+                      help="TLS mode, kept for later `up`s: certificates in .stack/tls/, PostgreSQL "
+                           "ssl=on, Kafka SASL_SSL on 9094, Cassandra client encryption and logins "
+                           "(docs/local-stack.md)")
+    mode.add_argument("--no-tls", dest="tls", action="store_false", help="leave TLS mode")
     up.set_defaults(func=_stack_up)
 
     down = _command(
@@ -421,7 +428,8 @@ def _stack(args: argparse.Namespace):
 
 def _stack_up(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
-    rows = _stack(args).up(args.services or None, on_event=lambda m: print(f"  {m}", flush=True))
+    rows = _stack(args).up(args.services or None, on_event=lambda m: print(f"  {m}", flush=True),
+                           tls=args.tls)
     _print_status(rows)
     print(f"stack up in {time.monotonic() - t0:.1f}s")
     return 0 if all(r.healthy for r in rows) else 1

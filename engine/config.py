@@ -44,10 +44,11 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from pydantic_core import PydanticCustomError
 
 from engine.errors import ConfigError, SecretError
-from engine.secrets import Secret, SecretResolver, VaultLoginError, VaultSettings
+from engine.secrets import (CLEAR_TEXT_MESSAGE, Secret, SecretRefSyntaxError, SecretResolver, VaultLoginError,
+                            VaultSettings, parse_ref)
 
 __all__ = [
-    "ApiConfig", "CassandraConfig", "ENV_PREFIX", "KafkaConfig", "PipelineConfig",
+    "ApiConfig", "CassandraConfig", "CassandraSslConfig", "ENV_PREFIX", "KafkaConfig", "PipelineConfig",
     "PipelineSection", "PostgresConfig", "ReconcileConfig", "SchemaRegistryConfig", "Secret",
     "CaptureConfig", "SnapshotConfig", "SyncConfig", "TableConfig", "VaultConfig", "format_duration",
     "format_size", "load_config", "parse_duration", "parse_size",
@@ -159,6 +160,96 @@ def _join_servers(value: object) -> object:
     return value
 
 
+# librdkafka settings ``kafka.properties`` may carry (librdkafka 2.x CONFIGURATION.md): the
+# connection, security and tuning settings of its clients. What c2pg decides itself (group
+# ids, offset handling) and what has its own typed setting is refused, naming the setting.
+KAFKA_PROPERTIES = frozenset({
+    "client.id", "client.rack", "client.dns.lookup", "broker.address.family", "broker.address.ttl",
+    "socket.timeout.ms", "socket.keepalive.enable", "socket.nagle.disable", "socket.send.buffer.bytes",
+    "socket.receive.buffer.bytes", "socket.connection.setup.timeout.ms", "socket.max.fails",
+    "connections.max.idle.ms", "reconnect.backoff.ms", "reconnect.backoff.max.ms",
+    "retry.backoff.ms", "retry.backoff.max.ms", "metadata.max.age.ms",
+    "topic.metadata.refresh.interval.ms", "topic.metadata.refresh.fast.interval.ms",
+    "api.version.request", "api.version.request.timeout.ms", "statistics.interval.ms", "debug",
+    "message.max.bytes", "receive.message.max.bytes", "fetch.min.bytes", "fetch.max.bytes",
+    "fetch.wait.max.ms", "fetch.error.backoff.ms", "max.partition.fetch.bytes",
+    "queued.min.messages", "queued.max.messages.kbytes", "session.timeout.ms",
+    "heartbeat.interval.ms", "max.poll.interval.ms", "partition.assignment.strategy",
+    "group.protocol", "group.remote.assignor", "compression.type", "linger.ms",
+    "request.timeout.ms", "message.timeout.ms", "retries",
+    "ssl.key.location", "ssl.key.password", "ssl.key.pem", "ssl.certificate.location",
+    "ssl.certificate.pem", "ssl.ca.pem", "ssl.ca.certificate.stores", "ssl.crl.location",
+    "ssl.keystore.location", "ssl.keystore.password", "ssl.cipher.suites", "ssl.curves.list",
+    "ssl.sigalgs.list", "ssl.providers", "ssl.engine.id", "ssl.engine.location",
+    "ssl.endpoint.identification.algorithm", "enable.ssl.certificate.verification",
+    "sasl.kerberos.service.name", "sasl.kerberos.principal", "sasl.kerberos.kinit.cmd",
+    "sasl.kerberos.keytab", "sasl.kerberos.min.time.before.relogin",
+    "sasl.oauthbearer.config", "sasl.oauthbearer.method", "sasl.oauthbearer.client.id",
+    "sasl.oauthbearer.client.secret", "sasl.oauthbearer.scope", "sasl.oauthbearer.extensions",
+    "sasl.oauthbearer.token.endpoint.url", "enable.sasl.oauthbearer.unsecure.jwt",
+})
+# Their values are secrets: references (vault:, env:, file:), resolved with the others.
+KAFKA_SECRET_PROPERTIES = frozenset({"ssl.key.password", "ssl.keystore.password", "ssl.key.pem",
+                                     "sasl.oauthbearer.client.secret"})
+# Files librdkafka opens: made absolute (relative to the pipeline file) and checked on load.
+KAFKA_FILE_PROPERTIES = frozenset({"ssl.key.location", "ssl.certificate.location",
+                                   "ssl.crl.location", "ssl.keystore.location"})
+_KAFKA_TYPED = {"bootstrap.servers": "kafka.bootstrap_servers",
+                "security.protocol": "kafka.security_protocol", "sasl.mechanism": "kafka.sasl_mechanism",
+                "sasl.mechanisms": "kafka.sasl_mechanism", "sasl.username": "kafka.sasl_username",
+                "sasl.password": "kafka.sasl_password",  # pragma: allowlist secret - setting names
+                "ssl.ca.location": "kafka.ssl_ca_location"}
+
+
+_C2PG_KAFKA_KEYS = frozenset({"group.id", "group.instance.id", "enable.auto.commit",
+                              "enable.auto.offset.store", "auto.offset.reset", "enable.partition.eof",
+                              "isolation.level", "enable.idempotence", "auto.commit.interval.ms"})
+
+
+class _ClearSecret(str):
+    """A secret ``kafka.properties`` value written in clear: kept only to be reported
+    (``_kafka_property_problems``), never shown."""
+
+    def __repr__(self) -> str:
+        return "<secret in clear>"
+
+
+def _kafka_properties(value: object) -> dict[str, Any]:
+    """``kafka.properties`` → ``{key: str | Secret}``. Keys are judged by the cross-field
+    check (each problem naming its key); only the shape is checked here."""
+    if not isinstance(value, Mapping):
+        raise PydanticCustomError("kafka_properties", "must be a mapping of librdkafka settings")
+    out: dict[str, Any] = {}
+    for key, raw in value.items():
+        if not isinstance(key, str) or not isinstance(raw, (str, int, float, bool, Secret)):
+            raise PydanticCustomError("kafka_properties",
+                                      "each librdkafka setting must be a name and a string or number")
+        if isinstance(raw, Secret):
+            out[key] = raw
+        elif key in KAFKA_SECRET_PROPERTIES:
+            try:
+                out[key] = Secret(parse_ref(raw))
+            except SecretRefSyntaxError:
+                out[key] = _ClearSecret()
+        else:
+            out[key] = ("true" if raw else "false") if isinstance(raw, bool) else str(raw)
+    return out
+
+
+def _kafka_property_problems(properties: Mapping[str, Any]) -> Iterator[str]:
+    for key, value in properties.items():
+        setting = f"kafka.properties.{key}"
+        if key in _KAFKA_TYPED:
+            yield f"{setting}: has its own setting, use {_KAFKA_TYPED[key]}"
+        elif key in _C2PG_KAFKA_KEYS:
+            yield f"{setting}: set by c2pg itself (consumer groups and offsets are c2pg's own)"
+        elif key not in KAFKA_PROPERTIES:
+            yield (f"{setting}: not a librdkafka setting c2pg passes on"
+                   f"{_did_you_mean(key, sorted(KAFKA_PROPERTIES))}")
+        elif isinstance(value, _ClearSecret):
+            yield f"{setting}: {CLEAR_TEXT_MESSAGE}"
+
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_positive_duration),
                      PlainSerializer(format_duration, return_type=str, when_used="json")]
 NonNegativeDuration = Annotated[timedelta, BeforeValidator(parse_duration),
@@ -192,6 +283,23 @@ class PipelineSection(_Section):
     name: Annotated[str, Field(pattern=r"^[a-z0-9_-]+$")]
 
 
+class CassandraSslConfig(_Section):
+    """``cassandra.ssl``: client encryption (present: every connection is TLS).
+
+    The server's certificate is checked against ``ca_file`` (and its host name against the
+    contact point, unless ``verify_hostname: false``). ``cert_file``/``key_file`` present a
+    client certificate, for servers with ``require_client_auth``; ``key_password`` is the
+    key's passphrase, by reference. Paths are relative to the pipeline file and must be
+    readable where c2pg runs (every Ray worker): :func:`load_config` makes them absolute.
+    """
+
+    ca_file: NonEmptyStr
+    verify_hostname: bool = True
+    cert_file: NonEmptyStr | None = None
+    key_file: NonEmptyStr | None = None
+    key_password: Secret | None = None
+
+
 class CassandraConfig(_Section):
     """``cassandra``: where the source tables live. c2pg only reads from Cassandra."""
 
@@ -200,6 +308,7 @@ class CassandraConfig(_Section):
     local_dc: NonEmptyStr = "datacenter1"
     username: NonEmptyStr | None = None
     password: Secret | None = None
+    ssl: CassandraSslConfig | None = None
     consistency: Consistency = "LOCAL_QUORUM"
     request_timeout: Duration = timedelta(seconds=30)
     protocol_version: Annotated[int, Field(ge=3, le=5)] = 5
@@ -222,6 +331,11 @@ class KafkaConfig(_Section):
     sasl_password: Secret | None = None
     ssl_ca_location: NonEmptyStr | None = None
     dlq_topic: KafkaTopic | None = None
+    # Further librdkafka settings for every Kafka client of c2pg (consumers, the DLQ
+    # producer, admin clients), as Kafka Connect's ``consumer.override.*``: client
+    # certificates, SASL/OAUTHBEARER, timeouts. Keys are checked against KAFKA_PROPERTIES;
+    # secret keys (KAFKA_SECRET_PROPERTIES) hold references. See docs/operations.md, TLS.
+    properties: Annotated[dict[str, Any], BeforeValidator(_kafka_properties)] = Field(default_factory=dict)
 
     def topic_for(self, keyspace: str, table: str) -> str:
         """The change-event topic of a Cassandra table: ``<topic_prefix>.<keyspace>.<table>``."""
@@ -242,6 +356,8 @@ class KafkaConfig(_Section):
             conf["sasl.password"] = self.sasl_password.get()
         if self.ssl_ca_location:
             conf["ssl.ca.location"] = self.ssl_ca_location
+        for key, value in self.properties.items():
+            conf[key] = value.get() if isinstance(value, Secret) else value
         return conf
 
 
@@ -282,6 +398,12 @@ with warnings.catch_warnings():
         connect_timeout: Duration = timedelta(seconds=10)
         sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca",
                          "verify-full"] = "prefer"
+        # libpq's TLS files (made absolute by load_config, relative to the pipeline file);
+        # sslkey must not be readable by group or others (libpq refuses it otherwise).
+        sslrootcert: NonEmptyStr | None = None
+        sslcert: NonEmptyStr | None = None
+        sslkey: NonEmptyStr | None = None
+        sslpassword: Secret | None = None
         application_name: NonEmptyStr = "c2pg"
 
         def connect_kwargs(self, *, application_name: str | None = None) -> dict[str, Any]:
@@ -295,7 +417,15 @@ with warnings.catch_warnings():
                     "user": self.user, "password": self.password.get(),
                     "connect_timeout": max(1, math.ceil(self.connect_timeout.total_seconds())),
                     "application_name": application_name or self.application_name,
-                    "sslmode": self.sslmode}
+                    "sslmode": self.sslmode, **self.ssl_kwargs()}
+
+        def ssl_kwargs(self) -> dict[str, str]:
+            """The libpq TLS file settings that are set (and the key's passphrase, resolved)."""
+            files = {"sslrootcert": self.sslrootcert, "sslcert": self.sslcert, "sslkey": self.sslkey}
+            kwargs = {k: v for k, v in files.items() if v is not None}
+            if self.sslpassword is not None:
+                kwargs["sslpassword"] = self.sslpassword.get()
+            return kwargs
 
 
 class VaultConfig(_Section):
@@ -528,6 +658,13 @@ def _check_cassandra(cassandra: CassandraConfig) -> Iterator[str]:
         yield "cassandra.password: required when cassandra.username is set"
     if cassandra.password is not None and cassandra.username is None:
         yield "cassandra.username: required when cassandra.password is set"
+    ssl = cassandra.ssl
+    if ssl is not None:
+        if (ssl.cert_file is None) != (ssl.key_file is None):
+            missing, given = ("key_file", "cert_file") if ssl.key_file is None else ("cert_file", "key_file")
+            yield f"cassandra.ssl.{missing}: required with cassandra.ssl.{given}"
+        if ssl.key_password is not None and ssl.key_file is None:
+            yield "cassandra.ssl.key_password: only used with cassandra.ssl.key_file"
     yield from _check_read_consistency("cassandra.consistency", cassandra.consistency)
 
 
@@ -551,6 +688,28 @@ def _check_kafka(kafka: KafkaConfig, schema_registry: SchemaRegistryConfig) -> I
             yield f"kafka.{name}: only used with a SASL_* security_protocol (it is {protocol})"
     if kafka.value_format == "avro" and schema_registry.url is None:
         yield "schema_registry.url: required when kafka.value_format is avro"
+    yield from _kafka_property_problems(kafka.properties)
+    if not protocol.endswith("SSL"):
+        for key in kafka.properties:
+            if key.startswith("ssl.") or key == "enable.ssl.certificate.verification":
+                yield f"kafka.properties.{key}: only used with an SSL security_protocol (it is {protocol})"
+        if kafka.ssl_ca_location is not None:
+            yield f"kafka.ssl_ca_location: only used with an SSL security_protocol (it is {protocol})"
+
+
+def _check_postgres(postgres: PostgresConfig) -> Iterator[str]:
+    if (postgres.sslcert is None) != (postgres.sslkey is None):
+        missing, given = ("sslkey", "sslcert") if postgres.sslkey is None else ("sslcert", "sslkey")
+        yield f"postgres.{missing}: required with postgres.{given}"
+    if postgres.sslpassword is not None and postgres.sslkey is None:
+        yield "postgres.sslpassword: only used with postgres.sslkey"
+    if postgres.sslmode in ("verify-ca", "verify-full") and postgres.sslrootcert is None:
+        # libpq would look in ~/.postgresql/root.crt: a file of whoever runs the worker.
+        yield f"postgres.sslrootcert: required when postgres.sslmode is {postgres.sslmode}"
+    if postgres.sslmode == "disable":
+        for name in ("sslrootcert", "sslcert", "sslkey"):
+            if getattr(postgres, name) is not None:
+                yield f"postgres.{name}: not used when postgres.sslmode is disable"
 
 
 def _check_registry(schema_registry: SchemaRegistryConfig) -> Iterator[str]:
@@ -618,6 +777,7 @@ _CHECKS: tuple[tuple[Any, tuple[str, ...]], ...] = (
     (_check_cassandra, ("cassandra",)),
     (_check_snapshot, ("snapshot",)),
     (_check_kafka, ("kafka", "schema_registry")),
+    (_check_postgres, ("postgres",)),
     (_check_registry, ("schema_registry",)),
     (_check_vault, ("vault",)),
     (_check_tables, ("tables",)),
@@ -649,6 +809,9 @@ def _walk_value(value: Any, path: str) -> Iterator[tuple[str, Secret]]:
     elif isinstance(value, tuple):
         for i, item in enumerate(value):
             yield from _walk_value(item, f"{path}[{i}]")
+    elif isinstance(value, dict):  # kafka.properties
+        for key, item in value.items():
+            yield from _walk_value(item, f"{path}.{key}")
 
 
 def _with_secrets(model: BaseModel, resolved: Mapping[str, Secret], prefix: str = "") -> Any:
@@ -662,6 +825,8 @@ def _with_secrets(model: BaseModel, resolved: Mapping[str, Secret], prefix: str 
         path = f"{prefix}{name}"
         if path in resolved:
             update[name] = resolved[path]
+        elif isinstance(value, dict) and any(f"{path}.{k}" in resolved for k in value):
+            update[name] = {k: resolved.get(f"{path}.{k}", v) for k, v in value.items()}
         elif isinstance(value, BaseModel):
             copy = _with_secrets(value, resolved, f"{path}.")
             if copy is not value:
@@ -957,6 +1122,62 @@ def _connect_vault(vault: VaultConfig | None, resolver: SecretResolver,
     return True
 
 
+# --- step 5: TLS files -------------------------------------------------------------------
+
+
+def _tls_files(cfg: PipelineConfig) -> list[tuple[str, str, bool]]:
+    """Every TLS file the config names: ``(setting, path, is a private key)``."""
+    files: list[tuple[str, str, bool]] = []
+    ssl = cfg.cassandra.ssl
+    if ssl is not None:
+        files += [(f"cassandra.ssl.{n}", getattr(ssl, n), n == "key_file")
+                  for n in ("ca_file", "cert_file", "key_file") if getattr(ssl, n)]
+    if cfg.kafka.ssl_ca_location:
+        files.append(("kafka.ssl_ca_location", cfg.kafka.ssl_ca_location, False))
+    files += [(f"kafka.properties.{k}", v, k == "ssl.key.location")
+              for k, v in cfg.kafka.properties.items() if k in KAFKA_FILE_PROPERTIES]
+    files += [(f"postgres.{n}", getattr(cfg.postgres, n), n == "sslkey")
+              for n in ("sslrootcert", "sslcert", "sslkey") if getattr(cfg.postgres, n)]
+    return files
+
+
+def _absolute_tls_files(cfg: PipelineConfig, base: Path) -> PipelineConfig:
+    """``cfg`` with relative TLS paths anchored at the pipeline file's directory (like
+    ``file:`` secrets), so that Ray workers, whose working directory differs, open the
+    same files."""
+    def fix(value: str) -> str:
+        return value if os.path.isabs(value) else str(base / value)
+
+    ssl = cfg.cassandra.ssl
+    if ssl is not None:
+        ssl = ssl.model_copy(update={n: fix(getattr(ssl, n)) for n in ("ca_file", "cert_file", "key_file")
+                                     if getattr(ssl, n)})
+    kafka_update: dict[str, Any] = {"properties": {k: fix(v) if k in KAFKA_FILE_PROPERTIES else v
+                                                   for k, v in cfg.kafka.properties.items()}}
+    if cfg.kafka.ssl_ca_location:
+        kafka_update["ssl_ca_location"] = fix(cfg.kafka.ssl_ca_location)
+    pg = cfg.postgres.model_copy(update={n: fix(getattr(cfg.postgres, n))
+                                         for n in ("sslrootcert", "sslcert", "sslkey") if getattr(cfg.postgres, n)})
+    return cfg.model_copy(update={"cassandra": cfg.cassandra.model_copy(update={"ssl": ssl}),
+                                  "kafka": cfg.kafka.model_copy(update=kafka_update), "postgres": pg})
+
+
+def _file_problem(path: Path, private_key: bool) -> str | None:
+    """Why ``path`` cannot serve as a TLS file here, or ``None``."""
+    try:
+        mode = path.stat().st_mode
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        return f"no such file: {path}"
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    if private_key and mode & 0o077:
+        # libpq refuses such a key outright; for the other clients it is a leak all the same.
+        return f"{path} is readable by group or others (mode {mode & 0o777:o}); chmod 600 it"
+    return None
+
+
 # --- the entry point ----------------------------------------------------------------------
 
 
@@ -989,6 +1210,12 @@ def load_config(path: Path | str, *, env: Mapping[str, str] | None = None,
     if problems:
         raise ConfigError(problems)
     assert cfg is not None  # no problems means validation produced a model
+    cfg = _absolute_tls_files(cfg, path.resolve().parent)
+    if resolve_secrets:
+        tls_problems = [f"{setting}: {p}" for setting, file, key in _tls_files(cfg)
+                        if (p := _file_problem(Path(file), key))]
+        if tls_problems:
+            raise ConfigError(tls_problems)
     log_path = cfg.capture.connector_log
     if log_path and not os.path.isabs(log_path):  # like file: secrets, relative to the file
         capture = cfg.capture.model_copy(update={"connector_log": str(path.resolve().parent / log_path)})

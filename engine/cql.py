@@ -4,21 +4,54 @@ Every c2pg process that reads Cassandra (snapshot read tasks, reconcile, the dem
 checks) opens its session here, where the work runs: settings travel to Ray workers, live
 sessions never do. Reads go to the configured data center only, token-aware, so a token
 range read lands on a replica.
+
+With ``cassandra.ssl`` set every connection is TLS: :func:`ssl_context` builds the context
+where the session opens (an ``SSLContext`` cannot be pickled to a worker; the settings can).
+A wrong CA or password surfaces as the driver's ``NoHostAvailable`` naming the host and the
+TLS or authentication error (docs/troubleshooting.md, "TLS and authentication").
 """
 
 from __future__ import annotations
+
+import ssl
 
 from cassandra import ConsistencyLevel
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
-from engine.config import CassandraConfig
+from engine.config import CassandraConfig, CassandraSslConfig
 
 
 def consistency_level(name: str) -> int:
     """``"LOCAL_QUORUM"`` → the driver's constant (names are validated by the config)."""
     return getattr(ConsistencyLevel, name)
+
+
+def ssl_context(cfg: CassandraSslConfig | None) -> ssl.SSLContext | None:
+    """The client TLS context of ``cassandra.ssl`` (``None``: plain connections).
+
+    TLS 1.2 or newer; the server's chain must lead to ``ca_file``; with ``verify_hostname``
+    the driver passes the contact point as the name to check (the server certificate needs
+    it as a DNS or IP subject alternative name).
+    """
+    if cfg is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = cfg.verify_hostname
+    if cfg.cert_file:
+        ctx.load_cert_chain(cfg.cert_file, cfg.key_file,
+                            password=cfg.key_password.get() if cfg.key_password else None)
+    return ctx
+
+
+def auth_provider(cfg: CassandraConfig) -> PlainTextAuthProvider | None:
+    """The driver's username/password login (``None`` without ``cassandra.username``); the
+    driver only uses it when the server asks for authentication."""
+    if not cfg.username:
+        return None
+    return PlainTextAuthProvider(cfg.username, cfg.password.get() if cfg.password else None)
 
 
 def connect(cfg: CassandraConfig, *, keyspace: str | None = None,
@@ -33,16 +66,14 @@ def connect(cfg: CassandraConfig, *, keyspace: str | None = None,
     its own session and routes by the replicas its split already names; anything that
     reads ``cluster.metadata`` keyspaces or plans by token needs the default.
     """
-    auth = (PlainTextAuthProvider(cfg.username, cfg.password.get() if cfg.password else None)
-            if cfg.username else None)
     profile = ExecutionProfile(
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=cfg.local_dc)),
         consistency_level=consistency_level(cfg.consistency),
         request_timeout=cfg.request_timeout.total_seconds(),
         **({"row_factory": row_factory} if row_factory else {}),
     )
-    cluster = Cluster(list(cfg.contact_points), port=cfg.port, auth_provider=auth,
-                      protocol_version=cfg.protocol_version,
+    cluster = Cluster(list(cfg.contact_points), port=cfg.port, auth_provider=auth_provider(cfg),
+                      ssl_context=ssl_context(cfg.ssl), protocol_version=cfg.protocol_version,
                       schema_metadata_enabled=metadata, token_metadata_enabled=metadata,
                       execution_profiles={EXEC_PROFILE_DEFAULT: profile})
     return cluster, cluster.connect(keyspace)

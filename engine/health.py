@@ -127,12 +127,13 @@ def _timed(fn: Check) -> tuple[bool, float, str | None, str | None]:
 
 
 def check_postgres(*, host: str, port: int, user: str, password: str | None, dbname: str,
-                   timeout_s: float = 3.0) -> str:
-    """``SELECT 1`` over a fresh connection; returns the server version."""
+                   timeout_s: float = 3.0, **libpq: Any) -> str:
+    """``SELECT 1`` over a fresh connection; returns the server version. ``libpq``: further
+    connection settings (``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey``...)."""
     import psycopg2
 
     conn = psycopg2.connect(host=host, port=port, user=user, password=password, dbname=dbname,
-                            connect_timeout=max(1, int(timeout_s)))
+                            connect_timeout=max(1, int(timeout_s)), **libpq)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT 1, current_setting('server_version')")
@@ -144,7 +145,7 @@ def check_postgres(*, host: str, port: int, user: str, password: str | None, dbn
 
 
 def check_cassandra(*, contact_points: list[str], port: int, username: str | None = None,
-                    password: str | None = None, timeout_s: float = 5.0) -> str:
+                    password: str | None = None, timeout_s: float = 5.0, ssl_context: Any = None) -> str:
     """``SELECT release_version FROM system.local`` through the driver (now() proves a read)."""
     from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
@@ -157,7 +158,7 @@ def check_cassandra(*, contact_points: list[str], port: int, username: str | Non
         # No schema or token metadata: the check reads one row, and the driver would otherwise
         # read every keyspace's schema at connect (a cost that grows with the cluster's tables).
         cluster = Cluster(contact_points, port=port, auth_provider=auth, connect_timeout=timeout_s,
-                          control_connection_timeout=timeout_s, protocol_version=5,
+                          control_connection_timeout=timeout_s, protocol_version=5, ssl_context=ssl_context,
                           schema_metadata_enabled=False, token_metadata_enabled=False,
                           execution_profiles={EXEC_PROFILE_DEFAULT: profile})
         try:
@@ -175,15 +176,25 @@ def check_kafka(*, bootstrap_servers: str, topics: list[str] | None = None,
     """Cluster metadata, and the metadata of each of ``topics``: it must exist (or, with
     ``require_topics=False``, a missing one is only named in the detail) and every one of
     its partitions must have a leader (a partition without one cannot be read)."""
+    from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    # librdkafka's own connection errors go to a silenced logger: the exception below is
+    # librdkafka's own connection errors are collected, not printed: the exception below is
     # the answer, and a probe of a stopped broker must not flood the caller's stderr.
+    causes = _KafkaCauses()
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers,
-                               "socket.timeout.ms": int(timeout_s * 1000), "logger": _QUIET}
+                            "socket.timeout.ms": int(timeout_s * 1000), "logger": causes.logger,
+                            "error_cb": lambda err: causes.errors.append(err.str())}
     conf.update(extra or {})
     admin = AdminClient(conf)
-    md = admin.list_topics(timeout=timeout_s)
+    try:
+        md = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        # "Failed to get metadata: Local: Broker transport failure" hides the cause (a TLS
+        # handshake or a SASL login refused): librdkafka tells it to error_cb, served by poll(),
+        # and to its log.
+        admin.poll(0)
+        raise KafkaException(f"{exc.args[0]}; {causes}" if causes else exc.args[0]) from exc
     detail = f"{len(md.brokers)} broker(s), {len(md.topics)} topic(s)"
     missing = [t for t in topics or [] if t not in md.topics or md.topics[t].error is not None]
     if missing and require_topics:
@@ -200,6 +211,30 @@ def check_kafka(*, bootstrap_servers: str, topics: list[str] | None = None,
     return detail
 
 
+class _KafkaCauses(logging.Handler):
+    """What librdkafka said while a check failed: its error callbacks and its warning or
+    error log lines (a certificate refused, a SASL login refused), shown after the
+    exception's own text. The logger is not registered with :mod:`logging`: one per check."""
+
+    SHOWN = 3
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.errors: list[str] = []
+        self.lines: list[str] = []
+        self.logger = logging.Logger("c2pg.health.librdkafka")
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def __bool__(self) -> bool:
+        return bool(self.errors or self.lines)
+
+    def __str__(self) -> str:
+        return "; ".join(list(dict.fromkeys(self.errors or self.lines))[:self.SHOWN])
+
+
 class CassandraProbe:
     """The Cassandra check for a long-lived caller (the Serve replica's ``/readyz``, every
     ``api.health_cache``): one session kept between checks, so each check costs one round
@@ -209,8 +244,9 @@ class CassandraProbe:
     probe must see a node that came back at once)."""
 
     def __init__(self, *, contact_points: list[str], port: int, username: str | None = None,
-                 password: str | None = None, timeout_s: float = 5.0):
+                 password: str | None = None, timeout_s: float = 5.0, ssl_context: Any = None):
         self._args = (list(contact_points), port, username, password)
+        self._ssl_context = ssl_context
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self._cluster: Any = None
@@ -236,7 +272,7 @@ class CassandraProbe:
         contact_points, port, username, password = self._args
         profile = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy(contact_points),
                                    request_timeout=self.timeout_s)
-        self._cluster = Cluster(contact_points, port=port, protocol_version=5,
+        self._cluster = Cluster(contact_points, port=port, protocol_version=5, ssl_context=self._ssl_context,
                                 auth_provider=PlainTextAuthProvider(username, password) if username else None,
                                 connect_timeout=self.timeout_s, control_connection_timeout=self.timeout_s,
                                 schema_metadata_enabled=False, token_metadata_enabled=False,
@@ -458,16 +494,19 @@ def pipeline_checks(cfg, *, timeout_s: float = 3.0, sync: bool = False) -> dict[
     sync it reports "not measured"). ``sync=True`` adds ``sync`` (:func:`check_sync_supervisor`; needs a Ray
     driver).
     """
+    from engine.cql import ssl_context
+
     pg = cfg.postgres.connect_kwargs(application_name="c2pg-health")
     checks: dict[str, Check] = {
         "postgres": lambda: check_postgres(host=pg["host"], port=pg["port"], user=pg["user"],
                                            password=pg["password"], dbname=pg["dbname"],
-                                           timeout_s=timeout_s),
+                                           timeout_s=timeout_s, sslmode=pg["sslmode"],
+                                           **cfg.postgres.ssl_kwargs()),
         "cassandra": lambda: check_cassandra(
             contact_points=list(cfg.cassandra.contact_points), port=cfg.cassandra.port,
             username=cfg.cassandra.username,
             password=cfg.cassandra.password.get() if cfg.cassandra.password else None,
-            timeout_s=timeout_s),
+            timeout_s=timeout_s, ssl_context=ssl_context(cfg.cassandra.ssl)),
         "kafka": lambda: check_kafka(
             bootstrap_servers=cfg.kafka.bootstrap_servers, extra=cfg.kafka.client_conf(),
             topics=[cfg.kafka.topic_for(t.keyspace, t.table) for t in cfg.tables],

@@ -51,6 +51,7 @@ import structlog
 
 from engine import health, runs
 from engine.config import PipelineConfig, TableConfig
+from engine.cql import ssl_context
 from engine.sync_status import in_future, iso_write_time
 from serve_app.security import ApiError
 
@@ -222,7 +223,8 @@ class Control:
             cassandra = health.CassandraProbe(
                 contact_points=list(cfg.cassandra.contact_points), port=cfg.cassandra.port,
                 username=cfg.cassandra.username,
-                password=cfg.cassandra.password.get() if cfg.cassandra.password else None, timeout_s=t)
+                password=cfg.cassandra.password.get() if cfg.cassandra.password else None, timeout_s=t,
+                ssl_context=ssl_context(cfg.cassandra.ssl))
             kafka = health.KafkaProbe(bootstrap_servers=cfg.kafka.bootstrap_servers, topics=list(self._topics),
                                       extra=cfg.kafka.client_conf(), timeout_s=t)
             self._probes = [cassandra]

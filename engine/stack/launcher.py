@@ -8,6 +8,11 @@ A file lock keeps two launchers (a test session and a shell) from racing.
 
 Failure means a :class:`~engine.errors.StackError` naming the service, the cause and the
 log file; services already started stay up so their logs can be read (``down`` stops them).
+
+TLS mode (``up(tls=True)``, ``c2pg stack up --tls``) is sticky: a marker file keeps it for
+later ``up`` calls until ``up(tls=False)``. Entering or leaving it restarts the servers that
+read their TLS settings at start (Kafka, Cassandra, the connector); PostgreSQL and OpenBao
+switch live, in each service's ``configure()``, which runs on every ``up``. ADR 0013.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from engine.stack.services import Service, StackPaths, all_services
 
 log = structlog.get_logger("c2pg.stack")
 
-EXTRA_PORTS = {"kafka": ["kafka_controller"], "cassandra": ["cassandra_storage", "cassandra_jmx"]}
+EXTRA_PORTS = {"kafka": ["kafka_controller", "kafka_tls"], "cassandra": ["cassandra_storage", "cassandra_jmx"]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +64,21 @@ class Stack:
 
     def __init__(self, root: Path | None = None):
         self.paths = StackPaths(root or default_root())
-        self.services: dict[str, Service] = {s.name: s for s in all_services(self.paths)}
+        self.services: dict[str, Service] = {s.name: s for s in all_services(self.paths, self.tls)}
+
+    @property
+    def tls(self) -> bool:
+        """Whether the stack is in TLS mode (sticky: see :meth:`up`)."""
+        return self.paths.tls_mode_file.exists()
+
+    def _set_tls(self, tls: bool) -> None:
+        if tls:
+            self.paths.tls_files()  # the certificates first: the servers' configuration names them
+            self.paths.tls_mode_file.write_text("tls\n")
+        else:
+            self.paths.tls_mode_file.unlink(missing_ok=True)
+        for svc in self.services.values():
+            svc.tls = tls
 
     # --- bookkeeping ---------------------------------------------------------------------
 
@@ -102,13 +121,29 @@ class Stack:
     # --- up ------------------------------------------------------------------------------
 
     def up(self, names: list[str] | None = None, on_event: Callable[[str], None] | None = None,
-           ) -> list[ServiceStatus]:
-        """Install, start and wait for ``names`` (default: all) and their dependencies."""
+           tls: bool | None = None) -> list[ServiceStatus]:
+        """Install, start and wait for ``names`` (default: all) and their dependencies.
+
+        ``tls``: enter (True) or leave (False) TLS mode, which stays for later calls; None
+        keeps the current mode. A running server started in the other mode is restarted if
+        it reads its TLS settings at start, reconfigured live otherwise.
+        """
         say = on_event or (lambda msg: log.info(msg))
         wanted = self._with_dependencies(names or list(self.services))
         with self._locked(), _driver_logs_silenced():
             self.paths.logs.mkdir(parents=True, exist_ok=True)
+            if tls is not None:
+                self._set_tls(tls)
             state = self._load_state()
+            for name in reversed(list(self.services)):
+                svc = self.services[name]
+                entry = state.get(name)
+                if (svc.restart_on_mode_change and self._pid_if_ours(svc, entry) is not None
+                        and bool((entry or {}).get("tls")) != svc.tls):
+                    say(f"{name}: restarting into {'TLS' if svc.tls else 'plain'} mode")
+                    self._stop(svc, state)
+                    if name not in wanted:
+                        wanted = self._with_dependencies([*wanted, name])
             for name in wanted:
                 svc = self.services[name]
                 if self._pid_if_ours(svc, state.get(name)) is None:
@@ -127,7 +162,7 @@ class Stack:
                         say(f"{name}: already running (pid {pid})")
                     else:
                         procs[name] = self._spawn(svc)
-                        state[name] = {"pid": procs[name].pid, "started_at": time.time()}
+                        state[name] = {"pid": procs[name].pid, "started_at": time.time(), "tls": svc.tls}
                         self._save_state(state)
                         say(f"{name}: started (pid {procs[name].pid}), waiting for it to answer")
                     started[name] = time.monotonic()
@@ -136,6 +171,7 @@ class Stack:
                     if self._ready(svc, procs.get(name), started[name]):
                         if name in procs:
                             svc.after_ready()
+                        svc.configure()
                         ready.add(name)
                         say(f"{name}: ready on {v.HOST}:{svc.port} "
                             f"({time.monotonic() - started[name]:.1f}s)")
@@ -180,7 +216,7 @@ class Stack:
             raise svc.fail(f"exited with code {proc.returncode} while starting; last lines:\n"
                            + _tail(svc.log_file, 15))
         try:
-            svc.probe()
+            svc.ready_probe()
             return True
         except Exception as exc:  # noqa: BLE001 - not ready yet, for any reason
             if time.monotonic() - since > svc.start_timeout_s:
@@ -200,16 +236,22 @@ class Stack:
                 if names and name not in names:
                     continue
                 svc = self.services[name]
-                pid = self._pid_if_ours(svc, state.get(name))
-                state.pop(name, None)
-                if pid is None:
-                    continue
-                _terminate(pid, min(timeout_s, svc.stop_timeout_s), svc.stop_signal)
-                # A JVM killed at the deadline can hold its ports a moment longer; an `up`
-                # right after (the readiness tests do that) must not find them taken.
-                _wait_ports_closed(_ports(svc), 15.0)
-                say(f"{name}: stopped (pid {pid})")
+                pid = self._stop(svc, state, timeout_s)
+                if pid is not None:
+                    say(f"{name}: stopped (pid {pid})")
             self._save_state(state)
+
+    def _stop(self, svc: Service, state: dict[str, dict], timeout_s: float = 30.0) -> int | None:
+        """Stop ``svc`` if it runs (under the lock); its pid, or None if it was not running."""
+        pid = self._pid_if_ours(svc, state.get(svc.name))
+        state.pop(svc.name, None)
+        if pid is None:
+            return None
+        _terminate(pid, min(timeout_s, svc.stop_timeout_s), svc.stop_signal)
+        # A JVM killed at the deadline can hold its ports a moment longer; an `up`
+        # right after (the readiness tests do that) must not find them taken.
+        _wait_ports_closed(_ports(svc), 15.0)
+        return pid
 
     # --- status / logs -------------------------------------------------------------------
 

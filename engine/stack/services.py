@@ -26,7 +26,8 @@ from pathlib import Path
 from engine import health
 from engine.errors import StackError
 from engine.stack import versions as v
-from engine.stack.root import RAY_TOKEN_FILE, ray_token_path
+from engine.stack.root import RAY_TOKEN_FILE, default_root, ray_token_path
+from engine.stack.tls import CLIENT_CN, TlsFiles, ensure_certificates
 
 MAVEN_DIR = Path(__file__).with_name("maven")
 
@@ -89,8 +90,17 @@ class StackPaths:
     def secrets(self) -> Path:
         return self.root / "secrets"
 
+    @property
+    def tls_mode_file(self) -> Path:
+        """Present while the stack is in TLS mode (``stack up --tls``; ``--no-tls`` removes it)."""
+        return self.root / "tls" / "mode"
+
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"
+
+    def tls_files(self) -> TlsFiles:
+        """The stack's certificates, issued if missing or expiring (:mod:`engine.stack.tls`)."""
+        return ensure_certificates(self.root, read_or_create_secret(self, "tls-store-password"))
 
 
 @dataclass
@@ -106,6 +116,10 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     stop_timeout_s: float = 30.0  # stop_signal, then SIGKILL of the process group after this
     stop_signal: int = signal.SIGTERM
+    tls: bool = False  # the stack's TLS mode (docs/adr/0013-local-stack-tls.md)
+    # Whether the server must restart to enter or leave TLS mode (its configuration is read
+    # at start); the others switch live in configure().
+    restart_on_mode_change: bool = False
 
     @property
     def log_file(self) -> Path:
@@ -128,8 +142,17 @@ class Service:
         """One real round trip; returns a detail string, raises when not healthy."""
         raise NotImplementedError
 
+    def ready_probe(self) -> str | None:
+        """What ``up`` waits for before :meth:`configure`: by default :meth:`probe` (a
+        server whose probe needs what configure() creates overrides it)."""
+        return self.probe()
+
     def after_ready(self) -> None:
-        """Work to do once the server answers (create roles, write secrets...)."""
+        """Work to do once a freshly started server answers (create roles, write secrets...)."""
+
+    def configure(self) -> None:
+        """Work to do on every ``up`` once the server answers, started now or reused:
+        bring it to the stack's mode (idempotent and cheap)."""
 
     def cmd_marker(self) -> str:
         """A string found in the process's command line, to recognise our own pid."""
@@ -213,6 +236,33 @@ def read_or_create_secret(paths: StackPaths, name: str, nbytes: int = 18, hex_to
     return f.read_text().strip()
 
 
+def stack_credentials(paths: StackPaths) -> dict[str, dict[str, str]]:
+    """The stack's generated credentials by OpenBao path: ``c2pg/local`` (PostgreSQL's role,
+    the API token) and ``c2pg/logins`` (the logins of TLS mode: Cassandra's role, Kafka's
+    SCRAM user, PostgreSQL's TLS-only role; written in both modes, so a pipeline file that
+    names them loads in either)."""
+    return {
+        "c2pg/local": {"postgres_user": Postgres.ROLE,
+                       "postgres_password": read_or_create_secret(paths, "postgres-password"),
+                       "api_token": read_or_create_secret(paths, "api-token")},
+        "c2pg/logins": {"cassandra_user": Cassandra.ROLE,
+                        "cassandra_password": read_or_create_secret(paths, "cassandra-password"),
+                        "kafka_user": Kafka.SCRAM_USER,
+                        "kafka_password": read_or_create_secret(paths, "kafka-password"),
+                        "postgres_tls_user": Postgres.TLS_ROLE,
+                        "postgres_tls_password": read_or_create_secret(paths, "postgres-tls-password")},
+    }
+
+
+def cassandra_login(root: Path | None = None) -> tuple[str, str]:
+    """The stack's Cassandra login, ``(role, password)``, for a client that reads no pipeline
+    file: a test's own driver session, ``cqlsh -u ROLE -p PASSWORD`` in a benchmark. (A
+    pipeline file names the same login: ``examples/pipeline.local.yaml``.) The node asks for
+    it in TLS mode only; a node without authentication never does, so a client may always
+    pass it."""
+    return Cassandra.ROLE, Cassandra(StackPaths(root or default_root())).password
+
+
 def write_secret_file(paths: StackPaths, name: str, value: str) -> None:
     paths.secrets.mkdir(parents=True, exist_ok=True)
     f = paths.secrets / name
@@ -233,6 +283,8 @@ class Postgres(Service):
 
     DATABASE = "c2pg"
     ROLE = "c2pg"
+    TLS_ROLE = CLIENT_CN  # TLS only: a client certificate with this name and a password
+    HBA_BEGIN, HBA_END = "# c2pg-tls begin", "# c2pg-tls end"
 
     def __init__(self, paths: StackPaths):
         # SIGINT is PostgreSQL's fast shutdown (what `pg_ctl stop` sends): it ends the open
@@ -341,6 +393,67 @@ class Postgres(Service):
         finally:
             conn.close()
 
+    def configure(self) -> None:
+        """TLS mode: ``ssl = on`` with the stack's certificate, a role :attr:`TLS_ROLE` (and its
+        database) that may log in only over TLS with a client certificate naming it and its
+        password; the other roles keep logging in as before, with or without TLS. Both are
+        settings PostgreSQL reloads without a restart (``ALTER SYSTEM``, ``pg_hba.conf``)."""
+        import psycopg2
+        from psycopg2 import sql
+
+        pgdata = self.data_dir.resolve()
+        hba = pgdata / "pg_hba.conf"
+        text = hba.read_text()
+        if self.HBA_BEGIN in text:
+            text = text[:text.index(self.HBA_BEGIN)] + text[text.index(self.HBA_END) + len(self.HBA_END) + 1:]
+        conn = psycopg2.connect(host=v.HOST, port=self.port, user="postgres", dbname="postgres",
+                                password=read_or_create_secret(self.paths, "postgres-superuser-password"))
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                if self.tls:
+                    files = self._server_files()
+                    for name, path in files.items():
+                        cur.execute(sql.SQL("ALTER SYSTEM SET {} = %s").format(sql.Identifier(name)), (str(path),))
+                    cur.execute("ALTER SYSTEM SET ssl = on")
+                    cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.TLS_ROLE,))
+                    verb = "ALTER" if cur.fetchone() else "CREATE"
+                    cur.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(self.TLS_ROLE)),
+                                (read_or_create_secret(self.paths, "postgres-tls-password"),))
+                    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.TLS_ROLE,))
+                    if not cur.fetchone():
+                        cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                            sql.Identifier(self.TLS_ROLE), sql.Identifier(self.TLS_ROLE)))
+                    # First match wins: these lines go before initdb's "host all all" ones.
+                    text = (f"{self.HBA_BEGIN}\n"
+                            f"hostnossl all {self.TLS_ROLE} all reject\n"
+                            f"hostssl all {self.TLS_ROLE} {v.HOST}/32 scram-sha-256 clientcert=verify-full\n"
+                            f"{self.HBA_END}\n") + text
+                else:
+                    for name in ("ssl", "ssl_cert_file", "ssl_key_file", "ssl_ca_file"):
+                        cur.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name)))
+                hba.write_text(text)
+                cur.execute("SELECT pg_reload_conf()")
+        finally:
+            conn.close()
+
+    def _server_files(self) -> dict[str, Path]:
+        """The stack's server certificate, key and CA, copied into PGDATA for the server user:
+        PostgreSQL refuses a key that another user owns (unless root, with group read)."""
+        tls = self.paths.tls_files()
+        target = self.data_dir.resolve() / "c2pg-tls"
+        target.mkdir(mode=0o700, exist_ok=True)
+        self._chown(target)
+        out = {}
+        for setting, src in (("ssl_cert_file", tls.server_cert), ("ssl_key_file", tls.server_key),
+                             ("ssl_ca_file", tls.ca_cert)):
+            dst = target / src.name
+            shutil.copyfile(src, dst)
+            os.chmod(dst, 0o600)
+            self._chown(dst)
+            out[setting] = dst
+        return out
+
 
 # --- OpenBao (Vault API) ----------------------------------------------------------------
 
@@ -387,15 +500,19 @@ class Vault(Service):
     def probe(self) -> str | None:
         return health.check_vault(url=self.url)
 
+    def configure(self) -> None:
+        """The stack's credentials (every ``up``: an OpenBao started by an older launcher may
+        lack the newer ones)."""
+        import hvac
+
+        client = hvac.Client(url=self.url, token=self.root_token)
+        for path, secret in stack_credentials(self.paths).items():
+            client.secrets.kv.v2.create_or_update_secret(path=path, mount_point="secret", secret=secret)
+
     def after_ready(self) -> None:
         import hvac
 
         client = hvac.Client(url=self.url, token=self.root_token)
-        pg = Postgres(self.paths)
-        client.secrets.kv.v2.create_or_update_secret(
-            path=self.SECRET_PATH, mount_point="secret",
-            secret={"postgres_user": Postgres.ROLE, "postgres_password": pg.password,
-                    "api_token": read_or_create_secret(self.paths, "api-token")})
         if "approle/" not in client.sys.list_auth_methods():
             client.sys.enable_auth_method("approle")
         client.sys.create_or_update_policy(
@@ -420,9 +537,16 @@ class Kafka(Service):
     """
 
     CLUSTER_ID = "YzJwZy1sb2NhbC1zdGFjaw"  # 22 chars of base64: "c2pg-local-stack"
+    SCRAM_USER = "c2pg"
+    SCRAM_MECHANISM = "SCRAM-SHA-512"
 
     def __init__(self, paths: StackPaths):
-        super().__init__("kafka", v.PORTS["kafka"], paths, start_timeout_s=90)
+        super().__init__("kafka", v.PORTS["kafka"], paths, start_timeout_s=90, restart_on_mode_change=True)
+
+    @property
+    def tls_bootstrap(self) -> str:
+        """The SASL_SSL listener of TLS mode (SCRAM-SHA-512 users, the stack's certificate)."""
+        return f"{v.HOST}:{v.PORTS['kafka_tls']}"
 
     @property
     def lib(self) -> Path:
@@ -446,13 +570,32 @@ class Kafka(Service):
         d = self.data_dir
         (d / "logs").mkdir(parents=True, exist_ok=True)
         ctl = v.PORTS["kafka_controller"]
-        (d / "server.properties").write_text(
+        listeners = f"PLAINTEXT://{v.HOST}:{self.port}"
+        protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+        tls = ""
+        if self.tls:
+            # TLS mode adds a listener beside PLAINTEXT (which the stack's own tools, the
+            # connector's schema reads and plain clients keep using): SASL_SSL, SCRAM users
+            # (created by configure(), in the KRaft metadata), the stack's server certificate.
+            files = self.paths.tls_files()
+            listeners += f",SASL_SSL://{self.tls_bootstrap}"
+            protocols += ",SASL_SSL:SASL_SSL"
+            tls = (f"sasl.enabled.mechanisms={self.SCRAM_MECHANISM}\n"
+                   f"listener.name.sasl_ssl.{self.SCRAM_MECHANISM.lower()}.sasl.jaas.config="
+                   "org.apache.kafka.common.security.scram.ScramLoginModule required;\n"
+                   f"ssl.keystore.type=PKCS12\nssl.keystore.location={files.server_store}\n"
+                   f"ssl.keystore.password={read_or_create_secret(self.paths, 'tls-store-password')}\n"
+                   "ssl.client.auth=none\n")
+        props = d / "server.properties"
+        props.touch(mode=0o600)  # it may hold the key store's password
+        os.chmod(props, 0o600)
+        props.write_text(
             "process.roles=broker,controller\nnode.id=1\n"
             f"controller.quorum.voters=1@{v.HOST}:{ctl}\n"
-            f"listeners=PLAINTEXT://{v.HOST}:{self.port},CONTROLLER://{v.HOST}:{ctl}\n"
-            f"advertised.listeners=PLAINTEXT://{v.HOST}:{self.port}\n"
+            f"listeners={listeners},CONTROLLER://{v.HOST}:{ctl}\n"
+            f"advertised.listeners={listeners}\n"
             "controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n"
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n"
+            f"listener.security.protocol.map={protocols}\n{tls}"
             f"log.dirs={d / 'logs'}\nnum.partitions=3\nauto.create.topics.enable=true\n"
             "offsets.topic.replication.factor=1\ntransaction.state.log.replication.factor=1\n"
             "transaction.state.log.min.isr=1\nshare.coordinator.state.topic.replication.factor=1\n"
@@ -474,7 +617,36 @@ class Kafka(Service):
         return self._java("kafka.Kafka", str(self.data_dir / "server.properties"))
 
     def probe(self) -> str | None:
+        detail = health.check_kafka(bootstrap_servers=self.bootstrap, timeout_s=3)
+        if self.tls:
+            health.check_kafka(bootstrap_servers=self.tls_bootstrap, timeout_s=3, extra=self.tls_client_conf())
+            detail += f"; SASL_SSL on {self.tls_bootstrap}"
+        return detail
+
+    def ready_probe(self) -> str | None:
         return health.check_kafka(bootstrap_servers=self.bootstrap, timeout_s=3)
+
+    def tls_client_conf(self) -> dict[str, str]:
+        """librdkafka settings for the SASL_SSL listener, as the stack's SCRAM user."""
+        return {"security.protocol": "SASL_SSL", "sasl.mechanism": self.SCRAM_MECHANISM,
+                "sasl.username": self.SCRAM_USER,
+                "sasl.password": read_or_create_secret(self.paths, "kafka-password"),
+                "ssl.ca.location": str(self.paths.tls_files().ca_cert)}
+
+    def configure(self) -> None:
+        """TLS mode: the stack's SCRAM user, created (or its password set again) through the
+        PLAINTEXT listener; KRaft keeps SCRAM credentials in the cluster metadata (KIP-900)."""
+        if not self.tls:
+            return
+        from confluent_kafka.admin import (AdminClient, ScramCredentialInfo, ScramMechanism,
+                                           UserScramCredentialUpsertion)
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        upsert = UserScramCredentialUpsertion(
+            self.SCRAM_USER, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192),
+            read_or_create_secret(self.paths, "kafka-password").encode())
+        for future in admin.alter_user_scram_credentials([upsert]).values():
+            future.result(timeout=30)
 
 
 def log4j2_xml(loggers: dict[str, str]) -> str:
@@ -502,9 +674,15 @@ class Cassandra(Service):
 
     CLUSTER = "c2pg-dev"
     DC = "datacenter1"
+    ROLE = "c2pg"  # TLS mode's login (a superuser); its password: <stack>/secrets/cassandra-password
 
     def __init__(self, paths: StackPaths):
-        super().__init__("cassandra", v.PORTS["cassandra"], paths, start_timeout_s=180)
+        super().__init__("cassandra", v.PORTS["cassandra"], paths, start_timeout_s=180,
+                         restart_on_mode_change=True)
+
+    @property
+    def password(self) -> str:
+        return read_or_create_secret(self.paths, "cassandra-password")
 
     @property
     def lib(self) -> Path:
@@ -552,13 +730,36 @@ commitlog_sync: periodic
 commitlog_sync_period: 250ms
 commitlog_segment_size: 32MiB
 auto_snapshot: false
-authenticator: AllowAllAuthenticator
 authorizer: AllowAllAuthorizer
 read_request_timeout: 10000ms
 range_request_timeout: 20000ms
 write_request_timeout: 5000ms
-""")
+""" + (self._tls_yaml() if self.tls else "authenticator: AllowAllAuthenticator\n"))
+        os.chmod(self.yaml_path, 0o600)  # TLS mode writes the key store's password into it
         (d / "conf" / "logback.xml").write_text(LOGBACK_XML)
+
+    def _tls_yaml(self) -> str:
+        """TLS mode: client encryption on 9042 with ``optional: true`` (the port serves TLS
+        and plain clients alike: Cassandra 5.0 tells them apart by the first bytes) and a
+        client certificate required of TLS clients; every client logs in
+        (PasswordAuthenticator: authentication is per node, not per port; ADR 0013)."""
+        files = self.paths.tls_files()
+        password = read_or_create_secret(self.paths, "tls-store-password")
+        return f"""\
+authenticator: PasswordAuthenticator
+credentials_validity: 1h
+roles_validity: 1h
+client_encryption_options:
+  enabled: true
+  optional: true
+  keystore: {files.server_store}
+  keystore_password: "{password}"
+  truststore: {files.trust_store}
+  truststore_password: "{password}"
+  store_type: PKCS12
+  require_client_auth: true
+  accepted_protocols: [TLSv1.2, TLSv1.3]
+"""
 
     def command(self) -> list[str]:
         d = self.data_dir
@@ -576,11 +777,65 @@ write_request_timeout: 5000ms
             f"-Dlogback.configurationFile={d / 'conf' / 'logback.xml'}",
             "-Dcassandra-foreground=yes", f"-Dcassandra.jmx.local.port={v.PORTS['cassandra_jmx']}",
             "-Dcassandra.skip_wait_for_gossip_to_settle=0", "-Dcassandra.ring_delay_ms=1000",
+            # PasswordAuthenticator (TLS mode): the default superuser at once rather than after
+            # 10 s, and bcrypt with 2^4 rounds for the roles made here, not 2^10: every login
+            # checks the hash (~1 ms instead of ~70 ms of the node's CPU), and the suite's Ray
+            # tasks each log in. A local stack's trade; production keeps the default.
+            "-Dcassandra.superuser_setup_delay_ms=0", "-Dcassandra.auth_bcrypt_gensalt_log2_rounds=4",
             "-cp", f"{self.lib}/*", "org.apache.cassandra.service.CassandraDaemon",
         ]
 
     def probe(self) -> str | None:
-        return health.check_cassandra(contact_points=[v.HOST], port=self.port, timeout_s=3)
+        # The stack's login in both modes: a node without authentication never asks for it.
+        return health.check_cassandra(contact_points=[v.HOST], port=self.port, timeout_s=3,
+                                      username=self.ROLE, password=self.password)
+
+    def ready_probe(self) -> str | None:
+        """Answering CQL is enough: on the first start in TLS mode the stack's role does not
+        exist yet (configure() creates it), and the node refuses its login."""
+        from cassandra import AuthenticationFailed
+        from cassandra.cluster import NoHostAvailable
+
+        try:
+            return self.probe()
+        except NoHostAvailable as exc:
+            if self.tls and any(isinstance(e, AuthenticationFailed) for e in exc.errors.values()):
+                return "answering; the stack's role is not set up yet"
+            raise
+
+    def configure(self) -> None:
+        """TLS mode: the superuser role :attr:`ROLE` with the stack's password, created through
+        the default ``cassandra`` superuser the first time, which is then dropped."""
+        if not self.tls:
+            return
+        from cassandra import AuthenticationFailed
+        from cassandra.auth import PlainTextAuthProvider
+        from cassandra.cluster import Cluster, NoHostAvailable
+
+        def session(user: str, password: str):
+            cluster = Cluster([v.HOST], port=self.port, protocol_version=5, connect_timeout=10,
+                              auth_provider=PlainTextAuthProvider(user, password),
+                              schema_metadata_enabled=False, token_metadata_enabled=False)
+            return cluster, cluster.connect()
+
+        try:
+            cluster, cql = session(self.ROLE, self.password)
+        except NoHostAvailable as exc:
+            if not any(isinstance(e, AuthenticationFailed) for e in exc.errors.values()):
+                raise
+            cluster, cql = session("cassandra", "cassandra")
+            try:
+                # CQL takes no bind marker for a password; the generated ones are URL-safe base64.
+                cql.execute(f"CREATE ROLE IF NOT EXISTS {self.ROLE} WITH SUPERUSER = true AND LOGIN = true "
+                            f"AND PASSWORD = '{_cql_literal(self.password)}'")
+            finally:
+                cluster.shutdown()
+            cluster, cql = session(self.ROLE, self.password)
+        try:
+            # The well-known default superuser goes; with a role left, the node does not make it again.
+            cql.execute("DROP ROLE IF EXISTS cassandra")
+        finally:
+            cluster.shutdown()
 
     def nodetool(self, *args: str, timeout_s: float = 120) -> str:
         """Run Cassandra's nodetool (over JMX on loopback) from the same classpath."""
@@ -591,6 +846,10 @@ write_request_timeout: 5000ms
         if proc.returncode != 0:
             raise self.fail(f"nodetool {' '.join(args)} failed: {(proc.stderr or proc.stdout)[-500:]}")
         return proc.stdout
+
+
+def _cql_literal(text: str) -> str:
+    return text.replace("'", "''")
 
 
 LOGBACK_XML = """<configuration scan="false">
@@ -624,7 +883,7 @@ class Debezium(Service):
 
     def __init__(self, paths: StackPaths):
         super().__init__("debezium", v.PORTS["debezium"], paths, depends_on=("cassandra", "kafka"),
-                         start_timeout_s=120)
+                         start_timeout_s=120, restart_on_mode_change=True)
 
     @property
     def jar(self) -> Path:
@@ -644,13 +903,24 @@ class Debezium(Service):
         for sub in ("relocation", "offsets"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         cass = Cassandra(self.paths)
-        (d / "application.conf").write_text(f"""\
+        # TLS mode: the node asks every client to log in, the connector's schema reads too
+        # (plain, on loopback: client encryption is optional). 0600: it holds the password.
+        auth = (f"""  advanced.auth-provider {{
+    class = PlainTextAuthProvider
+    username = "{Cassandra.ROLE}"
+    password = "{cass.password}"
+  }}
+""" if self.tls else "")
+        conf = d / "application.conf"
+        conf.touch(mode=0o600)
+        os.chmod(conf, 0o600)
+        conf.write_text(f"""\
 datastax-java-driver {{
   basic.contact-points = ["{v.HOST}:{cass.port}"]
   basic.load-balancing-policy.local-datacenter = {Cassandra.DC}
   basic.request.timeout = 20 seconds
   advanced.connection.init-query-timeout = 10 seconds
-}}
+{auth}}}
 """)
         props = {
             "topic.prefix": self.TOPIC_PREFIX,
@@ -670,14 +940,31 @@ datastax-java-driver {{
             "value.converter": "org.apache.kafka.connect.json.JsonConverter",
             "value.converter.schemas.enable": "false",
             "kafka.producer.bootstrap.servers": f"{v.HOST}:{v.PORTS['kafka']}",
+            **(self._tls_producer() if self.tls else {}),
             "kafka.producer.acks": "all",
             "kafka.producer.linger.ms": "5",
             "http.port": str(self.port),
             "decimal.handling.mode": "string",
             "varint.handling.mode": "string",
         }
-        (d / "connector.properties").write_text("".join(f"{k}={val}\n" for k, val in props.items()))
+        out = d / "connector.properties"
+        out.touch(mode=0o600)
+        os.chmod(out, 0o600)
+        out.write_text("".join(f"{k}={val}\n" for k, val in props.items()))
         (d / "logback.xml").write_text(LOGBACK_XML)
+
+    def _tls_producer(self) -> dict[str, str]:
+        """TLS mode: the connector produces through Kafka's SASL_SSL listener as the stack's
+        SCRAM user, checking the broker's certificate against the stack's CA (PEM)."""
+        kafka = Kafka(self.paths)
+        password = read_or_create_secret(self.paths, "kafka-password")
+        return {"kafka.producer.bootstrap.servers": kafka.tls_bootstrap,
+                "kafka.producer.security.protocol": "SASL_SSL",
+                "kafka.producer.sasl.mechanism": Kafka.SCRAM_MECHANISM,
+                "kafka.producer.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule "
+                                                   f'required username="{Kafka.SCRAM_USER}" password="{password}";',
+                "kafka.producer.ssl.truststore.type": "PEM",
+                "kafka.producer.ssl.truststore.location": str(self.paths.tls_files().ca_cert)}
 
     def command(self) -> list[str]:
         d = self.data_dir
@@ -821,8 +1108,12 @@ def ray_auth_headers(token_path: Path | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def all_services(paths: StackPaths) -> list[Service]:
-    """The stack in start order; the launcher starts those without dependencies together."""
-    return [Postgres(paths), Vault(paths), Kafka(paths), Cassandra(paths), Registry(paths),
-            Debezium(paths), RayHead(paths)]
+def all_services(paths: StackPaths, tls: bool = False) -> list[Service]:
+    """The stack in start order; the launcher starts those without dependencies together.
+    ``tls``: the stack's TLS mode (``c2pg stack up --tls``)."""
+    services = [Postgres(paths), Vault(paths), Kafka(paths), Cassandra(paths), Registry(paths),
+                Debezium(paths), RayHead(paths)]
+    for svc in services:
+        svc.tls = tls
+    return services
 

@@ -25,6 +25,7 @@ PORTS: dict[str, int] = {
     "postgres": 55432,
     "vault": 8200,
     "kafka": 9092,
+    "kafka_tls": 9094,  # the SASL_SSL listener of TLS mode
     "kafka_controller": 9093,
     "cassandra": 9042,
     "cassandra_storage": 7000,

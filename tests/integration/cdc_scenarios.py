@@ -107,7 +107,12 @@ SCENARIOS = [
 
 
 def connect(host: str = "127.0.0.1", port: int = 9042) -> tuple[Cluster, Session]:
-    cluster = Cluster([host], port=port, protocol_version=5)
+    from cassandra.auth import PlainTextAuthProvider
+
+    from engine.stack.services import cassandra_login
+
+    # The stack's login: its node asks for one in TLS mode only (the driver sends it when asked).
+    cluster = Cluster([host], port=port, protocol_version=5, auth_provider=PlainTextAuthProvider(*cassandra_login()))
     return cluster, cluster.connect()
 
 

@@ -27,6 +27,7 @@ CDC_KEYSPACES = {
     "c2pg_sync_cli_test": False,
     "c2pg_sync_test": True,
     "c2pg_ttl_replay": True,
+    "tls_ks": False,
 }
 
 

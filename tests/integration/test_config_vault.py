@@ -129,4 +129,4 @@ def test_one_read_per_vault_path(example_pipeline_path, monkeypatch):
     monkeypatch.setattr(SecretResolver, "_fetch", counting)
     cfg = load_config(example_pipeline_path, env={})
     assert cfg.postgres.password.resolved and cfg.api.token.resolved
-    assert fetched == ["c2pg/local"]
+    assert sorted(fetched) == ["c2pg/local", "c2pg/logins"]  # logins: cassandra.password
