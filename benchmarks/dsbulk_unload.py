@@ -76,19 +76,28 @@ def install(paths: StackPaths | None = None) -> Path:
 
 
 def unload(host: str, port: int, keyspace: str, table: str, columns: list[str], out_dir: Path,
-           settings: dict[str, str] | None = None) -> dict[str, Any]:
+           settings: dict[str, str] | None = None, login: tuple[str, str] | None = None) -> dict[str, Any]:
     """``dsbulk unload`` of ``columns`` of ``keyspace.table`` into CSV files in ``out_dir``.
 
     The query has no WHERE clause, so DSBulk reads it by token range in parallel
     (``schema.splits``). Returns ``seconds`` (the whole command, JVM start included, as a
     user would time it), DSBulk's own ``reported_s`` and ``rows``, and the command line.
     Raises ``CalledProcessError`` (DSBulk's output in the message) when DSBulk fails.
+    ``login`` (role, password) goes to the driver in a config file of ``out_dir`` (0600),
+    not on the command line.
     """
     lib = install()
     out_dir.mkdir(parents=True, exist_ok=True)
+    auth: list[str] = []
+    if login is not None:
+        conf = out_dir / "auth.conf"
+        conf.write_text("datastax-java-driver.advanced.auth-provider {\n  class = PlainTextAuthProvider\n"
+                        f"  username = {json.dumps(login[0])}\n  password = {json.dumps(login[1])}\n}}\n")
+        conf.chmod(0o600)
+        auth = ["-f", str(conf)]
     cols = ", ".join(f'"{c}"' for c in columns)
     options = {**CSV_SETTINGS, **UNLOAD_SETTINGS, **(settings or {})}
-    cmd = [java_bin(SERVICE), "-cp", f"{lib}/*", MAIN, "unload",
+    cmd = [java_bin(SERVICE), "-cp", f"{lib}/*", MAIN, "unload", *auth,
            "-h", host, "-port", str(port),
            "-query", f'SELECT {cols} FROM "{keyspace}"."{table}"',  # nosec B608 - quoted names, no values
            "-url", str(out_dir / "csv"), "-logDir", str(out_dir / "logs"),
@@ -161,9 +170,13 @@ def selftest() -> dict[str, Any]:
     from engine import cql
     from engine.config import CassandraConfig
 
+    from engine.stack.services import cassandra_login
+
     pg_kw = _stack_pg()
+    login = cassandra_login()  # the node asks for it in the stack's TLS mode only
+    password = f"file:{default_root() / 'secrets' / 'cassandra-password'}"
     cluster, session = cql.connect(CassandraConfig(contact_points=[v.HOST], port=v.PORTS["cassandra"],
-                                                   local_dc="datacenter1"))
+                                                   local_dc="datacenter1", username=login[0], password=password))
     try:
         session.execute(f"CREATE KEYSPACE IF NOT EXISTS {SELFTEST_KS} WITH replication = "
                         "{'class': 'SimpleStrategy', 'replication_factor': 1}")
@@ -179,7 +192,8 @@ def selftest() -> dict[str, Any]:
     finally:
         cluster.shutdown()
     with tempfile.TemporaryDirectory() as tmp:
-        result = unload(v.HOST, v.PORTS["cassandra"], SELFTEST_KS, SELFTEST_TABLE, SELFTEST_COLUMNS, Path(tmp))
+        result = unload(v.HOST, v.PORTS["cassandra"], SELFTEST_KS, SELFTEST_TABLE, SELFTEST_COLUMNS, Path(tmp),
+                        login=login)
         conn = psycopg2.connect(**pg_kw)
         try:
             with conn, conn.cursor() as cur:

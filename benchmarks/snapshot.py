@@ -110,8 +110,15 @@ def run_baseline(cfg, table: str, rows: int, workdir: Path, conn) -> tuple[float
     """(seconds of cqlsh COPY TO, seconds of psql \\copy FROM) for the same CSV."""
     csv = workdir / "snap.csv"
     cqlsh = Path(os.sys.executable).with_name("cqlsh")
+    login = []
+    if cfg.cassandra.username:  # asked for by the stack in TLS mode; the password from a file, not argv
+        credentials = workdir / "cqlsh-credentials"
+        credentials.write_text(f"[PlainTextAuthProvider]\nusername = {cfg.cassandra.username}\n"
+                               f"password = {cfg.cassandra.password.get()}\n")
+        credentials.chmod(0o600)
+        login = ["-u", cfg.cassandra.username, "--credentials", str(credentials)]
     t0 = time.perf_counter()
-    subprocess.run([str(cqlsh), cfg.cassandra.contact_points[0], str(cfg.cassandra.port),
+    subprocess.run([str(cqlsh), cfg.cassandra.contact_points[0], str(cfg.cassandra.port), *login,
                     "--request-timeout=120", "-e",
                     f"COPY {KS}.{table} ({', '.join(NAMES)}) "
                     f"TO '{csv}' WITH HEADER = false AND NUMPROCESSES = 2"],
@@ -130,8 +137,9 @@ def run_baseline(cfg, table: str, rows: int, workdir: Path, conn) -> tuple[float
 def run_dsbulk(cfg, table: str, rows: int, workdir: Path, conn) -> dict:
     """``dsbulk unload`` into CSV files, then one ``psql \\copy`` of them into an empty table."""
     dsbulk_unload.install()  # outside the timing: a first run resolves the jars
+    login = (cfg.cassandra.username, cfg.cassandra.password.get()) if cfg.cassandra.username else None
     unload = dsbulk_unload.unload(cfg.cassandra.contact_points[0], cfg.cassandra.port, KS, table, list(NAMES),
-                                  workdir / "dsbulk")
+                                  workdir / "dsbulk", login=login)
     fresh_pg_table(conn, f"{table}_dsbulk", DSBULK_PG)
     import_s = dsbulk_unload.copy_csv_dir(workdir / "dsbulk" / "csv", f"bench.{table}_dsbulk", psql_env(cfg))
     assert unload["rows"] == rows and count_rows(conn, f"{table}_dsbulk") == rows, "DSBulk copied a different count"
