@@ -67,7 +67,8 @@ def force_new_commitlog_segment(session, keyspace: str, cdc_raw, max_mib: int = 
     raise AssertionError(f"no new commit-log segment after {max_mib} MiB")
 
 
-def test_a_segment_the_connector_skips_is_a_stall_and_the_heal_repairs_the_lost_writes(stack, cass, pg, pipeline):
+def test_a_segment_the_connector_skips_is_a_stall_and_the_heal_repairs_the_lost_writes(stack, cass, pg, pipeline,
+                                                                                      ray_cluster):
     name = f"healed_{uuid.uuid4().hex[:6]}"
     cass.execute(f"CREATE TABLE {KS}.{name} (pk int PRIMARY KEY, v text) WITH cdc = true")
     cfg = fresh_sync_pipeline(pg, pipeline, KS, "capture_test", name)
@@ -124,7 +125,7 @@ def _health_cfg(cfg) -> tuple[int, str]:
     return 0, f"capture ok {detail}"
 
 
-def test_a_counter_table_is_kept_equal_by_scheduled_reconcile_and_named_as_such(cass, pg, pipeline):
+def test_a_counter_table_is_kept_equal_by_scheduled_reconcile_and_named_as_such(cass, pg, pipeline, ray_cluster):
     from engine.config import TableConfig
 
     name = f"counts_{uuid.uuid4().hex[:6]}"
