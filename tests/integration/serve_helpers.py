@@ -114,19 +114,24 @@ def serve_app_running(config: Path, *, env: dict[str, str] | None = None) -> Ite
     serve.run(ControlPlane.bind(str(config), env or {}), name=name, route_prefix=f"/{name}", blocking=False)
     api = Api(f"http://127.0.0.1:{_serve_port()}", f"/{name}",
               load_config(config, env={**os.environ, **(env or {})}).api.token.get())
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if requests.get(api.url("/healthz"), timeout=5).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        assert time.monotonic() < deadline, f"the control plane {name} did not come up in 120 s"
-        time.sleep(0.2)
+    wait_healthz(api, name)
     try:
         yield api
     finally:
         serve.delete(name)
+
+
+def wait_healthz(api: Api, name: str, timeout_s: float = 120) -> None:
+    """Until the deployed app ``name`` answers ``/healthz`` with 200; fails after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if requests.get(api.url("/healthz"), timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, f"the control plane {name} did not come up in {timeout_s:.0f} s"
+        time.sleep(0.2)
 
 
 def _serve_port() -> int:

@@ -36,7 +36,7 @@ def hung_postgres_check(stack, serve_instance, tmp_path):
     from engine import faults
     from engine.config import load_config
     from serve_app.app import ControlPlane
-    from tests.integration.serve_helpers import _serve_port
+    from tests.integration.serve_helpers import _serve_port, wait_healthz
 
     fault_dir = tmp_path / "faults"
     fault_dir.mkdir()
@@ -49,15 +49,7 @@ def hung_postgres_check(stack, serve_instance, tmp_path):
     serve.run(deployment.bind(str(path)), name=name, route_prefix=f"/{name}", blocking=False)
     api = Api(f"http://127.0.0.1:{_serve_port()}", f"/{name}", load_config(path).api.token.get())
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(api.url("/healthz"), timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "the control plane did not come up in 120 s"
-            time.sleep(0.5)
+        wait_healthz(api, name)
         yield api, fault_dir
     finally:
         faults.release("health.check", directory=fault_dir)
