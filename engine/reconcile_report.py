@@ -48,9 +48,11 @@ def repair_text(result: Any) -> str:
 
 def write_html(result: Any, drift: Sequence[Any], path: str | os.PathLike | None = None,
                repair_notes: Mapping[tuple, str] | None = None) -> str:
-    """Write the drift page and return its path (default: ``c2pg-reconcile-<run>.html``).
+    """Write the drift page and return its path (default: ``c2pg-reconcile-<run>.html`` in the
+    directory ``C2PG_REPORT_DIR`` names, else the working directory).
     ``repair_notes``: per drifted ``(token, key)``, the repair's verdict."""
-    out = Path(path) if path else Path(f"c2pg-reconcile-{result.run_id}.html")
+    name = f"c2pg-reconcile-{result.run_id}.html"
+    out = Path(path) if path else Path(os.environ.get("C2PG_REPORT_DIR") or ".") / name
     out.write_text(render_html(result, drift, repair_notes), encoding="utf-8")
     return str(out.resolve())
 

@@ -46,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="max concurrent compare tasks (default: the cluster's CPUs / snapshot.task_cpus)")
     p.add_argument("--output", type=Path, metavar="FILE", help="write the report as JSON here too")
     p.add_argument("--html", type=Path, metavar="FILE",
-                   help="where to write the drift page when drift is found (default: c2pg-reconcile-<run>.html)")
+                   help="where to write the drift page when drift is found "
+                        "(default: c2pg-reconcile-<run>.html in $C2PG_REPORT_DIR, else here)")
     p.add_argument("--run-id", metavar="UUID",
                    help="the new run's id, chosen by the caller such as the Serve app (default: a new one)")
     p.add_argument("--fail-on-drift", action="store_true", help=f"exit {DRIFT_EXIT} when unrepaired drift remains")

@@ -4,17 +4,98 @@
 ``.ci/run`` and ``scripts/test.sh`` start it first); it never stops it, so a developer's
 running stack survives a test run. ``ray_cluster`` connects the test process, as a Ray
 driver, to the stack's Ray head.
+
+Two test processes at once (``scripts/test.sh`` runs ``pytest -n 2``;
+pytest-xdist): most of a test's time is waiting on the servers (a change event's trip
+through the connector and Kafka, a supervisor's round, a reconcile job), so two tests share
+the stack and the machine's two cores well. What cannot share is arranged here:
+
+- a module runs whole in one process (its module fixtures — a shared supervisor, a table —
+  are made once), and the modules marked ``serve`` all in one process (one Serve instance);
+- a test marked ``exclusive`` runs with no other test running beside it: it stops, restarts
+  or breaks a server every test uses (the connector, Kafka, PostgreSQL, capture itself), or
+  judges a latency budget. It waits for the other process's running test to end, and no new
+  test starts there until it (and any ``exclusive`` test right after it) is done. Writers
+  first: a waiting exclusive test holds a turnstile that new shared tests queue behind.
+
+Run alone (plain ``pytest``, no ``-n``), none of this applies: one test at a time anyway.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
 import pytest
 
+from tests.run_locks import once_per_run, run_lock_path
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_PIPELINE = ROOT / "examples" / "pipeline.local.yaml"
+
+
+class _Turns:
+    """Shared and exclusive turns between the processes of a ``pytest -n`` run: a
+    readers-writer lock of two ``flock`` files (the turnstile, then the room), released by
+    the kernel if a process dies."""
+
+    def __init__(self):
+        self.turnstile = open(run_lock_path("turnstile"), "a")  # noqa: SIM115 - held for the session
+        self.room = open(run_lock_path("room"), "a")  # noqa: SIM115
+        self.held: str | None = None
+
+    def take(self, exclusive: bool) -> None:
+        want = "exclusive" if exclusive else "shared"
+        if self.held == want:
+            return
+        self.give_back()
+        fcntl.flock(self.turnstile, fcntl.LOCK_EX)
+        fcntl.flock(self.room, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if not exclusive:
+            fcntl.flock(self.turnstile, fcntl.LOCK_UN)  # an exclusive turn keeps it: nobody new enters
+        self.held = want
+
+    def give_back(self) -> None:
+        if self.held is not None:
+            fcntl.flock(self.room, fcntl.LOCK_UN)
+            if self.held == "exclusive":
+                fcntl.flock(self.turnstile, fcntl.LOCK_UN)
+            self.held = None
+
+
+_turns: _Turns | None = None
+
+
+def _is_exclusive(item) -> bool:
+    return item is not None and item.get_closest_marker("exclusive") is not None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Take this test's turn (see the module's docstring) for its set-up, call and teardown
+    (a module's fixtures are torn down in its last test's teardown, inside the turn)."""
+    global _turns
+    if run_lock_path("room") is None:
+        return (yield)
+    if _turns is None:
+        _turns = _Turns()
+    _turns.take(_is_exclusive(item))
+    try:
+        return (yield)
+    finally:
+        # A shared turn ends with each test, so that a waiting exclusive test gets in; an
+        # exclusive one is kept while the next test is exclusive too.
+        if not (_is_exclusive(item) and _is_exclusive(nextitem)):
+            _turns.give_back()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _report_dir(tmp_path_factory):
+    """Drift pages written without an explicit path go to the session's temporary directory
+    (``C2PG_REPORT_DIR``, inherited by the CLI and job processes tests start), not into the
+    working directory (the repository)."""
+    os.environ["C2PG_REPORT_DIR"] = str(tmp_path_factory.mktemp("reports"))
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +103,8 @@ def stack():
     from engine.stack.launcher import Stack
 
     s = Stack()
-    rows = s.up(on_event=lambda msg: None)
+    with once_per_run("stack-up"):  # not two `up`s at once; the second finds the stack running
+        rows = s.up(on_event=lambda msg: None)
     unhealthy = [f"{r.name}: {r.detail}" for r in rows if not r.healthy]
     assert not unhealthy, f"local stack not healthy: {unhealthy}"
     return s
@@ -101,6 +183,33 @@ def pytest_configure(config):
     os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(ray_token_path()))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     log.configure("INFO", json=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """With ``pytest -n``: each module runs whole in one process (its module fixtures are made
+    once), and the modules marked ``serve`` all in the same one (one Serve instance).
+
+    xdist's ``loadgroup`` would do this from ``xdist_group`` marks, but it renames test ids
+    in a way pytest 9 ignores, so the groups are told here, by module path; a module is a
+    ``serve`` one if it says ``pytest.mark.serve``."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    root = Path(__file__).resolve().parents[1]
+    serve_modules: dict[str, bool] = {}
+
+    def is_serve(module: str) -> bool:
+        if module not in serve_modules:
+            path = root / module
+            serve_modules[module] = path.is_file() and "pytest.mark.serve" in path.read_text(encoding="utf-8")
+        return serve_modules[module]
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "serve" if is_serve(module) else module
+
+    return ByModule(config, log)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1081,7 +1081,12 @@ class RayHead(Service):
 
     def command(self) -> list[str]:
         ray = str(Path(sys.executable).with_name("ray"))
-        return [ray, "start", "--head", "--block", f"--num-cpus={os.cpu_count() or 2}",
+        # Logical CPUs: twice the cores (at least 4). Sync workers and snapshot/reconcile tasks
+        # reserve CPUs but mostly wait on the servers; with only the cores, two pipelines' workers
+        # (0.5 each) would leave no room for a reconcile's tasks, which then wait for a worker
+        # to stop (docs/local-stack.md).
+        cpus = max(4, 2 * (os.cpu_count() or 2))
+        return [ray, "start", "--head", "--block", f"--num-cpus={cpus}",
                 f"--node-ip-address={v.HOST}", f"--port={v.PORTS['ray_gcs']}",
                 f"--ray-client-server-port={v.PORTS['ray_client']}", "--include-dashboard=true",
                 f"--dashboard-host={v.HOST}", f"--dashboard-port={self.port}", "--disable-usage-stats",

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from tests.run_locks import once_per_run
+
 # Keyspace → whether it is dropped first: the modules that dropped theirs at their start
 # (each starts from an empty keyspace) still do; the others only create theirs if missing,
 # as they did (their tables have names of their own per run).
@@ -38,16 +40,18 @@ def cdc_keyspaces(stack, pipeline) -> tuple[str, ...]:
     adds its own here)."""
     from engine import cql
 
-    cluster, session = cql.connect(pipeline.cassandra)
-    try:
-        for ks, drop in CDC_KEYSPACES.items():
-            if drop:
-                session.execute(f"DROP KEYSPACE IF EXISTS {ks}")
-            session.execute(f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
-                            "{'class': 'SimpleStrategy', 'replication_factor': 1}")
-    finally:
-        cluster.shutdown()
-    time.sleep(2)  # the connector misses tables created in their keyspace's refresh window
+    with once_per_run("cdc-keyspaces") as first:  # not dropped under another test process's feet
+        if first:
+            cluster, session = cql.connect(pipeline.cassandra)
+            try:
+                for ks, drop in CDC_KEYSPACES.items():
+                    if drop:
+                        session.execute(f"DROP KEYSPACE IF EXISTS {ks}")
+                    session.execute(f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
+                                    "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+            finally:
+                cluster.shutdown()
+            time.sleep(2)  # the connector misses tables created in their keyspace's refresh window
     return tuple(CDC_KEYSPACES)
 
 

@@ -36,7 +36,8 @@ from tests.integration.cdc_scenarios import stop_sync
 from tests.integration.serve_helpers import Api, pipeline_file, serve_app_running
 
 # Deploys the control plane: runs last, with the other serve modules, on one Serve instance.
-pytestmark = pytest.mark.serve
+# exclusive: it stops and restarts the Debezium connector every CDC test depends on.
+pytestmark = [pytest.mark.serve, pytest.mark.exclusive]
 
 KS = "c2pg_capture_test"
 FAST = {"heartbeat_interval": "1s", "stall_after": "6s"}

@@ -67,6 +67,8 @@ def force_new_commitlog_segment(session, keyspace: str, cdc_raw, max_mib: int = 
     raise AssertionError(f"no new commit-log segment after {max_mib} MiB")
 
 
+# exclusive: the connector skips a whole commit-log segment, every table's writes in it included.
+@pytest.mark.exclusive
 def test_a_segment_the_connector_skips_is_a_stall_and_the_heal_repairs_the_lost_writes(stack, cass, pg, pipeline,
                                                                                       ray_cluster):
     name = f"healed_{uuid.uuid4().hex[:6]}"

@@ -16,6 +16,9 @@ import pytest
 
 from tests.integration import cdc_scenarios as cdc
 
+# exclusive: making sure the connector captures the scenarios' tables may restart it.
+pytestmark = pytest.mark.exclusive
+
 
 @pytest.fixture(scope="module")
 def cql(stack):

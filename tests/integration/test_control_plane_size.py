@@ -20,7 +20,8 @@ import requests
 from tests.integration.serve_helpers import Api, pipeline_file
 
 # Deploys the control plane: runs last, with the other serve modules, on one Serve instance.
-pytestmark = pytest.mark.serve
+# exclusive: it judges the probes' latency budget, which another test's load would spend.
+pytestmark = [pytest.mark.serve, pytest.mark.exclusive]
 
 PROBE_BUDGET_S = 1.0  # a Kubernetes probe's timeoutSeconds: 1 by default
 LOAD_S = 10.0

@@ -21,7 +21,8 @@ import requests
 from tests.integration.serve_helpers import Api, pipeline_file, serve_app_running
 
 # Deploys the control plane: runs last, with the other serve modules, on one Serve instance.
-pytestmark = pytest.mark.serve
+# exclusive: it stops and restarts servers every test uses.
+pytestmark = [pytest.mark.serve, pytest.mark.exclusive]
 
 # stack service → the component /readyz reports
 OUTAGES = [("postgres", "postgres"), ("kafka", "kafka"), ("cassandra", "cassandra"),

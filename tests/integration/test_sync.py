@@ -390,6 +390,7 @@ def test_killing_the_supervisor_mid_batch_loses_nothing(held_commit, cass, pg, s
     assert {w["state"] for w in status["workers"]} == {"running"}
 
 
+@pytest.mark.exclusive  # PostgreSQL goes down for every test
 def test_a_postgres_restart_mid_batch_loses_nothing(held_commit, cass, pg, sync_table, stack):
     cfg, t, sup = sync_table
     writer, held = _hold_a_batch_mid_stream(cass, pg, t, held_commit, rows=300)
@@ -472,6 +473,7 @@ def test_replaying_the_topic_and_shuffled_duplicates_end_equal(cass, pg, sync_ta
         ray.get(sup.stop.remote(), timeout=60)
 
 
+@pytest.mark.exclusive  # it may restart the connector
 def test_udt_frozen_collections_maps_and_ttl_reach_postgres(cass, pg, pipeline, stack, ray_cluster):
     """A UDT table needs the connector restarted after the type exists (docs/local-stack.md)."""
     name = "rich_types_" + uuid.uuid4().hex[:6]
