@@ -23,48 +23,18 @@ Run alone (plain ``pytest``, no ``-n``), none of this applies: one test at a tim
 
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 
 import pytest
 
-from tests.run_locks import once_per_run, run_lock_path
+from tests.run_locks import Turns, once_per_run, run_lock_path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_PIPELINE = ROOT / "examples" / "pipeline.local.yaml"
 
 
-class _Turns:
-    """Shared and exclusive turns between the processes of a ``pytest -n`` run: a
-    readers-writer lock of two ``flock`` files (the turnstile, then the room), released by
-    the kernel if a process dies."""
-
-    def __init__(self):
-        self.turnstile = open(run_lock_path("turnstile"), "a")  # noqa: SIM115 - held for the session
-        self.room = open(run_lock_path("room"), "a")  # noqa: SIM115
-        self.held: str | None = None
-
-    def take(self, exclusive: bool) -> None:
-        want = "exclusive" if exclusive else "shared"
-        if self.held == want:
-            return
-        self.give_back()
-        fcntl.flock(self.turnstile, fcntl.LOCK_EX)
-        fcntl.flock(self.room, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        if not exclusive:
-            fcntl.flock(self.turnstile, fcntl.LOCK_UN)  # an exclusive turn keeps it: nobody new enters
-        self.held = want
-
-    def give_back(self) -> None:
-        if self.held is not None:
-            fcntl.flock(self.room, fcntl.LOCK_UN)
-            if self.held == "exclusive":
-                fcntl.flock(self.turnstile, fcntl.LOCK_UN)
-            self.held = None
-
-
-_turns: _Turns | None = None
+_turns: Turns | None = None
 
 
 def _is_exclusive(item) -> bool:
@@ -79,7 +49,7 @@ def pytest_runtest_protocol(item, nextitem):
     if run_lock_path("room") is None:
         return (yield)
     if _turns is None:
-        _turns = _Turns()
+        _turns = Turns()
     _turns.take(_is_exclusive(item))
     try:
         return (yield)

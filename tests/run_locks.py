@@ -35,3 +35,32 @@ def once_per_run(what: str):
                 f.write("done\n")
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class Turns:
+    """Shared and exclusive turns between the processes of a ``pytest -n`` run (the
+    ``exclusive`` marker of ``tests/conftest.py``): a readers-writer lock of two ``flock``
+    files (the turnstile, then the room), released by the kernel if a process dies."""
+
+    def __init__(self):
+        self.turnstile = open(run_lock_path("turnstile"), "a")  # noqa: SIM115 - held for the session
+        self.room = open(run_lock_path("room"), "a")  # noqa: SIM115
+        self.held: str | None = None
+
+    def take(self, exclusive: bool) -> None:
+        want = "exclusive" if exclusive else "shared"
+        if self.held == want:
+            return
+        self.give_back()
+        fcntl.flock(self.turnstile, fcntl.LOCK_EX)
+        fcntl.flock(self.room, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if not exclusive:
+            fcntl.flock(self.turnstile, fcntl.LOCK_UN)  # an exclusive turn keeps it: nobody new enters
+        self.held = want
+
+    def give_back(self) -> None:
+        if self.held is not None:
+            fcntl.flock(self.room, fcntl.LOCK_UN)
+            if self.held == "exclusive":
+                fcntl.flock(self.turnstile, fcntl.LOCK_UN)
+            self.held = None
