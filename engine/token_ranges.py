@@ -17,6 +17,10 @@ from dataclasses import dataclass
 
 MIN_TOKEN = -(2**63)  # Murmur3 never assigns it: (MIN_TOKEN, x] covers the ring's start
 MAX_TOKEN = 2**63 - 1
+# A table with fewer rows than this is read by one task per owned range: starting a Ray
+# worker process (imports, connections) costs more than reading it (docs/snapshot.md,
+# "Splits").
+SMALL_TABLE_ROWS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +87,11 @@ def plan_splits(cluster, keyspace: str, table: str, *, split_size_mb: int, min_s
     """Splits for ``keyspace.table`` from the live cluster's token map and size estimates.
 
     ``splits`` forces a count; otherwise the count is the table's estimated size over
-    ``split_size_mb``, at least ``min_splits`` and at least one per owned range.
+    ``split_size_mb``, at least ``min_splits`` and at least one per owned range. When the
+    estimate would leave ``min_splits`` to decide (a small table, or a new one that has no
+    estimate yet), a bounded count of its rows decides instead: a table of fewer than
+    :data:`SMALL_TABLE_ROWS` rows gets one split per owned range, because every further
+    split is a further worker process to start for a few rows.
     """
     from cassandra.metadata import Murmur3Token
 
@@ -95,9 +103,31 @@ def plan_splits(cluster, keyspace: str, table: str, *, split_size_mb: int, min_s
             if token_map else ()
         ranges.append((a, b, replicas))
     if splits is None:
-        size = estimated_table_bytes(cluster, keyspace, table)
-        splits = max(min_splits, math.ceil(size / (split_size_mb * 1024 * 1024)), len(ranges))
+        by_size = math.ceil(estimated_table_bytes(cluster, keyspace, table) / (split_size_mb * 1024 * 1024))
+        if by_size < min_splits and has_fewer_rows(cluster, keyspace, table, SMALL_TABLE_ROWS):
+            min_splits = 1
+        splits = max(min_splits, by_size, len(ranges))
     return split_ranges(ranges, max(splits, len(ranges)))
+
+
+def has_fewer_rows(cluster, keyspace: str, table: str, limit: int) -> bool:
+    """Whether ``keyspace.table`` holds fewer than ``limit`` rows: reads at most ``limit``
+    rows' partition keys (one page), so its cost is bounded whatever the table's size. A
+    table the driver's metadata does not know counts as large (the caller keeps its
+    default)."""
+    meta = cluster.metadata.keyspaces.get(keyspace)
+    table_meta = meta.tables.get(table) if meta else None
+    if table_meta is None or not table_meta.partition_key:
+        return False
+    columns = ", ".join('"' + c.name.replace('"', '""') + '"' for c in table_meta.partition_key)
+    quoted = '"' + keyspace.replace('"', '""') + '"."' + table.replace('"', '""') + '"'
+    session = cluster.connect()
+    try:
+        session.default_fetch_size = limit
+        rows = session.execute(f"SELECT {columns} FROM {quoted} LIMIT {int(limit)}")  # nosec B608 - quoted names
+        return sum(1 for _ in itertools.islice(rows, limit)) < limit
+    finally:
+        session.shutdown()
 
 
 def estimated_table_bytes(cluster, keyspace: str, table: str) -> int:

@@ -307,3 +307,30 @@ def test_static_columns_are_copied_per_row_and_a_rowless_partition_is_its_static
     with pg, pg.cursor() as cur:
         cur.execute("SELECT contype FROM pg_constraint WHERE conrelid = 'snap_test.statics'::regclass")
         assert [r[0] for r in cur.fetchall()] == ["u"]
+
+
+def test_a_small_table_is_planned_as_one_split_per_range_and_a_larger_one_by_min_splits(cass, monkeypatch):
+    """Split planning sizes a table that has no size estimate yet by a bounded row count
+    (engine.token_ranges.has_fewer_rows): below the threshold one task per owned range,
+    at or above it ``min_splits``. The threshold is lowered so the tables stay small."""
+    from engine import token_ranges
+
+    monkeypatch.setattr(token_ranges, "SMALL_TABLE_ROWS", 50)
+    cluster = cass.cluster
+    owned = len(token_ranges.ring_ranges([t.value for t in cluster.metadata.token_map.ring]))
+    for name, rows in (("plan_small", 49), ("plan_large", 50)):
+        cass.execute(f"CREATE TABLE {KS}.{name} (p int, c int, v text, PRIMARY KEY (p, c))")
+        execute_concurrent_with_args(cass, cass.prepare(f"INSERT INTO {KS}.{name} (p, c, v) VALUES (?, ?, 'x')"),
+                                     [(i // 5, i % 5) for i in range(rows)])
+    cluster.refresh_schema_metadata()
+    assert token_ranges.has_fewer_rows(cluster, KS, "plan_small", 50)
+    assert not token_ranges.has_fewer_rows(cluster, KS, "plan_large", 50)
+    small = token_ranges.plan_splits(cluster, KS, "plan_small", split_size_mb=64, min_splits=16)
+    large = token_ranges.plan_splits(cluster, KS, "plan_large", split_size_mb=64, min_splits=16)
+    assert len(small) == owned
+    assert len(large) >= 16
+    # Either plan covers the whole ring exactly once.
+    for plan in (small, large):
+        spans = sorted((s.start, s.end) for s in plan)
+        assert spans[0][0] == token_ranges.MIN_TOKEN and spans[-1][1] == token_ranges.MAX_TOKEN
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
