@@ -65,7 +65,12 @@ def scenario_events(cql) -> dict:
 @pytest.mark.parametrize("scenario", cdc.SCENARIOS, ids=lambda s: s.name)
 def test_every_kind_of_write_produces_the_recorded_events(scenario_events, scenario):
     recorded = json.loads((cdc.FIXTURES / f"{scenario.name}.json").read_text())
-    events = scenario_events[scenario.name]
+    # The connector delivers at least once: after it re-reads a commit log segment (its
+    # offsets are flushed periodically), a mutation it already sent comes again, the same
+    # event with a later ts_ms. Such a copy (same key, commit log file and position, op,
+    # write time and cells) is counted once; c2pg applies events idempotently (tested in
+    # test_replay_exact and test_sync). Anything else extra still fails below.
+    events = _without_redeliveries(scenario_events[scenario.name])
     # The Kafka key is the whole primary key, so a partition or range delete (clustering
     # columns null) lands on another Kafka partition than the rows it deletes: across
     # partitions there is no order, so compare as multisets.
@@ -76,3 +81,17 @@ def test_every_kind_of_write_produces_the_recorded_events(scenario_events, scena
         source = e.value["source"]
         assert source["keyspace"] == cdc.KEYSPACE and source["table"] == cdc.TABLE
         assert source["ts_us"] > 0
+
+
+def _without_redeliveries(events: list) -> list:
+    """``events`` with every repeat of an already seen mutation's event dropped (see the caller)."""
+    seen: set[str] = set()
+    out = []
+    for e in events:
+        source = e.value["source"]
+        ident = json.dumps([e.key, source.get("file"), source.get("pos"), e.value["op"], source["ts_us"],
+                            e.value.get("after")], sort_keys=True, default=str)
+        if ident not in seen:
+            seen.add(ident)
+            out.append(e)
+    return out
