@@ -12,6 +12,8 @@ the stack and the machine's two cores well. What cannot share is arranged here:
 
 - a module runs whole in one process (its module fixtures — a shared supervisor, a table —
   are made once), and the modules marked ``serve`` all in one process (one Serve instance);
+  these units are handed out longest first (``tests/durations.json``), so both processes
+  finish at about the same time;
 - a test marked ``exclusive`` runs with no other test running beside it: it stops, restarts
   or breaks a server every test uses (the connector, Kafka, PostgreSQL, capture itself), or
   judges a latency budget. It waits for the other process's running test to end, and no new
@@ -23,6 +25,8 @@ Run alone (plain ``pytest``, no ``-n``), none of this applies: one test at a tim
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from pathlib import Path
 
@@ -165,21 +169,65 @@ def pytest_xdist_make_scheduler(config, log):
     ``serve`` one if it says ``pytest.mark.serve``."""
     from xdist.scheduler import LoadScopeScheduling
 
-    root = Path(__file__).resolve().parents[1]
-    serve_modules: dict[str, bool] = {}
+    known = _known_durations()
 
-    def is_serve(module: str) -> bool:
-        if module not in serve_modules:
-            path = root / module
-            serve_modules[module] = path.is_file() and "pytest.mark.serve" in path.read_text(encoding="utf-8")
-        return serve_modules[module]
+    def expected_s(scope: str) -> float:
+        """A unit's expected seconds: from tests/durations.json, else a guess by kind."""
+        return known.get(scope, 10.0 if "integration" in scope else 1.0)
 
     class ByModule(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            return "serve" if is_serve(module) else module
+            return "serve" if _is_serve_module(module) else module
+
+        def _assign_work_unit(self, node) -> None:
+            # Longest first: the waiting unit expected to take longest goes to the process
+            # that asks next, so the two processes end close together instead of one
+            # finishing a long module alone (in collection order they ended ~220 s apart).
+            longest = max(self.workqueue, key=expected_s)
+            self.workqueue.move_to_end(longest, last=False)
+            super()._assign_work_unit(node)
 
     return ByModule(config, log)
+
+
+DURATIONS = Path(__file__).resolve().parent / "durations.json"
+"""Seconds per scheduling unit (a module, or ``serve``) from a recent run; only the order in
+which units are handed out depends on it. A run with ``-n`` writes its own figures to
+``test-artifacts/test-durations.json``; copy that file here when modules have changed much."""
+
+
+def _known_durations() -> dict[str, float]:
+    try:
+        return {str(k): float(v) for k, v in json.loads(DURATIONS.read_text(encoding="utf-8")).items()}
+    except (OSError, ValueError):
+        return {}
+
+
+_unit_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    """On the controlling process of a ``-n`` run: add up each unit's seconds."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None and getattr(report, "node", None) is not None:
+        module = report.nodeid.split("::", 1)[0]
+        unit = "serve" if _is_serve_module(module) else module
+        _unit_seconds[unit] = _unit_seconds.get(unit, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    if _unit_seconds:
+        out = ROOT / "test-artifacts" / "test-durations.json"
+        out.parent.mkdir(exist_ok=True)
+        ordered = dict(sorted(((k, round(v, 1)) for k, v in _unit_seconds.items()), key=lambda kv: -kv[1]))
+        out.write_text(json.dumps(ordered, indent=1) + "\n", encoding="utf-8")
+
+
+@functools.cache
+def _is_serve_module(module: str) -> bool:
+    """A module is a ``serve`` one if it says ``pytest.mark.serve``."""
+    path = ROOT / module
+    return path.is_file() and "pytest.mark.serve" in path.read_text(encoding="utf-8")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -61,23 +61,38 @@ def cass(stack, pipeline):
 
 
 @pytest.fixture(scope="module")
-def pg(pipeline):
+def pg_schema(pipeline):
+    """The module's PostgreSQL schema, made and dropped on connections of their own (a test
+    in the other test process may restart PostgreSQL in between: no connection is held)."""
+    def run(*statements: str) -> None:
+        conn = psycopg2.connect(**pipeline.postgres.connect_kwargs())
+        try:
+            ensure_state(conn)  # a fresh database has no _c2pg yet when this module runs first
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                for stmt in statements:
+                    cur.execute(stmt)
+        finally:
+            conn.close()
+
+    run(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE", f"CREATE SCHEMA {SCHEMA}",
+        f"DELETE FROM _c2pg.catalog WHERE target_schema = '{SCHEMA}'")
+    yield SCHEMA
+    run(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+
+
+@pytest.fixture()
+def pg(pipeline, pg_schema):
     conn = psycopg2.connect(**pipeline.postgres.connect_kwargs())
-    ensure_state(conn)  # a fresh database has no _c2pg yet when this module runs first
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(d.RECONCILE_SESSION)
-        cur.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-        cur.execute(f"CREATE SCHEMA {SCHEMA}")
-        cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = %s", (SCHEMA,))
     yield conn
-    with conn.cursor() as cur:
-        cur.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
     conn.close()
 
 
 @pytest.fixture(scope="module")
-def loaded(cass, pg, pipeline, ray_cluster):
+def loaded(cass, pg_schema, pipeline, ray_cluster):
     """``all_types`` snapshotted into PostgreSQL; per row key, the Python digest texts."""
     table = TableConfig(keyspace=KS, table="all_types", target_schema=SCHEMA, target_table="all_types")
     assert run_snapshot(pipeline, table).rows == len(ROWS)
@@ -169,11 +184,15 @@ _VALUES = {
 
 
 @pytest.fixture(scope="module")
-def scratch(pg):
+def scratch(pipeline, pg_schema):
     codecs = [codec(parse_cql_type(t, {})) for t in _TYPES]
-    with pg.cursor() as cur:
-        cur.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(SCHEMA, "scratch"), sql.SQL(", ").join(
-            sql.SQL("{} {}").format(sql.Identifier(f"c{i}"), sql.SQL(c.pg.sql)) for i, c in enumerate(codecs))))
+    conn = psycopg2.connect(**pipeline.postgres.connect_kwargs())
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(SCHEMA, "scratch"), sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(f"c{i}"), sql.SQL(c.pg.sql)) for i, c in enumerate(codecs))))
+    finally:
+        conn.close()
     return codecs
 
 

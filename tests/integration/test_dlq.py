@@ -37,8 +37,8 @@ def cass(stack, pipeline):
     cluster.shutdown()
 
 
-@pytest.fixture(scope="module")
-def pg(stack, pipeline):
+@pytest.fixture()
+def pg(stack, pipeline):  # per test: a test in the other process may restart PostgreSQL
     conn = psycopg2.connect(**pipeline.postgres.connect_kwargs(application_name="c2pg-dlq-test"))
     ensure_state(conn)
     yield conn

@@ -37,8 +37,8 @@ DESC = TableSchema("ks", "writer_model", SCHEMA.partition_key, (Column("ck", "cl
                    SCHEMA.regular, True)
 
 
-@pytest.fixture(scope="module")
-def conn(stack, pipeline):
+@pytest.fixture()
+def conn(stack, pipeline):  # per test: a test in the other process may restart PostgreSQL
     c = psycopg2.connect(**pipeline.postgres.connect_kwargs(application_name="c2pg-writer-test"))
     ensure_state(c)
     yield c

@@ -48,21 +48,20 @@ def cass(stack, pipeline, cdc_keyspaces):
     cluster.shutdown()
 
 
-@pytest.fixture(scope="module")
-def pg(pipeline):
+def _on_postgres(pipeline, *statements: tuple) -> None:
+    """Run ``statements`` on a connection of their own (module set-up and clean-up hold no
+    connection: a test in the other test process may restart PostgreSQL in between)."""
     conn = psycopg2.connect(**pipeline.postgres.connect_kwargs())
-    yield conn
-    conn.rollback()
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        for t in (SYNCED, SNAP, RECON):
-            cur.execute(f'DROP TABLE IF EXISTS {TARGET_SCHEMA}."{t}"')
-            cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = %s AND target_table = %s", (TARGET_SCHEMA, t))
-    conn.close()
+    try:
+        with conn, conn.cursor() as cur:
+            for stmt in statements:
+                cur.execute(*stmt)
+    finally:
+        conn.close()
 
 
 @pytest.fixture(scope="module")
-def setup(stack, serve_instance, cass, pg, tmp_path_factory):
+def setup(stack, serve_instance, cass, pipeline, tmp_path_factory):
     """The pipeline file (three tables), sync running on SYNCED, the Serve app on it."""
     cass.execute(f"CREATE TABLE {KS}.{SYNCED} (id int PRIMARY KEY, v text) WITH cdc = true")
     with TopicTail(f"c2pg.{KS}.{SYNCED}", {"bootstrap.servers": "127.0.0.1:9092"}) as tail:
@@ -84,9 +83,11 @@ def setup(stack, serve_instance, cass, pg, tmp_path_factory):
         if sup is not None:
             ray.get(sup.stop.remote(), timeout=120)
             ray.kill(sup, no_restart=True)
-        with pg, pg.cursor() as cur:
-            cur.execute("DELETE FROM _c2pg.offsets WHERE pipeline = %s", (name,))
-            cur.execute("DELETE FROM _c2pg.dead_letters WHERE pipeline = %s", (name,))
+        _on_postgres(pipeline, ("DELETE FROM _c2pg.offsets WHERE pipeline = %s", (name,)),
+                     ("DELETE FROM _c2pg.dead_letters WHERE pipeline = %s", (name,)),
+                     *((f'DROP TABLE IF EXISTS {TARGET_SCHEMA}."{t}"', ()) for t in (SYNCED, SNAP, RECON)),
+                     *(("DELETE FROM _c2pg.catalog WHERE target_schema = %s AND target_table = %s", (TARGET_SCHEMA, t))
+                       for t in (SYNCED, SNAP, RECON)))
 
 
 def _offsets(pg, pipeline: str) -> dict:

@@ -27,8 +27,8 @@ SCHEMA = TableSchema("ks", "sweep_model", (Column("pk", "partition_key", 0, INT)
 PG_SCHEMA = "sweep_test"
 
 
-@pytest.fixture(scope="module")
-def conn(stack, pipeline):
+@pytest.fixture()
+def conn(stack, pipeline):  # per test: a test in the other process may restart PostgreSQL
     c = psycopg2.connect(**pipeline.postgres.connect_kwargs(application_name="c2pg-sweep-test"))
     ensure_state(c)
     yield c
