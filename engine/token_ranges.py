@@ -115,12 +115,14 @@ def has_fewer_rows(cluster, keyspace: str, table: str, limit: int) -> bool:
     rows' partition keys (one page), so its cost is bounded whatever the table's size. A
     table the driver's metadata does not know counts as large (the caller keeps its
     default)."""
+    from engine.cassandra_source import _cql_ident  # here: cassandra_source imports this module
+
     meta = cluster.metadata.keyspaces.get(keyspace)
     table_meta = meta.tables.get(table) if meta else None
     if table_meta is None or not table_meta.partition_key:
         return False
-    columns = ", ".join('"' + c.name.replace('"', '""') + '"' for c in table_meta.partition_key)
-    quoted = '"' + keyspace.replace('"', '""') + '"."' + table.replace('"', '""') + '"'
+    columns = ", ".join(_cql_ident(c.name) for c in table_meta.partition_key)
+    quoted = f"{_cql_ident(keyspace)}.{_cql_ident(table)}"
     session = cluster.connect()
     try:
         session.default_fetch_size = limit
