@@ -18,9 +18,32 @@ import ssl
 from cassandra import ConsistencyLevel
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
 
 from engine.config import CassandraConfig, CassandraSslConfig
+
+
+RECONNECT_MAX_S = 5.0
+"""The longest wait between a session's attempts to reach a node it lost (a node restart, a
+network blip). The driver's default waits up to 10 minutes, and gives up for good after 64
+attempts: a long-lived session (the sync supervisor's, a worker's, the control plane's) then
+stayed blind to a Cassandra that had been back for minutes (``NoHostAvailable``). Here:
+0.5 s doubling to 5 s, never giving up."""
+
+IDLE_HEARTBEAT_S = 5.0
+"""How often the driver checks a session's idle connections. A connection the node closed is
+only noticed when used or checked; with the driver's 30 s an idle session's first query after
+a node restart failed (``ConnectionShutdown ... is defunct``). Checked every 5 s, the node is
+marked down during the outage and reconnected by the schedule above: an idle session works
+again at most ``IDLE_HEARTBEAT_S + RECONNECT_MAX_S`` after the node is back
+(``RECOVERY_BOUND_S``)."""
+
+RECOVERY_BOUND_S = IDLE_HEARTBEAT_S + RECONNECT_MAX_S
+
+
+def reconnection_policy() -> ExponentialReconnectionPolicy:
+    """The driver's reconnection schedule for every c2pg session (see ``RECONNECT_MAX_S``)."""
+    return ExponentialReconnectionPolicy(0.5, RECONNECT_MAX_S, max_attempts=None)
 
 
 def consistency_level(name: str) -> int:
@@ -74,6 +97,7 @@ def connect(cfg: CassandraConfig, *, keyspace: str | None = None,
     )
     cluster = Cluster(list(cfg.contact_points), port=cfg.port, auth_provider=auth_provider(cfg),
                       ssl_context=ssl_context(cfg.ssl), protocol_version=cfg.protocol_version,
+                      reconnection_policy=reconnection_policy(), idle_heartbeat_interval=IDLE_HEARTBEAT_S,
                       schema_metadata_enabled=metadata, token_metadata_enabled=metadata,
                       execution_profiles={EXEC_PROFILE_DEFAULT: profile})
     return cluster, cluster.connect(keyspace)

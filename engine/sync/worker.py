@@ -117,6 +117,7 @@ class PartitionWorker:
         from engine.capture import heartbeat_topic
 
         self.heartbeat_topic = heartbeat_topic(cfg) if cfg.capture.heartbeat else None
+        self._renew_at = 0.0
 
     # --- control -----------------------------------------------------------------------
 
@@ -219,6 +220,8 @@ class PartitionWorker:
             # fails, N+1 is dropped and both are read again from the committed offsets.
             inflight: Future | None = None
             while not self._stop.is_set():
+                if inflight is None:
+                    conn = self._renew(conn, appliers)
                 self._apply_pauses(consumer)
                 batch = self._poll_batch(consumer)
                 self._refresh_watermarks(consumer, offsets_reader)
@@ -345,10 +348,13 @@ class PartitionWorker:
                         appliers[topic].apply(records, next_offsets)
                     self._advance(records, next_offsets, None, time.monotonic(), count_batch=False)
                     committed.update(next_offsets)
-                except Exception as exc:  # noqa: BLE001 - logged; the tables go on
+                except Exception as exc:  # noqa: BLE001 - logged and shown; the tables go on
                     log.warning("capture heartbeats not recorded (%s: %s)", type(exc).__name__, exc)
                     with contextlib.suppress(Exception):
                         appliers[topic].conn.rollback()
+                    with self._lock:  # the worker cannot write: say so until a commit succeeds (_advance)
+                        self.state.state = "retrying"
+                        self.state.error = f"capture heartbeats not recorded: {type(exc).__name__}: {exc}"
                 continue
             t0 = time.monotonic()
             result = appliers[topic].write(p)
@@ -429,6 +435,18 @@ class PartitionWorker:
                 consumer.seek(TopicPartition(t, p, off if off is not None else OFFSET_BEGINNING))
             except Exception:  # noqa: BLE001 - seek fails for a partition not fetched yet: it starts there anyway
                 pass
+
+    def _renew(self, conn, appliers: dict):
+        """The loop's connection, made anew (at most once a second) when PostgreSQL closed it.
+
+        A failed table batch reconnects on its own way out (:meth:`_reconnect` after the
+        backoff); this is for a worker with nothing else to write: after a PostgreSQL restart
+        its heartbeats failed for ever on the closed connection while its status said
+        ``running``, and capture was reported stalled, blaming the connector."""
+        if not conn.closed or time.monotonic() < self._renew_at:
+            return conn
+        self._renew_at = time.monotonic() + 1.0
+        return self._reconnect(conn, appliers)
 
     def _reconnect(self, conn, appliers: dict):
         """A new connection when the old one is closed (PostgreSQL restarted)."""

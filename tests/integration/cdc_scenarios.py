@@ -109,10 +109,12 @@ SCENARIOS = [
 def connect(host: str = "127.0.0.1", port: int = 9042) -> tuple[Cluster, Session]:
     from cassandra.auth import PlainTextAuthProvider
 
+    from engine.cql import IDLE_HEARTBEAT_S, reconnection_policy
     from engine.stack.services import cassandra_login
 
     # The stack's login: its node asks for one in TLS mode only (the driver sends it when asked).
-    cluster = Cluster([host], port=port, protocol_version=5, auth_provider=PlainTextAuthProvider(*cassandra_login()))
+    cluster = Cluster([host], port=port, protocol_version=5, auth_provider=PlainTextAuthProvider(*cassandra_login()),
+                      reconnection_policy=reconnection_policy(), idle_heartbeat_interval=IDLE_HEARTBEAT_S)
     return cluster, cluster.connect()
 
 

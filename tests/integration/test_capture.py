@@ -158,3 +158,33 @@ def test_a_vector_table_in_another_keyspace_is_named_and_after_a_connector_resta
         stack.down(["debezium"], on_event=lambda m: None)
         stack.up(on_event=lambda m: None)
     _wait_readyz(api, lambda c, b: c == 200, 120)
+
+
+def test_a_postgres_restart_does_not_stall_capture_the_worker_records_heartbeats_again(stack, app):
+    """A worker with no table events writes only heartbeats; after PostgreSQL restarted they
+    failed for ever on the closed connection (its status said ``running``) and capture was
+    reported stalled, blaming the connector. Now: ``retrying`` with the reason while the
+    server is down, a new connection when it is back, and capture delivering again."""
+    api, cfg, _ = app
+    _wait_readyz(api, lambda c, b: c == 200 and "delivering" in (_component(b, "capture")["detail"] or ""), 120)
+    sup = get_or_start(cfg)
+
+    def worker() -> dict:
+        (w,) = ray.get(sup.status.remote())["workers"]
+        return w
+
+    try:
+        stack.down(["postgres"], on_event=lambda m: None)
+        deadline = time.monotonic() + 60
+        while not (worker()["state"] == "retrying" and "capture heartbeats not recorded" in (worker()["error"] or "")):
+            assert time.monotonic() < deadline, f"the worker never said its heartbeats fail: {worker()}"
+            time.sleep(0.5)
+    finally:
+        stack.up(on_event=lambda m: None)
+    body = _wait_readyz(api, lambda c, b: c == 200 and "delivering" in (_component(b, "capture")["detail"] or ""),
+                        120)
+    assert body["failed"] == []
+    deadline = time.monotonic() + 30
+    while worker()["state"] != "running" or worker()["error"] is not None:
+        assert time.monotonic() < deadline, f"the worker never recovered: {worker()}"
+        time.sleep(0.5)
