@@ -118,6 +118,7 @@ class PartitionWorker:
 
         self.heartbeat_topic = heartbeat_topic(cfg) if cfg.capture.heartbeat else None
         self._renew_at = 0.0
+        self._heartbeats_failed = False  # the last heartbeat batch failed (state "retrying")
 
     # --- control -----------------------------------------------------------------------
 
@@ -352,8 +353,9 @@ class PartitionWorker:
                     log.warning("capture heartbeats not recorded (%s: %s)", type(exc).__name__, exc)
                     with contextlib.suppress(Exception):
                         appliers[topic].conn.rollback()
-                    with self._lock:  # the worker cannot write: say so until a commit succeeds (_advance)
+                    with self._lock:  # the worker cannot write: say so until it can (_advance, _renew)
                         self.state.state = "retrying"
+                        self._heartbeats_failed = True
                         self.state.error = f"capture heartbeats not recorded: {type(exc).__name__}: {exc}"
                 continue
             t0 = time.monotonic()
@@ -375,6 +377,7 @@ class PartitionWorker:
             if count_batch:
                 self.state.batches += 1
             self.state.error = None
+            self._heartbeats_failed = False
             if self.state.state == "retrying":  # recovered; _apply_pauses says paused if so
                 self.state.state = "running"
             for (t, p), nxt in next_offsets.items():
@@ -446,7 +449,14 @@ class PartitionWorker:
         if not conn.closed or time.monotonic() < self._renew_at:
             return conn
         self._renew_at = time.monotonic() + 1.0
-        return self._reconnect(conn, appliers)
+        new = self._reconnect(conn, appliers)
+        with self._lock:
+            if new is not conn and self._heartbeats_failed and self.state.state == "retrying":
+                # What failed was the connection, and there is a new one: the worker can write
+                # again (its partitions may stay quiet, so no commit would say so).
+                self.state.state, self.state.error = "running", None
+                self._heartbeats_failed = False
+        return new
 
     def _reconnect(self, conn, appliers: dict):
         """A new connection when the old one is closed (PostgreSQL restarted)."""
