@@ -163,8 +163,14 @@ def _add_stack(sub) -> None:
         "installed or started (the message names its log file).",
         "c2pg stack up  # every service",
         "c2pg stack up debezium  # and cassandra and kafka, which it needs",
-        "c2pg stack up --tls  # TLS mode (kept until --no-tls)")
+        "c2pg stack up --tls  # TLS mode (kept until --no-tls)",
+        "c2pg stack up --ray-nodes 2  # the Ray head and one Ray worker node beside it")
     up.add_argument("services", nargs="*", metavar="SERVICE", help=f"{services} (default: all)")
+    up.add_argument("--ray-nodes", type=int, default=None, metavar="N",
+                    help="Ray nodes to run when ray is brought up, the head included: N-1 worker nodes "
+                         "beside it, each its own raylet, object store and temp dir, on 127.0.0.1 "
+                         "(default: as many as run now; 1, the head alone, on a new stack; "
+                         "docs/local-stack.md)")
     mode = up.add_mutually_exclusive_group()
     mode.add_argument("--tls", dest="tls", action="store_true", default=None,
                       help="TLS mode, kept for later `up`s: certificates in .stack/tls/, PostgreSQL "
@@ -185,7 +191,9 @@ def _add_stack(sub) -> None:
     st = _command(
         stack, "status", "each service with port, pid, health, memory",
         "Print each service with its port, pid, resident memory and the result of a real "
-        "health check (a query, a metadata request or an HTTP probe, not just an open port).\n\n"
+        "health check (a query, a metadata request or an HTTP probe, not just an open port), "
+        "then each Ray worker node (`up --ray-nodes N`) with its raylet's pid and whether the "
+        "head lists it alive.\n\n"
         "Exit codes: 0 every service healthy, 1 otherwise.",
         "c2pg stack status", "c2pg stack status --json")
     st.add_argument("--json", action="store_true", help="print the services as a JSON list")
@@ -356,6 +364,22 @@ def _add_sync(sub) -> None:
     add_config_argument(heal)
     heal.set_defaults(func=_sync, action="heal")
 
+    keep = _command(
+        sync, "keep", "keep sync running: start the supervisor again after a Ray head restart",
+        "Stay in the foreground and keep the pipeline's sync running: start its supervisor "
+        "whenever it is missing while its desired state is running — after the Ray head "
+        "restarted (every actor is gone then), or at the keeper's own start. A watcher process "
+        "joins the cluster ($RAY_ADDRESS, else the local stack's) and is started again, with a "
+        "back-off of 1 s doubling to 30 s, whenever the head stops answering; each restart is "
+        "logged. `c2pg sync stop` is respected: the pipeline stays stopped until `c2pg sync "
+        "start`. SIGTERM or Ctrl-C stops the keeper, not sync (docs/operations.md).\n\n"
+        "Exit codes: 0 stopped by a signal, 2 bad configuration.",
+        f"c2pg sync keep --config {EXAMPLE}")
+    add_config_argument(keep)
+    keep.add_argument("--interval", type=float, default=2.0, metavar="S",
+                      help="seconds between two looks at the supervisor (default 2)")
+    keep.set_defaults(func=_sync_keep)
+
 
 def _add_dlq(sub) -> None:
     dlq = _actions(_command(
@@ -429,7 +453,7 @@ def _stack(args: argparse.Namespace):
 def _stack_up(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     rows = _stack(args).up(args.services or None, on_event=lambda m: print(f"  {m}", flush=True),
-                           tls=args.tls)
+                           tls=args.tls, ray_nodes=args.ray_nodes)
     _print_status(rows)
     print(f"stack up in {time.monotonic() - t0:.1f}s")
     return 0 if all(r.healthy for r in rows) else 1
@@ -499,6 +523,12 @@ def _stack_env(args: argparse.Namespace) -> int:
 
 
 # --- sync -------------------------------------------------------------------------------
+
+
+def _sync_keep(args: argparse.Namespace) -> int:
+    from engine.sync.keeper import keep
+
+    return keep(str(args.config), args.interval)
 
 
 def _sync(args: argparse.Namespace) -> int:
@@ -602,11 +632,12 @@ def _print_sync_status(status: dict, now_s: float) -> None:
     events/s is the workers' figure over their last ``RATE_WINDOW_S``. A last write more
     than ``FUTURE_TOLERANCE_S`` after this clock — or one the worker flagged by its own
     clock — gets a remark: it is a client's wrong timestamp, not how far sync has come."""
-    from engine.sync_status import describe_duration, format_write_time, in_future, seconds_ahead
+    from engine.sync_status import describe_duration, format_write_time, in_future, node_label, seconds_ahead
 
-    print(f"{'WORKER':<7} {'STATE':<10} {'TABLE':<28} {'PART':>4} {'OFFSET':>9} {'LAG':>7} "
+    print(f"{'WORKER':<7} {'NODE':<19} {'STATE':<10} {'TABLE':<28} {'PART':>4} {'OFFSET':>9} {'LAG':>7} "
           f"{'EVENTS/S':>9}  LAST WRITE APPLIED")
     for w in status["workers"]:
+        node = node_label(w.get("node_id"), w.get("node_ip"))
         for p in w.get("partitions", []):
             ts = p.get("last_write_ts_us")
             last = format_write_time(ts)
@@ -614,11 +645,14 @@ def _print_sync_status(status: dict, now_s: float) -> None:
                 last += f" (future: {describe_duration(seconds_ahead(ts, now_s))} ahead of this clock)"
             elif p.get("last_write_in_future"):
                 last += " (future by the worker's clock)"
-            print(f"{w['worker']:<7} {w['state']:<10} {p.get('table', p['topic']):<28} {p['partition']:>4} "
+            print(f"{w['worker']:<7} {node:<19} {w['state']:<10} {p.get('table', p['topic']):<28} {p['partition']:>4} "
                   f"{p.get('offset', '-')!s:>9} {p.get('lag', '-')!s:>7} "
                   f"{p.get('events_per_s', 0):>9}  {last}")
         if w.get("error"):
             print(f"        error: {w['error']}")
+    for m in status.get("moves", [])[-5:]:
+        print(f"moved {m['at']}: worker {m['worker']} ({', '.join(m['partitions'])}) from node "
+              f"{node_label(m.get('from_node'))} to {node_label(m.get('to_node'))}: {m['reason']}")
 
 
 # --- dead letters -------------------------------------------------------------------------

@@ -8,7 +8,9 @@ one on through the environment (inherited by Ray workers on the local cluster):
 
     C2PG_FAULTS="snapshot.read:split=1,after=500,action=crash,times=1"
 
-``action`` is ``crash`` (``os._exit``: the worker dies), ``timeout`` (a Cassandra
+Besides the point's own context (``split``, ``table``, ...), a fault may filter on ``node``,
+the Ray node id of the process (``sync.commit:node=<id>,action=hold``: only a worker on that
+node holds). ``action`` is ``crash`` (``os._exit``: the worker dies), ``timeout`` (a Cassandra
 ``ReadTimeout``), ``error`` (a ``RuntimeError``) or ``hold``; ``times`` bounds how often it
 fires across processes, counted with marker files in ``C2PG_FAULTS_DIR``. With
 ``C2PG_FAULTS`` unset, :func:`hit` is a dictionary lookup and returns.
@@ -54,6 +56,8 @@ def hit(point: str, **context: object) -> None:
     fault = _parse(spec).get(point)
     if fault is None:
         return
+    if "node" in fault and "node" not in context:
+        context["node"] = _ray_node_id()
     for key, want in fault.items():
         if key in ("action", "times", "after", "seconds"):
             continue
@@ -74,6 +78,14 @@ def hit(point: str, **context: object) -> None:
 
         raise ReadTimeout(f"injected fault at {point} {context}")
     raise RuntimeError(f"injected fault at {point} {context}")
+
+
+def _ray_node_id() -> str | None:
+    """The Ray node this process runs on (the ``node`` filter: a fault that fires only on one
+    node, e.g. to kill that node with a batch provably in flight there); None outside Ray."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def runtime_env() -> dict:

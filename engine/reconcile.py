@@ -950,8 +950,11 @@ def _compare_all(cfg: PipelineConfig, settings: CompareSettings, plan: list[Toke
 
     from engine import faults
 
+    # SPREAD: the splits go to every node of the cluster (Ray's default packs a node until it
+    # is half busy, so a reconcile on several nodes ran mostly on the driver's). Snapshot's
+    # read tasks are spread by Ray Data's own default (DataContext.scheduling_strategy).
     task = ray.remote(compare_split).options(num_cpus=cfg.snapshot.task_cpus, max_retries=3,
-                                             **faults.runtime_env())
+                                             scheduling_strategy="SPREAD", **faults.runtime_env())
     limit = concurrency or max(1, int(ray.cluster_resources().get("CPU", 2) / cfg.snapshot.task_cpus))
     queue = list(plan)
     running: dict[Any, TokenSplit] = {}

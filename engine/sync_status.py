@@ -130,3 +130,12 @@ def iso_write_time(ts_us: int | None) -> str | None:
     t = time.gmtime(ts_us / 1e6)  # Linux's gmtime covers every 64-bit microsecond value
     return (f"{t.tm_year:+07d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
             f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}+00:00")
+
+
+def node_label(node_id: str | None, node_ip: str | None = None) -> str:
+    """A Ray node as ``c2pg sync status`` and the status page show it: the first 8 hex digits
+    of its id (as ``ray list nodes`` and the dashboard abbreviate it) and its address;
+    ``-`` when not known yet (a worker that has not answered)."""
+    if not node_id:
+        return "-"
+    return f"{node_id[:8]}@{node_ip}" if node_ip else node_id[:8]

@@ -52,7 +52,7 @@ import structlog
 from engine import health, runs
 from engine.config import PipelineConfig, TableConfig
 from engine.cql import ssl_context
-from engine.sync_status import in_future, iso_write_time
+from engine.sync_status import in_future, iso_write_time, node_label
 from serve_app.security import ApiError
 
 log = structlog.get_logger("c2pg.serve")
@@ -366,7 +366,8 @@ class Control:
         now = time.time()
         if sup is not None:
             for w in sup.get("workers", []):
-                workers.append({"worker": w.get("worker"), "state": w.get("state"), "error": w.get("error"),
+                workers.append({"worker": w.get("worker"), "node_id": w.get("node_id"), "node_ip": w.get("node_ip"),
+                                "state": w.get("state"), "error": w.get("error"),
                                 "restarts": w.get("restarts", 0), "batches": w.get("batches"),
                                 "latency_ms": w.get("latency_ms"), "partitions": len(w.get("partitions", []))})
                 for p in w.get("partitions", []):
@@ -381,7 +382,8 @@ class Control:
                                          "last_write_in_future": future,
                                          "events": p.get("events", 0), "events_per_s": p.get("events_per_s", 0.0),
                                          "dead_letters": None if dead is None else dead.get((q, p["partition"]), 0),
-                                         "worker": w.get("worker"), "worker_state": w.get("state")})
+                                         "worker": w.get("worker"), "worker_state": w.get("state"),
+                                         "node": node_label(w.get("node_id"), w.get("node_ip"))})
         else:
             for o in committed:
                 parts[topics[o["topic"]]].append({
@@ -389,7 +391,7 @@ class Control:
                     "last_write_applied": None, "last_write_ts_us": None, "last_write_in_future": False,
                     "events": 0, "events_per_s": 0.0,
                     "dead_letters": None if dead is None else dead.get((topics[o["topic"]], o["partition"]), 0),
-                    "worker": None,
+                    "worker": None, "node": None,
                     "worker_state": "stopped", "committed_at": o["updated_at"]})
         paused_all = bool(sup and sup.get("paused_all"))
         paused_tables = set(sup.get("paused_tables", [])) if sup else set()
@@ -411,7 +413,7 @@ class Control:
                 "sync": {"state": state, "error": error, "paused_all": paused_all,
                          "paused_tables": sorted(paused_tables),
                          "started_at": _ts(sup["started_at"] * 1e6) if sup and sup.get("started_at") else None,
-                         "workers": workers},
+                         "workers": workers, "moves": (sup or {}).get("moves", [])},
                 "tables": tables, "problems": problems}
 
     def pause(self, name: str, table: str | None, *, resume: bool = False) -> dict[str, Any]:

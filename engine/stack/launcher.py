@@ -9,6 +9,15 @@ A file lock keeps two launchers (a test session and a shell) from racing.
 Failure means a :class:`~engine.errors.StackError` naming the service, the cause and the
 log file; services already started stay up so their logs can be read (``down`` stops them).
 
+Ray worker nodes (``up(ray_nodes=N)``, ``c2pg stack up --ray-nodes N``): N-1 nodes beside the
+head (:class:`~engine.stack.services.RayNode`), recorded under ``ray-nodes`` in the state
+file with their process group and raylet pid. When ``ray`` is among the services brought
+up with N given, exactly N-1 run afterwards; without N, as many as were recorded (none on a
+new stack: the head alone), those that died started again. Nodes whose head is gone (the
+head is being started anew) are killed first, as they belong to a cluster that no longer
+exists, and as many new ones join the new head. :meth:`Stack.add_ray_node` and
+:meth:`Stack.kill_ray` are for the node-loss tests.
+
 TLS mode (``up(tls=True)``, ``c2pg stack up --tls``) is sticky: a marker file keeps it for
 later ``up`` calls until ``up(tls=False)``. Entering or leaving it restarts the servers that
 read their TLS settings at start (Kafka, Cassandra, the connector); PostgreSQL and OpenBao
@@ -36,7 +45,7 @@ from engine import health
 from engine.errors import StackError
 from engine.stack import versions as v
 from engine.stack.root import default_root
-from engine.stack.services import Service, StackPaths, all_services
+from engine.stack.services import NODE_LABEL, RayHead, RayNode, RayPorts, Service, StackPaths, all_services
 
 log = structlog.get_logger("c2pg.stack")
 
@@ -60,11 +69,24 @@ class ServiceStatus:
 
 
 class Stack:
-    """The six servers under one directory. Cheap to construct; does nothing until called."""
+    """The seven servers under one directory, and the Ray worker nodes beside its head.
+    Cheap to construct; does nothing until called.
 
-    def __init__(self, root: Path | None = None):
+    ``ray_ports``/``ray_env``: the Ray head's ports and extra environment, for a private Ray
+    cluster beside the stack's (``Stack(tmp, ray_ports=...).up(["ray"], ray_nodes=2)``; the
+    node-loss tests)."""
+
+    def __init__(self, root: Path | None = None, ray_ports: RayPorts | None = None,
+                 ray_env: dict[str, str] | None = None):
         self.paths = StackPaths(root or default_root())
-        self.services: dict[str, Service] = {s.name: s for s in all_services(self.paths, self.tls)}
+        self.services: dict[str, Service] = {s.name: s for s in all_services(self.paths, self.tls, ray_ports,
+                                                                              ray_env)}
+
+    @property
+    def ray_head(self) -> RayHead:
+        head = self.services["ray"]
+        assert isinstance(head, RayHead)
+        return head
 
     @property
     def tls(self) -> bool:
@@ -121,13 +143,20 @@ class Stack:
     # --- up ------------------------------------------------------------------------------
 
     def up(self, names: list[str] | None = None, on_event: Callable[[str], None] | None = None,
-           tls: bool | None = None) -> list[ServiceStatus]:
+           tls: bool | None = None, ray_nodes: int | None = None) -> list[ServiceStatus]:
         """Install, start and wait for ``names`` (default: all) and their dependencies.
 
         ``tls``: enter (True) or leave (False) TLS mode, which stays for later calls; None
         keeps the current mode. A running server started in the other mode is restarted if
         it reads its TLS settings at start, reconfigured live otherwise.
+
+        ``ray_nodes``: when ``ray`` is brought up, the Ray nodes to run, the head included:
+        worker nodes are started or stopped to make ``ray_nodes - 1`` of them. None leaves
+        the running worker nodes as they are (none on a new stack: the head alone), so a
+        plain ``up`` (the tests' session fixture) does not take away nodes asked for earlier.
         """
+        if ray_nodes is not None and ray_nodes < 1:
+            raise StackError("ray", f"--ray-nodes must be at least 1 (the head), not {ray_nodes}")
         say = on_event or (lambda msg: log.info(msg))
         wanted = self._with_dependencies(names or list(self.services))
         with self._locked(), _driver_logs_silenced():
@@ -144,6 +173,13 @@ class Stack:
                     self._stop(svc, state)
                     if name not in wanted:
                         wanted = self._with_dependencies([*wanted, name])
+            node_count = len(self._nodes(state)) if ray_nodes is None else ray_nodes - 1
+            if "ray" in wanted and self._pid_if_ours(self.ray_head, state.get("ray")) is None:
+                # A new head is a new cluster: nodes of the old one would wait for a GCS that
+                # is gone (no orphans).
+                for node in self._stop_nodes(state, list(self._nodes(state)), signal.SIGKILL):
+                    say(f"{node}: killed (its head is gone)")
+                self._save_state(state)
             for name in wanted:
                 svc = self.services[name]
                 if self._pid_if_ours(svc, state.get(name)) is None:
@@ -177,6 +213,8 @@ class Stack:
                             f"({time.monotonic() - started[name]:.1f}s)")
                 if len(ready) < len(wanted):
                     time.sleep(0.5)
+            if "ray" in wanted:
+                self._scale_nodes(state, node_count, say)
         return self.status(wanted)
 
     def _with_dependencies(self, names: list[str]) -> list[str]:
@@ -232,6 +270,9 @@ class Stack:
         say = on_event or (lambda msg: log.info(msg))
         with self._locked():
             state = self._load_state()
+            if not names or "ray" in names:
+                for node in self._stop_nodes(state, list(self._nodes(state))):
+                    say(f"{node}: stopped")
             for name in reversed(list(self.services)):
                 if names and name not in names:
                     continue
@@ -253,6 +294,153 @@ class Stack:
         _wait_ports_closed(_ports(svc), 15.0)
         return pid
 
+    # --- Ray worker nodes ----------------------------------------------------------------
+
+    def _nodes(self, state: dict[str, dict]) -> dict[str, dict]:
+        """The recorded worker nodes: name → {pgid, raylet, agent_port, started_at}."""
+        return state.setdefault("ray-nodes", {})
+
+    def _node(self, name: str, entry: dict) -> RayNode:
+        return RayNode(name, self.ray_head, int(entry["agent_port"]))
+
+    def _raylet_if_ours(self, name: str, entry: dict | None) -> int | None:
+        """The node's raylet pid, if that process is alive and still this node's."""
+        if not entry:
+            return None
+        pid = int(entry["raylet"])
+        return pid if _alive(pid) and self._node(name, entry).cmd_marker() in _cmdline(pid) else None
+
+    def _scale_nodes(self, state: dict[str, dict], count: int, say: Callable[[str], None]) -> None:
+        """Make ``count`` worker nodes run (under the lock, the head answering): the recorded
+        ones still alive are kept, dead ones forgotten, missing ones started, extra ones stopped."""
+        nodes = self._nodes(state)
+        for name in [n for n, e in nodes.items() if self._raylet_if_ours(n, e) is None]:
+            nodes.pop(name)
+        names = sorted(nodes, key=lambda n: int(n.rsplit("-", 1)[1]))
+        for name in names[count:]:
+            self._stop_nodes(state, [name])
+            say(f"{name}: stopped")
+        for name in names[:count]:
+            say(f"{name}: already running (raylet pid {nodes[name]['raylet']})")
+        while len(nodes) < count:
+            self._start_node(state, say)
+        self._save_state(state)
+
+    def _start_node(self, state: dict[str, dict], say: Callable[[str], None]) -> str:
+        nodes = self._nodes(state)
+        name = next(f"ray-node-{i}" for i in range(1, 1000) if f"ray-node-{i}" not in nodes)
+        node = RayNode(name, self.ray_head, _free_port())
+        node.data_dir.mkdir(parents=True, exist_ok=True)
+        node.log_file.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        with open(node.log_file, "ab") as out:
+            out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n".encode())
+            out.flush()
+            try:
+                # A new session: the node's processes (raylet, agents) keep this group after
+                # `ray start` exits, and the launcher stops or kills them by it.
+                proc = subprocess.Popen(node.command(), stdout=out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True, cwd=node.data_dir,
+                                        env={**os.environ, "HOME": str(node.data_dir), **self.ray_head.env})
+            except OSError as exc:
+                raise node.fail(f"could not start: {exc}") from exc
+        try:
+            code = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            _terminate(proc.pid, 5, signal.SIGKILL)
+            raise node.fail("`ray start` did not return within 120 s; last lines:\n" + _tail(node.log_file, 15)) \
+                from None
+        raylet = next((pid for pid in _group_pids(proc.pid) if _argv0(pid).endswith("/raylet")), None)
+        if code != 0 or raylet is None:
+            _kill_pids(_group_pids(proc.pid))
+            raise node.fail(f"`ray start` exited with code {code}" + ("" if raylet is None else "")
+                            + ("; no raylet running" if raylet is None else "") + "; last lines:\n"
+                            + _tail(node.log_file, 15))
+        nodes[name] = {"pgid": proc.pid, "raylet": raylet, "agent_port": node.agent_port, "started_at": time.time()}
+        self._save_state(state)
+        deadline = time.monotonic() + 60
+        while name not in self._alive_node_ids():
+            if time.monotonic() > deadline:
+                raise node.fail("the head does not list the node as alive after 60 s; last lines:\n"
+                                + _tail(node.log_file, 15))
+            time.sleep(0.5)
+        say(f"{name}: joined the head (raylet pid {raylet}, {time.monotonic() - t0:.1f}s)")
+        return name
+
+    def _stop_nodes(self, state: dict[str, dict], names: list[str], sig: int = signal.SIGTERM) -> list[str]:
+        """Stop (``sig``; SIGKILL after 10 s) the named nodes' process groups and the Ray
+        workers their raylets forked; forget them. Returns the names of those that were running."""
+        nodes = self._nodes(state)
+        stopped = []
+        for name in names:
+            entry = nodes.pop(name, None)
+            if entry is None:
+                continue
+            pids = _node_pids(int(entry["pgid"]), self._node(name, entry).cmd_marker())
+            if pids:
+                stopped.append(name)
+                _kill_pids(pids, sig)
+        return stopped
+
+    def add_ray_node(self, on_event: Callable[[str], None] | None = None) -> str:
+        """Start one more worker node beside the running head; its name (``ray-node-N``)."""
+        say = on_event or (lambda msg: log.info(msg))
+        with self._locked():
+            state = self._load_state()
+            if self._pid_if_ours(self.ray_head, state.get("ray")) is None:
+                raise StackError("ray", "the Ray head is not running (c2pg stack up ray)")
+            return self._start_node(state, say)
+
+    def kill_ray(self, name: str) -> None:
+        """SIGKILL a Ray node's processes, as if its machine were lost: ``ray`` (the head's
+        process group) or a worker node (its group and the workers its raylet forked, which
+        ``ray start`` put in no group of ours). A killed node is forgotten; a killed head is
+        started again by the next :meth:`up`, which kills the nodes it leaves orphaned."""
+        with self._locked():
+            state = self._load_state()
+            if name == "ray":
+                pid = self._pid_if_ours(self.ray_head, state.get("ray"))
+                if pid is not None:
+                    _kill_pids(_node_pids(os.getpgid(pid), str(self.ray_head.temp_dir)), signal.SIGKILL)
+                return
+            if name not in self._nodes(state):
+                raise StackError(name, f"no such Ray node; running: {', '.join(self._nodes(state)) or 'none'}")
+            self._stop_nodes(state, [name], signal.SIGKILL)
+            self._save_state(state)
+
+    def ray_node_ids(self) -> dict[str, str]:
+        """Each running node's Ray node id, by name (``ray`` for the head), as its GCS lists them."""
+        return self._alive_node_ids()
+
+    def _alive_node_ids(self) -> dict[str, str]:
+        try:
+            alive = self.ray_head.alive_nodes()
+        except Exception:  # noqa: BLE001 - the head not answering: no node is known alive
+            return {}
+        return {("ray" if n.get("is_head_node") else (n.get("labels") or {}).get(NODE_LABEL, n["node_id"])):
+                n["node_id"] for n in alive}
+
+    def _node_rows(self, state: dict[str, dict]) -> list[ServiceStatus]:
+        """A ``stack status`` row per recorded worker node: healthy when its raylet runs and
+        the head lists it alive."""
+        nodes = self._nodes(state)
+        if not nodes:
+            return []
+        alive = self._alive_node_ids()
+        rows = []
+        for name, entry in sorted(nodes.items()):
+            pid = self._raylet_if_ours(name, entry)
+            node_id = alive.get(name)
+            if pid is None:
+                detail = "raylet not running"
+            elif node_id is None:
+                detail = "raylet running, but the head does not list the node as alive"
+            else:
+                detail = f"Ray node {node_id[:8]} on {v.HOST}, joined to the head"
+            rows.append(ServiceStatus(name, int(entry["agent_port"]), pid, pid is not None,
+                                      pid is not None and node_id is not None, detail, _rss_mb(pid) if pid else None))
+        return rows
+
     # --- status / logs -------------------------------------------------------------------
 
     def status(self, names: list[str] | None = None) -> list[ServiceStatus]:
@@ -268,9 +456,13 @@ class Stack:
             rows.append(ServiceStatus(svc.name, svc.port, pid, pid is not None, h.ok,
                                       (h.detail or "") if h.ok else (h.error or ""),
                                       _rss_mb(pid) if pid else None))
+        if names is None or "ray" in names:
+            rows += self._node_rows(state)
         return rows
 
     def log_path(self, name: str) -> Path:
+        if name.startswith("ray-node-"):
+            return self.paths.log(name)
         if name not in self.services:
             raise StackError(name, f"unknown service; known: {', '.join(self.services)}")
         return self.services[name].log_file
@@ -324,6 +516,80 @@ def _terminate(pid: int, timeout_s: float, sig: int = signal.SIGTERM) -> None:
     deadline = time.monotonic() + 10.0  # SIGKILL is not instant: wait for the exit
     while (_alive(pid) or _group_alive(pgid)) and time.monotonic() < deadline:
         time.sleep(0.1)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((v.HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _procs() -> Iterator[tuple[int, int, int]]:
+    """(pid, ppid, pgid) of every live (not zombie) process."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            yield int(stat.parent.name), int(fields[1]), int(fields[2])
+
+
+def _group_pids(pgid: int) -> set[int]:
+    return {pid for pid, _, group in _procs() if group == pgid}
+
+
+def _node_pids(pgid: int, marker: str) -> set[int]:
+    """A Ray node's processes: its process group and what they forked (Ray workers), those
+    whose command line names the node's temp dir ``marker`` (a reused pid is left alone)."""
+    pids = _group_pids(pgid)
+    for pid in list(pids):
+        pids |= _descendants(pid)
+    return {pid for pid in pids if marker in _cmdline(pid)}
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for p, ppid, _ in _procs():
+        children.setdefault(ppid, []).append(p)
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def _argv0(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _kill_pids(pids: set[int], sig: int = signal.SIGKILL, timeout_s: float = 10.0) -> None:
+    """Signal ``pids``; SIGKILL those left after ``timeout_s``; return when all are gone."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    deadline = time.monotonic() + timeout_s
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if sig != signal.SIGKILL:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10.0
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def _group_alive(pgid: int) -> bool:

@@ -1033,6 +1033,50 @@ WARM_WORKERS = {"RAY_num_workers_soft_limit": "8", "RAY_idle_worker_killing_time
 FAST_METRICS = {"RAY_metrics_report_interval_ms": "2000"}
 
 
+DEFAULT_AGENT_PORT = 52365  # Ray's dashboard agent's HTTP port (ray start --dashboard-agent-listen-port)
+
+
+@dataclass(frozen=True, slots=True)
+class RayPorts:
+    """The ports of a Ray head. The local stack's are pinned in :mod:`engine.stack.versions`;
+    a private cluster (the node-loss tests: ``tests/integration/test_ray_nodes.py``) takes
+    free ones so that it runs beside the stack's own head."""
+
+    gcs: int = v.PORTS["ray_gcs"]
+    dashboard: int = v.PORTS["ray_dashboard"]
+    client: int = v.PORTS["ray_client"]
+    # The head's dashboard agent (HTTP). Ray's default, 52365, is one per machine: a second
+    # head (or node) on the same address needs another.
+    agent: int = 52365
+
+
+# CPUs a worker node added by `c2pg stack up --ray-nodes N` advertises: the machine's cores
+# (at least 2), room for four 0.5-CPU sync workers or snapshot/reconcile tasks. Less than the
+# head's (max(4, 2 x cores)): the nodes share the head's cores, and the head also runs the
+# supervisors, Serve and the jobs' drivers.
+NODE_CPUS = max(2, os.cpu_count() or 2)
+# Each node's object store (plasma, in /dev/shm): small, as the nodes share one machine's
+# memory; a snapshot's blocks beyond it spill to the node's temp dir.
+NODE_OBJECT_STORE_BYTES = 512 * 1024 * 1024
+
+
+def ray_env(token_path: Path) -> dict[str, str]:
+    """The environment of every Ray process of the stack, head and nodes: its own token
+    (``RAY_AUTH_TOKEN_PATH``, never ``~/.ray``), no usage stats, warm workers, fast metrics."""
+    bindir = str(Path(sys.executable).parent)
+    return {"PATH": f"{bindir}:{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
+            **WARM_WORKERS, **FAST_METRICS}
+
+
+def ray_temp_dir(root: Path, node: str | None = None) -> Path:
+    """A Ray node's temp dir: short and under /tmp, because Ray's socket paths must stay under
+    the 107-byte limit (a checkout's ``.stack/`` may be deep); one per stack directory, and
+    one per worker node (``node``), so that each node has its own sessions, sockets and logs."""
+    digest = hashlib.sha1(str(root).encode()).hexdigest()[:10]
+    return Path("/tmp") / (f"c2pg-ray-{digest}" + (f"-{node}" if node else ""))
+
+
 class RayHead(Service):
     """A Ray head node for ``ray job submit``, the dashboard and the tests' Ray workloads.
 
@@ -1046,14 +1090,15 @@ class RayHead(Service):
     and under /tmp because Ray's socket paths must stay under the 107-byte limit. ``ray
     start --block`` ignores SIGTERM once its children exit, hence a short stop timeout:
     the process group is killed after it (Ray's state is disposable).
+
+    Worker nodes beside it (``c2pg stack up --ray-nodes N``) are :class:`RayNode` objects, started
+    by the launcher once the head answers.
     """
 
-    def __init__(self, paths: StackPaths):
-        super().__init__("ray", v.PORTS["ray_dashboard"], paths, start_timeout_s=120, stop_timeout_s=8)
-        bindir = str(Path(sys.executable).parent)
-        self.env = {"PATH": f"{bindir}:{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
-                    "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path),
-                    **WARM_WORKERS, **FAST_METRICS}
+    def __init__(self, paths: StackPaths, ports: RayPorts | None = None, extra_env: dict[str, str] | None = None):
+        self.ports = ports or RayPorts()
+        super().__init__("ray", self.ports.dashboard, paths, start_timeout_s=120, stop_timeout_s=8)
+        self.env = {**ray_env(self.token_path), **(extra_env or {})}
 
     @property
     def token_path(self) -> Path:
@@ -1062,8 +1107,7 @@ class RayHead(Service):
 
     @property
     def temp_dir(self) -> Path:
-        digest = hashlib.sha1(str(self.paths.root).encode()).hexdigest()[:10]
-        return Path("/tmp") / f"c2pg-ray-{digest}"
+        return ray_temp_dir(self.paths.root)
 
     @property
     def dashboard_url(self) -> str:
@@ -1071,7 +1115,7 @@ class RayHead(Service):
 
     @property
     def gcs_address(self) -> str:
-        return f"{v.HOST}:{v.PORTS['ray_gcs']}"
+        return f"{v.HOST}:{self.ports.gcs}"
 
     def prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -1086,11 +1130,12 @@ class RayHead(Service):
         # (0.5 each) would leave no room for a reconcile's tasks, which then wait for a worker
         # to stop (docs/local-stack.md).
         cpus = max(4, 2 * (os.cpu_count() or 2))
+        agent = [] if self.ports.agent == DEFAULT_AGENT_PORT else [f"--dashboard-agent-listen-port={self.ports.agent}"]
         return [ray, "start", "--head", "--block", f"--num-cpus={cpus}",
-                f"--node-ip-address={v.HOST}", f"--port={v.PORTS['ray_gcs']}",
-                f"--ray-client-server-port={v.PORTS['ray_client']}", "--include-dashboard=true",
+                f"--node-ip-address={v.HOST}", f"--port={self.ports.gcs}",
+                f"--ray-client-server-port={self.ports.client}", "--include-dashboard=true",
                 f"--dashboard-host={v.HOST}", f"--dashboard-port={self.port}", "--disable-usage-stats",
-                f"--temp-dir={self.temp_dir}"]
+                *agent, f"--temp-dir={self.temp_dir}"]
 
     def cmd_marker(self) -> str:
         return f"--temp-dir={self.temp_dir}"
@@ -1100,6 +1145,62 @@ class RayHead(Service):
                                           headers=ray_auth_headers(self.token_path))
         assert isinstance(version, dict)
         return f"Ray {version.get('ray_version')}"
+
+    def alive_nodes(self, timeout_s: float = 5.0) -> list[dict]:
+        """The nodes the head's GCS lists as alive, from Ray's state API (each with
+        ``node_id``, ``node_ip``, ``is_head_node``, ``labels``, ``resources_total``)."""
+        doc = health.check_http_json(self.dashboard_url + "/api/v0/nodes?limit=1000", timeout_s=timeout_s,
+                                     headers=ray_auth_headers(self.token_path))
+        assert isinstance(doc, dict)
+        return [n for n in doc["data"]["result"]["result"] if n.get("state") == "ALIVE"]
+
+
+NODE_LABEL = "c2pg-stack-node"
+"""The Ray node label carrying a stack node's name (``ray-node-1``): how ``stack status``
+finds the node in the GCS's list."""
+
+
+@dataclass
+class RayNode:
+    """A Ray worker node beside the stack's head (``c2pg stack up --ray-nodes N``): its own
+    raylet, object store, resources and temp dir, joined to the head's GCS with the stack's
+    token, on loopback.
+
+    ``ray start`` without ``--block`` starts the node's processes (raylet, dashboard agent,
+    runtime-env agent, log monitor) and exits; the launcher starts it in a new session, so
+    they all keep its process group, and records that group and the raylet's pid. Stopping
+    the node signals the group and what the raylet forked (its Ray workers); killing it
+    (``Stack.kill_ray``) does the same with SIGKILL, the way a machine is lost."""
+
+    name: str  # ray-node-1, ray-node-2, ...
+    head: RayHead
+    agent_port: int  # its dashboard agent's HTTP port: Ray's default belongs to the head
+
+    @property
+    def temp_dir(self) -> Path:
+        return ray_temp_dir(self.head.paths.root, self.name)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.head.paths.data / self.name
+
+    @property
+    def log_file(self) -> Path:
+        return self.head.paths.log(self.name)
+
+    def command(self) -> list[str]:
+        ray = str(Path(sys.executable).with_name("ray"))
+        return [ray, "start", f"--address={self.head.gcs_address}", f"--node-ip-address={v.HOST}",
+                f"--num-cpus={NODE_CPUS}", f"--object-store-memory={NODE_OBJECT_STORE_BYTES}",
+                f"--dashboard-agent-listen-port={self.agent_port}", f"--temp-dir={self.temp_dir}",
+                f"--labels={json.dumps({NODE_LABEL: self.name})}", "--disable-usage-stats"]
+
+    def cmd_marker(self) -> str:
+        """Found in the raylet's command line (its socket and session paths)."""
+        return str(self.temp_dir)
+
+    def fail(self, cause: str) -> StackError:
+        return StackError(self.name, cause, str(self.log_file))
 
 
 def ray_auth_headers(token_path: Path | None = None) -> dict[str, str]:
@@ -1113,11 +1214,13 @@ def ray_auth_headers(token_path: Path | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def all_services(paths: StackPaths, tls: bool = False) -> list[Service]:
+def all_services(paths: StackPaths, tls: bool = False, ray_ports: RayPorts | None = None,
+                 ray_extra_env: dict[str, str] | None = None) -> list[Service]:
     """The stack in start order; the launcher starts those without dependencies together.
-    ``tls``: the stack's TLS mode (``c2pg stack up --tls``)."""
+    ``tls``: the stack's TLS mode (``c2pg stack up --tls``); ``ray_ports`` and ``ray_extra_env``:
+    another Ray head's ports and extra environment (a private cluster's, in tests)."""
     services = [Postgres(paths), Vault(paths), Kafka(paths), Cassandra(paths), Registry(paths),
-                Debezium(paths), RayHead(paths)]
+                Debezium(paths), RayHead(paths, ray_ports, ray_extra_env)]
     for svc in services:
         svc.tls = tls
     return services

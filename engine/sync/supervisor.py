@@ -6,9 +6,22 @@ Started (or found) by ``python -m jobs.sync`` / ``c2pg sync start`` through
 - lists the partitions of every configured table's topic and spreads them over
   ``sync.workers`` :class:`~engine.sync.worker.PartitionWorker` actors with ``assign()``
   (sorted partitions, round robin: the same input gives the same assignment);
+- places the workers over the Ray nodes on purpose (:meth:`SyncSupervisor._place`): each
+  new worker goes to the node with the fewest of this pipeline's workers, with a soft node
+  affinity (Ray's SPREAD is round robin and ignores where the pipeline's workers already
+  are, so it could not re-spread them), and the supervisor itself runs on the head
+  (``node:__internal_head__``), so it never dies with a worker node;
 - watches the workers: a worker whose ``run()`` ended is restarted with exponential
   backoff; a slot that fails ``MAX_FAILURES`` times in ``FAILURE_WINDOW_S`` is retired and
   its partitions go to the other workers;
+- loses a node without losing its partitions: a worker that died (``ActorDiedError``)
+  marks its node suspect at once, without waiting for the GCS's verdict (a SIGKILLed
+  node is declared dead only after its health checks fail); the GCS's verdict, when it
+  comes first, does the same. The worker is started again on a surviving node and
+  continues from the offsets committed in PostgreSQL. When a node joins, one worker at a
+  time moves to it (stopped, its batch committed, before the new one starts: never two
+  owners of a partition) until no node has two more than another. Each move is recorded
+  (``moves`` in :meth:`SyncSupervisor.status`, and the log);
 - picks up new partitions and new topics (a table's topic appears with its first event);
 - runs the capture heartbeat (:mod:`engine.capture`): writes a heartbeat row per Cassandra
   node every ``capture.heartbeat_interval`` (its own thread), judges from ``_c2pg.capture``
@@ -52,6 +65,14 @@ STATUS_PERIOD_S = 1.0
 """How often the published status is gathered from the workers while it is watched."""
 STATUS_WATCH_S = 30.0
 """The status is gathered only while someone asked for it within this many seconds."""
+SUSPECT_S = 60.0
+"""A node where a worker died is not chosen for new workers for this long (or until the GCS
+declares it dead): the worker's death is known before the GCS's verdict on the node."""
+SETTLE_S = 10.0
+"""No rebalancing move within this many seconds of another move or a restart."""
+WORKER_CPUS = 0.5
+"""The CPU a worker reserves; a node with less in total (a KubeRay head with ``num-cpus: 0``)
+gets no workers."""
 
 STATE_DDL = """CREATE TABLE IF NOT EXISTS _c2pg.sync_state (
     pipeline text PRIMARY KEY,
@@ -103,9 +124,12 @@ class Pass:
 
 def get_or_start(cfg: PipelineConfig):
     """The pipeline's supervisor: the running one, or a new detached one."""
+    # On the head: a worker node lost must not take the supervisor with it (the head holds
+    # the GCS; losing it loses every actor anyway, see the keeper, engine/sync/keeper.py).
     return SyncSupervisor.options(  # type: ignore[attr-defined]  # a Ray actor class
         name=actor_name(cfg.name), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        max_restarts=-1, max_concurrency=8, num_cpus=0, **faults.runtime_env()).remote(cfg)
+        max_restarts=-1, max_concurrency=8, num_cpus=0, resources={"node:__internal_head__": 0.001},
+        **faults.runtime_env()).remote(cfg)
 
 
 def find(pipeline: str):
@@ -142,8 +166,13 @@ class SyncSupervisor:
         self.cfg = cfg
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.slots: dict[int, dict] = {}  # slot → {actor, ref, partitions, failures: [t], next_start}
+        # slot → {actor, ref, partitions, failures: [t], next_start, node (id once known), where (ref)}
+        self.slots: dict[int, dict] = {}
         self.retired: set[int] = set()
+        self.nodes: dict[str, dict] = {}  # alive Ray nodes: id → {ip, cpus, head}, each round
+        self.suspect: dict[str, float] = {}  # node id → monotonic time a worker died there
+        self.moves: list[dict] = []  # the last re-placements: node lost, worker died, rebalance
+        self._settled_at = 0.0
         conn = self._connect()
         try:
             ensure_state(conn)
@@ -199,12 +228,18 @@ class SyncSupervisor:
                 st = ray.get(s["actor"].status.remote(), timeout=5)
             except Exception as exc:  # noqa: BLE001 - a dead or busy worker is reported, not fatal
                 st = {"worker": slot, "state": "unreachable", "error": f"{type(exc).__name__}: {exc}",
+                      "node_id": s.get("node"), "node_ip": self.nodes.get(s.get("node") or "", {}).get("ip"),
                       "partitions": [{"topic": t, "partition": p} for t, p in s["partitions"]]}
             st["restarts"] = len(s["failures"])
             workers.append(st)
+        with self._lock:
+            nodes = [{"node_id": n, **info, "workers": sum(1 for s in slots.values() if s.get("node") == n)}
+                     for n, info in sorted(self.nodes.items())]
+            moves = [dict(m) for m in self.moves]
         return {"pipeline": self.cfg.name, "started_at": self.started_at, "paused_all": self.paused_all,
                 "paused_tables": sorted(self.paused_tables), "workers": workers,
-                "retired_slots": sorted(self.retired), "capture": self.capture_status()}
+                "retired_slots": sorted(self.retired), "nodes": nodes, "moves": moves,
+                "capture": self.capture_status()}
 
     def status_snapshot(self, since: str | None = None) -> tuple[str, dict | None]:
         """``(version, status)``: the status of :meth:`status`, as gathered at most
@@ -330,8 +365,10 @@ class SyncSupervisor:
         sweep_pass = Pass(self.cfg.sync.ttl_sweep_interval.total_seconds())
         while not self._stop.is_set():
             try:
+                self._watch_nodes()
                 self._reconcile_assignment()
                 self._restart_dead_workers()
+                self._rebalance()
                 now = time.monotonic()
                 due = schema_pass.take(now, self.cfg.tables)
                 if due is not None:
@@ -648,16 +685,25 @@ class SyncSupervisor:
                     self._start_slot(slot, wanted[slot])
         self._save_assignment()
 
-    def _start_slot(self, slot: int, partitions: list[tuple[str, int]], failures: list[float] | None = None) -> None:
+    def _start_slot(self, slot: int, partitions: list[tuple[str, int]], failures: list[float] | None = None,
+                    node: str | None = None) -> None:
+        """Start the worker of ``slot`` on ``node`` (default: :meth:`_place`'s choice), with a
+        soft affinity: if that node cannot take it (gone meanwhile), Ray places it elsewhere."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         from engine.sync.worker import PartitionWorker
 
-        actor = PartitionWorker.options(num_cpus=0.5, **faults.runtime_env()).remote(  # type: ignore[attr-defined]
+        node = node or self._place()
+        placement = {} if node is None else {
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=True)}
+        actor = PartitionWorker.options(num_cpus=WORKER_CPUS, **placement,  # type: ignore[attr-defined]
+                                        **faults.runtime_env()).remote(
             self.cfg, slot, partitions, sorted(self.paused_tables), self.paused_all)
         with self._lock:
             old = self.slots.get(slot, {})
             self.slots[slot] = {"actor": actor, "ref": actor.run.remote(), "partitions": partitions,
                                 "failures": old.get("failures", []) if failures is None else failures,
-                                "next_start": 0.0}
+                                "next_start": 0.0, "node": None, "target": node, "where": actor.where.remote()}
 
     def _stop_slot(self, slot: int) -> None:
         with self._lock:
@@ -678,6 +724,13 @@ class SyncSupervisor:
             try:
                 ray.get(s["ref"])
                 error = "run() returned"
+            except ray.exceptions.RayActorError as exc:
+                # The worker's process (or its node) is gone: its node takes no new worker
+                # until proven alive, whatever the GCS says yet (_place).
+                error = f"{type(exc).__name__}: {exc}"
+                if s.get("node"):
+                    with self._lock:
+                        self.suspect[s["node"]] = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - the worker's failure is what we report
                 error = f"{type(exc).__name__}: {exc}"
             now = time.time()
@@ -695,6 +748,99 @@ class SyncSupervisor:
             with self._lock:
                 self.slots.pop(slot, None)
             self._start_slot(slot, s["partitions"], failures)
+            self._record_move(slot, s, f"worker ended: {error[:200]}")
+
+    # --- placement over the Ray nodes ----------------------------------------------------
+
+    def _watch_nodes(self) -> None:
+        """Each round: the alive nodes (the GCS's list), the workers' nodes as they answer
+        ``where()``, and the workers on a node the GCS has declared dead, started again on a
+        surviving node at once (their ``run()`` may only fail later)."""
+        nodes = {n["NodeID"]: {"ip": n.get("NodeManagerAddress"), "cpus": n.get("Resources", {}).get("CPU", 0.0),
+                               "head": "node:__internal_head__" in n.get("Resources", {})}
+                 for n in ray.nodes() if n.get("Alive")}
+        now = time.monotonic()
+        with self._lock:
+            self.nodes = nodes
+            self.suspect = {n: t for n, t in self.suspect.items() if n in nodes and now - t < SUSPECT_S}
+            slots = dict(self.slots)
+        for slot, s in slots.items():
+            if s.get("node") is None and s.get("where") is not None:
+                ready, _ = ray.wait([s["where"]], timeout=0)
+                if ready:
+                    try:
+                        s["node"] = ray.get(ready[0])["node_id"]
+                    except Exception:  # noqa: BLE001 - died before answering: _restart_dead_workers sees it
+                        pass
+                    s["where"] = None
+            if s.get("node") and nodes and s["node"] not in nodes and not self._stop.is_set():
+                log.error("Ray node %s is dead (GCS): worker %d and its partitions move", s["node"][:8], slot)
+                ray.kill(s["actor"], no_restart=True)
+                with self._lock:
+                    self.slots.pop(slot, None)
+                self._start_slot(slot, s["partitions"], s["failures"])
+                self._record_move(slot, s, f"node {s['node'][:8]} lost")
+
+    def _place(self, exclude: str | None = None) -> str | None:
+        """The node for a new worker: among the alive nodes with room for a worker (not a
+        suspect one, nor ``exclude``), the one with the fewest of this pipeline's workers;
+        on a tie a worker node before the head (which also runs the supervisors, Serve and
+        the jobs' drivers), then by id. None when no node is known (Ray then places it)."""
+        with self._lock:
+            nodes, suspect = dict(self.nodes), set(self.suspect)
+            count = {n: 0 for n in nodes}
+            for s in self.slots.values():
+                where = s.get("node") or s.get("target")
+                if where in count:
+                    count[where] += 1
+        fit = [n for n, info in nodes.items() if info["cpus"] >= WORKER_CPUS and n != exclude]
+        choice = [n for n in fit if n not in suspect] or fit
+        if not choice:
+            return None
+        return min(choice, key=lambda n: (count[n], nodes[n]["head"], n))
+
+    def _rebalance(self) -> None:
+        """Move one worker from the node with the most of this pipeline's workers to the one
+        with the fewest when they differ by two or more (a node joined, or came back): the
+        old worker stops first (its batch in flight committed), then the new one starts from
+        the committed offsets, so no partition ever has two owners. Only when every worker's
+        node is known and nothing moved or restarted within ``SETTLE_S``."""
+        now = time.monotonic()
+        with self._lock:
+            slots = dict(self.slots)
+            nodes, suspect = dict(self.nodes), set(self.suspect)
+        if now - self._settled_at < SETTLE_S or not slots or any(s.get("node") is None for s in slots.values()):
+            return
+        fit = [n for n, info in nodes.items() if info["cpus"] >= WORKER_CPUS and n not in suspect]
+        if len(fit) < 2:
+            return
+        by_node: dict[str, list[int]] = {n: [] for n in fit}
+        for slot, s in slots.items():
+            if s["node"] in by_node:
+                by_node[s["node"]].append(slot)
+        busiest = max(fit, key=lambda n: (len(by_node[n]), n))
+        idlest = min(fit, key=lambda n: (len(by_node[n]), nodes[n]["head"], n))
+        if len(by_node[busiest]) - len(by_node[idlest]) < 2:
+            return
+        slot = max(by_node[busiest])
+        s = slots[slot]
+        log.warning("rebalancing: worker %d moves from node %s to node %s", slot, busiest[:8], idlest[:8])
+        self._stop_slot(slot)
+        self._start_slot(slot, s["partitions"], s["failures"], node=idlest)
+        self._record_move(slot, s, f"rebalance: node {idlest[:8]} had {len(by_node[idlest])} worker(s), "
+                                   f"node {busiest[:8]} {len(by_node[busiest])}")
+
+    def _record_move(self, slot: int, old: dict, reason: str) -> None:
+        """Remember (``moves`` in the status) and log where a worker's partitions went."""
+        with self._lock:
+            new = self.slots.get(slot, {})
+            partitions = [f"{t}/{p}" for t, p in old["partitions"]]
+            source, target = old.get("node"), new.get("target")
+            self.moves = (self.moves + [{"at": iso(time.time()), "worker": slot, "reason": reason,
+                                         "partitions": partitions, "from_node": source, "to_node": target}])[-20:]
+            self._settled_at = time.monotonic()
+        log.warning("worker %d: partitions %s from node %s to node %s (%s)", slot, ", ".join(partitions),
+                    (source or "?")[:8], (target or "any")[:8], reason)
 
     # --- desired state in PostgreSQL ----------------------------------------------------
 

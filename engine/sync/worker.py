@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import defaultdict, deque
@@ -119,15 +120,24 @@ class PartitionWorker:
         self.heartbeat_topic = heartbeat_topic(cfg) if cfg.capture.heartbeat else None
         self._renew_at = 0.0
         self._heartbeats_failed = False  # the last heartbeat batch failed (state "retrying")
+        ctx = ray.get_runtime_context()
+        self.node = {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid()}
 
     # --- control -----------------------------------------------------------------------
+
+    @ray.method(concurrency_group="control")
+    def where(self) -> dict:
+        """The Ray node this worker runs on (``node_id``, ``node_ip``) and its ``pid``: the
+        supervisor asks once after starting it, to place the next workers and to know which
+        partitions a lost node held."""
+        return dict(self.node)
 
     @ray.method(concurrency_group="control")
     def status(self) -> dict:
         with self._lock:
             lat = sorted(self.latencies)
             mono, wall = time.monotonic(), time.time()
-            return {"worker": self.worker_id, "state": self.state.state, "error": self.state.error,
+            return {"worker": self.worker_id, **self.node, "state": self.state.state, "error": self.state.error,
                     "batches": self.state.batches, "retries": self.state.retries,
                     "latency_ms": {"p50": round(lat[len(lat) // 2], 1), "p99": round(lat[int(len(lat) * 0.99)], 1),
                                    "events": len(lat)} if lat else None, "paused_all": self.state.paused_all,

@@ -23,6 +23,7 @@ CDC_KEYSPACES = {
     "c2pg_capture_test": True,
     "c2pg_capture_heal_test": True,
     "c2pg_element_ttl": True,
+    "c2pg_ray_nodes_test": True,
     "c2pg_reconcile_test": False,
     "c2pg_replay_exact": True,
     "c2pg_serve_test": False,
