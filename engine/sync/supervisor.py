@@ -6,7 +6,7 @@ Started (or found) by ``python -m jobs.sync`` / ``c2pg sync start`` through
 - lists the partitions of every configured table's topic and spreads them over
   ``sync.workers`` :class:`~engine.sync.worker.PartitionWorker` actors with ``assign()``
   (sorted partitions, round robin: the same input gives the same assignment);
-- places the workers over the Ray nodes on purpose (:meth:`SyncSupervisor._place`): each
+- places the workers over the Ray nodes on purpose (:mod:`engine.sync.placement`): each
   new worker goes to the node with the fewest of this pipeline's workers, with a soft node
   affinity (Ray's SPREAD is round robin and ignores where the pipeline's workers already
   are, so it could not re-spread them), and the supervisor itself runs on the head
@@ -48,6 +48,7 @@ import math
 import threading
 import time
 import uuid
+from dataclasses import asdict
 from typing import Any
 
 import ray
@@ -55,6 +56,7 @@ import ray
 from engine import faults
 from engine.capture import iso
 from engine.config import PipelineConfig
+from engine.sync.placement import WORKER_CPUS, Node, choose_node, rebalance_move
 
 log = logging.getLogger("c2pg.sync.supervisor")
 
@@ -70,9 +72,6 @@ SUSPECT_S = 60.0
 declares it dead): the worker's death is known before the GCS's verdict on the node."""
 SETTLE_S = 10.0
 """No rebalancing move within this many seconds of another move or a restart."""
-WORKER_CPUS = 0.5
-"""The CPU a worker reserves; a node with less in total (a KubeRay head with ``num-cpus: 0``)
-gets no workers."""
 
 STATE_DDL = """CREATE TABLE IF NOT EXISTS _c2pg.sync_state (
     pipeline text PRIMARY KEY,
@@ -169,7 +168,7 @@ class SyncSupervisor:
         # slot → {actor, ref, partitions, failures: [t], next_start, node (id once known), where (ref)}
         self.slots: dict[int, dict] = {}
         self.retired: set[int] = set()
-        self.nodes: dict[str, dict] = {}  # alive Ray nodes: id → {ip, cpus, head}, each round
+        self.nodes: dict[str, Node] = {}  # the alive Ray nodes, read each round
         self.suspect: dict[str, float] = {}  # node id → monotonic time a worker died there
         self.moves: list[dict] = []  # the last re-placements: node lost, worker died, rebalance
         self._settled_at = 0.0
@@ -228,13 +227,13 @@ class SyncSupervisor:
                 st = ray.get(s["actor"].status.remote(), timeout=5)
             except Exception as exc:  # noqa: BLE001 - a dead or busy worker is reported, not fatal
                 st = {"worker": slot, "state": "unreachable", "error": f"{type(exc).__name__}: {exc}",
-                      "node_id": s.get("node"), "node_ip": self.nodes.get(s.get("node") or "", {}).get("ip"),
+                      "node_id": s.get("node"), "node_ip": getattr(self.nodes.get(s.get("node") or ""), "ip", None),
                       "partitions": [{"topic": t, "partition": p} for t, p in s["partitions"]]}
             st["restarts"] = len(s["failures"])
             workers.append(st)
         with self._lock:
-            nodes = [{"node_id": n, **info, "workers": sum(1 for s in slots.values() if s.get("node") == n)}
-                     for n, info in sorted(self.nodes.items())]
+            nodes = [{**asdict(node), "workers": sum(1 for s in slots.values() if s.get("node") == n)}
+                     for n, node in sorted(self.nodes.items())]
             moves = [dict(m) for m in self.moves]
         return {"pipeline": self.cfg.name, "started_at": self.started_at, "paused_all": self.paused_all,
                 "paused_tables": sorted(self.paused_tables), "workers": workers,
@@ -694,6 +693,7 @@ class SyncSupervisor:
         from engine.sync.worker import PartitionWorker
 
         node = node or self._place()
+        # A soft affinity: a node gone since it was chosen makes Ray place the worker elsewhere.
         placement = {} if node is None else {
             "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=True)}
         actor = PartitionWorker.options(num_cpus=WORKER_CPUS, **placement,  # type: ignore[attr-defined]
@@ -726,7 +726,7 @@ class SyncSupervisor:
                 error = "run() returned"
             except ray.exceptions.RayActorError as exc:
                 # The worker's process (or its node) is gone: its node takes no new worker
-                # until proven alive, whatever the GCS says yet (_place).
+                # until proven alive, whatever the GCS says yet (placement.choose_node).
                 error = f"{type(exc).__name__}: {exc}"
                 if s.get("node"):
                     with self._lock:
@@ -756,8 +756,8 @@ class SyncSupervisor:
         """Each round: the alive nodes (the GCS's list), the workers' nodes as they answer
         ``where()``, and the workers on a node the GCS has declared dead, started again on a
         surviving node at once (their ``run()`` may only fail later)."""
-        nodes = {n["NodeID"]: {"ip": n.get("NodeManagerAddress"), "cpus": n.get("Resources", {}).get("CPU", 0.0),
-                               "head": "node:__internal_head__" in n.get("Resources", {})}
+        nodes = {n["NodeID"]: Node(n["NodeID"], n.get("NodeManagerAddress"), n.get("Resources", {}).get("CPU", 0.0),
+                                   "node:__internal_head__" in n.get("Resources", {}))
                  for n in ray.nodes() if n.get("Alive")}
         now = time.monotonic()
         with self._lock:
@@ -781,54 +781,34 @@ class SyncSupervisor:
                 self._start_slot(slot, s["partitions"], s["failures"])
                 self._record_move(slot, s, f"node {s['node'][:8]} lost")
 
-    def _place(self, exclude: str | None = None) -> str | None:
-        """The node for a new worker: among the alive nodes with room for a worker (not a
-        suspect one, nor ``exclude``), the one with the fewest of this pipeline's workers;
-        on a tie a worker node before the head (which also runs the supervisors, Serve and
-        the jobs' drivers), then by id. None when no node is known (Ray then places it)."""
+    def _place(self) -> str | None:
+        """The node for a new worker (:func:`engine.sync.placement.choose_node`)."""
         with self._lock:
-            nodes, suspect = dict(self.nodes), set(self.suspect)
-            count = {n: 0 for n in nodes}
-            for s in self.slots.values():
-                where = s.get("node") or s.get("target")
-                if where in count:
-                    count[where] += 1
-        fit = [n for n, info in nodes.items() if info["cpus"] >= WORKER_CPUS and n != exclude]
-        choice = [n for n in fit if n not in suspect] or fit
-        if not choice:
-            return None
-        return min(choice, key=lambda n: (count[n], nodes[n]["head"], n))
+            placed = [s.get("node") or s.get("target") for s in self.slots.values()]
+            return choose_node(self.nodes, placed, set(self.suspect))
 
     def _rebalance(self) -> None:
-        """Move one worker from the node with the most of this pipeline's workers to the one
-        with the fewest when they differ by two or more (a node joined, or came back): the
-        old worker stops first (its batch in flight committed), then the new one starts from
-        the committed offsets, so no partition ever has two owners. Only when every worker's
-        node is known and nothing moved or restarted within ``SETTLE_S``."""
-        now = time.monotonic()
+        """Apply :func:`engine.sync.placement.rebalance_move` (a node joined, or came back):
+        the old worker stops first (its batch in flight committed), then the new one starts
+        on the idler node from the committed offsets, so no partition ever has two owners.
+        Only when every worker's node is known and nothing moved or restarted within
+        ``SETTLE_S``."""
         with self._lock:
             slots = dict(self.slots)
             nodes, suspect = dict(self.nodes), set(self.suspect)
-        if now - self._settled_at < SETTLE_S or not slots or any(s.get("node") is None for s in slots.values()):
+        if (time.monotonic() - self._settled_at < SETTLE_S or not slots
+                or any(s.get("node") is None for s in slots.values())):
             return
-        fit = [n for n, info in nodes.items() if info["cpus"] >= WORKER_CPUS and n not in suspect]
-        if len(fit) < 2:
+        move = rebalance_move(nodes, {slot: s["node"] for slot, s in slots.items()}, suspect)
+        if move is None:
             return
-        by_node: dict[str, list[int]] = {n: [] for n in fit}
-        for slot, s in slots.items():
-            if s["node"] in by_node:
-                by_node[s["node"]].append(slot)
-        busiest = max(fit, key=lambda n: (len(by_node[n]), n))
-        idlest = min(fit, key=lambda n: (len(by_node[n]), nodes[n]["head"], n))
-        if len(by_node[busiest]) - len(by_node[idlest]) < 2:
-            return
-        slot = max(by_node[busiest])
+        slot, busiest, idlest = move
         s = slots[slot]
         log.warning("rebalancing: worker %d moves from node %s to node %s", slot, busiest[:8], idlest[:8])
         self._stop_slot(slot)
         self._start_slot(slot, s["partitions"], s["failures"], node=idlest)
-        self._record_move(slot, s, f"rebalance: node {idlest[:8]} had {len(by_node[idlest])} worker(s), "
-                                   f"node {busiest[:8]} {len(by_node[busiest])}")
+        self._record_move(slot, s, f"rebalance: node {busiest[:8]} had at least two workers more than "
+                                   f"node {idlest[:8]}")
 
     def _record_move(self, slot: int, old: dict, reason: str) -> None:
         """Remember (``moves`` in the status) and log where a worker's partitions went."""

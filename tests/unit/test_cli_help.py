@@ -132,6 +132,7 @@ def test_top_level_help_is_not_the_module_docstring():
 PIPELINE_COMMANDS = [
     ("sync start", [], "--config"), ("sync stop", [], "--config"), ("sync status", [], "--config"),
     ("sync pause", [], "--config"), ("sync resume", [], "--config"), ("sync heal", [], "--config"),
+    ("sync keep", [], "--config"),
     ("snapshot", ["--table", "demo.users"], "--config"), ("reconcile", ["--table", "demo.users"], "--config"),
     ("health", [], "--config"), ("dlq list", [], "--config"), ("dlq show", ["7"], "--config"),
     ("dlq replay", [], "--config"), ("config check", [], None),
