@@ -151,6 +151,23 @@ def test_cli_shows_a_present_write_plainly_and_trusts_the_workers_flag(capsys):
     assert _cli_line(capsys, _supervisor_status()).endswith("  -")
 
 
+def test_cli_shows_each_workers_node_and_the_moves(capsys):
+    from engine.cli import _print_sync_status
+    from engine.sync_status import node_label
+
+    status = _supervisor_status()
+    status["workers"][0].update(node_id="a8d795606eba301abf0c8ed80bc57bb0", node_ip="10.0.0.2")
+    status["moves"] = [{"at": "2026-11-30T00:50:00+00:00", "worker": 0, "partitions": ["c2pg.demo.users/0"],
+                        "from_node": "98554699ca32f025", "to_node": "a8d795606eba301a",
+                        "reason": "worker ended: ActorDiedError: ..."}]
+    _print_sync_status(status, NOW)
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split()[:2] == ["0", "a8d79560@10.0.0.2"]
+    assert out[-1] == ("moved 2026-11-30T00:50:00+00:00: worker 0 (c2pg.demo.users/0) from node 98554699 to "
+                       "a8d79560: worker ended: ActorDiedError: ...")
+    assert node_label(None) == "-" and node_label("abcdef0123", None) == "abcdef01"
+
+
 # --- the control plane's status ------------------------------------------------------------------
 
 
