@@ -18,7 +18,8 @@ Two processes:
   pipeline has no supervisor and its desired state is running, starts one
   (:func:`engine.sync.supervisor.get_or_start`; it continues from the offsets committed in
   PostgreSQL); else pings it. It exits — and the keeper starts a new one, which joins the
-  cluster as it is then — when the head's GCS port stops answering, when a round fails
+  cluster as it is then — when the head's GCS port stops answering or lists another head
+  node than the one it joined (a new cluster at the same address), when a round fails
   (the supervisor not answering within ``PING_TIMEOUT_S``, PostgreSQL away), or when a round
   hangs past ``ROUND_TIMEOUT_S`` (a driver of a head that is gone can block in Ray).
 
@@ -127,8 +128,6 @@ def watch(config: str, interval_s: float) -> None:
     from engine.sync.supervisor import find, get_or_start
 
     cfg = load_config(config)
-    ensure_ray(persistent=True, log_to_driver=False)
-    host, port = ray.get_runtime_context().gcs_address.rsplit(":", 1)
     last_round = [time.monotonic()]
 
     def watchdog() -> None:
@@ -138,12 +137,18 @@ def watch(config: str, interval_s: float) -> None:
                 log.error("sync keeper %s: a round hung for %.0f s; starting over", cfg.name, ROUND_TIMEOUT_S)
                 os._exit(4)
 
+    # From the start: joining a cluster whose head is still coming up can block too.
     threading.Thread(target=watchdog, name="watchdog", daemon=True).start()
+    ensure_ray(persistent=True, log_to_driver=False)
+    host, port = ray.get_runtime_context().gcs_address.rsplit(":", 1)
+    head = _head_node()
     log.warning("sync keeper %s: watching the supervisor on the Ray cluster at %s:%s", cfg.name, host, port)
     said_stopped = False
     while True:
-        if not _answers(host, int(port)):
-            log.error("sync keeper %s: the Ray head at %s:%s does not answer", cfg.name, host, port)
+        if not _answers(host, int(port)) or _head_node() != head:
+            # Down, or back as a new cluster at the same address (a round that blocked while
+            # it restarted): this driver belongs to the old one; a new watcher joins the new.
+            log.error("sync keeper %s: the Ray head at %s:%s is gone", cfg.name, host, port)
             os._exit(3)
         sup = find(cfg.name)
         if sup is None and desired_running(cfg):
@@ -161,6 +166,14 @@ def watch(config: str, interval_s: float) -> None:
             ray.get(sup.ping.remote(), timeout=PING_TIMEOUT_S)
         last_round[0] = time.monotonic()
         time.sleep(interval_s)
+
+
+def _head_node() -> str | None:
+    """The id of the cluster's alive head node, as the GCS this driver talks to lists it."""
+    import ray
+
+    return next((n["NodeID"] for n in ray.nodes()
+                 if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})), None)
 
 
 def main(argv: list[str] | None = None) -> int:
