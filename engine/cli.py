@@ -532,6 +532,18 @@ def _sync_keep(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
+    if not getattr(args, "json", False):
+        return _sync_action(args, sys.stdout)
+    # Ray prints the cluster's error messages (a node marked dead, ...) to every driver's
+    # stdout, whenever they come: with --json they go to stderr, and stdout stays one document.
+    out, sys.stdout = sys.stdout, sys.stderr
+    try:
+        return _sync_action(args, out)
+    finally:
+        sys.stdout = out
+
+
+def _sync_action(args: argparse.Namespace, out) -> int:
     import ray
 
     from engine.config import load_config
@@ -569,7 +581,7 @@ def _sync(args: argparse.Namespace) -> int:
     else:
         status = ray.get(sup.status.remote(), timeout=30)
         if args.json:
-            print(json.dumps(status, indent=2, default=str))
+            print(json.dumps(status, indent=2, default=str), file=out, flush=True)
             return 0
         print(progress(status)[2])
         _print_sync_status(status, time.time())
