@@ -1042,9 +1042,9 @@ class RayPorts:
     a private cluster (the node-loss tests: ``tests/integration/test_ray_nodes.py``) takes
     free ones so that it runs beside the stack's own head."""
 
-    gcs: int = v.PORTS["ray_gcs"]
-    dashboard: int = v.PORTS["ray_dashboard"]
-    client: int = v.PORTS["ray_client"]
+    gcs: int
+    dashboard: int
+    client: int
     # The head's dashboard agent (HTTP). Ray's default, 52365, is one per machine: a second
     # head (or node) on the same address needs another.
     agent: int = 52365
@@ -1096,7 +1096,9 @@ class RayHead(Service):
     """
 
     def __init__(self, paths: StackPaths, ports: RayPorts | None = None, extra_env: dict[str, str] | None = None):
-        self.ports = ports or RayPorts()
+        # The stack's own ports are read now, not when this module was imported: the
+        # launcher's tests patch engine.stack.versions.PORTS.
+        self.ports = ports or RayPorts(v.PORTS["ray_gcs"], v.PORTS["ray_dashboard"], v.PORTS["ray_client"])
         super().__init__("ray", self.ports.dashboard, paths, start_timeout_s=120, stop_timeout_s=8)
         self.env = {**ray_env(self.token_path), **(extra_env or {})}
 
