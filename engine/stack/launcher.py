@@ -408,6 +408,10 @@ class Stack:
             self._stop_nodes(state, [name], signal.SIGKILL)
             self._save_state(state)
 
+    def ray_node_names(self) -> list[str]:
+        """The worker nodes this stack recorded (``ray-node-N``), whether alive or not."""
+        return sorted(self._nodes(self._load_state()))
+
     def ray_node_ids(self) -> dict[str, str]:
         """Each running node's Ray node id, by name (``ray`` for the head), as its GCS lists them."""
         return self._alive_node_ids()

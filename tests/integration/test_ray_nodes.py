@@ -58,6 +58,11 @@ def cluster(tmp_path_factory):
         stack.up(["ray"], on_event=lambda _: None, ray_nodes=2)
         yield stack
     finally:
+        # SIGKILL: the cluster is disposable, and the head's `ray start --block` would make
+        # `down` wait 8 s for a SIGTERM it ignores. `down` then finds nothing left to stop.
+        for name in stack.ray_node_names():
+            stack.kill_ray(name)
+        stack.kill_ray("ray")
         stack.down(on_event=lambda _: None)
         for d in Path("/tmp").glob(ray_temp_dir(root).name + "*"):
             shutil.rmtree(d, ignore_errors=True)
