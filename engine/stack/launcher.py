@@ -418,7 +418,8 @@ class Stack:
 
     def _alive_node_ids(self) -> dict[str, str]:
         try:
-            alive = self.ray_head.alive_nodes()
+            # Ray's state API can take seconds on a loaded machine; no answer means none known.
+            alive = self.ray_head.alive_nodes(timeout_s=15)
         except Exception:  # noqa: BLE001 - the head not answering: no node is known alive
             return {}
         return {("ray" if n.get("is_head_node") else (n.get("labels") or {}).get(NODE_LABEL, n["node_id"])):

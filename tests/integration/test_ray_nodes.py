@@ -210,8 +210,12 @@ def test_workers_spread_a_lost_node_moves_its_partitions_and_a_new_node_takes_so
         assert wait_equal(cass, pg, KS, table, SCHEMA, table, timeout_s=90) == []
 
         # A node joins: one worker moves to it (stopped first, then started there).
-        cluster.add_ray_node(on_event=lambda _: None)
-        joined = next(i for name, i in cluster.ray_node_ids().items() if i not in (head, node))
+        name = cluster.add_ray_node(on_event=lambda _: None)
+        deadline = time.monotonic() + 30
+        while (joined := cluster.ray_node_ids().get(name)) is None:  # the state API can be slow to answer
+            assert time.monotonic() < deadline, f"{name} is not listed alive"
+            time.sleep(0.5)
+        assert joined not in (head, node)
         with Load(cass, table, 100_000):
             st = _wait_status(env, config, lambda s: {w["node_id"] for w in s["workers"]} == {head, joined}
                               and all(w["state"] == "running" for w in s["workers"]), 90,
