@@ -10,12 +10,15 @@ jobs.…``, and every pipeline-file argument comes from :func:`add_config_argume
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from engine import log
 from engine.errors import C2pgError
@@ -531,16 +534,33 @@ def _sync_keep(args: argparse.Namespace) -> int:
     return keep(str(args.config), args.interval)
 
 
+@contextlib.contextmanager
+def _ray_prints_to_stderr() -> Iterator[Any]:
+    """Yields the real stdout, for a command whose stdout is one JSON document.
+
+    Ray prints the cluster's error messages (a node marked dead, ...) to every driver's
+    stdout, whenever they come, from threads that run until ``ray.shutdown()``: meanwhile
+    ``sys.stdout`` is stderr, and a Ray this command joined is left before stdout is back
+    (one that was already joined, as in a test calling :func:`main`, is left alone)."""
+    def joined() -> bool:  # without importing Ray (a second) for a command that never joins it
+        ray = sys.modules.get("ray")
+        return ray is not None and ray.is_initialized()
+
+    joined_before = joined()
+    out, sys.stdout = sys.stdout, sys.stderr
+    try:
+        yield out
+    finally:
+        if not joined_before and joined():
+            sys.modules["ray"].shutdown()
+        sys.stdout = out
+
+
 def _sync(args: argparse.Namespace) -> int:
     if not getattr(args, "json", False):
         return _sync_action(args, sys.stdout)
-    # Ray prints the cluster's error messages (a node marked dead, ...) to every driver's
-    # stdout, whenever they come: with --json they go to stderr, and stdout stays one document.
-    out, sys.stdout = sys.stdout, sys.stderr
-    try:
+    with _ray_prints_to_stderr() as out:
         return _sync_action(args, out)
-    finally:
-        sys.stdout = out
 
 
 def _sync_action(args: argparse.Namespace, out) -> int:
@@ -732,13 +752,14 @@ def _health(args: argparse.Namespace) -> int:
     from engine.health import pipeline_checks, run_checks
 
     cfg = load_config(args.config)
-    if args.sync:
-        from engine.ray_connect import ensure_ray
+    with _ray_prints_to_stderr() if args.json else contextlib.nullcontext(sys.stdout) as out:
+        if args.sync:
+            from engine.ray_connect import ensure_ray
 
-        ensure_ray(persistent=True, log_to_driver=False)
-    results = run_checks(pipeline_checks(cfg, sync=args.sync), timeout_s=6)
+            ensure_ray(persistent=True, log_to_driver=False)
+        results = run_checks(pipeline_checks(cfg, sync=args.sync), timeout_s=6)
     if args.json:
-        print(json.dumps([r.as_dict() for r in results], indent=2))
+        print(json.dumps([r.as_dict() for r in results], indent=2), file=out)
     else:
         for r in results:
             state = "ok" if r.ok else "DOWN"
