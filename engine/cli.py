@@ -306,10 +306,14 @@ def _add_sync(sub) -> None:
 
     start = _command(
         sync, "start", "start the pipeline's supervisor (detached) and return",
-        "Start the pipeline's supervisor, or find the running one, wait until it answers and "
-        "return: it keeps running on the cluster (python -m jobs.sync also follows its "
-        "progress). Prints the number of tables and workers.\n\n"
-        "Exit codes: 0 running, 2 bad configuration or no Ray cluster to run on.",
+        "Start the pipeline's supervisor, or find the running one, wait for its first round "
+        "(every table's target and c2pg's state of it checked, partitions assigned; at most "
+        "60 s) and return: it keeps running on the cluster (python -m jobs.sync also follows "
+        "its progress). Prints the number of tables and workers, and each table refused "
+        "because c2pg's state of it does not match the target, the Cassandra table or the "
+        "topic, with the fix (the other tables sync).\n\n"
+        "Exit codes: 0 running, 1 no round completed in time (the error is printed), 2 bad "
+        "configuration, no Ray cluster to run on, or a table refused.",
         f"c2pg sync start --config {EXAMPLE}",
         f"C2PG_PIPELINE_CONFIG={EXAMPLE} c2pg sync start  # as in the pods")
     add_config_argument(start)
@@ -576,9 +580,9 @@ def _sync_action(args: argparse.Namespace, out) -> int:
     if args.action == "start":
         sup = get_or_start(cfg)
         ray.get(sup.ping.remote())
-        print(f"sync {cfg.name}: supervisor running ({len(cfg.tables)} table(s), {cfg.sync.workers} worker(s))")
+        code = _wait_first_round(cfg, sup)
         _print_capture_findings(cfg)
-        return 0
+        return code
     sup = find(cfg.name)
     if sup is None:
         print(f"c2pg: no sync running for pipeline {cfg.name!r} (c2pg sync start --config ...)", file=sys.stderr)
@@ -605,8 +609,46 @@ def _sync_action(args: argparse.Namespace, out) -> int:
             return 0
         print(progress(status)[2])
         _print_sync_status(status, time.time())
+        _print_refused(status)
         _print_capture(status.get("capture") or {})
     return 0
+
+
+START_WAIT_S = 60.0
+"""How long ``c2pg sync start`` waits for the supervisor's first completed round."""
+
+
+def _wait_first_round(cfg, sup, timeout_s: float = START_WAIT_S) -> int:
+    """``c2pg sync start`` after the supervisor answers: wait until its first round completed
+    (:meth:`SyncSupervisor.startup`: every table judged, partitions assigned), then report.
+    → 0 when every table syncs; 2 when a table was refused (each printed with its fix; the
+    supervisor keeps running for the others and takes the table back once fixed); 1 when no
+    round completed within ``timeout_s`` (the last round's error printed: a server down)."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        st = ray.get(sup.startup.remote(), timeout=30)
+        if st["rounds"] >= 1:
+            break
+        if time.monotonic() > deadline:
+            print(f"c2pg: sync {cfg.name}: the supervisor runs, but its first round did not complete within "
+                  f"{timeout_s:.0f} s" + (f": {st['error']}" if st["error"] else ""), file=sys.stderr)
+            return 1
+        time.sleep(0.25)
+    refused = st["refused"]
+    print(f"sync {cfg.name}: supervisor running ({len(cfg.tables) - len(refused)} of {len(cfg.tables)} table(s), "
+          f"{cfg.sync.workers} worker(s))")
+    for r in refused:
+        print(f"c2pg: table {r['table']} refused: {r['error']}", file=sys.stderr)
+    return 2 if refused else 0
+
+
+def _print_refused(status: dict) -> None:
+    """The tables ``c2pg sync status`` cannot sync, each with what does not match and the fix."""
+    for r in status.get("refused") or []:
+        by = f" (by {r['by']})" if r.get("by") else ""
+        print(f"REFUSED {r['table']}{by} since {r.get('since') or '-'}: {r['error']}")
 
 
 def _print_capture(capture: dict) -> None:

@@ -448,7 +448,8 @@ def check_debezium(*, url: str, timeout_s: float = 3.0) -> str:
 
 def check_sync_supervisor(pipeline: str, *, timeout_s: float = 3.0) -> str:
     """The pipeline's :class:`~engine.sync.supervisor.SyncSupervisor` answers ``status()``
-    within ``timeout_s`` and every worker it runs is ``running`` or ``paused``.
+    within ``timeout_s``, every worker it runs is ``running`` or ``paused`` and no table is
+    refused (c2pg's state of it does not match: :mod:`engine.state_check`).
 
     Needs a connected Ray driver (the Serve replica is one; so is any process after
     ``ray.init``). Fails when no supervisor runs for ``pipeline`` (``c2pg sync start``), when
@@ -474,7 +475,8 @@ def describe_sync(status: Mapping) -> str:
     which reads the status once for both its status route and its readiness."""
     workers = status.get("workers") or []
     bad = [f"worker {w.get('worker')} {w.get('state')}" + (f" ({str(w['error'])[:200]})" if w.get("error") else "")
-           for w in workers if w.get("state") not in ("running", "paused")]
+           for w in workers if w.get("state") not in ("running", "paused", "refused")]
+    bad += [f"table {r['table']} refused: {str(r['error'])[:300]}" for r in status.get("refused") or []]
     if bad:
         raise RuntimeError("; ".join(bad))
     paused = " (paused)" if status.get("paused_all") else ""

@@ -123,7 +123,7 @@ def create_token_index(conn, target: Target) -> None:
         conn.autocommit = old
 
 
-def _canonical(cur, pg_sql_type: str) -> str:
+def canonical_type(cur, pg_sql_type: str) -> str:
     """PostgreSQL's own spelling of a type (``time`` → ``time without time zone``)."""
     cur.execute("SELECT %s::regtype::text", (pg_sql_type,))
     return cur.fetchone()[0]
@@ -169,7 +169,7 @@ def _check_or_evolve(cur, schema: TableSchema, target_schema: str, target_table:
         if have is None:
             missing.append(c)
             differences.append(f"column {c.name!r} ({c.cql_type.cql()} → {c.pg_sql_type}) is missing")
-        elif have != _canonical(cur, c.pg_sql_type):
+        elif have != canonical_type(cur, c.pg_sql_type):
             differences.append(f"column {c.name!r} is {have}, expected {c.pg_sql_type} for {c.cql_type.cql()}")
     for meta in META_COLUMNS:
         if meta not in existing and meta not in META_ADDED_LATER:

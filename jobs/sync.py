@@ -43,6 +43,9 @@ def progress(status: dict) -> tuple[int, float, str]:
     line = (f"sync {status['pipeline']}: {len(status['workers'])} worker(s) [{states}], "
             f"{len(parts)} partition(s), {applied} events applied, {remaining} remaining, "
             f"{rate:,.0f} events/s, eta {eta}")
+    refused = [r["table"] for r in status.get("refused") or []]
+    if refused:
+        line += f"; REFUSED: {', '.join(refused)} (c2pg sync status says why)"
     capture = status.get("capture") or {}
     if capture.get("stalled"):
         # "caught up" with the topics means nothing while the connector delivers nothing.

@@ -23,6 +23,13 @@ Started (or found) by ``python -m jobs.sync`` / ``c2pg sync start`` through
   owners of a partition) until no node has two more than another. Each move is recorded
   (``moves`` in :meth:`SyncSupervisor.status`, and the log);
 - picks up new partitions and new topics (a table's topic appears with its first event);
+- checks c2pg's own state for each table (:mod:`engine.state_check`: catalog row, tombstone
+  table, offsets against the target, the Cassandra table and the topic) before it makes the
+  target and assigns the table's partitions: it rebuilds what is safe to rebuild, and
+  *refuses* a table whose state it cannot trust — the table is left out, with the error, in
+  :meth:`status` (``refused``) and ``/readyz``, and checked again every round until it is
+  fixed; the other tables go on. ``c2pg sync start`` waits for the first round that judged
+  every table (:meth:`startup`);
 - runs the capture heartbeat (:mod:`engine.capture`): writes a heartbeat row per Cassandra
   node every ``capture.heartbeat_interval`` (its own thread), judges from ``_c2pg.capture``
   whether each node's connector still delivers, exports ``c2pg_capture_*`` metrics, and
@@ -121,6 +128,11 @@ class Pass:
         return batch, not self.queue
 
 
+def _name(t) -> str:
+    """A table of the pipeline file as ``keyspace.table`` (how refusals name it)."""
+    return f"{t.keyspace}.{t.table}"
+
+
 def get_or_start(cfg: PipelineConfig):
     """The pipeline's supervisor: the running one, or a new detached one."""
     # On the head: a worker node lost must not take the supervisor with it (the head holds
@@ -172,6 +184,12 @@ class SyncSupervisor:
         self.suspect: dict[str, float] = {}  # node id → monotonic time a worker died there
         self.moves: list[dict] = []  # the last re-placements: node lost, worker died, rebalance
         self._settled_at = 0.0
+        # engine.state_check's verdicts: tables whose partitions may be assigned, and tables
+        # refused ("ks.table" → what status shows); a table in neither is not judged yet.
+        self.accepted: set[str] = set()
+        self.refused: dict[str, dict] = {}
+        self.rounds = 0  # supervision rounds completed (every table judged in each)
+        self.round_error: str | None = None
         conn = self._connect()
         try:
             ensure_state(conn)
@@ -238,7 +256,26 @@ class SyncSupervisor:
         return {"pipeline": self.cfg.name, "started_at": self.started_at, "paused_all": self.paused_all,
                 "paused_tables": sorted(self.paused_tables), "workers": workers,
                 "retired_slots": sorted(self.retired), "nodes": nodes, "moves": moves,
-                "capture": self.capture_status()}
+                "capture": self.capture_status(), **self._state_status(workers)}
+
+    def startup(self) -> dict:
+        """What ``c2pg sync start`` waits on: ``rounds`` completed (the first one has judged
+        every table's state and assigned the accepted tables' partitions), the last round's
+        error (Kafka, Cassandra or PostgreSQL not answering) and the tables refused."""
+        with self._lock:
+            return {"rounds": self.rounds, "error": self.round_error, "refused": list(self.refused.values())}
+
+    def _state_status(self, workers: list[dict]) -> dict:
+        """The refused tables for :meth:`status`: the supervisor's (engine.state_check), and
+        any a worker could not open (its target changed after the supervisor's check)."""
+        with self._lock:
+            refused = dict(self.refused)
+        for w in workers:
+            for table, error in (w.get("refused") or {}).items():
+                refused.setdefault(table, {"table": table, "error": error, "since": None,
+                                           "by": f"worker {w['worker']}"})
+        return {"refused": [refused[t] for t in sorted(refused)], "rounds": self.rounds,
+                "round_error": self.round_error}
 
     def status_snapshot(self, since: str | None = None) -> tuple[str, dict | None]:
         """``(version, status)``: the status of :meth:`status`, as gathered at most
@@ -364,20 +401,27 @@ class SyncSupervisor:
         sweep_pass = Pass(self.cfg.sync.ttl_sweep_interval.total_seconds())
         while not self._stop.is_set():
             try:
+                now = time.monotonic()
+                # Targets and state are checked before partitions are assigned (the first
+                # round judges every table), so a table c2pg cannot trust gets no worker.
+                due = schema_pass.take(now, self.cfg.tables)
+                if due is not None:
+                    self._check_schemas(*due)
+                self._check_unjudged(due[0] if due is not None else [])
                 self._watch_nodes()
                 self._reconcile_assignment()
                 self._restart_dead_workers()
                 self._rebalance()
-                now = time.monotonic()
-                due = schema_pass.take(now, self.cfg.tables)
-                if due is not None:
-                    self._check_schemas(*due)
-                due = sweep_pass.take(now, self.cfg.tables)
+                due = sweep_pass.take(now, [t for t in self.cfg.tables if _name(t) in self.accepted])
                 if due is not None:
                     self._sweep(due[0])
                 self._scheduled_reconciles()
-            except Exception:  # noqa: BLE001 - keep supervising; the error is logged with its trace
+                with self._lock:
+                    self.rounds, self.round_error = self.rounds + 1, None
+            except Exception as exc:  # noqa: BLE001 - keep supervising; the error is logged with its trace
                 log.exception("supervision round failed")
+                with self._lock:
+                    self.round_error = f"{type(exc).__name__}: {str(exc)[:300]}"
                 self._close_cassandra()
             self._stop.wait(ROUND_S)
         self._close_cassandra()
@@ -397,20 +441,94 @@ class SyncSupervisor:
         if cass is not None:
             cass[0].shutdown()
 
-    def _targets(self, conn, session, tables) -> list:
-        from engine.schema import read_table
-        from engine.target import ensure_target
-
+    def _targets(self, conn, session, tables, *, offsets: bool = True) -> list:
+        """The targets of ``tables``, made or evolved after their state was checked
+        (:meth:`_judge`); a refused table is left out. ``offsets=False`` (the TTL sweep) does
+        not ask Kafka for the topics' watermarks."""
         out = []
         for t in tables:
-            try:
-                schema = read_table(session, t.keyspace, t.table)
-            except Exception as exc:  # noqa: BLE001 - one missing table must not stop the others
-                log.warning("table %s.%s: %s", t.keyspace, t.table, exc)
-                continue
-            out.append(ensure_target(conn, schema, t.target_schema or self.cfg.postgres.schema,
-                                     t.target_table or t.table, evolve=True, defer_token_index=False))
+            target = self._judge(conn, session, t, offsets)
+            if target is not None:
+                out.append(target)
         return out
+
+    def _judge(self, conn, session, t, offsets: bool):
+        """Check c2pg's state for table ``t`` (:func:`engine.state_check.verify`: rebuilds are
+        logged), then make or evolve its target: the target, or None when the table is refused
+        (a :class:`~engine.errors.C2pgError` naming it and the fix: recorded in ``refused``,
+        logged once). Anything else — a server not answering — raises: the round fails and
+        every verdict stands until a round can judge again."""
+        from engine.errors import C2pgError
+        from engine.schema import TableNotFound, read_table
+        from engine.state_check import verify
+        from engine.target import ensure_target
+
+        name, where = _name(t), (t.target_schema or self.cfg.postgres.schema, t.target_table or t.table)
+        topic = self.cfg.kafka.topic_for(t.keyspace, t.table)
+        try:
+            schema = read_table(session, t.keyspace, t.table)
+            for line in verify(conn, schema, *where, pipeline=self.cfg.name, topic=topic,
+                               watermarks=(lambda: self._watermarks(topic)) if offsets else None):
+                log.warning("%s", line)
+            target = ensure_target(conn, schema, *where, evolve=True, defer_token_index=False)
+        except C2pgError as exc:
+            error = str(exc)
+            if isinstance(exc, TableNotFound):
+                error += ". Fix: create it in Cassandra, or remove it from the pipeline file"
+            with self._lock:
+                known = self.refused.get(name)
+                self.accepted.discard(name)
+                self.refused[name] = {"table": name, "target": ".".join(where), "error": error,
+                                      "since": known["since"] if known else iso(time.time())}
+            if known is None or known["error"] != error:
+                log.error("table %s refused: %s", name, error)
+            return None
+        with self._lock:
+            if self.refused.pop(name, None) is not None:
+                log.warning("table %s: its state matches again; syncing it", name)
+            self.accepted.add(name)
+        return target
+
+    def _check_unjudged(self, judged: list) -> None:
+        """Every round, the tables refused or not judged yet (a round that failed before it
+        judged them) are checked again, apart from those this round's schema pass judged:
+        a fixed table is synced again within a round, without restarting anything."""
+        tables = [t for t in self.cfg.tables if _name(t) not in self.accepted and t not in judged]
+        if not tables:
+            return
+        session = self._cassandra()
+        conn = self._connect()
+        try:
+            self._targets(conn, session, tables)
+        finally:
+            conn.close()
+
+    def _watermarks(self, topic: str):
+        """``topic``'s partitions → :class:`~engine.state_check.Watermarks` (``{}``: no such
+        topic), or None when Kafka does not answer (the offsets are then not judged)."""
+        from confluent_kafka import KafkaError, KafkaException, TopicCollection, TopicPartition
+        from confluent_kafka.admin import AdminClient, OffsetSpec
+
+        from engine.state_check import Watermarks
+
+        try:
+            admin = self._admin = self._admin or AdminClient({**self.cfg.kafka.client_conf()})
+            try:
+                desc = admin.describe_topics(TopicCollection([topic]), request_timeout=5)[topic].result(timeout=10)
+            except KafkaException as exc:
+                if exc.args and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    return {}
+                raise
+            tps = [TopicPartition(topic, p.id) for p in desc.partitions]
+            ends: dict[int, list[int]] = {}
+            for spec in (OffsetSpec.earliest(), OffsetSpec.latest()):
+                for tp, fut in admin.list_offsets({tp: spec for tp in tps}, request_timeout=10).items():
+                    ends.setdefault(tp.partition, []).append(fut.result(timeout=10).offset)
+            return {p: Watermarks(low, high) for p, (low, high) in ends.items()}
+        except Exception as exc:  # noqa: BLE001 - Kafka away: the offsets are judged next time
+            log.warning("offsets of %s not checked: %s", topic, exc)
+            self._admin = None
+            return None
 
     def _check_schemas(self, tables, pass_done: bool) -> None:
         """Columns added in Cassandra to ``tables`` are added in PostgreSQL even before their
@@ -614,7 +732,7 @@ class SyncSupervisor:
         session = self._cassandra()
         conn = self._connect()
         try:
-            for target in self._targets(conn, session, tables):
+            for target in self._targets(conn, session, tables, offsets=False):
                 now_us = wall_clock_us()
                 expired = 0
                 try:
@@ -642,7 +760,9 @@ class SyncSupervisor:
         from confluent_kafka import KafkaError, KafkaException, TopicCollection
         from confluent_kafka.admin import AdminClient
 
-        topics = [self.cfg.kafka.topic_for(t.keyspace, t.table) for t in self.cfg.tables if t.capture == "cdc"]
+        # A table's partitions are assigned once its state was checked (refused: left out).
+        topics = [self.cfg.kafka.topic_for(t.keyspace, t.table) for t in self.cfg.tables
+                  if t.capture == "cdc" and _name(t) in self.accepted]
         if self.cfg.capture.heartbeat:
             from engine.capture import heartbeat_topic
 

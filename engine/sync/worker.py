@@ -18,7 +18,11 @@ never read back: ``_c2pg.offsets`` is the truth).
 Failure: a batch that cannot be committed (PostgreSQL down, a bug) is not acknowledged:
 the worker seeks its partitions back to the committed offsets and retries with backoff,
 reporting ``state = "retrying"`` and the error in its status. An exception that escapes
-the loop ends ``run()`` with that exception; the supervisor restarts the worker.
+the loop ends ``run()`` with that exception; the supervisor restarts the worker. A table
+whose target cannot be made (a :class:`~engine.errors.C2pgError`: the Cassandra table is
+gone, the target does not match; or DDL PostgreSQL rejects) does not end it: its partitions
+are held like paused ones, the table is reported in ``refused`` with the error, and opened
+again every ``REOPEN_S`` — the worker's other tables go on (a restart would only fail again).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from engine.sync_status import WindowRate, in_future
 
 log = logging.getLogger("c2pg.sync.worker")
 
+REOPEN_S = 30.0
+"""How often a worker tries again to open a table it could not (``refused`` in its status)."""
 
 
 def _tell_kafka(consumer, offsets: dict[tuple[str, int], int]) -> None:
@@ -122,6 +128,8 @@ class PartitionWorker:
         self._heartbeats_failed = False  # the last heartbeat batch failed (state "retrying")
         ctx = ray.get_runtime_context()
         self.node = {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid()}
+        self._refused: dict[str, str] = {}  # topic → why its table could not be opened (_open_tables)
+        self._reopen_at = 0.0
 
     # --- control -----------------------------------------------------------------------
 
@@ -142,6 +150,7 @@ class PartitionWorker:
                     "latency_ms": {"p50": round(lat[len(lat) // 2], 1), "p99": round(lat[int(len(lat) * 0.99)], 1),
                                    "events": len(lat)} if lat else None, "paused_all": self.state.paused_all,
                     "paused_tables": sorted(self.state.paused_tables),
+                    "refused": {self._table_name(t): e for t, e in self._refused.items()},
                     "partitions": [{"topic": p.topic, "partition": p.partition, "table": self._table_name(p.topic),
                                     "heartbeat": p.topic == self.heartbeat_topic,
                                     "offset": p.next_offset, "high_watermark": p.high_watermark, "lag": p.lag,
@@ -181,7 +190,6 @@ class PartitionWorker:
 
         from engine import cql
         from engine.capture import HeartbeatApplier
-        from engine.sync.apply import TableApplier
 
         cfg = self.cfg
         conn = psycopg2.connect(**cfg.postgres.connect_kwargs(application_name=f"c2pg-sync-{self.worker_id}"))
@@ -202,9 +210,9 @@ class PartitionWorker:
                 registry = SchemaRegistryClient(cfg.schema_registry.client_conf())
             # One lock for the connection the appliers share: the write thread holds it for a
             # transaction, a schema refresh (in the loop's thread) for its DDL.
-            appliers: dict = {topic: TableApplier(cfg, self.tables[topic], conn, session, registry,
-                                                  lock=self._pg_lock)
-                              for topic in {t for t, _ in self.partitions} if topic != self.heartbeat_topic}
+            appliers: dict = {}
+            self._open_tables(appliers, {t for t, _ in self.partitions if t != self.heartbeat_topic},
+                              conn, session, registry)
             if any(t == self.heartbeat_topic for t, _ in self.partitions):
                 appliers[self.heartbeat_topic] = HeartbeatApplier(cfg, conn, session, registry)
             committed = self._committed_offsets(conn)
@@ -233,6 +241,8 @@ class PartitionWorker:
             while not self._stop.is_set():
                 if inflight is None:
                     conn = self._renew(conn, appliers)
+                if self._refused and time.monotonic() >= self._reopen_at:
+                    self._open_tables(appliers, set(self._refused), conn, session, registry)
                 self._apply_pauses(consumer)
                 batch = self._poll_batch(consumer)
                 self._refresh_watermarks(consumer, offsets_reader)
@@ -275,6 +285,34 @@ class PartitionWorker:
             cluster.shutdown()
             conn.close()
 
+    def _open_tables(self, appliers: dict, topics: set[str], conn, session, registry) -> None:
+        """Open a :class:`~engine.sync.apply.TableApplier` for each of ``topics`` (it reads the
+        table's definition and makes or evolves its target). A table that cannot be opened
+        for a reason a restart would not cure is recorded in ``_refused`` (status), its
+        partitions held, and tried again after ``REOPEN_S``; any other failure (a server
+        down) raises, as before."""
+        import psycopg2
+
+        from engine.errors import C2pgError
+        from engine.sync.apply import TableApplier
+
+        for topic in sorted(topics):
+            try:
+                with self._pg_lock:
+                    appliers[topic] = TableApplier(self.cfg, self.tables[topic], conn, session, registry,
+                                                   lock=self._pg_lock)
+            except (C2pgError, psycopg2.ProgrammingError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                if self._refused.get(topic) != error:
+                    log.error("table %s not opened (its partitions are held): %s", self._table_name(topic), error)
+                with self._lock:
+                    self._refused[topic] = error
+                continue
+            with self._lock:
+                if self._refused.pop(topic, None) is not None:
+                    log.warning("table %s opened; applying its partitions", self._table_name(topic))
+        self._reopen_at = time.monotonic() + REOPEN_S
+
     def _table_name(self, topic: str) -> str:
         if topic == self.heartbeat_topic:
             return "(capture heartbeat)"
@@ -296,8 +334,12 @@ class PartitionWorker:
             tables = [p for p in self.partitions if p[0] != self.heartbeat_topic]
             paused = {p for p in tables
                       if self.state.paused_all or self._table_name(p[0]) in self.state.paused_tables}
-            if self.state.state in ("running", "paused"):
-                self.state.state = "paused" if paused and len(paused) == len(tables) else "running"
+            refused = {p for p in tables if p[0] in self._refused}
+            if self.state.state in ("running", "paused", "refused"):
+                self.state.state = ("refused" if refused and len(refused) == len(tables) else
+                                    "paused" if paused | refused and len(paused | refused) == len(tables) else
+                                    "running")
+            paused |= refused  # not fetched until the table opens (_open_tables)
         self._paused = paused
         running = [p for p in self.partitions if p not in paused]
         if paused:

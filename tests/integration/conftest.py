@@ -28,6 +28,7 @@ CDC_KEYSPACES = {
     "c2pg_replay_exact": True,
     "c2pg_serve_test": False,
     "c2pg_sync_cli_test": False,
+    "c2pg_state_test": True,
     "c2pg_sync_test": True,
     "c2pg_ttl_replay": True,
     "tls_ks": False,
