@@ -130,6 +130,7 @@ class PartitionWorker:
         self.node = {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid()}
         self._refused: dict[str, str] = {}  # topic → why its table could not be opened (_open_tables)
         self._reopen_at = 0.0
+        self._renew_at = 0.0
 
     # --- control -----------------------------------------------------------------------
 

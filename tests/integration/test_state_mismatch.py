@@ -1,17 +1,17 @@
 """c2pg's own state for a target that no longer matches the target, the source or the topic
 (engine/state_check.py), and a status that tells the truth after a server came back.
 
-One pipeline of five tables is synced, stopped, and then each table's state is made wrong
-in its own way, the way an operator or an accident would: the target dropped; the target
-dropped and the Cassandra table recreated with another key; a column dropped in PostgreSQL;
-the offsets left behind by a topic that was deleted and created again. ``c2pg sync start``
-must then fail naming each table that cannot be trusted with its fix, sync the others, and
-never crash-loop; each fix must bring its table back without a restart.
+A pipeline of four tables is synced, stopped, and then each table's state is made wrong in
+its own way, the way an operator or an accident would: the target dropped; a column dropped
+in PostgreSQL; the offsets left behind by a topic that was deleted and created again.
+``c2pg sync start`` must then fail naming each table that cannot be trusted with its fix,
+sync the others, and never crash-loop; each fix must bring its table back without a
+restart. A target dropped with its Cassandra table recreated under another key starts
+clean. The other cases are checked where the supervisor checks them (``verify``).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 
@@ -27,7 +27,13 @@ from engine.schema import read_table
 from engine.sync.supervisor import find
 from engine.target import ensure_target
 from tests.conftest import EXAMPLE_PIPELINE, ROOT
-from tests.integration.cdc_scenarios import fresh_sync_pipeline, stop_sync, wait_for_table_capture
+from tests.integration.cdc_scenarios import (
+    TopicTail,
+    capture_with_restart,
+    fresh_sync_pipeline,
+    stop_sync,
+    wait_for_table_capture,
+)
 
 KS = "c2pg_state_test"
 SCHEMA = "state_test"
@@ -94,7 +100,7 @@ def _wait_refused(name: str, want: set[str], timeout_s: float = 30) -> dict:
 def test_state_that_no_longer_matches_is_rebuilt_or_refused_never_crash_looped(
         stack, cass, pg, pipeline, ray_cluster, tmp_path, capsys):
     run = uuid.uuid4().hex[:6]
-    names = {k: f"{k}_{run}" for k in ("ok", "dropped", "rekey", "lostcol", "newtopic")}
+    names = {k: f"{k}_{run}" for k in ("ok", "dropped", "lostcol", "newtopic")}
     for n in names.values():
         _new_table(cass, n)
     cfg = fresh_sync_pipeline(pg, pipeline, KS, SCHEMA, *names.values())
@@ -102,25 +108,19 @@ def test_state_that_no_longer_matches_is_rebuilt_or_refused_never_crash_looped(
     try:
         for n in names.values():
             _write(cass, n, 0, 20)
-        cass.execute(f"DELETE FROM {KS}.{names['rekey']} WHERE pk = 1 AND ck = 1")  # a tombstone to leave behind
         assert cli.main(["sync", "start", "--config", config]) == 0
         for n in names.values():
             _equal(cass, pg, n)
         assert cli.main(["sync", "stop", "--config", config]) == 0
 
         # Each table's state made wrong, as an owner or an accident would.
-        rekey, dropped, lostcol, newtopic = names["rekey"], names["dropped"], names["lostcol"], names["newtopic"]
+        dropped, lostcol, newtopic = names["dropped"], names["lostcol"], names["newtopic"]
         with pg, pg.cursor() as cur:
             cur.execute(f'DROP TABLE "{SCHEMA}"."{dropped}"')
-            cur.execute(f'DROP TABLE "{SCHEMA}"."{rekey}"')
             cur.execute(f'ALTER TABLE "{SCHEMA}"."{lostcol}" DROP COLUMN a')
             # Offsets of a topic that was deleted and created again: past the new topic's end.
             cur.execute("UPDATE _c2pg.offsets SET next_offset = next_offset + 1000 WHERE pipeline = %s "
                         "AND topic = %s", (cfg.name, f"c2pg.{KS}.{newtopic}"))
-        cass.execute(f"DROP TABLE {KS}.{rekey}")
-        _new_table(cass, rekey, "id text PRIMARY KEY, a text", "(id, a) VALUES ('sentinel', 's')")
-        for i in range(10):
-            cass.execute(f"INSERT INTO {KS}.{rekey} (id, a) VALUES (%s, %s)", (f"k{i}", f"new{i}"))
 
         capsys.readouterr()
         assert cli.main(["sync", "start", "--config", config]) == 2
@@ -130,12 +130,10 @@ def test_state_that_no_longer_matches_is_rebuilt_or_refused_never_crash_looped(
                              (newtopic, ["past the partition's end", "DELETE FROM _c2pg.offsets"])):
             line = next((x for x in err.splitlines() if f"table {KS}.{table} refused" in x), "")
             assert all(w in line for w in words), (table, err)
-        assert rekey not in err, "a table recreated with another key starts clean"
 
         # The others sync, and nothing restarts.
         _write(cass, names["ok"], 100, 20)
         _equal(cass, pg, names["ok"])
-        _equal(cass, pg, rekey)
         status = _wait_refused(cfg.name, {f"{KS}.{t}" for t in (dropped, lostcol, newtopic)})
         assert all(w["restarts"] == 0 for w in status["workers"]), status["workers"]
         with pytest.raises(RuntimeError, match=f"table {KS}.{dropped} refused"):
@@ -160,6 +158,45 @@ def test_state_that_no_longer_matches_is_rebuilt_or_refused_never_crash_looped(
         _equal(cass, pg, newtopic)
         status = _status(cfg.name)
         assert all(w["restarts"] == 0 for w in status["workers"]), status["workers"]
+    finally:
+        stop_sync(cfg.name)
+
+
+@pytest.mark.exclusive  # the connector restarts: it takes a table recreated with another key only then
+def test_a_target_dropped_and_its_table_recreated_with_another_key_starts_clean(
+        stack, cass, pg, pipeline, ray_cluster, tmp_path, capsys):
+    """The issue's case: every worker crash-looped on ``column "pk" does not exist`` (the old
+    tombstone table's index) while ``sync start`` said "running"."""
+    name = f"rekey_{uuid.uuid4().hex[:6]}"
+    _new_table(cass, name)
+    cfg = fresh_sync_pipeline(pg, pipeline, KS, SCHEMA, name)
+    config = _pipeline_file(tmp_path, cfg.name, [name])
+    try:
+        _write(cass, name, 0, 20)
+        cass.execute(f"DELETE FROM {KS}.{name} WHERE pk = 1 AND ck = 1")  # a deletion left in _c2pg
+        assert cli.main(["sync", "start", "--config", config]) == 0
+        _equal(cass, pg, name)
+        assert cli.main(["sync", "stop", "--config", config]) == 0
+        with pg, pg.cursor() as cur:
+            cur.execute(f'DROP TABLE "{SCHEMA}"."{name}"')
+        cass.execute(f"DROP TABLE {KS}.{name}")
+        cass.execute(f"CREATE TABLE {KS}.{name} (id text PRIMARY KEY, a text) WITH cdc = true")
+        # Debezium 3.4.1 rejects the new definition ("Partition key column mismatch") until
+        # it restarts (docs/local-stack.md).
+        with TopicTail(f"c2pg.{KS}.{name}", {"bootstrap.servers": "127.0.0.1:9092"}) as tail:
+            capture_with_restart(stack, tail, lambda: cass.execute(
+                f"INSERT INTO {KS}.{name} (id, a) VALUES ('sentinel', 's')"), name, new_type=True)
+        for i in range(10):
+            cass.execute(f"INSERT INTO {KS}.{name} (id, a) VALUES (%s, %s)", (f"k{i}", f"new{i}"))
+
+        capsys.readouterr()
+        assert cli.main(["sync", "start", "--config", config]) == 0
+        _equal(cass, pg, name)
+        status = _status(cfg.name)
+        assert status["refused"] == [] and all(w["restarts"] == 0 for w in status["workers"]), status
+        with pg, pg.cursor() as cur:  # the old offsets kept: none of the old table's events applied
+            cur.execute(f'SELECT count(*) FROM "{SCHEMA}"."{name}"')
+            assert cur.fetchone() == (11,)
     finally:
         stop_sync(cfg.name)
 
@@ -206,58 +243,50 @@ def test_a_tombstone_table_of_another_key_is_rebuilt_and_a_column_of_another_typ
             cur.execute("DELETE FROM _c2pg.offsets WHERE pipeline = 't-retention'")
 
 
+def _heartbeat_offsets(status: dict) -> dict:
+    return {(p["topic"], p["partition"]): p["offset"] for w in status["workers"] for p in w["partitions"]
+            if p["heartbeat"]}
+
+
 @pytest.mark.exclusive  # PostgreSQL goes down for every test
-def test_status_is_running_again_with_the_real_rate_after_a_postgres_restart(
+def test_after_a_postgres_restart_every_worker_is_running_again_at_its_real_rate(
         stack, cass, pg, pipeline, ray_cluster, tmp_path):
+    """The restart lands on an idle pipeline just after a burst: the tables have nothing to
+    redo, so only a worker that notices its closed connection by itself writes again (its
+    heartbeats failed for ever while it said ``running``, and capture looked stalled)."""
     name = f"honest_{uuid.uuid4().hex[:6]}"
     _new_table(cass, name)
     cfg = fresh_sync_pipeline(pg, pipeline, KS, SCHEMA, name)
     config = _pipeline_file(tmp_path, cfg.name, [name])
-    stop = threading.Event()
-
-    def load() -> None:
-        stmt = cass.prepare(f"INSERT INTO {KS}.{name} (pk, ck, a) VALUES (?, ?, ?)")
-        i = 0
-        while not stop.is_set():
-            for f in [cass.execute_async(stmt, (i % 50, i + k, "x")) for k in range(100)]:
-                f.result()
-            i += 100
-
-    writer = threading.Thread(target=load, daemon=True)
     try:
         assert cli.main(["sync", "start", "--config", config]) == 0
-        writer.start()
-        deadline = time.monotonic() + 60
-        while not any(p["events_per_s"] for w in _status(cfg.name)["workers"] for p in w["partitions"]
-                      if not p["heartbeat"]):
-            assert time.monotonic() < deadline, "the load never showed in events/s"
-            time.sleep(0.2)
+        _write(cass, name, 0, 300)
+        _equal(cass, pg, name)
+        before = _status(cfg.name)
+        assert any(p["events_per_s"] for w in before["workers"] for p in w["partitions"] if not p["heartbeat"])
         stack.down(["postgres"], on_event=lambda m: None)
         try:
             deadline = time.monotonic() + 60
             while not any(w["state"] == "retrying" for w in _status(cfg.name)["workers"]):
-                assert time.monotonic() < deadline, "no worker reported the failed batches"
+                assert time.monotonic() < deadline, "no worker said it could not write"
                 time.sleep(0.2)
         finally:
             stack.up(["postgres"], on_event=lambda m: None)
-        stop.set()
-        writer.join()
-        fresh = psycopg2.connect(**cfg.postgres.connect_kwargs())  # the fixture's died with the server
-        try:
-            _equal(cass, fresh, name, timeout_s=120)
-        finally:
-            fresh.close()
-        # Caught up and idle: every worker says so, and the rate is the real one (0) within
-        # the 10 s window, not the catch-up's.
-        deadline = time.monotonic() + 30
+        # Back: every worker running without an error, the rate the real one (0: idle) once
+        # the 10 s window has passed, and the heartbeats applied again (their offsets move).
+        deadline = time.monotonic() + 40
         while True:
-            workers = _status(cfg.name)["workers"]
+            status = _status(cfg.name)
+            workers = status["workers"]
             rates = [p["events_per_s"] for w in workers for p in w["partitions"] if not p["heartbeat"]]
-            if {w["state"] for w in workers} == {"running"} and not any(rates):
+            # One node: its heartbeats all go to one partition of the heartbeat topic.
+            moved = any(off is not None and off > (_heartbeat_offsets(before).get(k) or -1)
+                        for k, off in _heartbeat_offsets(status).items())
+            if {(w["state"], w["error"]) for w in workers} == {("running", None)} and not any(rates) and moved:
                 break
             assert time.monotonic() < deadline, [(w["state"], w["error"], w["partitions"]) for w in workers]
             time.sleep(0.5)
-        assert all(w["error"] is None and w["restarts"] == 0 for w in workers)
+        assert all(w["restarts"] == 0 for w in workers)
+        assert not status["capture"]["stalled"]
     finally:
-        stop.set()
         stop_sync(cfg.name)
