@@ -247,7 +247,9 @@ def _check_offsets(name: str, pipeline: str, topic: str, offsets: dict[int, int]
     Kafka still holds (retention deleted events before sync applied them). Either way
     events were lost before c2pg saw them, so it does not guess: refused, and the fix says
     how to start again and repair."""
-    reset = (f"DELETE FROM _c2pg.offsets WHERE pipeline = '{pipeline}' AND topic = '{topic}'; then "
+    # The fixes are SQL for the operator to read and paste, never executed here.
+    where = f"pipeline = {_lit(pipeline)} AND topic = {_lit(topic)}"
+    reset = (f"DELETE FROM _c2pg.offsets WHERE {where}; then "  # nosec B608 - printed, not run
              f"c2pg reconcile --config {CONFIG} --table {name} --repair (sync then reads the topic from its "
              "beginning; the repair brings back what the lost events held)")
     if offsets and not watermarks:
@@ -265,7 +267,7 @@ def _check_offsets(name: str, pipeline: str, topic: str, offsets: dict[int, int]
             raise StateMismatch(
                 name, f"c2pg's offset {off} for {topic}/{p} lies before the oldest event Kafka still holds ({w.low}): "
                       f"{w.low - off} event(s) were deleted by retention before sync applied them",
-                f"UPDATE _c2pg.offsets SET next_offset = {w.low} WHERE pipeline = '{pipeline}' AND topic = '{topic}' "
+                f"UPDATE _c2pg.offsets SET next_offset = {w.low} WHERE {where} "  # nosec B608 - printed, not run
                 f"AND kafka_partition = {p}; then c2pg reconcile --config {CONFIG} --table {name} --repair")
 
 
@@ -275,6 +277,11 @@ def _fmt(offsets: dict[int, int]) -> str:
 
 def _key_text(key: list[list[str]]) -> str:
     return ", ".join(f"{n} {t}" for n, _, t in key)
+
+
+def _lit(text: str) -> str:
+    """A string literal for a fix pasted into psql."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _q(*parts: str) -> str:
