@@ -274,8 +274,8 @@ class SyncSupervisor:
             for table, error in (w.get("refused") or {}).items():
                 refused.setdefault(table, {"table": table, "error": error, "since": None,
                                            "by": f"worker {w['worker']}"})
-        return {"refused": [refused[t] for t in sorted(refused)], "rounds": self.rounds,
-                "round_error": self.round_error}
+        # Not the round count: the published status (status_snapshot) would change every round.
+        return {"refused": [refused[t] for t in sorted(refused)], "round_error": self.round_error}
 
     def status_snapshot(self, since: str | None = None) -> tuple[str, dict | None]:
         """``(version, status)``: the status of :meth:`status`, as gathered at most
@@ -400,24 +400,22 @@ class SyncSupervisor:
         schema_pass = Pass(self.cfg.sync.schema_check_interval.total_seconds())
         sweep_pass = Pass(self.cfg.sync.ttl_sweep_interval.total_seconds())
         while not self._stop.is_set():
+            # Targets and state are checked before partitions are assigned (the first round
+            # judges every table), so a table c2pg cannot trust gets no worker; when the
+            # checks fail (a server down), workers are still watched and restarted.
+            judged = self._judge_round(schema_pass)
             try:
-                now = time.monotonic()
-                # Targets and state are checked before partitions are assigned (the first
-                # round judges every table), so a table c2pg cannot trust gets no worker.
-                due = schema_pass.take(now, self.cfg.tables)
-                if due is not None:
-                    self._check_schemas(*due)
-                self._check_unjudged(due[0] if due is not None else [])
                 self._watch_nodes()
                 self._reconcile_assignment()
                 self._restart_dead_workers()
                 self._rebalance()
-                due = sweep_pass.take(now, [t for t in self.cfg.tables if _name(t) in self.accepted])
+                due = sweep_pass.take(time.monotonic(), [t for t in self.cfg.tables if _name(t) in self.accepted])
                 if due is not None:
                     self._sweep(due[0])
                 self._scheduled_reconciles()
-                with self._lock:
-                    self.rounds, self.round_error = self.rounds + 1, None
+                if judged:
+                    with self._lock:
+                        self.rounds, self.round_error = self.rounds + 1, None
             except Exception as exc:  # noqa: BLE001 - keep supervising; the error is logged with its trace
                 log.exception("supervision round failed")
                 with self._lock:
@@ -458,6 +456,8 @@ class SyncSupervisor:
         (a :class:`~engine.errors.C2pgError` naming it and the fix: recorded in ``refused``,
         logged once). Anything else — a server not answering — raises: the round fails and
         every verdict stands until a round can judge again."""
+        import psycopg2
+
         from engine.errors import C2pgError
         from engine.schema import TableNotFound, read_table
         from engine.state_check import verify
@@ -471,8 +471,10 @@ class SyncSupervisor:
                                watermarks=(lambda: self._watermarks(topic)) if offsets else None):
                 log.warning("%s", line)
             target = ensure_target(conn, schema, *where, evolve=True, defer_token_index=False)
-        except C2pgError as exc:
-            error = str(exc)
+        except (C2pgError, psycopg2.ProgrammingError, psycopg2.DataError) as exc:
+            # What a retry would meet again (PostgreSQL rejecting the DDL counts: it crash-
+            # looped the workers on an old tombstone index); a server down raises instead.
+            error = str(exc) if isinstance(exc, C2pgError) else f"{name}: {type(exc).__name__}: {exc}".strip()
             if isinstance(exc, TableNotFound):
                 error += ". Fix: create it in Cassandra, or remove it from the pipeline file"
             with self._lock:
@@ -488,6 +490,24 @@ class SyncSupervisor:
                 log.warning("table %s: its state matches again; syncing it", name)
             self.accepted.add(name)
         return target
+
+    def _judge_round(self, schema_pass: Pass) -> bool:
+        """This round's checks: the schema pass's tables (:meth:`_check_schemas`), then the
+        tables refused or not judged yet (:meth:`_check_unjudged`). False when a server did
+        not answer (logged, and shown as the round's error): every verdict stands, and a
+        table not judged yet stays without a worker until a round judges it."""
+        try:
+            due = schema_pass.take(time.monotonic(), self.cfg.tables)
+            if due is not None:
+                self._check_schemas(*due)
+            self._check_unjudged(due[0] if due is not None else [])
+            return True
+        except Exception as exc:  # noqa: BLE001 - the next round tries again; logged with its trace
+            log.exception("tables not checked this round")
+            with self._lock:
+                self.round_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            self._close_cassandra()
+            return False
 
     def _check_unjudged(self, judged: list) -> None:
         """Every round, the tables refused or not judged yet (a round that failed before it
