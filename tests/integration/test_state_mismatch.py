@@ -101,8 +101,10 @@ def test_state_that_no_longer_matches_is_rebuilt_or_refused_never_crash_looped(
         stack, cass, pg, pipeline, ray_cluster, tmp_path, capsys):
     run = uuid.uuid4().hex[:6]
     names = {k: f"{k}_{run}" for k in ("ok", "dropped", "lostcol", "newtopic")}
+    for n in names.values():  # made together: one wait for the connector's schema refresh
+        cass.execute(f"CREATE TABLE {KS}.{n} (pk int, ck int, a text, PRIMARY KEY (pk, ck)) WITH cdc = true")
     for n in names.values():
-        _new_table(cass, n)
+        wait_for_table_capture(cass, KS, n, f"INSERT INTO {KS}.{n} (pk, ck, a) VALUES (-1, -1, 'sentinel')")
     cfg = fresh_sync_pipeline(pg, pipeline, KS, SCHEMA, *names.values())
     config = _pipeline_file(tmp_path, cfg.name, list(names.values()))
     try:
