@@ -474,7 +474,9 @@ class SyncSupervisor:
         except (C2pgError, psycopg2.ProgrammingError, psycopg2.DataError) as exc:
             # What a retry would meet again (PostgreSQL rejecting the DDL counts: it crash-
             # looped the workers on an old tombstone index); a server down raises instead.
-            error = str(exc) if isinstance(exc, C2pgError) else f"{name}: {type(exc).__name__}: {exc}".strip()
+            # Shown beside the table's name (status, sync start, /readyz): not twice.
+            error = (str(exc) if isinstance(exc, C2pgError) else f"{type(exc).__name__}: {exc}".strip()
+                     ).removeprefix(f"{name}: ")
             if isinstance(exc, TableNotFound):
                 error += ". Fix: create it in Cassandra, or remove it from the pipeline file"
             with self._lock:
