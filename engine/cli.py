@@ -645,10 +645,13 @@ def _wait_first_round(cfg, sup, timeout_s: float = START_WAIT_S) -> int:
 
 
 def _print_refused(status: dict) -> None:
-    """The tables ``c2pg sync status`` cannot sync, each with what does not match and the fix."""
+    """The tables ``c2pg sync status`` cannot sync, each with what does not match and the fix,
+    and those not in Cassandra (yet)."""
     for r in status.get("refused") or []:
         by = f" (by {r['by']})" if r.get("by") else ""
         print(f"REFUSED {r['table']}{by} since {r.get('since') or '-'}: {r['error']}")
+    for w in status.get("waiting") or []:
+        print(f"WAITING {w['table']}: {w['reason']} (synced once it exists)")
 
 
 def _print_capture(capture: dict) -> None:

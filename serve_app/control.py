@@ -396,6 +396,7 @@ class Control:
         # Tables the supervisor will not sync: c2pg's state of them does not match (engine.state_check).
         refused = {r["table"]: r["error"] for r in (sup or {}).get("refused") or []}
         problems += [f"table {t} refused: {e}" for t, e in sorted(refused.items())]
+        waiting = {w["table"]: w["reason"] for w in (sup or {}).get("waiting") or []}  # not in Cassandra yet
         paused_all = bool(sup and sup.get("paused_all"))
         paused_tables = set(sup.get("paused_tables", [])) if sup else set()
         tables = []
@@ -406,6 +407,7 @@ class Control:
             tables.append({"table": q, "target": f"{t.target_schema}.{t.target_table}",
                            "topic": self.cfg.kafka.topic_for(t.keyspace, t.table),
                            "paused": paused_all or q in paused_tables, "refused": refused.get(q),
+                           "waiting": waiting.get(q),
                            "dead_letters": None if dead is None else sum(n for (t_, _), n in dead.items() if t_ == q),
                            "lag": sum(lags) if lags else None,
                            "events_per_s": round(sum(p["events_per_s"] for p in ps), 1),

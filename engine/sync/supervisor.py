@@ -188,6 +188,7 @@ class SyncSupervisor:
         # refused ("ks.table" → what status shows); a table in neither is not judged yet.
         self.accepted: set[str] = set()
         self.refused: dict[str, dict] = {}
+        self.waiting: dict[str, str] = {}  # "ks.table" → why it is not synced yet (not in Cassandra)
         self.rounds = 0  # supervision rounds completed (every table judged in each)
         self.round_error: str | None = None
         conn = self._connect()
@@ -275,7 +276,10 @@ class SyncSupervisor:
                 refused.setdefault(table, {"table": table, "error": error, "since": None,
                                            "by": f"worker {w['worker']}"})
         # Not the round count: the published status (status_snapshot) would change every round.
-        return {"refused": [refused[t] for t in sorted(refused)], "round_error": self.round_error}
+        with self._lock:
+            waiting = [{"table": t, "reason": r} for t, r in sorted(self.waiting.items())]
+        return {"refused": [refused[t] for t in sorted(refused)], "waiting": waiting,
+                "round_error": self.round_error}
 
     def status_snapshot(self, since: str | None = None) -> tuple[str, dict | None]:
         """``(version, status)``: the status of :meth:`status`, as gathered at most
@@ -467,6 +471,18 @@ class SyncSupervisor:
         topic = self.cfg.kafka.topic_for(t.keyspace, t.table)
         try:
             schema = read_table(session, t.keyspace, t.table)
+        except TableNotFound as exc:
+            # Not a refusal: a table listed before it is created is synced once it exists
+            # (judged again every round); it has no topic, so there is nothing to hold back.
+            with self._lock:
+                self.accepted.discard(name)
+                self.refused.pop(name, None)
+                new = name not in self.waiting
+                self.waiting[name] = str(exc).removeprefix(f"{name}: ")
+            if new:
+                log.warning("table %s: %s; it is synced once it exists", name, self.waiting[name])
+            return None
+        try:
             for line in verify(conn, schema, *where, pipeline=self.cfg.name, topic=topic,
                                watermarks=(lambda: self._watermarks(topic)) if offsets else None):
                 log.warning("%s", line)
@@ -477,8 +493,6 @@ class SyncSupervisor:
             # Shown beside the table's name (status, sync start, /readyz): not twice.
             error = (str(exc) if isinstance(exc, C2pgError) else f"{type(exc).__name__}: {exc}".strip()
                      ).removeprefix(f"{name}: ")
-            if isinstance(exc, TableNotFound):
-                error += ". Fix: create it in Cassandra, or remove it from the pipeline file"
             with self._lock:
                 known = self.refused.get(name)
                 self.accepted.discard(name)
@@ -490,6 +504,8 @@ class SyncSupervisor:
         with self._lock:
             if self.refused.pop(name, None) is not None:
                 log.warning("table %s: its state matches again; syncing it", name)
+            if self.waiting.pop(name, None) is not None:
+                log.warning("table %s exists now; syncing it", name)
             self.accepted.add(name)
         return target
 

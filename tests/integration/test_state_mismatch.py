@@ -292,3 +292,35 @@ def test_after_a_postgres_restart_every_worker_is_running_again_at_its_real_rate
         assert not status["capture"]["stalled"]
     finally:
         stop_sync(cfg.name)
+
+
+def test_a_table_not_in_cassandra_yet_waits_and_is_synced_once_created(stack, cass, pg, pipeline, ray_cluster,
+                                                                      tmp_path, capsys):
+    """A pipeline may list a table before it is created: nothing of it is at risk (it has no
+    topic), so it is not refused (``/readyz`` stays up) but waiting, and synced without a
+    restart from the round after it exists."""
+    run = uuid.uuid4().hex[:6]
+    here, later = f"here_{run}", f"later_{run}"
+    _new_table(cass, here)
+    cfg = fresh_sync_pipeline(pg, pipeline, KS, SCHEMA, here, later)
+    config = _pipeline_file(tmp_path, cfg.name, [here, later])
+    try:
+        capsys.readouterr()
+        assert cli.main(["sync", "start", "--config", config]) == 0
+        status = _status(cfg.name)
+        assert status["refused"] == [] and [w["table"] for w in status["waiting"]] == [f"{KS}.{later}"], status
+        assert "does not exist in Cassandra" in status["waiting"][0]["reason"]
+        health.describe_sync(status)  # raises when sync is unhealthy: a waiting table is not
+        assert cli.main(["sync", "status", "--config", config]) == 0
+        assert f"WAITING {KS}.{later}" in capsys.readouterr().out
+
+        _new_table(cass, later)
+        _write(cass, later, 0, 20)
+        _equal(cass, pg, later)
+        _write(cass, here, 0, 20)
+        _equal(cass, pg, here)
+        status = _status(cfg.name)
+        assert status["waiting"] == [] and status["refused"] == [], status
+        assert all(w["restarts"] == 0 for w in status["workers"]), status["workers"]
+    finally:
+        stop_sync(cfg.name)
