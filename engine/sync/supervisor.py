@@ -532,8 +532,12 @@ class SyncSupervisor:
         judged them) are checked again, apart from those this round's schema pass judged:
         a fixed table is synced again within a round, without restarting anything."""
         tables = [t for t in self.cfg.tables if _name(t) not in self.accepted and t not in judged]
-        if not tables:
-            return
+        if tables:
+            self._judge_tables(tables)
+
+    def _judge_tables(self, tables) -> None:
+        """:meth:`_targets` of ``tables``, on the rounds' Cassandra session and a PostgreSQL
+        connection of their own (closed after)."""
         session = self._cassandra()
         conn = self._connect()
         try:
@@ -575,14 +579,10 @@ class SyncSupervisor:
         not be captured are found (``capture.findings``) and the drift metrics exported."""
         from engine.capture import connector_log, find_uncapturable
 
-        session = self._cassandra()
-        conn = self._connect()
-        try:
-            self._targets(conn, session, tables)
-        finally:
-            conn.close()
+        self._judge_tables(tables)
         if not pass_done:
             return
+        session = self._cassandra()
         log_path = self.cfg.capture.connector_log
         findings = find_uncapturable(session, self.cfg, connector_log(log_path).update() if log_path else None)
         self._export_drift()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 import uuid
 
-import psycopg2
 import pytest
 import ray
 import yaml
@@ -45,13 +44,6 @@ def cass(stack, pipeline, cdc_keyspaces):
     cluster, session = cql.connect(pipeline.cassandra)
     yield session
     cluster.shutdown()
-
-
-@pytest.fixture()
-def pg(pipeline):
-    conn = psycopg2.connect(**pipeline.postgres.connect_kwargs())
-    yield conn
-    conn.close()
 
 
 def _pipeline_file(tmp_path, name: str, tables: list[str]) -> str:
