@@ -302,6 +302,11 @@ def test_a_table_not_in_cassandra_yet_waits_and_is_synced_once_created(stack, ca
         status = _status(cfg.name)
         assert status["refused"] == [] and [w["table"] for w in status["waiting"]] == [f"{KS}.{later}"], status
         assert "does not exist in Cassandra" in status["waiting"][0]["reason"]
+        deadline = time.monotonic() + 60
+        while {w["state"] for w in status["workers"]} != {"running"}:  # started, not yet running
+            assert time.monotonic() < deadline, status["workers"]
+            time.sleep(0.5)
+            status = _status(cfg.name)
         health.describe_sync(status)  # raises when sync is unhealthy: a waiting table is not
         assert cli.main(["sync", "status", "--config", config]) == 0
         assert f"WAITING {KS}.{later}" in capsys.readouterr().out
