@@ -135,6 +135,7 @@ class Load(threading.Thread):
         self.session, self.table, self.rate = session, table, rate
         self.counts = dict.fromkeys(self.KINDS, 0)
         self.failed = 0
+        self.last_error: str | None = None
         self._stop_event, self._running = threading.Event(), threading.Event()
         self._inflight = threading.Semaphore(64)
         self._active_s, self._since = 0.0, None
@@ -151,7 +152,7 @@ class Load(threading.Thread):
         }
         self._rng = random.Random(7)  # nosec B311 - a test load, not security
 
-    def _args(self, kind: str) -> tuple:
+    def _values(self, kind: str) -> tuple:
         r = self._rng
         pk, ck = r.randrange(PARTITIONS), r.randrange(ROWS_PER_PARTITION)
         if kind in ("insert", "ttl_insert"):
@@ -177,13 +178,13 @@ class Load(threading.Thread):
             kind = self._rng.choices(self.KINDS, self.WEIGHTS)[0]
             self._inflight.acquire()
             try:
-                future = self.session.execute_async(self._stmts[kind], self._args(kind))
-            except Exception:  # noqa: BLE001 - no host (Cassandra down): counted
+                future = self.session.execute_async(self._stmts[kind], self._values(kind))
+            except Exception as exc:  # noqa: BLE001 - no host (Cassandra down): counted
                 self._inflight.release()
-                self.failed += 1
+                self.failed, self.last_error = self.failed + 1, f"{type(exc).__name__}: {str(exc)[:200]}"
                 time.sleep(0.05)
                 continue
-            future.add_callbacks(self._done, self._failed, callback_args=(kind,))
+            future.add_callbacks(self._done, self._failed, callback_args=(kind,), errback_args=(kind,))
             next_at += step
             delay = next_at - time.monotonic()
             if delay > 0:
@@ -195,8 +196,8 @@ class Load(threading.Thread):
         self.counts[kind] += 1
         self._inflight.release()
 
-    def _failed(self, _exc, kind: str) -> None:
-        self.failed += 1
+    def _failed(self, exc, kind: str) -> None:
+        self.failed, self.last_error = self.failed + 1, f"{type(exc).__name__}: {str(exc)[:200]}"
         self._inflight.release()
 
     def resume(self) -> None:
@@ -263,8 +264,13 @@ class Chaos:
     def make_table(self, session) -> None:
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        session.execute(f"CREATE KEYSPACE IF NOT EXISTS {KS} WITH replication = "
-                        "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+        if session.execute("SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s",
+                           (KS,)).one() is None:
+            session.execute(f"CREATE KEYSPACE {KS} WITH replication = "
+                            "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+            # The connector never learns of a table created in the same schema refresh as its
+            # keyspace (Debezium 3.4's schema listener): the keyspace settles first.
+            time.sleep(2)
         admin = AdminClient(self.cfg.kafka.client_conf())  # the topic before the connector's first event
         admin.create_topics([NewTopic(self.topic, TOPIC_PARTITIONS, 1)])[self.topic].result(30)
         session.execute(f"CREATE TABLE {KS}.{self.table} (pk int, ck int, a text, n int, PRIMARY KEY (pk, ck)) "
@@ -494,7 +500,8 @@ class Chaos:
         st = self.status(config)
         lag = sum(p.get("lag") or 0 for w in (st or {}).get("workers", []) for p in w.get("partitions", [])
                   if not p.get("heartbeat"))
-        say(f"{fault}: load paused ({load.written} writes so far); lag {lag}; waiting for equality")
+        say(f"{fault}: load paused ({load.written} writes so far, {load.failed} failed"
+            f"{f', last: {load.last_error}' if load.failed else ''}); lag {lag}; waiting for equality")
         equal, waited, diff = self.wait_equal(session, args.recover_timeout)
         recovery_s = round(time.monotonic() - t_end, 1)
         say(f"{fault}: {'EQUAL' if equal else 'NOT EQUAL'} {recovery_s} s after the fault ended; {diff}")
