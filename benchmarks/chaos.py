@@ -3,8 +3,8 @@ then several at once; after each, the table must end equal to Cassandra with not
 duplicated and no dead letter but the injected ones.
 
     .venv/bin/python -m benchmarks.chaos [--faults all | kill_node,restart_postgres,...]
-        [--rate 1500] [--fault-seconds 10] [--lock-seconds 60] [--recover-timeout 300]
-        [--max-minutes 30] [--config examples/pipeline.local.yaml]
+        [--rate 1500] [--fault-seconds 10] [--lock-seconds 60] [--recover-timeout 600]
+        [--max-minutes 45] [--config examples/pipeline.local.yaml]
 
 On the local stack (``c2pg stack up``; run it under the stack lock, nothing else beside it:
 it restarts the stack's servers). Sync runs on a Ray cluster of its own — a head and one
@@ -225,6 +225,43 @@ class Load(threading.Thread):
     @property
     def rate_achieved(self) -> float:
         return self.written / self._active_s if self._active_s else 0.0
+
+
+class Watch(threading.Thread):
+    """What an operator would have seen while a fault lasted: ``c2pg sync status`` and
+    ``c2pg health --sync`` of the pipeline, sampled until :meth:`stop` — the largest lag, the
+    worker states and errors, the components health found down, and how often no status
+    could be had (no supervisor)."""
+
+    def __init__(self, chaos: Chaos, config: str):
+        super().__init__(daemon=True)
+        self.chaos, self.config = chaos, config
+        self.max_lag, self.states, self.errors, self.down, self.no_status = 0, set(), [], set(), 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            st = self.chaos.status(self.config)
+            if st is None:
+                self.no_status += 1
+            else:
+                parts = [p for w in st.get("workers", []) for p in w.get("partitions", []) if not p.get("heartbeat")]
+                self.max_lag = max(self.max_lag, sum(p.get("lag") or 0 for p in parts))
+                for w in st.get("workers", []):
+                    self.states.add(w.get("state"))
+                    error = (w.get("error") or "")[:160]
+                    if error and error not in self.errors and len(self.errors) < 6:
+                        self.errors.append(error)
+            out = self.chaos.c2pg("health", "--config", self.config, "--sync", "--json", timeout_s=60)
+            with contextlib.suppress(json.JSONDecodeError):
+                self.down |= {c["name"] for c in json.loads(out.stdout) if not c.get("ok")}
+            self._stop_event.wait(5)  # each sample is two c2pg processes: keep the machine for sync
+
+    def stop(self) -> dict:
+        self._stop_event.set()
+        self.join(90)
+        return {"max_lag": self.max_lag, "worker_states": sorted(s for s in self.states if s),
+                "worker_errors": self.errors, "health_down": sorted(self.down), "status_unavailable": self.no_status}
 
 
 class Chaos:
@@ -458,6 +495,7 @@ class Chaos:
         cluster_, session = cql.connect(self.cfg.cassandra)
         load: Load | None = None
         rounds: list[dict] = []
+        self.rounds = rounds
         plan = parse_faults(args.faults)
         try:
             self.start_cluster()
@@ -486,6 +524,8 @@ class Chaos:
         time.sleep(args.fault_seconds)
         dead_expected = self.poisoned + (POISON_RECORDS if fault in ("poison", "several") else 0)
         say(f"{fault}: injecting")
+        watch = Watch(self, config)
+        watch.start()
         t_fault = time.monotonic()
         error = None
         try:
@@ -504,6 +544,12 @@ class Chaos:
             f"{f', last: {load.last_error}' if load.failed else ''}); lag {lag}; waiting for equality")
         equal, waited, diff = self.wait_equal(session, args.recover_timeout)
         recovery_s = round(time.monotonic() - t_end, 1)
+        seen = watch.stop()
+        say(f"{fault}: seen meanwhile: {seen}")
+        if not equal:
+            with contextlib.suppress(Exception):
+                seen["offsets"] = self.offsets_against_ends()
+                say(f"{fault}: committed offsets against the topic's ends: {seen['offsets']}")
         say(f"{fault}: {'EQUAL' if equal else 'NOT EQUAL'} {recovery_s} s after the fault ended; {diff}")
         rec = self.reconcile(config)
         drift = rec.get("drift")
@@ -515,7 +561,7 @@ class Chaos:
                 "rows_lost": 0 if equal else diff.get("missing", 0) + diff.get("different", 0),
                 "duplicate_rows": 0 if equal else diff.get("extra", 0), "reconcile_drift": drift,
                 "reconcile_error": rec.get("error"), "dead_letters": dead, "dead_letters_injected": dead_expected,
-                "lag_at_pause": lag}
+                "lag_at_pause": lag, "seen": seen}
 
     def teardown(self) -> None:
         if self.keeper is not None:
@@ -527,9 +573,35 @@ class Chaos:
                 self.cluster.kill_ray(name)
             self.cluster.kill_ray("ray")
             self.cluster.down(on_event=lambda _: None)
-            for d in Path("/tmp").glob(ray_temp_dir(self.work / "ray").name + "*"):
-                shutil.rmtree(d, ignore_errors=True)
+            if self.kept_for_diagnosis():
+                say(f"a round failed: the Ray logs are kept in /tmp/{ray_temp_dir(self.work / 'ray').name}*, "
+                    f"the keeper's log and the reconcile reports in {self.work}")
+            else:
+                for d in Path("/tmp").glob(ray_temp_dir(self.work / "ray").name + "*"):
+                    shutil.rmtree(d, ignore_errors=True)
         self.stack.up(on_event=lambda _: None)  # whatever a fault left down is up again
+
+    def kept_for_diagnosis(self) -> bool:
+        """A round that did not survive keeps its evidence (Ray's logs, the keeper's log)."""
+        return any(not r.get("survived", True) for r in getattr(self, "rounds", []))
+
+    def offsets_against_ends(self) -> list[dict]:
+        """Per partition of the table's topic: the offset sync committed and the topic's end,
+        so a round that is not equal says whether events were left in Kafka (sync behind or
+        stuck) or never reached it (capture)."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        with contextlib.closing(psycopg2.connect(**self.cfg.postgres.connect_kwargs())) as conn, conn.cursor() as cur:
+            cur.execute("SELECT kafka_partition, next_offset FROM _c2pg.offsets WHERE pipeline = %s AND topic = %s",
+                        (self.name, self.topic))
+            committed = dict(cur.fetchall())
+        consumer = Consumer({**self.cfg.kafka.client_conf(), "group.id": f"c2pg-chaos-{self.run_id}-ends"})
+        try:
+            return [{"partition": p, "committed": committed.get(p),
+                     "end": consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]}
+                    for p in range(TOPIC_PARTITIONS)]
+        finally:
+            consumer.close()
 
     def summary(self, started: str, rounds: list[dict], load: Load | None) -> dict:
         done = [r for r in rounds if "skipped" not in r]
@@ -568,8 +640,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fault-seconds", type=float, default=10, help="load before and after each fault, and how "
                    "long a stopped server stays down (default 10)")
     p.add_argument("--lock-seconds", type=float, default=60, help="how long lock_table holds its lock (default 60)")
-    p.add_argument("--recover-timeout", type=float, default=300, help="seconds a round may take to become equal")
-    p.add_argument("--max-minutes", type=float, default=30, help="the run stops itself after this (default 30)")
+    p.add_argument("--recover-timeout", type=float, default=600, help="seconds a round may take to become equal "
+                   "(the connector catching up after a Kafka restart took 280 s at 3000 writes/s)")
+    p.add_argument("--max-minutes", type=float, default=45, help="the run stops itself after this (default 45)")
     p.add_argument("--config", default=str(ROOT / "examples" / "pipeline.local.yaml"))
     p.add_argument("--results", default=str(RESULTS))
     args = p.parse_args(argv)
@@ -582,7 +655,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{run['dead_letters']} (injected {run['dead_letters_injected']}); writes {sum(run['writes'].values())} at "
         f"{run['write_rate_achieved']}/s (target {run['write_rate_target']}); events applied {run['events_applied']}")
     say(f"max recovery s per fault: {run['max_recovery_s']}; results in {args.results}")
-    shutil.rmtree(work, ignore_errors=True)
+    if all(r.get("survived", True) for r in run["rounds"]):
+        shutil.rmtree(work, ignore_errors=True)
     ok = run["faults_injected"] == run["faults_survived"] and run["rows_lost"] == run["duplicate_rows"] == 0
     return 0 if ok else 1
 
