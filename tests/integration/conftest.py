@@ -57,6 +57,17 @@ def cdc_keyspaces(stack, pipeline) -> tuple[str, ...]:
     return tuple(CDC_KEYSPACES)
 
 
+@pytest.fixture(scope="module")
+def cql_session(stack, pipeline):
+    """A Cassandra session of the module's own (closed after it), with c2pg's reconnection
+    settings: a module's ``cass`` fixture returns it after its own checks."""
+    from engine import cql
+
+    cluster, session = cql.connect(pipeline.cassandra)
+    yield session
+    cluster.shutdown()
+
+
 @pytest.fixture(scope="session")
 def serve_instance(ray_cluster):
     """Ray Serve (controller and HTTP proxy on 127.0.0.1), started once for the modules marked

@@ -24,11 +24,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg2
 import pytest
 import yaml
 
-from engine import cql, faults
+from engine import faults
 from engine.compare import wait_equal
 from engine.stack.launcher import Stack
 from engine.stack.services import RayPorts, ray_temp_dir
@@ -69,17 +68,8 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cass(stack, pipeline):
-    cluster_, session = cql.connect(pipeline.cassandra)
-    yield session
-    cluster_.shutdown()
-
-
-@pytest.fixture()
-def pg(pipeline):
-    conn = psycopg2.connect(**pipeline.postgres.connect_kwargs())
-    yield conn
-    conn.close()
+def cass(cql_session):
+    return cql_session
 
 
 def _env(cluster: Stack, **extra: str) -> dict[str, str]:

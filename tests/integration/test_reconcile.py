@@ -41,11 +41,9 @@ def _drift_pages_in_tmp(monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cass(stack, pipeline, cdc_keyspaces):
+def cass(cql_session, cdc_keyspaces):
     assert KS in cdc_keyspaces  # past the connector's schema-refresh window
-    cluster, session = cql.connect(pipeline.cassandra)
-    yield session
-    cluster.shutdown()
+    return cql_session
 
 
 @pytest.fixture()

@@ -19,7 +19,7 @@ import pytest
 import ray
 import yaml
 
-from engine import cli, cql, health
+from engine import cli, health
 from engine.compare import wait_equal
 from engine.state_check import StateMismatch, Watermarks, verify
 from engine.schema import read_table
@@ -39,11 +39,9 @@ SCHEMA = "state_test"
 
 
 @pytest.fixture(scope="module")
-def cass(stack, pipeline, cdc_keyspaces):
+def cass(cql_session, cdc_keyspaces):
     assert KS in cdc_keyspaces  # past the connector's schema-refresh window
-    cluster, session = cql.connect(pipeline.cassandra)
-    yield session
-    cluster.shutdown()
+    return cql_session
 
 
 def _pipeline_file(tmp_path, name: str, tables: list[str]) -> str:
