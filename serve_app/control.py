@@ -35,7 +35,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import gzip
-import json
 import os
 import shlex
 import threading
@@ -47,6 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 
 from engine import health, runs
@@ -82,9 +82,12 @@ class Rendered:
 
     @classmethod
     def of(cls, value: dict, status: int = 200) -> Rendered:
-        body = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-        # mtime=0: the same answer gives the same bytes
-        gzipped = gzip.compress(body, compresslevel=5, mtime=0) if len(body) >= GZIP_FROM_BYTES else b""
+        # orjson: compact UTF-8 as Starlette's JSONResponse writes it, ~20x faster than json at
+        # 200 tables (0.2 vs 3.2 ms for the 240 KB status answer); NaN becomes null.
+        body = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        # mtime=0: the same answer gives the same bytes; level 1: 0.3 ms instead of 0.8 at 200
+        # tables, and the answer (repetitive JSON) still shrinks ~65x.
+        gzipped = gzip.compress(body, compresslevel=1, mtime=0) if len(body) >= GZIP_FROM_BYTES else b""
         return cls(value, body, gzipped, status)
 
 

@@ -19,6 +19,11 @@ the stack and the machine's two cores well. What cannot share is arranged here:
   judges a latency budget. It waits for the other process's running test to end, and no new
   test starts there until it (and any ``exclusive`` test right after it) is done. Writers
   first: a waiting exclusive test holds a turnstile that new shared tests queue behind.
+- every entry into an exclusive turn costs the rest of the other process's running test
+  (up to half a minute of a core idle), so exclusive tests are kept together: last in their
+  module, and the modules that are exclusive whole join the ``serve`` unit, after its shared
+  modules, so they follow each other in one turn. The seconds each process waited for its
+  turns are printed at the end of the run.
 
 Run alone (plain ``pytest``, no ``-n``), none of this applies: one test at a time anyway.
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -54,7 +60,9 @@ def pytest_runtest_protocol(item, nextitem):
         return (yield)
     if _turns is None:
         _turns = Turns()
+    asked = time.monotonic()
     _turns.take(_is_exclusive(item))
+    item.user_properties.append(("turn_wait_s", time.monotonic() - asked))
     try:
         return (yield)
     finally:
@@ -177,8 +185,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class ByModule(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return "serve" if _is_serve_module(module) else module
+            return _unit(nodeid.split("::", 1)[0])
 
         def _assign_work_unit(self, node) -> None:
             # Longest first: the waiting unit expected to take longest goes to the process
@@ -205,14 +212,18 @@ def _known_durations() -> dict[str, float]:
 
 
 _unit_seconds: dict[str, float] = {}
+_turn_waits: dict[str, float] = {}  # test process → seconds spent waiting for its turns
 
 
 def pytest_runtest_logreport(report):
     """On the controlling process of a ``-n`` run: add up each unit's seconds."""
     if os.environ.get("PYTEST_XDIST_WORKER") is None and getattr(report, "node", None) is not None:
-        module = report.nodeid.split("::", 1)[0]
-        unit = "serve" if _is_serve_module(module) else module
+        unit = _unit(report.nodeid.split("::", 1)[0])
         _unit_seconds[unit] = _unit_seconds.get(unit, 0.0) + report.duration
+        if report.when == "setup":
+            waited = dict(report.user_properties).get("turn_wait_s", 0.0)
+            node = report.node.gateway.id
+            _turn_waits[node] = _turn_waits.get(node, 0.0) + waited
 
 
 def pytest_sessionfinish(session):
@@ -223,6 +234,12 @@ def pytest_sessionfinish(session):
         out.write_text(json.dumps(ordered, indent=1) + "\n", encoding="utf-8")
 
 
+def pytest_terminal_summary(terminalreporter):
+    if _turn_waits:
+        waits = ", ".join(f"{node} {s:.0f} s" for node, s in sorted(_turn_waits.items()))
+        terminalreporter.write_line(f"waited for turns (shared/exclusive): {waits}")
+
+
 @functools.cache
 def _is_serve_module(module: str) -> bool:
     """A module is a ``serve`` one if it says ``pytest.mark.serve``."""
@@ -230,13 +247,44 @@ def _is_serve_module(module: str) -> bool:
     return path.is_file() and "pytest.mark.serve" in path.read_text(encoding="utf-8")
 
 
+@functools.cache
+def _is_exclusive_module(module: str) -> bool:
+    """A module whose every test is ``exclusive`` (its ``pytestmark`` says so)."""
+    path = ROOT / module
+    if not path.is_file():
+        return False
+    return any(line.startswith("pytestmark") and "pytest.mark.exclusive" in line
+               for line in path.read_text(encoding="utf-8").splitlines())
+
+
+def _unit(module: str) -> str:
+    """The scheduling unit of a module: ``serve`` for the serve modules and the modules that
+    are exclusive whole (they run one after the other, in one exclusive turn), else the module."""
+    return "serve" if _is_serve_module(module) or _is_exclusive_module(module) else module
+
+
 def pytest_collection_modifyitems(config, items):
     """Everything under tests/integration needs the stack: mark it so -m "not stack" skips it.
 
-    Modules marked ``serve`` (they deploy the control plane on Ray Serve) run last, together,
-    in their usual order: they share one Serve instance (``serve_instance``), started by the
-    first and stopped at the session's end, so nothing else runs beside an idle Serve."""
+    The order (stable: collection order within each group):
+    - the ``serve`` unit runs last: modules marked ``serve`` (they deploy the control plane on
+      Ray Serve) share one Serve instance (``serve_instance``), started by the first and
+      stopped at the session's end, so nothing else runs beside an idle Serve; within it, the
+      modules with no exclusive test first, then those with some, then the modules exclusive
+      whole (serve or not), so the exclusive tests follow each other in one turn;
+    - in every module, its exclusive tests after its shared ones (one turn, not several)."""
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.stack)
-    items.sort(key=lambda item: item.get_closest_marker("serve") is not None)  # stable: order kept within each group
+    modules = [item.nodeid.split("::", 1)[0] for item in items]
+    some_exclusive = {m for m, item in zip(modules, items, strict=True) if _is_exclusive(item)}
+    first_seen = {m: i for i, m in reversed(list(enumerate(modules)))}
+
+    def order(pair):
+        module, item = pair
+        if _unit(module) != "serve":
+            return (0, 0, first_seen[module], _is_exclusive(item))
+        kind = 2 if _is_exclusive_module(module) else 1 if module in some_exclusive else 0
+        return (1, kind, first_seen[module], _is_exclusive(item))
+
+    items[:] = [item for _, item in sorted(zip(modules, items, strict=True), key=order)]

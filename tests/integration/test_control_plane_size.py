@@ -20,8 +20,7 @@ import requests
 from tests.integration.serve_helpers import Api, pipeline_file
 
 # Deploys the control plane: runs last, with the other serve modules, on one Serve instance.
-# exclusive: it judges the probes' latency budget, which another test's load would spend.
-pytestmark = [pytest.mark.serve, pytest.mark.exclusive]
+pytestmark = pytest.mark.serve
 
 PROBE_BUDGET_S = 1.0  # a Kubernetes probe's timeoutSeconds: 1 by default
 LOAD_S = 10.0
@@ -82,6 +81,7 @@ def _hammer(api: Api, seconds: float) -> list[tuple[str, int, float, dict | None
         return [x for f in [pool.submit(client, i) for i in range(CLIENTS)] for x in f.result()]
 
 
+@pytest.mark.exclusive  # it judges the probes' latency budget, which another test's load would spend
 def test_probes_answer_within_budget_while_a_check_hangs(hung_postgres_check):
     from engine import faults
 
