@@ -626,11 +626,12 @@ class Chaos:
 
 
 def save(run: dict, path: Path = RESULTS) -> None:
-    """Append ``run`` to ``runs`` (every run kept) and put its summary at the top."""
+    """Append ``run`` to ``runs`` (every run kept) and put its summary at the top level,
+    as the other results files do (``drift_rows_after``, ``rows_lost``, … of the latest run)."""
     doc = json.loads(path.read_text()) if path.exists() else {}
     runs = [*doc.get("runs", []), run]
     latest = {k: v for k, v in run.items() if k != "rounds"}
-    path.write_text(json.dumps({"latest": latest, "runs": runs}, indent=1, default=str) + "\n")
+    path.write_text(json.dumps({**latest, "runs": runs}, indent=1, default=str) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

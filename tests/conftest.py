@@ -241,20 +241,23 @@ def pytest_terminal_summary(terminalreporter):
 
 
 @functools.cache
-def _is_serve_module(module: str) -> bool:
-    """A module is a ``serve`` one if it says ``pytest.mark.serve``."""
-    path = ROOT / module
-    return path.is_file() and "pytest.mark.serve" in path.read_text(encoding="utf-8")
-
-
-@functools.cache
-def _is_exclusive_module(module: str) -> bool:
-    """A module whose every test is ``exclusive`` (its ``pytestmark`` says so)."""
+def _module_marks(module: str) -> frozenset[str]:
+    """The markers a module's ``pytestmark`` line names (read from its source: the xdist
+    scheduler sees node ids, not items)."""
     path = ROOT / module
     if not path.is_file():
-        return False
-    return any(line.startswith("pytestmark") and "pytest.mark.exclusive" in line
-               for line in path.read_text(encoding="utf-8").splitlines())
+        return frozenset()
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("pytestmark")]
+    return frozenset(m for m in ("serve", "exclusive") for line in lines if f"pytest.mark.{m}" in line)
+
+
+def _is_serve_module(module: str) -> bool:
+    return "serve" in _module_marks(module)
+
+
+def _is_exclusive_module(module: str) -> bool:
+    """A module whose every test is ``exclusive``."""
+    return "exclusive" in _module_marks(module)
 
 
 def _unit(module: str) -> str:
