@@ -23,7 +23,17 @@ class ControlPlaneUser(HttpUser):
 
     @task
     def readyz(self) -> None:
-        self.client.get("/readyz", name="readyz")
+        # A 503 is an error of the run; its message names the components that failed and
+        # why, so the error report says what made the control plane unready.
+        with self.client.get("/readyz", name="readyz", catch_response=True) as response:
+            if response.status_code == 503:
+                try:
+                    body = response.json()
+                    why = "; ".join(f"{c['name']}: {c.get('error')}" for c in body.get("components", [])
+                                    if c.get("name") in body.get("failed", []))
+                except ValueError:
+                    why = response.text[:200]
+                response.failure(f"503 not ready: {why}")
 
     @task
     def status(self) -> None:

@@ -63,6 +63,7 @@ def pytest_runtest_protocol(item, nextitem):
     asked = time.monotonic()
     _turns.take(_is_exclusive(item))
     item.user_properties.append(("turn_wait_s", time.monotonic() - asked))
+    item.user_properties.append(("turn_started_at", time.time()))
     try:
         return (yield)
     finally:
@@ -213,31 +214,52 @@ def _known_durations() -> dict[str, float]:
 
 _unit_seconds: dict[str, float] = {}
 _turn_waits: dict[str, float] = {}  # test process → seconds spent waiting for its turns
+_timeline: dict[str, dict] = {}  # test id → its process, start, seconds, wait, exclusive
 
 
 def pytest_runtest_logreport(report):
-    """On the controlling process of a ``-n`` run: add up each unit's seconds."""
+    """On the controlling process of a ``-n`` run: add up each unit's seconds, each process's
+    wait for turns, and each test's place in the run's timeline."""
     if os.environ.get("PYTEST_XDIST_WORKER") is None and getattr(report, "node", None) is not None:
         unit = _unit(report.nodeid.split("::", 1)[0])
         _unit_seconds[unit] = _unit_seconds.get(unit, 0.0) + report.duration
+        node = report.node.gateway.id
+        entry = _timeline.setdefault(report.nodeid, {"process": node, "seconds": 0.0})
+        entry["seconds"] = round(entry["seconds"] + report.duration, 2)
         if report.when == "setup":
-            waited = dict(report.user_properties).get("turn_wait_s", 0.0)
-            node = report.node.gateway.id
+            props = dict(report.user_properties)
+            waited = props.get("turn_wait_s", 0.0)
             _turn_waits[node] = _turn_waits.get(node, 0.0) + waited
+            entry.update(waited_s=round(waited, 2), started_at=props.get("turn_started_at"),
+                         exclusive="exclusive" in report.keywords)
 
 
 def pytest_sessionfinish(session):
+    """Write the run's figures to ``test-artifacts/``: seconds per scheduling unit (copy to
+    tests/durations.json to reorder units) and the timeline of tests (which process ran each,
+    when, how long it waited for its turn, whether it was exclusive), to see where the wall
+    time goes."""
     if _unit_seconds:
         out = ROOT / "test-artifacts" / "test-durations.json"
         out.parent.mkdir(exist_ok=True)
         ordered = dict(sorted(((k, round(v, 1)) for k, v in _unit_seconds.items()), key=lambda kv: -kv[1]))
         out.write_text(json.dumps(ordered, indent=1) + "\n", encoding="utf-8")
+        starts = [e["started_at"] for e in _timeline.values() if e.get("started_at")]
+        t0 = min(starts, default=0.0)
+        timeline = sorted(({"test": test, **e, "started_at": round((e.get("started_at") or t0) - t0, 2)}
+                           for test, e in _timeline.items()), key=lambda e: e["started_at"])
+        (out.parent / "test-timeline.json").write_text(json.dumps(timeline, indent=0) + "\n", encoding="utf-8")
 
 
 def pytest_terminal_summary(terminalreporter):
     if _turn_waits:
         waits = ", ".join(f"{node} {s:.0f} s" for node, s in sorted(_turn_waits.items()))
         terminalreporter.write_line(f"waited for turns (shared/exclusive): {waits}")
+        exclusive_s = sum(e["seconds"] for e in _timeline.values() if e.get("exclusive"))
+        terminalreporter.write_line(f"exclusive tests: {exclusive_s:.0f} s in all; longest waits for a turn:")
+        longest = sorted(_timeline.items(), key=lambda kv: -kv[1].get("waited_s", 0.0))[:8]
+        for test, e in longest:
+            terminalreporter.write_line(f"  {e.get('waited_s', 0.0):5.1f} s  {e['process']}  {test}")
 
 
 @functools.cache
