@@ -373,7 +373,7 @@ def test_killing_a_worker_mid_batch_loses_nothing(held_commit, cass, pg, sync_ta
     assert {w["state"] for w in status["workers"]} == {"running"}
 
 
-def test_killing_the_supervisor_mid_batch_loses_nothing(held_commit, cass, pg, sync_table):
+def test_killing_the_supervisor_mid_batch_loses_nothing(held_commit, cass, pg, sync_table, stack):
     from ray.util.state import get_actor
 
     cfg, t, sup = sync_table
@@ -386,7 +386,9 @@ def test_killing_the_supervisor_mid_batch_loses_nothing(held_commit, cass, pg, s
     assert wait_equal(cass, pg, KS, t, "sync_test", t, timeout_s=120) == []
     status = ray.get(sup.status.remote())
     assert status["started_at"] > first, "a new incarnation of the supervisor runs the pipeline"
-    assert get_actor(sup._actor_id.hex()).num_restarts == 1
+    # The stack's dashboard named: with no address Ray looks for "the" local instance and
+    # fails while test_ray_nodes runs a cluster of its own beside it.
+    assert get_actor(sup._actor_id.hex(), address=stack.services["ray"].dashboard_url).num_restarts == 1
     assert {w["state"] for w in status["workers"]} == {"running"}
 
 
