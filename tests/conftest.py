@@ -213,7 +213,6 @@ def _known_durations() -> dict[str, float]:
 
 
 _unit_seconds: dict[str, float] = {}
-_turn_waits: dict[str, float] = {}  # test process → seconds spent waiting for its turns
 _timeline: dict[str, dict] = {}  # test id → its process, start, seconds, wait, exclusive
 
 
@@ -228,9 +227,7 @@ def pytest_runtest_logreport(report):
         entry["seconds"] = round(entry["seconds"] + report.duration, 2)
         if report.when == "setup":
             props = dict(report.user_properties)
-            waited = props.get("turn_wait_s", 0.0)
-            _turn_waits[node] = _turn_waits.get(node, 0.0) + waited
-            entry.update(waited_s=round(waited, 2), started_at=props.get("turn_started_at"),
+            entry.update(waited_s=round(props.get("turn_wait_s", 0.0), 2), started_at=props.get("turn_started_at"),
                          exclusive="exclusive" in report.keywords)
 
 
@@ -252,8 +249,11 @@ def pytest_sessionfinish(session):
 
 
 def pytest_terminal_summary(terminalreporter):
-    if _turn_waits:
-        waits = ", ".join(f"{node} {s:.0f} s" for node, s in sorted(_turn_waits.items()))
+    if _timeline:
+        per_process: dict[str, float] = {}
+        for e in _timeline.values():
+            per_process[e["process"]] = per_process.get(e["process"], 0.0) + e.get("waited_s", 0.0)
+        waits = ", ".join(f"{node} {s:.0f} s" for node, s in sorted(per_process.items()))
         terminalreporter.write_line(f"waited for turns (shared/exclusive): {waits}")
         exclusive_s = sum(e["seconds"] for e in _timeline.values() if e.get("exclusive"))
         terminalreporter.write_line(f"exclusive tests: {exclusive_s:.0f} s in all; longest waits for a turn:")
