@@ -24,12 +24,17 @@ the stack and the machine's two cores well. What cannot share is arranged here:
   module, and the modules that are exclusive whole join the ``serve`` unit, after its shared
   modules, so they follow each other in one turn. The seconds each process waited for its
   turns are printed at the end of the run.
+- a shared test whose destructive part is short takes the exclusive turn for that part only
+  (``with exclusive_section("why"):``), so the rest of it runs beside other tests. While it
+  waits for the section, its own pipeline keeps running, and another test's section may run
+  first: what it asserts after its section must hold after any other test's fault too.
 
 Run alone (plain ``pytest``, no ``-n``), none of this applies: one test at a time anyway.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -45,6 +50,7 @@ EXAMPLE_PIPELINE = ROOT / "examples" / "pipeline.local.yaml"
 
 
 _turns: Turns | None = None
+_running = None  # the test item this process runs now (for exclusive_section's record)
 
 
 def _is_exclusive(item) -> bool:
@@ -55,11 +61,17 @@ def _is_exclusive(item) -> bool:
 def pytest_runtest_protocol(item, nextitem):
     """Take this test's turn (see the module's docstring) for its set-up, call and teardown
     (a module's fixtures are torn down in its last test's teardown, inside the turn)."""
-    global _turns
+    global _turns, _running
     if run_lock_path("room") is None:
         return (yield)
     if _turns is None:
         _turns = Turns()
+    if item.get_closest_marker("stack") is None:
+        # A unit test touches no server: it takes no turn, and runs beside anything (the
+        # scheduler hands the unit tests out while the exclusive tests run, to fill that time).
+        item.user_properties.append(("turn_started_at", time.time()))
+        return (yield)
+    _running = item
     asked = time.monotonic()
     _turns.take(_is_exclusive(item))
     item.user_properties.append(("turn_wait_s", time.monotonic() - asked))
@@ -71,6 +83,44 @@ def pytest_runtest_protocol(item, nextitem):
         # exclusive one is kept while the next test is exclusive too.
         if not (_is_exclusive(item) and _is_exclusive(nextitem)):
             _turns.give_back()
+        _running = None
+        if _unit(item.nodeid.split("::", 1)[0]) == "serve" and (
+                nextitem is None or _unit(nextitem.nodeid.split("::", 1)[0]) != "serve"):
+            _stop_serve_after_its_unit()
+
+
+def _stop_serve_after_its_unit() -> None:
+    """The ``serve`` unit is done in this process: stop Serve now rather than at the session's
+    end, so the tests after it do not run beside an idle Serve."""
+    import sys
+
+    helpers = sys.modules.get("tests.integration.serve_helpers")
+    if helpers is not None:
+        helpers.shutdown_serve()
+
+
+@contextlib.contextmanager
+def exclusive_section(why: str):
+    """Run the block with no other test running beside it (see the module's docstring), from
+    inside a shared test or a fixture: for the few seconds a test stops, restarts or breaks a
+    server every test uses. Waits for the other process's running test to end (or reach a
+    section of its own); afterwards the test goes on in a shared turn. Inside an exclusive
+    test, or run alone, the block just runs. ``why`` is for the reader (and the failure
+    traceback): what the section does to the shared servers."""
+    if _turns is None or _turns.held != "shared":
+        yield
+        return
+    asked = time.monotonic()
+    _turns.take(True)
+    began = time.monotonic()
+    try:
+        yield
+    finally:
+        ended = time.monotonic()
+        _turns.take(False)
+        if _running is not None:
+            _running.user_properties.append(("section_wait_s", began - asked))
+            _running.user_properties.append(("section_s", ended - began))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -189,11 +239,16 @@ def pytest_xdist_make_scheduler(config, log):
             return _unit(nodeid.split("::", 1)[0])
 
         def _assign_work_unit(self, node) -> None:
-            # Longest first: the waiting unit expected to take longest goes to the process
-            # that asks next, so the two processes end close together instead of one
-            # finishing a long module alone (in collection order they ended ~220 s apart).
-            longest = max(self.workqueue, key=expected_s)
-            self.workqueue.move_to_end(longest, last=False)
+            # The ``serve`` unit first (it starts with the exclusive tests), then the unit
+            # tests, which take no turn: the process that does not run the exclusive tests
+            # runs them meanwhile instead of waiting. Then longest first: the waiting unit
+            # expected to take longest goes to the process that asks next, so the two
+            # processes end close together instead of one finishing a long module alone (in
+            # collection order they ended ~220 s apart).
+            def first(unit: str) -> tuple[int, float]:
+                return (0 if unit == "serve" else 1 if _is_free_module(unit) else 2, -expected_s(unit))
+
+            self.workqueue.move_to_end(min(self.workqueue, key=first), last=False)
             super()._assign_work_unit(node)
 
     return ByModule(config, log)
@@ -225,10 +280,14 @@ def pytest_runtest_logreport(report):
         node = report.node.gateway.id
         entry = _timeline.setdefault(report.nodeid, {"process": node, "seconds": 0.0})
         entry["seconds"] = round(entry["seconds"] + report.duration, 2)
+        props = dict(report.user_properties)
+        sections = [(k, v) for k, v in report.user_properties if k.startswith("section_")]
         if report.when == "setup":
-            props = dict(report.user_properties)
-            entry.update(waited_s=round(props.get("turn_wait_s", 0.0), 2), started_at=props.get("turn_started_at"),
-                         exclusive="exclusive" in report.keywords)
+            entry.update(started_at=props.get("turn_started_at"), exclusive="exclusive" in report.keywords)
+        entry["waited_s"] = round(props.get("turn_wait_s", 0.0)
+                                  + sum(v for k, v in sections if k == "section_wait_s"), 2)
+        if sections:
+            entry["exclusive_s"] = round(sum(v for k, v in sections if k == "section_s"), 2)
 
 
 def pytest_sessionfinish(session):
@@ -256,7 +315,9 @@ def pytest_terminal_summary(terminalreporter):
         waits = ", ".join(f"{node} {s:.0f} s" for node, s in sorted(per_process.items()))
         terminalreporter.write_line(f"waited for turns (shared/exclusive): {waits}")
         exclusive_s = sum(e["seconds"] for e in _timeline.values() if e.get("exclusive"))
-        terminalreporter.write_line(f"exclusive tests: {exclusive_s:.0f} s in all; longest waits for a turn:")
+        sections_s = sum(e.get("exclusive_s", 0.0) for e in _timeline.values() if not e.get("exclusive"))
+        terminalreporter.write_line(f"exclusive tests: {exclusive_s:.0f} s in all, exclusive sections of shared "
+                                    f"tests {sections_s:.0f} s; longest waits for a turn:")
         longest = sorted(_timeline.items(), key=lambda kv: -kv[1].get("waited_s", 0.0))[:8]
         for test, e in longest:
             terminalreporter.write_line(f"  {e.get('waited_s', 0.0):5.1f} s  {e['process']}  {test}")
@@ -271,6 +332,15 @@ def _module_marks(module: str) -> frozenset[str]:
         return frozenset()
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("pytestmark")]
     return frozenset(m for m in ("serve", "exclusive") for line in lines if f"pytest.mark.{m}" in line)
+
+
+@functools.cache
+def _is_free_module(module: str) -> bool:
+    """A module of unit tests only: none needs the stack, so none takes a turn (a module under
+    tests/unit with a test marked ``stack`` is not free)."""
+    path = ROOT / module
+    return "integration" not in module and (not path.is_file()
+                                            or "pytest.mark.stack" not in path.read_text(encoding="utf-8"))
 
 
 def _is_serve_module(module: str) -> bool:
@@ -292,12 +362,14 @@ def pytest_collection_modifyitems(config, items):
     """Everything under tests/integration needs the stack: mark it so -m "not stack" skips it.
 
     The order (stable: collection order within each group):
-    - the ``serve`` unit runs last: modules marked ``serve`` (they deploy the control plane on
-      Ray Serve) share one Serve instance (``serve_instance``), started by the first and
-      stopped at the session's end, so nothing else runs beside an idle Serve; within it, the
-      modules with no exclusive test first, then those with some, then the modules exclusive
-      whole (serve or not), so the exclusive tests follow each other in one turn;
-    - in every module, its exclusive tests after its shared ones (one turn, not several)."""
+    - the ``serve`` unit: modules marked ``serve`` (they deploy the control plane on Ray
+      Serve) share one Serve instance (``serve_instance``), started by the first and stopped
+      after the last (``_stop_serve_after_its_unit``); within it, the modules exclusive whole
+      (serve or not) first, then those with some exclusive tests (those tests first), then
+      the rest, so the exclusive tests follow each other in one turn at the run's start,
+      while the other process runs the unit tests (which take no turn);
+    - in the other modules, their exclusive tests after their shared ones (one turn, not
+      several)."""
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.stack)
@@ -309,7 +381,7 @@ def pytest_collection_modifyitems(config, items):
         module, item = pair
         if _unit(module) != "serve":
             return (0, 0, first_seen[module], _is_exclusive(item))
-        kind = 2 if _is_exclusive_module(module) else 1 if module in some_exclusive else 0
-        return (1, kind, first_seen[module], _is_exclusive(item))
+        kind = 0 if _is_exclusive_module(module) else 1 if module in some_exclusive else 2
+        return (1, kind, first_seen[module], not _is_exclusive(item))
 
     items[:] = [item for _, item in sorted(zip(modules, items, strict=True), key=order)]

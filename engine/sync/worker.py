@@ -126,8 +126,11 @@ class PartitionWorker:
         self.heartbeat_topic = heartbeat_topic(cfg) if cfg.capture.heartbeat else None
         self._renew_at = 0.0
         self._heartbeats_failed = False  # the last heartbeat batch failed (state "retrying")
-        ctx = ray.get_runtime_context()
-        self.node = {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid()}
+        # As an actor, the node it runs on; as the plain class (unit tests), none: asking Ray's
+        # runtime context outside Ray would start a local Ray instance.
+        in_ray = ray.is_initialized()
+        self.node = {"node_id": ray.get_runtime_context().get_node_id() if in_ray else None,
+                     "node_ip": ray.util.get_node_ip_address() if in_ray else None, "pid": os.getpid()}
         self._refused: dict[str, str] = {}  # topic → why its table could not be opened (_open_tables)
         self._reopen_at = 0.0
         self._renew_at = 0.0

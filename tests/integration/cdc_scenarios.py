@@ -161,13 +161,16 @@ def capture_with_restart(stack, tail: TopicTail, write, what: str, *, new_type: 
     (Debezium 3.4.1 only reads them from the node's SSTables at start). With ``new_type``
     (the table uses a UDT created just now, after the connector started) the connector
     cannot know it: restart without waiting."""
+    from tests.conftest import exclusive_section
+
     if not new_type and tail.wait_for_capture(write, 15):
         return
-    stack.services["cassandra"].nodetool("flush", "system_schema")
-    stack.down(["debezium"], on_event=lambda m: None)
-    stack.up(["debezium"], on_event=lambda m: None)
-    if not tail.wait_for_capture(write, 60):
-        raise TimeoutError(f"the connector never captured {what}")
+    with exclusive_section("restarts the connector every CDC test depends on"):
+        stack.services["cassandra"].nodetool("flush", "system_schema")
+        stack.down(["debezium"], on_event=lambda m: None)
+        stack.up(["debezium"], on_event=lambda m: None)
+        if not tail.wait_for_capture(write, 60):
+            raise TimeoutError(f"the connector never captured {what}")
 
 
 def ensure_captured(session: Session, stack=None) -> None:

@@ -71,15 +71,18 @@ def cql_session(stack, pipeline):
 @pytest.fixture(scope="session")
 def serve_instance(ray_cluster):
     """Ray Serve (controller and HTTP proxy on 127.0.0.1), started once for the modules marked
-    ``serve`` and stopped when the session ends (if no other process's application is left).
+    ``serve`` and stopped after the last of them (if no other process's application is left).
 
-    Those modules run last, one after the other (``tests/conftest.py`` orders them), so one
-    Serve instance serves them all instead of one started and stopped per module (several
-    seconds each), and no module of another kind runs beside an idle Serve."""
+    Those modules run one after the other in one process (``tests/conftest.py`` orders them),
+    so one Serve instance serves them all instead of one started and stopped per module
+    (several seconds each); it is stopped after the last of them, so no module of another
+    kind runs beside an idle Serve."""
     from ray import serve
 
+    from tests.integration import serve_helpers
     from tests.integration.serve_helpers import free_port, shutdown_serve
 
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})  # joins a running Serve as it is
+    serve_helpers.serve_started = True
     yield
     shutdown_serve()

@@ -6,8 +6,8 @@ several test processes (developers sharing the stack) may use it at once, so eac
 its own name and route prefix (``/c2pg-test-<hex>``) and is deleted after its tests.
 Serve itself (controller and proxy) is started once, by the ``serve_instance`` fixture of
 ``tests/integration/conftest.py`` that every module marked ``serve`` requests; those modules
-run last and together (``tests/conftest.py``), and :func:`shutdown_serve` stops Serve at the
-session's end if no application is left; the Ray cluster stays up.
+run together, in one process (``tests/conftest.py``), and :func:`shutdown_serve` stops Serve
+after the last of them if no application is left; the Ray cluster stays up.
 """
 
 from __future__ import annotations
@@ -141,14 +141,22 @@ def _serve_port() -> int:
     return _get_global_client().http_config.port
 
 
+serve_started = False  # set by the ``serve_instance`` fixture
+_serve_stopped = False
+
+
 def shutdown_serve() -> None:
     """Stop Serve if no application is left (another test process may still use it).
 
-    Called once, when the session ends (``serve_instance``). Starting Serve costs several
-    seconds per module that starts it; kept up between modules it costs about a third of a
-    core while idle, which made every later test slower (the unit tests 36 s -> 64 s in CI)
-    when modules of other kinds ran after it: hence the serve modules run last."""
+    Called after the process's last serve module (``tests/conftest.py``) and again, doing
+    nothing, when the session ends (``serve_instance``). Starting Serve costs several seconds
+    per module that starts it, hence one instance for all; kept up after them it costs CPU
+    while idle, which made every later test slower (the unit tests 36 s -> 64 s in CI)."""
+    global _serve_stopped
     from ray import serve
 
+    if _serve_stopped or not serve_started:
+        return
+    _serve_stopped = True
     if not serve.status().applications:
         serve.shutdown()

@@ -35,7 +35,7 @@ from engine.sync.supervisor import get_or_start
 from tests.integration.cdc_scenarios import stop_sync
 from tests.integration.serve_helpers import Api, pipeline_file, serve_app_running
 
-# Deploys the control plane: runs last, with the other serve modules, on one Serve instance.
+# Deploys the control plane: runs with the other serve modules, in one process, on one Serve instance.
 # exclusive: it stops and restarts the Debezium connector every CDC test depends on.
 pytestmark = [pytest.mark.serve, pytest.mark.exclusive]
 

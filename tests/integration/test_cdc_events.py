@@ -16,7 +16,9 @@ import pytest
 
 from tests.integration import cdc_scenarios as cdc
 
-# exclusive: making sure the connector captures the scenarios' tables may restart it.
+# exclusive: it judges the connector's latency (an event within 10 s), which another test's
+# load would spend. (Making sure the scenarios' tables are captured may restart the
+# connector: an exclusive section of its own, see cdc_scenarios.capture_with_restart.)
 pytestmark = pytest.mark.exclusive
 
 

@@ -19,7 +19,7 @@ import requests
 
 from tests.integration.serve_helpers import Api, pipeline_file
 
-# Deploys the control plane: runs last, with the other serve modules, on one Serve instance.
+# Deploys the control plane: runs with the other serve modules, in one process, on one Serve instance.
 pytestmark = pytest.mark.serve
 
 PROBE_BUDGET_S = 1.0  # a Kubernetes probe's timeoutSeconds: 1 by default

@@ -16,7 +16,7 @@ from serve_app import openapi
 from tests.integration.serve_helpers import Api, pipeline_file, serve_app_running
 
 
-# Deploys the control plane: runs last, with the other serve modules, on one Serve instance.
+# Deploys the control plane: runs with the other serve modules, in one process, on one Serve instance.
 pytestmark = pytest.mark.serve
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from tests.integration.serve_helpers import (
     serve_app_running,
 )
 
-# Deploys the control plane: runs last, with the other serve modules, on one Serve instance.
+# Deploys the control plane: runs with the other serve modules, in one process, on one Serve instance.
 pytestmark = pytest.mark.serve
 
 SUFFIX = uuid.uuid4().hex[:8]

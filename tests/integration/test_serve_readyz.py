@@ -21,7 +21,7 @@ import requests
 from engine import cql
 from tests.integration.serve_helpers import Api, pipeline_file, serve_app_running
 
-# Deploys the control plane: runs last, with the other serve modules, on one Serve instance.
+# Deploys the control plane: runs with the other serve modules, in one process, on one Serve instance.
 # exclusive: it stops and restarts servers every test uses.
 pytestmark = [pytest.mark.serve, pytest.mark.exclusive]
 

@@ -25,7 +25,7 @@ from engine.state_check import StateMismatch, Watermarks, verify
 from engine.schema import read_table
 from engine.sync.supervisor import find
 from engine.target import ensure_target
-from tests.conftest import EXAMPLE_PIPELINE, ROOT
+from tests.conftest import EXAMPLE_PIPELINE, ROOT, exclusive_section
 from tests.integration.cdc_scenarios import (
     TopicTail,
     capture_with_restart,
@@ -154,7 +154,6 @@ def test_state_that_no_longer_matches_is_rebuilt_or_refused_never_crash_looped(
         stop_sync(cfg.name)
 
 
-@pytest.mark.exclusive  # the connector restarts: it takes a table recreated with another key only then
 def test_a_target_dropped_and_its_table_recreated_with_another_key_starts_clean(
         stack, cass, pg, pipeline, ray_cluster, tmp_path, capsys):
     """The issue's case: every worker crash-looped on ``column "pk" does not exist`` (the old
@@ -171,13 +170,14 @@ def test_a_target_dropped_and_its_table_recreated_with_another_key_starts_clean(
         assert cli.main(["sync", "stop", "--config", config]) == 0
         with pg, pg.cursor() as cur:
             cur.execute(f'DROP TABLE "{SCHEMA}"."{name}"')
-        cass.execute(f"DROP TABLE {KS}.{name}")
-        cass.execute(f"CREATE TABLE {KS}.{name} (id text PRIMARY KEY, a text) WITH cdc = true")
         # Debezium 3.4.1 rejects the new definition ("Partition key column mismatch") until
-        # it restarts (docs/local-stack.md).
-        with TopicTail(f"c2pg.{KS}.{name}", {"bootstrap.servers": "127.0.0.1:9092"}) as tail:
-            capture_with_restart(stack, tail, lambda: cass.execute(
-                f"INSERT INTO {KS}.{name} (id, a) VALUES ('sentinel', 's')"), name, new_type=True)
+        # it restarts (docs/local-stack.md): no other test's writes meanwhile.
+        with exclusive_section("the connector restarts: it takes a table recreated with another key only then"):
+            cass.execute(f"DROP TABLE {KS}.{name}")
+            cass.execute(f"CREATE TABLE {KS}.{name} (id text PRIMARY KEY, a text) WITH cdc = true")
+            with TopicTail(f"c2pg.{KS}.{name}", {"bootstrap.servers": "127.0.0.1:9092"}) as tail:
+                capture_with_restart(stack, tail, lambda: cass.execute(
+                    f"INSERT INTO {KS}.{name} (id, a) VALUES ('sentinel', 's')"), name, new_type=True)
         for i in range(10):
             cass.execute(f"INSERT INTO {KS}.{name} (id, a) VALUES (%s, %s)", (f"k{i}", f"new{i}"))
 
@@ -240,7 +240,6 @@ def _heartbeat_offsets(status: dict) -> dict:
             if p["heartbeat"]}
 
 
-@pytest.mark.exclusive  # PostgreSQL goes down for every test
 def test_after_a_postgres_restart_every_worker_is_running_again_at_its_real_rate(
         stack, cass, pg, pipeline, ray_cluster, tmp_path):
     """The restart lands on an idle pipeline just after a burst: the tables have nothing to
@@ -256,14 +255,15 @@ def test_after_a_postgres_restart_every_worker_is_running_again_at_its_real_rate
         _equal(cass, pg, name)
         before = _status(cfg.name)
         assert any(p["events_per_s"] for w in before["workers"] for p in w["partitions"] if not p["heartbeat"])
-        stack.down(["postgres"], on_event=lambda m: None)
-        try:
-            deadline = time.monotonic() + 60
-            while not any(w["state"] == "retrying" for w in _status(cfg.name)["workers"]):
-                assert time.monotonic() < deadline, "no worker said it could not write"
-                time.sleep(0.2)
-        finally:
-            stack.up(["postgres"], on_event=lambda m: None)
+        with exclusive_section("PostgreSQL goes down for every test"):
+            stack.down(["postgres"], on_event=lambda m: None)
+            try:
+                deadline = time.monotonic() + 60
+                while not any(w["state"] == "retrying" for w in _status(cfg.name)["workers"]):
+                    assert time.monotonic() < deadline, "no worker said it could not write"
+                    time.sleep(0.2)
+            finally:
+                stack.up(["postgres"], on_event=lambda m: None)
         # Back: every worker running without an error, the rate the real one (0: idle) once
         # the 10 s window has passed, and the heartbeats applied again (their offsets move).
         deadline = time.monotonic() + 40

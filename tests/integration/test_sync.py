@@ -20,6 +20,7 @@ import ray
 from engine import cql, faults
 from engine.compare import wait_equal
 from engine.sync.supervisor import find, get_or_start
+from tests.conftest import exclusive_section
 from tests.integration.cdc_scenarios import (
     TopicTail,
     capture_with_restart,
@@ -392,19 +393,19 @@ def test_killing_the_supervisor_mid_batch_loses_nothing(held_commit, cass, pg, s
     assert {w["state"] for w in status["workers"]} == {"running"}
 
 
-@pytest.mark.exclusive  # PostgreSQL goes down for every test
 def test_a_postgres_restart_mid_batch_loses_nothing(held_commit, cass, pg, sync_table, stack):
     cfg, t, sup = sync_table
     writer, held = _hold_a_batch_mid_stream(cass, pg, t, held_commit, rows=300)
-    stack.down(["postgres"], on_event=lambda m: None)
-    try:
-        faults.release("sync.commit", directory=held_commit)  # its commit meets a closed connection
-        deadline = time.monotonic() + 60
-        while not any(w.get("retries") for w in ray.get(sup.status.remote())["workers"]):
-            assert time.monotonic() < deadline, "no worker recorded the failed batch"
-            time.sleep(0.1)
-    finally:
-        stack.up(["postgres"], on_event=lambda m: None)
+    with exclusive_section("PostgreSQL goes down for every test"):
+        stack.down(["postgres"], on_event=lambda m: None)
+        try:
+            faults.release("sync.commit", directory=held_commit)  # its commit meets a closed connection
+            deadline = time.monotonic() + 60
+            while not any(w.get("retries") for w in ray.get(sup.status.remote())["workers"]):
+                assert time.monotonic() < deadline, "no worker recorded the failed batch"
+                time.sleep(0.1)
+        finally:
+            stack.up(["postgres"], on_event=lambda m: None)
     _write_more(cass, t, 10_000, 100)
     writer.join()
     fresh = psycopg2.connect(**cfg.postgres.connect_kwargs())
@@ -475,9 +476,9 @@ def test_replaying_the_topic_and_shuffled_duplicates_end_equal(cass, pg, sync_ta
         ray.get(sup.stop.remote(), timeout=60)
 
 
-@pytest.mark.exclusive  # it may restart the connector
 def test_udt_frozen_collections_maps_and_ttl_reach_postgres(cass, pg, pipeline, stack, ray_cluster):
-    """A UDT table needs the connector restarted after the type exists (docs/local-stack.md)."""
+    """A UDT table needs the connector restarted after the type exists (docs/local-stack.md):
+    an exclusive section of ``capture_with_restart``."""
     name = "rich_types_" + uuid.uuid4().hex[:6]
     new_type = type_is_new(cass, KS, "addr")
     cass.execute(f"CREATE TYPE IF NOT EXISTS {KS}.addr (street text, zip int)")
