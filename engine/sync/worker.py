@@ -47,6 +47,12 @@ log = logging.getLogger("c2pg.sync.worker")
 REOPEN_S = 30.0
 """How often a worker tries again to open a table it could not (``refused`` in its status)."""
 
+STUCK_AFTER_S = 60.0
+"""A partition with events waiting that has not moved for this long, with no batch in flight,
+is read again from its committed offset (``PartitionWorker._unstick``). Longer than any
+healthy gap between two commits of a partition with lag (a batch waits at most
+``batch_max_wait``; a failing batch is rewound by the retry path itself)."""
+
 
 def _tell_kafka(consumer, offsets: dict[tuple[str, int], int]) -> None:
     """Commit to the Kafka consumer group (``c2pg-<pipeline>``) the offsets PostgreSQL has
@@ -79,6 +85,8 @@ class PartitionState:
     events: int = 0
     # events/s over the last RATE_WINDOW_S; counts from when the worker built this state.
     rate: WindowRate = field(default_factory=lambda: WindowRate(time.monotonic()))
+    # When the partition last moved (a commit) or had nothing waiting (lag 0): _unstick.
+    progress_at: float = field(default_factory=time.monotonic)
 
     @property
     def lag(self) -> int | None:
@@ -250,6 +258,8 @@ class PartitionWorker:
                 self._apply_pauses(consumer)
                 batch = self._poll_batch(consumer)
                 self._refresh_watermarks(consumer, offsets_reader)
+                if inflight is None:
+                    self._unstick(consumer)
                 prepared, error = None, None
                 if batch:
                     try:
@@ -441,6 +451,7 @@ class PartitionWorker:
                 n = sum(1 for r in records if r.partition == p)
                 st.events += n
                 st.next_offset = nxt
+                st.progress_at = committed_at
                 if max_write_ts_us:
                     st.last_write_ts_us = max(st.last_write_ts_us or 0, max_write_ts_us)
                 st.rate.add(n, committed_at)
@@ -481,19 +492,44 @@ class PartitionWorker:
             except Exception:  # noqa: BLE001 - a transient metadata error only delays the lag figure
                 continue
             st.high_watermark = high
+            if not st.lag:
+                st.progress_at = now  # caught up: nothing to move
             _metrics().lag(self.cfg.name, t, p, st.lag)
 
-    def _rewind(self, consumer, conn) -> None:
-        """Seek every partition back to its committed offset (the failed batch is re-read)."""
-        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+    def _rewind(self, consumer, conn=None) -> None:
+        """Put every partition back at its committed offset (the failed batch is re-read).
+
+        By assigning them again with those offsets, not by ``seek``: librdkafka refuses a
+        seek for a partition not in an active fetch state (while Kafka restarts, say), and a
+        refused seek that was ignored left the consumer past events never applied. An
+        assignment always takes; if even that fails the worker fails, and the supervisor
+        starts a new one from the offsets in PostgreSQL."""
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
         with self._lock:
             positions = {k: st.next_offset for k, st in self.parts.items()}
-        for (t, p), off in positions.items():
-            try:
-                consumer.seek(TopicPartition(t, p, off if off is not None else OFFSET_BEGINNING))
-            except Exception:  # noqa: BLE001 - seek fails for a partition not fetched yet: it starts there anyway
-                pass
+            now = time.monotonic()
+            for st in self.parts.values():
+                st.progress_at = now
+        consumer.assign([TopicPartition(t, p, off if off is not None else
+                                        OFFSET_END if t == self.heartbeat_topic else OFFSET_BEGINNING)
+                         for (t, p), off in positions.items()])
+
+    def _unstick(self, consumer) -> None:
+        """A partition with events waiting (lag) that has not moved for ``STUCK_AFTER_S`` while
+        nothing was in flight is re-read from its committed offset: whatever left the consumer's
+        fetch position wrong or idle (a broker restart mid-fetch, a lost seek), the worker
+        recovers by itself instead of showing a lag that never shrinks. Called by the apply
+        loop with no batch in flight; paused and refused tables are not fetched, so not judged."""
+        now = time.monotonic()
+        with self._lock:
+            stuck = [(k, st.lag) for k, st in self.parts.items()
+                     if k not in self._paused and st.lag and now - st.progress_at > STUCK_AFTER_S]
+        if stuck:
+            log.warning("partition(s) %s have not moved for %.0f s with events waiting; reading them again "
+                        "from the committed offsets", ", ".join(f"{t}/{p} (lag {lag})" for (t, p), lag in stuck),
+                        STUCK_AFTER_S)
+            self._rewind(consumer)
 
     def _renew(self, conn, appliers: dict):
         """The loop's connection, made anew (at most once a second) when PostgreSQL closed it.

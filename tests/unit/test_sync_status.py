@@ -254,3 +254,52 @@ def test_worker_status_reports_the_window_rate_and_the_future_flag(monkeypatch):
     assert p1["events_per_s"] == 0.0 and p1["last_write_in_future"] is False
     clock["mono"] += RATE_WINDOW_S
     assert worker.status()["partitions"][0]["events_per_s"] == 0.0  # idle: no stale figure
+
+
+def test_a_partition_with_lag_that_does_not_move_is_read_again_from_its_committed_offset(monkeypatch):
+    """``PartitionWorker._unstick`` on the plain class: the decision, and that the consumer is
+    given the committed offsets by a new assignment (what the apply loop then fetches from)."""
+    import types
+
+    from confluent_kafka import OFFSET_BEGINNING
+
+    from engine.config import load_config
+    from engine.sync import worker as sync_worker
+    from tests.conftest import EXAMPLE_PIPELINE
+
+    clock = {"mono": 1_000.0}
+    monkeypatch.setattr(sync_worker, "time", types.SimpleNamespace(monotonic=lambda: clock["mono"],
+                                                                   time=lambda: NOW))
+    cfg = load_config(EXAMPLE_PIPELINE)
+    topic = cfg.kafka.topic_for("demo", "users")
+    worker = sync_worker.PartitionWorker.__ray_actor_class__(cfg, 0, [(topic, 0), (topic, 1), (topic, 2)])
+    stuck, moving, fresh = (worker.parts[(topic, p)] for p in range(3))
+    stuck.next_offset, stuck.high_watermark, stuck.progress_at = 40, 90, clock["mono"]
+    moving.next_offset, moving.high_watermark, moving.progress_at = 10, 20, clock["mono"]
+    fresh.high_watermark = 5  # nothing committed yet: read from the beginning
+
+    class Consumer:  # records what the worker asks of the real consumer
+        def __init__(self):
+            self.assigned = None
+
+        def assign(self, partitions):
+            self.assigned = {(tp.topic, tp.partition): tp.offset for tp in partitions}
+
+    consumer = Consumer()
+    clock["mono"] += sync_worker.STUCK_AFTER_S - 1
+    moving.progress_at = clock["mono"]  # committed a moment ago
+    worker._unstick(consumer)
+    assert consumer.assigned is None, "nothing has been still for STUCK_AFTER_S yet"
+
+    clock["mono"] += 2
+    worker._unstick(consumer)
+    assert consumer.assigned == {(topic, 0): 40, (topic, 1): 10, (topic, 2): OFFSET_BEGINNING}
+    assert all(st.progress_at == clock["mono"] for st in (stuck, moving, fresh))
+
+    consumer.assigned = None
+    worker._paused = {(topic, 0)}  # a paused table is not fetched: its lag is not a stall
+    stuck.progress_at = fresh.progress_at = clock["mono"] - 2 * sync_worker.STUCK_AFTER_S
+    fresh.high_watermark = 0
+    moving.progress_at = clock["mono"]
+    worker._unstick(consumer)
+    assert consumer.assigned is None
