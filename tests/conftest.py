@@ -177,6 +177,22 @@ def pg(pipeline):
     conn.close()
 
 
+def alive_pg(conn, pipeline):
+    """``conn`` if it still answers, else a new connection to the same database: for a test
+    after its ``exclusive_section``, since while it waited for that section another test's
+    section may have restarted PostgreSQL and closed ``conn``. (A replaced connection is
+    closed when collected.)"""
+    import psycopg2
+
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        conn.rollback()
+        return conn
+    except (psycopg2.OperationalError, psycopg2.InterfaceError):
+        return psycopg2.connect(**pipeline.postgres.connect_kwargs())
+
+
 @pytest.fixture(autouse=True)
 def _restore_logging():
     """Tests that run an entry point (``main()``) or ``engine.log.configure`` change the

@@ -26,7 +26,7 @@ import ray
 from engine import capture, cql
 from engine.compare import wait_equal
 from engine.sync.supervisor import get_or_start
-from tests.conftest import exclusive_section
+from tests.conftest import alive_pg, exclusive_section
 from tests.integration.cdc_scenarios import fresh_sync_pipeline, stop_sync, wait_for_table_capture
 
 KS = "c2pg_capture_heal_test"
@@ -98,6 +98,7 @@ def test_a_segment_the_connector_skips_is_a_stall_and_the_heal_repairs_the_lost_
             cdc_raw = stack.services["cassandra"].cdc_raw
             force_new_commitlog_segment(cass, KS, cdc_raw)
             _wait_capture(sup, lambda c: not c["stalled"], 180)
+        pg = alive_pg(pg, pipeline)
         healed = _wait_capture(sup, lambda c: not c["stalled"] and any(h["finished_at"] for h in c["heals"]), 180)
         heal = next(h for h in healed["heals"] if h["finished_at"])
         assert heal["reason"].startswith("capture recovered on node(s) 127.0.0.1")

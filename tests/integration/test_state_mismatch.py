@@ -25,7 +25,7 @@ from engine.state_check import StateMismatch, Watermarks, verify
 from engine.schema import read_table
 from engine.sync.supervisor import find
 from engine.target import ensure_target
-from tests.conftest import EXAMPLE_PIPELINE, ROOT, exclusive_section
+from tests.conftest import EXAMPLE_PIPELINE, ROOT, alive_pg, exclusive_section
 from tests.integration.cdc_scenarios import (
     TopicTail,
     capture_with_restart,
@@ -178,6 +178,7 @@ def test_a_target_dropped_and_its_table_recreated_with_another_key_starts_clean(
             with TopicTail(f"c2pg.{KS}.{name}", {"bootstrap.servers": "127.0.0.1:9092"}) as tail:
                 capture_with_restart(stack, tail, lambda: cass.execute(
                     f"INSERT INTO {KS}.{name} (id, a) VALUES ('sentinel', 's')"), name, new_type=True)
+        pg = alive_pg(pg, pipeline)
         for i in range(10):
             cass.execute(f"INSERT INTO {KS}.{name} (id, a) VALUES (%s, %s)", (f"k{i}", f"new{i}"))
 

@@ -20,7 +20,7 @@ import ray
 from engine import cql, faults
 from engine.compare import wait_equal
 from engine.sync.supervisor import find, get_or_start
-from tests.conftest import exclusive_section
+from tests.conftest import alive_pg, exclusive_section
 from tests.integration.cdc_scenarios import (
     TopicTail,
     capture_with_restart,
@@ -489,6 +489,7 @@ def test_udt_frozen_collections_maps_and_ttl_reach_postgres(cass, pg, pipeline, 
     with TopicTail(f"c2pg.{KS}.{name}", {"bootstrap.servers": "127.0.0.1:9092"}) as tail:
         capture_with_restart(stack, tail, lambda: cass.execute(
             f"INSERT INTO {KS}.{name} (id, note) VALUES (-1, 'sentinel')"), f"{KS}.{name}", new_type=new_type)
+    pg = alive_pg(pg, pipeline)  # capture_with_restart may have waited for an exclusive section
     sup = get_or_start(cfg)
     try:
         for i in range(10):
