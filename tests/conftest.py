@@ -91,12 +91,11 @@ def pytest_runtest_protocol(item, nextitem):
 
 def _stop_serve_after_its_unit() -> None:
     """The ``serve`` unit is done in this process: stop Serve now rather than at the session's
-    end, so the tests after it do not run beside an idle Serve."""
-    import sys
+    end, so the tests after it do not run beside an idle Serve (``shutdown_serve`` does
+    nothing if this process did not start it)."""
+    from tests.integration.serve_helpers import shutdown_serve
 
-    helpers = sys.modules.get("tests.integration.serve_helpers")
-    if helpers is not None:
-        helpers.shutdown_serve()
+    shutdown_serve()
 
 
 @contextlib.contextmanager
@@ -341,22 +340,21 @@ def pytest_terminal_summary(terminalreporter):
 
 @functools.cache
 def _module_marks(module: str) -> frozenset[str]:
-    """The markers a module's ``pytestmark`` line names (read from its source: the xdist
-    scheduler sees node ids, not items)."""
+    """The markers a module's ``pytestmark`` line names, and ``stack`` if any of its tests is
+    marked so (read from its source: the xdist scheduler sees node ids, not items)."""
     path = ROOT / module
     if not path.is_file():
         return frozenset()
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("pytestmark")]
-    return frozenset(m for m in ("serve", "exclusive") for line in lines if f"pytest.mark.{m}" in line)
+    source = path.read_text(encoding="utf-8")
+    lines = [line for line in source.splitlines() if line.startswith("pytestmark")]
+    marks = {m for m in ("serve", "exclusive") for line in lines if f"pytest.mark.{m}" in line}
+    return frozenset(marks | ({"stack"} if "pytest.mark.stack" in source else set()))
 
 
-@functools.cache
 def _is_free_module(module: str) -> bool:
     """A module of unit tests only: none needs the stack, so none takes a turn (a module under
     tests/unit with a test marked ``stack`` is not free)."""
-    path = ROOT / module
-    return "integration" not in module and (not path.is_file()
-                                            or "pytest.mark.stack" not in path.read_text(encoding="utf-8"))
+    return "integration" not in module and "stack" not in _module_marks(module)
 
 
 def _is_serve_module(module: str) -> bool:

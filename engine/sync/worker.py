@@ -279,7 +279,7 @@ class PartitionWorker:
                     with self._lock:
                         self.state.state, self.state.error = "retrying", f"{type(error).__name__}: {error}"
                         self.state.retries += 1
-                    self._rewind(consumer, conn)
+                    self._rewind(consumer)
                     self._stop.wait(backoff)
                     backoff = min(30.0, backoff * 2)
                     conn = self._reconnect(conn, appliers)
@@ -496,7 +496,7 @@ class PartitionWorker:
                 st.progress_at = now  # caught up: nothing to move
             _metrics().lag(self.cfg.name, t, p, st.lag)
 
-    def _rewind(self, consumer, conn=None) -> None:
+    def _rewind(self, consumer) -> None:
         """Put every partition back at its committed offset (the failed batch is re-read).
 
         By assigning them again with those offsets, not by ``seek``: librdkafka refuses a

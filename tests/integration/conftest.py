@@ -83,6 +83,6 @@ def serve_instance(ray_cluster):
     from tests.integration.serve_helpers import free_port, shutdown_serve
 
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})  # joins a running Serve as it is
-    serve_helpers.serve_started = True
+    serve_helpers.serve_running = True
     yield
     shutdown_serve()

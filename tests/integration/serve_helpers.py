@@ -141,8 +141,7 @@ def _serve_port() -> int:
     return _get_global_client().http_config.port
 
 
-serve_started = False  # set by the ``serve_instance`` fixture
-_serve_stopped = False
+serve_running = False  # this process started Serve (``serve_instance``) and has not stopped it
 
 
 def shutdown_serve() -> None:
@@ -152,11 +151,11 @@ def shutdown_serve() -> None:
     nothing, when the session ends (``serve_instance``). Starting Serve costs several seconds
     per module that starts it, hence one instance for all; kept up after them it costs CPU
     while idle, which made every later test slower (the unit tests 36 s -> 64 s in CI)."""
-    global _serve_stopped
+    global serve_running
     from ray import serve
 
-    if _serve_stopped or not serve_started:
+    if not serve_running:
         return
-    _serve_stopped = True
+    serve_running = False
     if not serve.status().applications:
         serve.shutdown()
