@@ -178,7 +178,7 @@ def control():
     from serve_app.security import ApiError
     from tests.conftest import EXAMPLE_PIPELINE
 
-    c = Control(load_config(EXAMPLE_PIPELINE), EXAMPLE_PIPELINE, env={})
+    c = Control(load_config(EXAMPLE_PIPELINE, resolve_secrets=False), EXAMPLE_PIPELINE, env={})
 
     @contextlib.contextmanager
     def no_postgres():
@@ -241,7 +241,7 @@ def test_worker_status_reports_the_window_rate_and_the_future_flag(monkeypatch):
     clock = {"mono": 1_000.0}
     monkeypatch.setattr(sync_worker, "time", types.SimpleNamespace(monotonic=lambda: clock["mono"],
                                                                    time=lambda: NOW))
-    cfg = load_config(EXAMPLE_PIPELINE)
+    cfg = load_config(EXAMPLE_PIPELINE, resolve_secrets=False)
     topic = cfg.kafka.topic_for("demo", "users")
     worker = sync_worker.PartitionWorker.__ray_actor_class__(cfg, 0, [(topic, 0), (topic, 1)])
     clock["mono"] += 30  # connected, then the first batch
@@ -270,7 +270,7 @@ def test_a_partition_with_lag_that_does_not_move_is_read_again_from_its_committe
     clock = {"mono": 1_000.0}
     monkeypatch.setattr(sync_worker, "time", types.SimpleNamespace(monotonic=lambda: clock["mono"],
                                                                    time=lambda: NOW))
-    cfg = load_config(EXAMPLE_PIPELINE)
+    cfg = load_config(EXAMPLE_PIPELINE, resolve_secrets=False)
     topic = cfg.kafka.topic_for("demo", "users")
     worker = sync_worker.PartitionWorker.__ray_actor_class__(cfg, 0, [(topic, 0), (topic, 1), (topic, 2)])
     stuck, moving, fresh = (worker.parts[(topic, p)] for p in range(3))
