@@ -49,6 +49,9 @@ from engine.stack.services import NODE_LABEL, RayHead, RayNode, RayPorts, Servic
 
 log = structlog.get_logger("c2pg.stack")
 
+NODE_START_ATTEMPTS = 2
+"""How many times :meth:`Stack._start_node` runs ``ray start`` for one worker node."""
+
 EXTRA_PORTS = {"kafka": ["kafka_controller", "kafka_tls"], "cassandra": ["cassandra_storage", "cassandra_jmx"]}
 
 
@@ -327,14 +330,43 @@ class Stack:
         self._save_state(state)
 
     def _start_node(self, state: dict[str, dict], say: Callable[[str], None]) -> str:
+        """Start the next worker node and wait until the head lists it as alive. A ``ray start``
+        that fails is tried once more: on a loaded machine (a head just restarted, both cores
+        busy) a raylet has been seen to miss Ray's fixed 30 s to register with the GCS
+        ("The current node timed out during startup"). The second failure is raised, with the
+        last lines of both the node's log and its raylet's."""
         nodes = self._nodes(state)
         name = next(f"ray-node-{i}" for i in range(1, 1000) if f"ray-node-{i}" not in nodes)
         node = RayNode(name, self.ray_head, _free_port())
         node.data_dir.mkdir(parents=True, exist_ok=True)
         node.log_file.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
+        for attempt in range(1, NODE_START_ATTEMPTS + 1):
+            try:
+                proc, raylet = self._launch_node(node)
+                break
+            except StackError as exc:
+                if attempt == NODE_START_ATTEMPTS:
+                    raise
+                first_line = exc.cause.splitlines()[0]
+                log.warning("ray node did not start; starting it again", node=name, cause=first_line)
+                say(f"{name}: {first_line}; starting it again")
+        nodes[name] = {"pgid": proc.pid, "raylet": raylet, "agent_port": node.agent_port, "started_at": time.time()}
+        self._save_state(state)
+        deadline = time.monotonic() + 60
+        while name not in self._alive_node_ids():
+            if time.monotonic() > deadline:
+                raise node.fail("the head does not list the node as alive after 60 s; last lines:\n"
+                                + _tail(node.log_file, 15))
+            time.sleep(0.5)
+        say(f"{name}: joined the head (raylet pid {raylet}, {time.monotonic() - t0:.1f}s)")
+        return name
+
+    def _launch_node(self, node: RayNode) -> tuple[subprocess.Popen, int]:
+        """One ``ray start`` of ``node``: its process and its raylet's pid, or a StackError
+        (whatever it started is killed)."""
         with open(node.log_file, "ab") as out:
-            out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n".encode())
+            out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {node.name}\n".encode())
             out.flush()
             try:
                 # A new session: the node's processes (raylet, agents) keep this group after
@@ -353,19 +385,11 @@ class Stack:
         raylet = next((pid for pid in _group_pids(proc.pid) if _argv0(pid).endswith("/raylet")), None)
         if code != 0 or raylet is None:
             _kill_pids(_group_pids(proc.pid))
-            raise node.fail(f"`ray start` exited with code {code}" + ("" if raylet is None else "")
-                            + ("; no raylet running" if raylet is None else "") + "; last lines:\n"
-                            + _tail(node.log_file, 15))
-        nodes[name] = {"pgid": proc.pid, "raylet": raylet, "agent_port": node.agent_port, "started_at": time.time()}
-        self._save_state(state)
-        deadline = time.monotonic() + 60
-        while name not in self._alive_node_ids():
-            if time.monotonic() > deadline:
-                raise node.fail("the head does not list the node as alive after 60 s; last lines:\n"
-                                + _tail(node.log_file, 15))
-            time.sleep(0.5)
-        say(f"{name}: joined the head (raylet pid {raylet}, {time.monotonic() - t0:.1f}s)")
-        return name
+            raylet_log = node.temp_dir / "session_latest" / "logs" / "raylet.out"
+            raise node.fail(f"`ray start` exited with code {code}" + ("; no raylet running" if raylet is None else "")
+                            + "; last lines:\n" + _tail(node.log_file, 15)
+                            + f"\nlast lines of {raylet_log}:\n" + _tail(raylet_log, 15))
+        return proc, raylet
 
     def _stop_nodes(self, state: dict[str, dict], names: list[str], sig: int = signal.SIGTERM) -> list[str]:
         """Stop (``sig``; SIGKILL after 10 s) the named nodes' process groups and the Ray
