@@ -703,6 +703,11 @@ def _print_capture_findings(cfg) -> int:
     return sum(1 for f in findings if f.severity == "error")
 
 
+SLOW_BATCH_S = 5.0
+"""A batch in flight longer than this gets a line in ``c2pg sync status`` (a batch normally
+commits in well under a second)."""
+
+
 def _print_sync_status(status: dict, now_s: float) -> None:
     """The per-partition table of ``c2pg sync status`` (``now_s``: this machine's clock).
 
@@ -727,6 +732,9 @@ def _print_sync_status(status: dict, now_s: float) -> None:
                   f"{p.get('events_per_s', 0):>9}  {last}")
         if w.get("error"):
             print(f"        error: {w['error']}")
+        if (w.get("batch_in_flight_s") or 0) >= SLOW_BATCH_S:
+            print(f"        writing one batch for {w['batch_in_flight_s']:.0f} s: PostgreSQL has not finished it "
+                  "(a lock on a target table, a slow merge; see docs/troubleshooting.md)")
     for m in status.get("moves", [])[-5:]:
         print(f"moved {m['at']}: worker {m['worker']} ({', '.join(m['partitions'])}) from node "
               f"{node_label(m.get('from_node'))} to {node_label(m.get('to_node'))}: {m['reason']}")

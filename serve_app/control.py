@@ -372,6 +372,7 @@ class Control:
                 workers.append({"worker": w.get("worker"), "node_id": w.get("node_id"), "node_ip": w.get("node_ip"),
                                 "state": w.get("state"), "error": w.get("error"),
                                 "restarts": w.get("restarts", 0), "batches": w.get("batches"),
+                                "batch_in_flight_s": w.get("batch_in_flight_s"),
                                 "latency_ms": w.get("latency_ms"), "partitions": len(w.get("partitions", []))})
                 for p in w.get("partitions", []):
                     q = topics.get(p["topic"])
@@ -386,6 +387,7 @@ class Control:
                                          "events": p.get("events", 0), "events_per_s": p.get("events_per_s", 0.0),
                                          "dead_letters": None if dead is None else dead.get((q, p["partition"]), 0),
                                          "worker": w.get("worker"), "worker_state": w.get("state"),
+                                         "batch_in_flight_s": w.get("batch_in_flight_s"),
                                          "node": node_label(w.get("node_id"), w.get("node_ip"))})
         else:
             for o in committed:
@@ -394,7 +396,7 @@ class Control:
                     "last_write_applied": None, "last_write_ts_us": None, "last_write_in_future": False,
                     "events": 0, "events_per_s": 0.0,
                     "dead_letters": None if dead is None else dead.get((topics[o["topic"]], o["partition"]), 0),
-                    "worker": None, "node": None,
+                    "worker": None, "node": None, "batch_in_flight_s": None,
                     "worker_state": "stopped", "committed_at": o["updated_at"]})
         # Tables the supervisor will not sync: c2pg's state of them does not match (engine.state_check).
         refused = {r["table"]: r["error"] for r in (sup or {}).get("refused") or []}

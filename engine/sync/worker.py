@@ -101,6 +101,10 @@ class WorkerState:
     error: str | None = None
     batches: int = 0
     retries: int = 0  # batches not applied (rewound and read again), since the worker started
+    # When the batch in flight was handed to the write thread (time.monotonic()), None when
+    # none is: status() reports its age, so a batch PostgreSQL holds (a lock on the target
+    # table, a slow merge) shows while it lasts instead of a worker that looks "running".
+    writing_since: float | None = None
     paused_tables: set[str] = field(default_factory=set)
     paused_all: bool = False
 
@@ -157,8 +161,10 @@ class PartitionWorker:
         with self._lock:
             lat = sorted(self.latencies)
             mono, wall = time.monotonic(), time.time()
+            since = self.state.writing_since
             return {"worker": self.worker_id, **self.node, "state": self.state.state, "error": self.state.error,
                     "batches": self.state.batches, "retries": self.state.retries,
+                    "batch_in_flight_s": None if since is None else round(mono - since, 1),
                     "latency_ms": {"p50": round(lat[len(lat) // 2], 1), "p99": round(lat[int(len(lat) * 0.99)], 1),
                                    "events": len(lat)} if lat else None, "paused_all": self.state.paused_all,
                     "paused_tables": sorted(self.state.paused_tables),
@@ -273,6 +279,8 @@ class PartitionWorker:
                     except Exception as exc:  # noqa: BLE001 - not committed: rewind, report, retry
                         error, prepared = exc, None
                     inflight = None
+                    with self._lock:
+                        self.state.writing_since = None
                 if error is not None:
                     log.warning("batch not applied (%s: %s); retrying in %.0fs", type(error).__name__, error,
                                 backoff)
@@ -284,6 +292,8 @@ class PartitionWorker:
                     backoff = min(30.0, backoff * 2)
                     conn = self._reconnect(conn, appliers)
                 elif prepared is not None:
+                    with self._lock:
+                        self.state.writing_since = time.monotonic()
                     inflight = self._writer.submit(self._write, prepared, appliers)
             if inflight is not None:  # stopping: finish the batch in flight
                 try:
@@ -291,7 +301,7 @@ class PartitionWorker:
                 except Exception as exc:  # noqa: BLE001 - not committed; the next start re-reads it
                     log.warning("last batch not applied (%s: %s)", type(exc).__name__, exc)
             with self._lock:
-                self.state.state = "stopped"
+                self.state.state, self.state.writing_since = "stopped", None
             return "stopped"
         finally:
             consumer.close()

@@ -75,7 +75,7 @@ def sync_table(cass, pg, pipeline, ray_cluster, request):
 
 
 # The tests on the shared pipeline, by the name of the table each one writes to.
-SHARED = ("every_kind", "late_older", "consumer_group", "pause", "poison", "column_added")
+SHARED = ("every_kind", "late_older", "consumer_group", "pause", "locked", "poison", "column_added")
 
 
 @pytest.fixture(scope="class")
@@ -207,6 +207,39 @@ class TestOnOnePipeline:
         finally:
             ray.get(sup.resume.remote())  # the shared pipeline runs on for the next tests
         assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
+
+    def test_a_batch_held_by_a_lock_on_its_target_shows_in_status_while_it_lasts(self, cass, pg, pipeline,
+                                                                                   shared_sync):
+        """A lock on a target table (an owner's ALTER, a long report) holds the worker's merge:
+        the worker stays "running", so status says how long its batch has been in flight, and
+        ``c2pg sync status`` prints it; once the lock goes, the batch commits and it clears."""
+        import contextlib
+        import io
+
+        from engine.cli import SLOW_BATCH_S, _print_sync_status
+
+        cfg, t, sup = _shared(shared_sync, "locked")
+        cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (1, 1, 'before the lock')")
+        assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
+        holder = psycopg2.connect(**pipeline.postgres.connect_kwargs(application_name="c2pg-test-lock"))
+        try:
+            with holder.cursor() as cur:
+                cur.execute(f'LOCK TABLE sync_test."{t}" IN ACCESS EXCLUSIVE MODE')  # held until rollback
+            cass.execute(f"INSERT INTO {KS}.{t} (pk, ck, a) VALUES (1, 2, 'behind the lock')")
+            status = _wait_status(sup, lambda st: any((w["batch_in_flight_s"] or 0) >= SLOW_BATCH_S
+                                                      for w in st["workers"]), "a batch in flight for 5 s")
+            held = [w for w in status["workers"] if (w["batch_in_flight_s"] or 0) >= SLOW_BATCH_S]
+            assert all(w["state"] == "running" for w in held), held
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                _print_sync_status(status, time.time())
+            assert "writing one batch for" in out.getvalue() and "PostgreSQL has not finished it" in out.getvalue()
+        finally:
+            holder.rollback()
+            holder.close()
+        assert wait_equal(cass, pg, KS, t, "sync_test", t) == []
+        _wait_status(sup, lambda st: all((w["batch_in_flight_s"] or 0) < SLOW_BATCH_S for w in st["workers"]),
+                     "the held batch committed")
 
     def test_poison_events_go_to_dead_letters_and_the_good_ones_around_them_apply(self, cass, pg, shared_sync):
         import json as _json
