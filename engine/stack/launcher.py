@@ -41,7 +41,7 @@ from pathlib import Path
 
 import structlog
 
-from engine import health
+from engine import faults, health
 from engine.errors import StackError
 from engine.stack import versions as v
 from engine.stack.root import default_root
@@ -348,7 +348,7 @@ class Stack:
             except StackError as exc:
                 if attempt == NODE_START_ATTEMPTS:
                     raise
-                first_line = exc.cause.splitlines()[0]
+                first_line = exc.cause.split("; last lines", 1)[0].splitlines()[0]
                 log.warning("ray node did not start; starting it again", node=name, cause=first_line)
                 say(f"{name}: {first_line}; starting it again")
         nodes[name] = {"pgid": proc.pid, "raylet": raylet, "agent_port": node.agent_port, "started_at": time.time()}
@@ -368,6 +368,10 @@ class Stack:
         with open(node.log_file, "ab") as out:
             out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {node.name}\n".encode())
             out.flush()
+            try:  # C2PG_FAULTS: this start fails before anything runs, as one whose raylet never registered
+                faults.hit("stack.ray_node_start", name=node.name)
+            except RuntimeError as exc:
+                raise node.fail(f"`ray start` exited with code 1 ({exc}); last lines:\n(none: injected)") from exc
             try:
                 # A new session: the node's processes (raylet, agents) keep this group after
                 # `ray start` exits, and the launcher stops or kills them by it.

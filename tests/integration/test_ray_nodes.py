@@ -165,7 +165,7 @@ class Load:
 
 
 def test_workers_spread_a_lost_node_moves_its_partitions_and_a_new_node_takes_some_back(
-        cluster, cass, pg, cdc_keyspaces, tmp_path):
+        cluster, cass, pg, cdc_keyspaces, tmp_path, monkeypatch):
     assert KS in cdc_keyspaces  # past the connector's schema-refresh window
     table, topic = _table(cass, partitions=4)
     for i in range(300):
@@ -200,8 +200,16 @@ def test_workers_spread_a_lost_node_moves_its_partitions_and_a_new_node_takes_so
         assert all(m["to_node"] in (head, None) for m in moved)
         assert wait_equal(cass, pg, KS, table, SCHEMA, table, timeout_s=90) == []
 
-        # A node joins: one worker moves to it (stopped first, then started there).
-        name = cluster.add_ray_node(on_event=lambda _: None)
+        # A node joins: one worker moves to it (stopped first, then started there). Its first
+        # `ray start` fails (as a raylet missing Ray's 30 s to register did once on a loaded
+        # machine): the launcher says so and starts it again.
+        events: list[str] = []
+        with monkeypatch.context() as m:
+            m.setenv("C2PG_FAULTS", "stack.ray_node_start:action=error,times=1")
+            m.setenv("C2PG_FAULTS_DIR", str(tmp_path / "node-start-fault"))
+            name = cluster.add_ray_node(on_event=events.append)
+        assert any("injected fault at stack.ray_node_start" in e and e.endswith("starting it again")
+                   for e in events), events
         deadline = time.monotonic() + 30
         while (joined := cluster.ray_node_ids().get(name)) is None:  # the state API can be slow to answer
             assert time.monotonic() < deadline, f"{name} is not listed alive"
