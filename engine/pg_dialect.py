@@ -722,6 +722,9 @@ MERGE_NOW_US = sql.SQL(
     "COALESCE(NULLIF(current_setting({setting}, true), '')::bigint, "
     "(extract(epoch FROM statement_timestamp()) * 1000000)::bigint)").format(setting=sql.Literal(NOW_SETTING))
 SET_MERGE_NOW = sql.SQL("SELECT set_config({}, %s, true)").format(sql.Literal(NOW_SETTING))
+# The same clock as an uncorrelated scalar subquery: PostgreSQL computes it once per statement
+# (an InitPlan) instead of once per cell — the merge judges every staged cell's expiry by it.
+MERGE_NOW = sql.SQL("(SELECT {})").format(MERGE_NOW_US)
 
 # The sync writer's per-table apply lock (engine.pg_writer): two int4 keys, a lock space apart
 # from ensure_target's one-key lock. Held to the end of the batch's transaction.
@@ -730,7 +733,7 @@ APPLY_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtext('c2pg.apply'),
 
 
 def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table: str, *,
-          source_wins_ties: bool = False) -> sql.Composed:
+          source_wins_ties: bool = False, collect_empty: bool = False) -> sql.Composed:
     """Apply the staged rows to the target with per-cell last-write-wins.
 
     ``source_wins_ties`` is reconcile's repair: the staged cells were just read from
@@ -747,6 +750,11 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
        (:func:`_wins`), and ``_c2pg_wt``/``_c2pg_exp`` follow the winner per position;
        the row marker keeps the greater time;
     4. rows where nothing wins are left untouched (no dead tuple).
+
+    ``collect_empty`` (the sync writer, tables without static columns): the keys of the rows
+    this statement inserted or changed that are left with no live cell and no live marker
+    go into :data:`EMPTY` (:func:`create_empty_keys`), for :func:`remove_empty_rows` — the
+    only rows of the batch that can have become empty, found without probing the others.
 
     A staged cell **dead on arrival** — its ``_c2pg_exp`` at or before the merge's clock
     (:data:`MERGE_NOW_US`) — is applied as a deletion at its write time, never as a live
@@ -781,7 +789,7 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
                 kill=kill, wt=at(s, META_WT, i), ck=ckill)
         # Dead on arrival (expired at the merge's clock): a deletion at its write time.
         live = sql.SQL("({alive} AND NOT COALESCE({e} <= {now}, false))").format(
-            alive=alive, e=at(s, META_EXP, i), now=MERGE_NOW_US)
+            alive=alive, e=at(s, META_EXP, i), now=MERGE_NOW)
         select_cols.append(sql.SQL("CASE WHEN {live} THEN {s}.{c} END").format(
             live=live, s=s, c=ident(col.name)))
         wt_items.append(sql.SQL("CASE WHEN {alive} THEN {wt} END").format(alive=alive, wt=at(s, META_WT, i)))
@@ -798,7 +806,7 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
     marker_alive = sql.SQL(
         "(({kill} IS NULL OR {s}.{rt} > {kill}) AND (k.kill_m IS NULL OR {s}.{rt} > k.kill_m "
         "OR ({s}.{rt} = k.kill_m AND {s}.{re} > {now})))"
-    ).format(kill=kill, s=s, rt=ident(META_ROW_TS), re=ident(META_ROW_EXP), now=MERGE_NOW_US)
+    ).format(kill=kill, s=s, rt=ident(META_ROW_TS), re=ident(META_ROW_EXP), now=MERGE_NOW)
     select_cols.append(sql.SQL("CASE WHEN {a} THEN {s}.{rt} END").format(a=marker_alive, s=s, rt=ident(META_ROW_TS)))
     select_cols.append(sql.SQL("CASE WHEN {a} THEN {s}.{re} END").format(a=marker_alive, s=s, re=ident(META_ROW_EXP)))
 
@@ -838,21 +846,24 @@ def merge(schema: TableSchema, target_schema: str, target_table: str, tomb_table
     # hash-joined back by the staged row's ctid (a static row's clustering values are NULL,
     # which an equality join would miss). A LATERAL aggregate per staged row did the same
     # with one aggregate node per row: most of the merge's time.
+    upsert = sql.SQL(
+        "INSERT INTO {target} AS t ({cols}) "
+        "SELECT {select} FROM {stage} AS s LEFT JOIN {kills} AS k ON k.sid = s.ctid "
+        "ON CONFLICT ({pk}) DO UPDATE SET {sets} WHERE {any_wins}"
+    ).format(target=target, cols=_cols(target_columns(schema)), select=sql.SQL(", ").join(select_cols),
+             stage=ident(STAGE), kills=ident(KILLS), pk=_cols(pk), sets=sql.SQL(", ").join(sets),
+             any_wins=sql.SQL(" OR ").join(wins_any))
+    if collect_empty:
+        upsert = _collect_empty(schema, upsert)
     return sql.SQL(
         "{on}CREATE TEMP TABLE {kills} ON COMMIT DROP AS "
         "SELECT s.ctid AS sid, max(d._c2pg_deleted_at) FILTER (WHERE {covers}) AS kill_ts{cell_kills} "
         "FROM {stage} AS s JOIN {tomb} AS d ON {same_partition} GROUP BY s.ctid{off}; "
-        "INSERT INTO {target} AS t ({cols}) "
-        "SELECT {select} FROM {stage} AS s LEFT JOIN {kills} AS k ON k.sid = s.ctid "
-        "ON CONFLICT ({pk}) DO UPDATE SET {sets} WHERE {any_wins}; "
+        "{upsert}; "
         "DROP TABLE {kills}"
-    ).format(
-        target=target, cols=_cols(target_columns(schema)), select=sql.SQL(", ").join(select_cols),
-        stage=ident(STAGE), tomb=ident(STATE_SCHEMA, tomb_table), covers=covers(schema, "s", "d"),
-        cell_kills=sql.SQL("").join(sql.SQL(", ") + c for c in cell_kills), same_partition=same_partition,
-        pk=_cols(pk), sets=sql.SQL(", ").join(sets), any_wins=sql.SQL(" OR ").join(wins_any), kills=ident(KILLS),
-        on=INDEX_PLANS_ON, off=INDEX_PLANS_OFF,
-    )
+    ).format(upsert=upsert, stage=ident(STAGE), tomb=ident(STATE_SCHEMA, tomb_table), covers=covers(schema, "s", "d"),
+             cell_kills=sql.SQL("").join(sql.SQL(", ") + c for c in cell_kills), same_partition=same_partition,
+             kills=ident(KILLS), on=INDEX_PLANS_ON, off=INDEX_PLANS_OFF)
 
 
 def marker_supersedes(x: sql.Composable, t: sql.Composable) -> sql.Composed:
@@ -873,6 +884,41 @@ def marker_dead(t: sql.Composable, now: sql.Composable) -> sql.Composed:
     """SQL: the stored row ``t`` has no live row marker at ``now`` (none, or past its expiry)."""
     return sql.SQL("({t}.{rt} IS NULL OR COALESCE({t}.{re} <= {now}, false))").format(
         t=t, rt=ident(META_ROW_TS), re=ident(META_ROW_EXP), now=now)
+
+
+EMPTY = "_c2pg_empty"  # the keys of the rows a sync batch left empty (temporary, per batch)
+
+
+def create_empty_keys(schema: TableSchema, target_schema: str, target_table: str) -> sql.Composed:
+    """The sync writer's per-batch table of emptied keys (:data:`EMPTY`), filled by the
+    merge and the shadowing (``collect_empty``) and read by :func:`remove_empty_rows`."""
+    return sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+        ident(EMPTY), _cols(c.name for c in schema.primary_key), ident(target_schema, target_table))
+
+
+def row_empty(schema: TableSchema, alias: str) -> sql.Composable:
+    """SQL: the row ``alias`` has no live cell and no live row marker at the merge's clock
+    (:data:`MERGE_NOW`) — Cassandra has no such row. A static cell does not keep a
+    clustering row alive (a row exists by its marker or a live regular cell); a partition's
+    static row (ADR 0007) is empty when every static cell is."""
+    a = sql.Identifier(alias)
+    cells: list[sql.Composable] = [sql.SQL("{}.{} IS NULL").format(a, ident(c.name)) for c in schema.regular
+                                   if not c.dropped and (c.kind != "static" or not schema.clustering)]
+    cells.append(marker_dead(a, MERGE_NOW))
+    return _row_or_static_row_empty(schema, alias, sql.SQL(" AND ").join(cells),
+                                    [sql.SQL("{}.{} IS NULL").format(a, ident(c.name)) for c in schema.regular
+                                     if c.kind == "static" and not c.dropped])
+
+
+def _collect_empty(schema: TableSchema, statement: sql.Composable) -> sql.Composed:
+    """``statement`` (an INSERT or UPDATE of the target aliased ``t``) made to record the
+    keys of the rows it leaves empty in :data:`EMPTY` (its RETURNING sees the new rows)."""
+    keys = _cols(c.name for c in schema.primary_key)
+    t_keys = sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c.name)) for c in schema.primary_key)
+    return sql.SQL(
+        "WITH changed AS ({statement} RETURNING {t_keys}, {empty} AS _c2pg_is_empty) "
+        "INSERT INTO {table} ({keys}) SELECT {keys} FROM changed WHERE _c2pg_is_empty"
+    ).format(statement=statement, t_keys=t_keys, empty=row_empty(schema, "t"), table=ident(EMPTY), keys=keys)
 
 
 def _wins(x: sql.Composable, t: sql.Composable, col: Column, i: int, source_wins_ties: bool = False) -> sql.Composed:
@@ -908,7 +954,7 @@ def _wins(x: sql.Composable, t: sql.Composable, col: Column, i: int, source_wins
         "({xw} IS NOT NULL AND ({tw} IS NULL OR {xw} > {tw} OR ({xw} = {tw} AND ("
         "({xv} IS NULL AND {tv} IS NOT NULL) OR "
         "({xv} IS NOT NULL AND {tv} IS NOT NULL AND NOT COALESCE({te} <= {now}, false) AND {live_tie})))))"
-    ).format(xw=xw, tw=tw, xv=xv, tv=tv, te=te, now=MERGE_NOW_US, live_tie=live_tie)
+    ).format(xw=xw, tw=tw, xv=xv, tv=tv, te=te, now=MERGE_NOW, live_tie=live_tie)
 
 
 # A stored value → Cassandra's serialized bytes (engine.cassandra_bytes computes the same in
@@ -1034,10 +1080,12 @@ def record_tombstones(schema: TableSchema, tomb_table: str) -> sql.Composed:
         ident(STATE_SCHEMA, tomb_table), cols, cols, ident(TSTAGE))
 
 
-def shadow_rows(schema: TableSchema, target_schema: str, target_table: str) -> sql.Composed:
+def shadow_rows(schema: TableSchema, target_schema: str, target_table: str, *,
+                collect_empty: bool = False) -> sql.Composed:
     """Apply the batch's deletions to the rows already stored: a cell written at or before
     the newest covering deletion becomes NULL with that deletion's time; an older row marker
-    goes. Rows the deletions do not cover are not touched."""
+    goes. Rows the deletions do not cover are not touched. ``collect_empty``: record the
+    keys of the rows left empty in :data:`EMPTY` (as :func:`merge` does)."""
     target = ident(target_schema, target_table)
     pk = [c.name for c in schema.primary_key]
     sets, wts, exps = [], [], []
@@ -1062,48 +1110,58 @@ def shadow_rows(schema: TableSchema, target_schema: str, target_table: str) -> s
         rt=ident(META_ROW_TS), re=ident(META_ROW_EXP)))
     key_cols = sql.SQL(", ").join(sql.SQL("r.{}").format(ident(c)) for c in pk)
     join_key = same_key(schema, "t", "k")
-    return sql.SQL(
+    update = sql.SQL(
         "UPDATE {target} AS t SET {sets} FROM ("
         "SELECT {key_cols}, max(d.{deleted}) AS kill, max(d.{deleted}) FILTER (WHERE d._c2pg_kind = 'partition') "
         "AS pkill FROM {target} AS r JOIN {tstage} AS d ON {covers} "
         "GROUP BY {key_cols}) AS k WHERE {join_key}"
     ).format(target=target, sets=sql.SQL(", ").join(sets), key_cols=key_cols, deleted=ident(T_DELETED_AT),
              tstage=ident(TSTAGE), covers=covers(schema, "r", "d"), join_key=join_key)
+    return _collect_empty(schema, update) if collect_empty else update
 
 
-def remove_empty_rows(schema: TableSchema, target_schema: str, target_table: str, tomb_table: str) -> sql.Composed:
+def remove_empty_rows(schema: TableSchema, target_schema: str, target_table: str, tomb_table: str, *,
+                      from_empty_keys: bool = False) -> sql.Composed:
     """Delete the rows of the touched partitions that have no live cell and no live row
-    marker (Cassandra has no such row; a marker past its expiry at the merge's clock,
-    :data:`MERGE_NOW_US`, is dead), keeping their cell deletions as ``cell`` tombstones and
-    a dead marker as a ``cell`` tombstone of the pseudo-column ``_c2pg_row_ts`` at its write
-    time — so an older INSERT arriving later cannot bring the row back."""
+    marker (:func:`row_empty`: Cassandra has no such row; a marker past its expiry at the
+    merge's clock is dead), keeping their cell deletions as ``cell`` tombstones and a dead
+    marker as a ``cell`` tombstone of the pseudo-column ``_c2pg_row_ts`` at its write time —
+    so an older INSERT arriving later cannot bring the row back.
+
+    The candidates: with ``from_empty_keys``, the keys the batch's merge and shadowing
+    recorded as emptied (:data:`EMPTY`, tables without static columns); else every row of
+    the partitions the batch staged or deleted in (a table with statics, whose static row
+    settles with its partition, ADR 0007).
+
+    A cell tombstone is not written when a row, partition or range deletion recorded for
+    the row is at least as new (it already shadows that cell, and lives at least as long:
+    the sweep purges by deletion time and arrival alike) — a row deletion would otherwise
+    leave one tombstone per column beside its own, and every later batch touching the key
+    would read them all."""
     target = ident(target_schema, target_table)
     pk = [c.name for c in schema.partition_key]
     keys = [c.name for c in schema.primary_key]
     part = sql.SQL(", ").join(map(ident, pk))
-    # A static cell does not keep a clustering row alive (Cassandra: a row exists by its
-    # marker or a live regular cell); statics get no cell tombstones (they are the partition's).
-    row_empty: list[sql.Composable] = [sql.SQL("t.{} IS NULL").format(ident(c.name)) for c in schema.regular
-                                       if not c.dropped and (c.kind != "static" or not schema.clustering)]
-    row_empty.append(marker_dead(sql.Identifier("t"), MERGE_NOW_US))
-    empty = _row_or_static_row_empty(schema, "t", sql.SQL(" AND ").join(row_empty),
-                                     [sql.SQL("t.{} IS NULL").format(ident(c.name)) for c in schema.regular
-                                      if c.kind == "static" and not c.dropped])
     gone_cols = sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in keys)
+    if from_empty_keys:
+        candidates = sql.SQL("({t_keys}) IN (SELECT {keys} FROM {empty})").format(
+            t_keys=gone_cols, keys=_cols(keys), empty=ident(EMPTY))
+    else:
+        candidates = sql.SQL("({t_part}) IN (SELECT {part} FROM {stage} UNION SELECT {part} FROM {tstage})").format(
+            t_part=sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in pk), part=part,
+            stage=ident(STAGE), tstage=ident(TSTAGE))
     deleted = sql.SQL(
-        "DELETE FROM {target} AS t WHERE ({t_part}) IN (SELECT {part} FROM {stage} UNION SELECT {part} FROM {tstage}) "
-        "AND {empty} RETURNING {gone_cols}, t.{wt}, t.{rt}"
-    ).format(target=target, t_part=sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in pk),
-             part=part, stage=ident(STAGE), tstage=ident(TSTAGE), empty=empty,
+        "DELETE FROM {target} AS t WHERE {candidates} AND {empty} RETURNING {gone_cols}, t.{wt}, t.{rt}"
+    ).format(target=target, candidates=candidates, empty=row_empty(schema, "t"),
              gone_cols=gone_cols, wt=ident(META_WT), rt=ident(META_ROW_TS))
     return sql.SQL(
         "WITH gone AS ({deleted}) INSERT INTO {tomb} ({key_cols}, {kind}, {column}, {at}) "
         "SELECT * FROM (SELECT {gone_keys}, 'cell', c.name, {time} AS at FROM gone AS g CROSS JOIN {columns}) AS x "
-        "WHERE x.at IS NOT NULL"
+        "WHERE x.at IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {tomb} AS d WHERE {covers} AND d.{at} >= x.at)"
     ).format(deleted=deleted, tomb=ident(STATE_SCHEMA, tomb_table), key_cols=_cols(keys), kind=ident(T_KIND),
              column=ident(T_COLUMN), at=ident(T_DELETED_AT),
              gone_keys=sql.SQL(", ").join(sql.SQL("g.{}").format(ident(c)) for c in keys),
-             time=_tombstone_time(schema, "g"), columns=_tombstone_positions(schema))
+             time=_tombstone_time(schema, "g"), columns=_tombstone_positions(schema), covers=covers(schema, "x", "d"))
 
 
 def _row_or_static_row_empty(schema: TableSchema, alias: str, row_empty: sql.Composable,

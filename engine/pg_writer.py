@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from psycopg2 import sql
 from psycopg2.extras import execute_values
 
 from engine import faults
@@ -84,14 +85,22 @@ class SyncWriter:
         def as_text(q) -> str:  # compose once, reuse per batch
             return q.as_string(conn)
 
-        self.sql_create_tstage = as_text(d.create_tombstone_stage(tomb))
+        # Without static columns the merge and the shadowing record which rows they emptied,
+        # and only those are removed; with statics every row of a touched partition is
+        # checked (its static row settles with the partition, ADR 0007).
+        precise = not schema.has_statics
+        creates = [d.create_tombstone_stage(tomb), d.create_stage(t_schema, t_table)]
+        if precise:
+            creates.append(d.create_empty_keys(schema, t_schema, t_table))
+        self.sql_create = as_text(sql.SQL("; ").join(creates))  # one round trip
         self.sql_copy_tstage = as_text(d.copy_tombstone_stage(schema))
         self.sql_record = as_text(d.record_tombstones(schema, tomb))
-        self.sql_shadow = as_text(d.shadow_rows(schema, t_schema, t_table))
-        self.sql_create_stage = as_text(d.create_stage(t_schema, t_table))
+        self.sql_shadow = as_text(d.shadow_rows(schema, t_schema, t_table, collect_empty=precise))
         self.sql_copy_stage = as_text(d.copy_stage(d.target_columns(schema)))
-        self.sql_merge = as_text(d.merge(schema, t_schema, t_table, tomb, source_wins_ties=source_wins_ties))
-        self.sql_remove_empty = as_text(d.by_key_index(d.remove_empty_rows(schema, t_schema, t_table, tomb)))
+        self.sql_merge = as_text(d.merge(schema, t_schema, t_table, tomb, source_wins_ties=source_wins_ties,
+                                         collect_empty=precise))
+        self.sql_remove_empty = as_text(d.by_key_index(d.remove_empty_rows(schema, t_schema, t_table, tomb,
+                                                                           from_empty_keys=precise)))
         settle = d.settle_static_rows(schema, t_schema, t_table, (d.STAGE, d.TSTAGE))
         self.sql_settle = as_text(settle) if settle is not None else None
         self.sql_dead = as_text(d.insert_dead_letters())
@@ -125,8 +134,7 @@ class SyncWriter:
             cur.execute(d.APPLY_LOCK if wide else d.APPLY_LOCK_SHARED, (self.lock_key,))
             if now_us is not None:  # transaction-local: gone at commit or rollback
                 cur.execute(self.sql_set_now, (str(int(now_us)),))
-            cur.execute(self.sql_create_tstage)
-            cur.execute(self.sql_create_stage)
+            cur.execute(self.sql_create)
             if batch.tombstones:
                 cur.copy_expert(self.sql_copy_tstage, io.StringIO(self._tombstone_lines(batch.tombstones)))
                 cur.execute(self.sql_record)
