@@ -21,7 +21,11 @@ On the local stack (``c2pg stack up``):
    rows the generator says must be left (the run fails if any differs), and the ceiling:
    COPY of those rows into a staging table plus one plain ``INSERT … ON CONFLICT DO UPDATE``,
    timed in the same run (PostgreSQL's own cost of the end state, no Kafka, no decoding, no
-   last-write-wins).
+   last-write-wins);
+7. the Kafka read floor: every record of the topic fetched by one consumer process per
+   partition in parallel, doing nothing with it — the least any design that reads the
+   events spends, so ``ceiling seconds / floor seconds`` is the best ratio to the ceiling
+   such a design can reach.
 
 Both systems get the same changes: an update event carries the values its flattened row
 has. Writes ``benchmarks/results/sync.json`` (the latest run at the top, every earlier run's
@@ -263,6 +267,53 @@ def copy_merge_ceiling(cfg, want: dict[int, tuple], events: int) -> dict:
     return {"rows": len(want), "seconds": round(seconds, 3), "events_per_s": round(events / seconds)}
 
 
+def _read_partition(bootstrap: str, topic: str, partition: int, end: int, ready, out) -> None:
+    """One process of :func:`kafka_read_floor`: read ``topic``/``partition`` from 0 to ``end``."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"c2pg-bench-floor-{os.getpid()}",
+                         "enable.auto.commit": False, "fetch.max.bytes": 52428800,
+                         "max.partition.fetch.bytes": 10485760})
+    consumer.assign([TopicPartition(topic, partition, 0)])
+    consumer.list_topics(topic, timeout=10)
+    ready.wait()
+    t0, n, size, last = time.perf_counter(), 0, 0, -1
+    while last + 1 < end:
+        for m in consumer.consume(num_messages=10000, timeout=1.0):
+            if m.error() is None:
+                n += 1
+                size += len(m.value() or b"")
+                last = m.offset()
+    out.put((t0, time.perf_counter(), n, size))
+    consumer.close()
+
+
+def kafka_read_floor(bootstrap: str, topic: str) -> dict:
+    """The least any design that reads every event must spend: every record of ``topic``
+    fetched from Kafka by one consumer process per partition, in parallel, doing nothing
+    with them (no decoding). Timed from the moment all are connected to the last record."""
+    import multiprocessing as mp
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "c2pg-bench-floor"})
+    parts = sorted(probe.list_topics(topic, timeout=10).topics[topic].partitions)
+    ends = {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+    probe.close()
+    ctx = mp.get_context("spawn")
+    ready, out = ctx.Barrier(len(parts)), ctx.Queue()
+    procs = [ctx.Process(target=_read_partition, args=(bootstrap, topic, p, ends[p], ready, out)) for p in parts]
+    for proc in procs:
+        proc.start()
+    results = [out.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join()
+    seconds = max(r[1] for r in results) - min(r[0] for r in results)
+    records = sum(r[2] for r in results)
+    return {"records": records, "bytes": sum(r[3] for r in results), "consumers": len(parts),
+            "seconds": round(seconds, 3), "records_per_s": round(records / seconds)}
+
+
 def _component(proc) -> str:
     """Which part of the stack a process is, for the CPU accounting of a run."""
     name = proc.info["name"] or ""
@@ -421,6 +472,8 @@ def main() -> None:
     generated = generate(args.events, args.keys)
     fill_topics(bootstrap, generated)
     want = expected_state(generated)
+    # The ceiling (below) never reads the events; any design that does cannot beat this.
+    floor = kafka_read_floor(bootstrap, TOPIC)
     expected_rows = len(want)
 
     ray.init(address=os.environ.get("RAY_ADDRESS") or "127.0.0.1:6380", logging_level="WARNING",
@@ -456,6 +509,10 @@ def main() -> None:
     ceiling = copy_merge_ceiling(cfg, want, args.events)
     print(f"COPY + merge ceiling: {ceiling['events_per_s']:,} events/s equivalent ({ceiling['seconds']} s for "
           f"{ceiling['rows']:,} rows)", flush=True)
+    reachable = round(ceiling["seconds"] / floor["seconds"], 3)
+    print(f"Kafka read floor: {floor['records']:,} records ({floor['bytes'] / 2**20:,.0f} MiB) in {floor['seconds']} s "
+          f"by {floor['consumers']} consumers, no decoding: a design that reads every event reaches at most "
+          f"{reachable} of the ceiling", flush=True)
     equal = all(d["missing"] == d["extra"] == d["differing_rows"] == 0 for d in end_states.values())
     out = {
         "events": args.events, "keys": args.keys, "expected_rows": expected_rows,
@@ -464,6 +521,7 @@ def main() -> None:
         "ratio_vs_jdbc_sink": round(best["events_per_s"] / jdbc_result["events_per_s"], 2) if jdbc_result else None,
         "copy_merge_ceiling": ceiling,
         "ratio_vs_copy_merge_ceiling": round(best["events_per_s"] / ceiling["events_per_s"], 3),
+        "kafka_read_floor": floor, "ceiling_ratio_reachable_by_reading_events": reachable,
         "end_states_equal": equal, "end_states": end_states,
         "p99_apply_latency_ms": latency["p99_ms"], "p50_apply_latency_ms": latency["p50_ms"],
         "latency_rate_events_per_s": latency["rate"], "latency": latency,
