@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, overload
 
 import numpy as np
 import pyarrow.compute as pc
@@ -55,6 +55,71 @@ class Record(NamedTuple):
 
     def origin(self) -> Origin:
         return Origin(self.topic, self.partition, self.offset)
+
+
+class Records(Sequence[Record]):
+    """A polled batch as columns, one list per field of :class:`Record`.
+
+    Made by the sync worker from the Kafka messages of a batch (:meth:`from_messages`:
+    six list comprehensions instead of one Python object per message); the columnar
+    decoder reads :attr:`values` whole, and a :class:`Record` is built only for a record
+    someone indexes (the slow lane's deletions, dead letters). Any ``Sequence[Record]``
+    works where this does (dead-letter replay and the tests pass lists)."""
+
+    __slots__ = ("topics", "partitions", "offsets", "keys", "values", "timestamps")
+
+    def __init__(self, topics: list[str], partitions: list[int], offsets: list[int], keys: list[bytes | None],
+                 values: list[bytes | None], timestamps: list[int | None]):
+        self.topics, self.partitions, self.offsets = topics, partitions, offsets
+        self.keys, self.values, self.timestamps = keys, values, timestamps
+
+    @classmethod
+    def from_messages(cls, msgs: Sequence[Any]) -> Records:
+        """From confluent-kafka ``Message`` objects (none with an error)."""
+        return cls([m.topic() for m in msgs], [m.partition() for m in msgs], [m.offset() for m in msgs],
+                   [m.key() for m in msgs], [m.value() for m in msgs],
+                   [ts if kind else None for kind, ts in [m.timestamp() for m in msgs]])
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @overload
+    def __getitem__(self, i: int) -> Record: ...
+    @overload
+    def __getitem__(self, i: slice) -> Records: ...
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Records(self.topics[i], self.partitions[i], self.offsets[i], self.keys[i], self.values[i],
+                           self.timestamps[i])
+        return Record(self.topics[i], self.partitions[i], self.offsets[i], self.keys[i], self.values[i],
+                      self.timestamps[i])
+
+    def __iter__(self) -> Iterator[Record]:
+        return map(Record, self.topics, self.partitions, self.offsets, self.keys, self.values, self.timestamps)
+
+    def take(self, positions: Sequence[int]) -> Records:
+        """The records at ``positions``, in that order."""
+        return Records([self.topics[i] for i in positions], [self.partitions[i] for i in positions],
+                       [self.offsets[i] for i in positions], [self.keys[i] for i in positions],
+                       [self.values[i] for i in positions], [self.timestamps[i] for i in positions])
+
+    def by_topic(self) -> dict[str, Records]:
+        """The batch split by topic, each part in poll order."""
+        first = self.topics[0] if self.topics else None
+        if all(t == first for t in self.topics):
+            return {first: self} if first is not None else {}
+        where: dict[str, list[int]] = {}
+        for i, t in enumerate(self.topics):
+            where.setdefault(t, []).append(i)
+        return {t: self.take(pos) for t, pos in where.items()}
+
+    def next_offsets(self) -> dict[tuple[str, int], int]:
+        """(topic, partition) → the offset after the greatest one in the batch."""
+        out: dict[tuple[str, int], int] = {}
+        for t, p, o in zip(self.topics, self.partitions, self.offsets, strict=True):
+            if o >= out.get((t, p), 0):
+                out[(t, p)] = o + 1
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +244,9 @@ class TableApplier:
         (deletions, and anything it cannot take exactly: their dead letters are the
         per-event decoder's)."""
         decoder, reducer = self.columnar  # type: ignore[misc]
-        cols, slow = decoder.decode([r.value for r in records])
-        slow_events, dead = self._decode_all([records[i] for i in slow])
+        cols, slow = decoder.decode(records.values if isinstance(records, Records) else [r.value for r in records])
+        slow_records = [records[i] for i in slow]
+        slow_events, dead = self._decode_all(slow_records)
         if self.columnar is None or self.columnar[0] is not decoder:
             # The slow lane refreshed the schema (SchemaChanged): decode the batch again with
             # the new one (once: a column still unknown then is the record's fault).
@@ -188,7 +254,7 @@ class TableApplier:
                 return (self._prepare_columns(records, next_offsets, again=False) if self.columnar is not None
                         else self.prepare(records, next_offsets))
             decoder, reducer = self.columnar or (decoder, reducer)
-        at = {id(records[i]): i for i in slow}
+        at = {id(rec): i for rec, i in zip(slow_records, slow, strict=True)}
         events: list[tuple[int, ChangeEvent]] = []
         for ev, rec in slow_events:
             try:

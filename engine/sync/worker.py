@@ -32,15 +32,18 @@ import logging
 import os
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
 from engine.config import PipelineConfig, TableConfig
 from engine.sync_status import WindowRate, in_future
+
+if TYPE_CHECKING:
+    from engine.sync.apply import Records
 
 log = logging.getLogger("c2pg.sync.worker")
 
@@ -371,46 +374,45 @@ class PartitionWorker:
         if running:
             consumer.resume([TopicPartition(t, p) for t, p in running])
 
-    def _poll_batch(self, consumer) -> list:
-        from engine.sync.apply import Record
+    def _poll_batch(self, consumer) -> Records:
+        """The next batch (:class:`~engine.sync.apply.Records`, possibly empty): messages
+        until ``batch_max_events``, ``batch_max_bytes`` or ``batch_max_wait``. Kept as the
+        client's message objects until the batch closes, then turned into columns at once."""
+        from engine.sync.apply import Records
 
         s = self.cfg.sync
         deadline = time.monotonic() + s.batch_max_wait.total_seconds()
-        batch: list[Record] = []
+        msgs: list = []
         size = 0
-        while len(batch) < s.batch_max_events and size < s.batch_max_bytes:
+        while len(msgs) < s.batch_max_events and size < s.batch_max_bytes:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._stop.is_set():
                 break
-            for m in consumer.consume(num_messages=min(1000, s.batch_max_events - len(batch)),
-                                      timeout=min(remaining, s.poll_timeout.total_seconds())):
-                if m.error():
-                    log.warning("kafka: %s", m.error())
-                    continue
-                kind, ts = m.timestamp()
-                key, value = m.key(), m.value()
-                batch.append(Record(m.topic(), m.partition(), m.offset(), key, value, ts if kind else None))
-                size += len(value or b"") + len(key or b"")
-        return batch
+            got = consumer.consume(num_messages=min(1000, s.batch_max_events - len(msgs)),
+                                   timeout=min(remaining, s.poll_timeout.total_seconds()))
+            good = [m for m in got if m.error() is None]
+            if len(good) < len(got):
+                for m in got:
+                    if m.error() is not None:
+                        log.warning("kafka: %s", m.error())
+            msgs.extend(good)
+            size += sum(map(len, good)) + sum(len(k) for k in [m.key() for m in good] if k)
+        return Records.from_messages(msgs)
 
-    def _prepare(self, batch: list, appliers: dict) -> list[tuple[str, list, dict, Any]]:
+    def _prepare(self, batch: Records, appliers: dict) -> list[tuple[str, Records, dict, Any]]:
         """Per topic of ``batch``: its records, next offsets and prepared batch (a table's,
         :meth:`TableApplier.prepare`; ``None`` for the capture heartbeats, applied whole)."""
-        by_topic: dict[str, list] = defaultdict(list)
-        for rec in batch:
-            by_topic[rec.topic].append(rec)
+        by_topic = batch.by_topic()
         out = []
         # Heartbeats first, on their own (see _write).
         for topic in sorted(by_topic, key=lambda t: t != self.heartbeat_topic):
             records = by_topic[topic]
-            next_offsets: dict[tuple[str, int], int] = {}
-            for r in records:
-                next_offsets[(r.topic, r.partition)] = max(next_offsets.get((r.topic, r.partition), 0), r.offset + 1)
+            next_offsets = records.next_offsets()
             prepared = None if topic == self.heartbeat_topic else appliers[topic].prepare(records, next_offsets)
             out.append((topic, records, next_offsets, prepared))
         return out
 
-    def _write(self, prepared: list[tuple[str, list, dict, Any]], appliers: dict) -> dict[tuple[str, int], int]:
+    def _write(self, prepared: list[tuple[str, Records, dict, Any]], appliers: dict) -> dict[tuple[str, int], int]:
         """Write each topic's prepared batch (one transaction each) and count it; → the
         offsets committed, for the Kafka consumer group. Runs in the write thread; raises
         the first table's failure (the tables before it stay committed and counted)."""
@@ -440,12 +442,12 @@ class PartitionWorker:
             self._publish_dead(result.dead)
             committed_ms, committed_at = time.time() * 1000, time.monotonic()
             with self._lock:
-                self.latencies.extend(committed_ms - r.timestamp_ms for r in records if r.timestamp_ms)
+                self.latencies.extend([committed_ms - ts for ts in records.timestamps if ts])
             self._advance(records, next_offsets, result.max_write_ts_us, committed_at)
             committed.update(next_offsets)
         return committed
 
-    def _advance(self, records: list, next_offsets: dict, max_write_ts_us: int | None, committed_at: float,
+    def _advance(self, records: Records, next_offsets: dict, max_write_ts_us: int | None, committed_at: float,
                  count_batch: bool = True) -> None:
         """After a commit: count the batch (a table's; heartbeats are not the tables' batches)
         and move the in-memory offsets it covered."""
@@ -456,9 +458,10 @@ class PartitionWorker:
             self._heartbeats_failed = False
             if self.state.state == "retrying":  # recovered; _apply_pauses says paused if so
                 self.state.state = "running"
+            counts = Counter(zip(records.topics, records.partitions))
             for (t, p), nxt in next_offsets.items():
                 st = self.parts[(t, p)]
-                n = sum(1 for r in records if r.partition == p)
+                n = counts[(t, p)]
                 st.events += n
                 st.next_offset = nxt
                 st.progress_at = committed_at
