@@ -105,7 +105,7 @@ def main() -> None:
     cluster, session = cql.connect(cfg.cassandra)
     try:
         load_source(session, TABLE, args.rows)
-        variants = {name: f"SELECT {'JSON ' if 'json' in name else ''}{_selection('writetime' in name)} "
+        variants = {name: f"SELECT {'JSON ' if 'json' in name else ''}{_selection('writetime' in name)} "  # nosec B608 - constants
                           f"FROM {KS}.{TABLE}"
                     for name in ("rows", "json", "rows+writetime", "json+writetime")}
         runs, mismatches, sums = [], [], set()
