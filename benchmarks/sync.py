@@ -294,12 +294,8 @@ def kafka_read_floor(bootstrap: str, topic: str) -> dict:
     with them (no decoding). Timed from the moment all are connected to the last record."""
     import multiprocessing as mp
 
-    from confluent_kafka import Consumer, TopicPartition
-
-    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "c2pg-bench-floor"})
-    parts = sorted(probe.list_topics(topic, timeout=10).topics[topic].partitions)
-    ends = {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
-    probe.close()
+    ends = _topic_ends(bootstrap, topic)
+    parts = sorted(ends)
     ctx = mp.get_context("spawn")
     ready, out = ctx.Barrier(len(parts)), ctx.Queue()
     procs = [ctx.Process(target=_read_partition, args=(bootstrap, topic, p, ends[p], ready, out)) for p in parts]

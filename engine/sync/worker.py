@@ -418,7 +418,7 @@ class PartitionWorker:
                     if m.error() is not None:
                         log.warning("kafka: %s", m.error())
             msgs.extend(good)
-            size += sum(map(len, good)) + sum(len(k) for k in [m.key() for m in good] if k)
+            size += sum(len(m) + len(m.key() or b"") for m in good)  # len(message): its value's
         return Records.from_messages(msgs)
 
     def _prepare(self, batch: Records, appliers: dict) -> list[tuple[str, Records, dict, Any]]:
