@@ -38,6 +38,7 @@ from pathlib import Path
 import psycopg2
 
 from benchmarks import dsbulk_unload
+from benchmarks.sync import cpu_between, cpu_snapshot
 from engine import cql, log
 from engine.config import TableConfig, load_config
 
@@ -158,10 +159,13 @@ def run_c2pg(cfg, table: str, target: str, rows: int, conn, **kwargs) -> dict:
         cur.execute("DELETE FROM _c2pg.catalog WHERE target_schema = 'bench' AND target_table = %s", (target,))
     if not ray.is_initialized():
         ray.init(logging_level="WARNING")
+    before = cpu_snapshot()
     result = run_snapshot(cfg, TableConfig(keyspace=KS, table=table, target_schema="bench", target_table=target),
                           **kwargs)
+    cpu = cpu_between(before, cpu_snapshot(), rows)
     assert result.ok and result.rows == rows, result
-    return result.as_dict()
+    # Where the CPU went, per component (Cassandra, PostgreSQL, the Ray workers, ...).
+    return {**result.as_dict(), "cpu_seconds": cpu["cpu_seconds"], "cpu_us_per_row": cpu["cpu_us_per_event"]}
 
 
 def differing_rows(conn, a: str, b: str, columns: tuple[str, ...] = NAMES) -> int:

@@ -328,6 +328,8 @@ def _component(proc) -> str:
         return "cassandra"
     if "debezium" in cmd:
         return "debezium connector"
+    if name.startswith("ray::") or "default_worker.py" in cmd:
+        return "ray task workers"  # e.g. the snapshot's read/write tasks
     if "ray" in name or "/ray/" in cmd or "ray::" in cmd:
         return "ray (other)"
     return "other"

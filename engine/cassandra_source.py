@@ -23,14 +23,15 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine import faults
+from engine import faults, json_read
 from engine.config import CassandraConfig
 from engine.schema import META_EXP, META_ROW_TS, META_TOKEN, META_WT, TableSchema
 from engine.token_ranges import TokenSplit
@@ -60,6 +61,9 @@ class ReadSettings:
     write_times: bool = True
     # Off when the table never had TTLs (engine.snapshot.may_have_ttls): no TTL selectors.
     ttls: bool = True
+    # Rows as ``SELECT JSON`` texts parsed column-wise (engine.json_read), when every column
+    # type has an exact JSON form; off, or for other tables: row tuples from the driver.
+    json_rows: bool = True
 
 
 def arrow_schema(schema: TableSchema) -> pa.Schema:
@@ -81,6 +85,14 @@ def select_statement(schema: TableSchema, write_times: bool = True, ttls: bool =
     """
     q = _cql_ident
     pk = ", ".join(q(c.name) for c in schema.partition_key)
+    return (f"SELECT {', '.join(selectors(schema, write_times, ttls))} FROM {q(schema.keyspace)}.{q(schema.table)} "
+            f"WHERE token({pk}) > ? AND token({pk}) <= ?")
+
+
+def selectors(schema: TableSchema, write_times: bool = True, ttls: bool = True) -> list[str]:
+    """The selectors of :func:`select_statement`, in :class:`RowLayout` order."""
+    q = _cql_ident
+    pk = ", ".join(q(c.name) for c in schema.partition_key)
     parts = [f"token({pk})"] + [_value(c) for c in schema.primary_key]
     for c in schema.live_regular:
         parts.append(_value(c))
@@ -92,8 +104,7 @@ def select_statement(schema: TableSchema, write_times: bool = True, ttls: bool =
             parts += [f"MAXWRITETIME({q(c.name)})"] * write_times + [f"collection_min(TTL({q(c.name)}))"] * ttls
         else:
             parts += [f"WRITETIME({q(c.name)})"] * write_times + [f"TTL({q(c.name)})"] * ttls
-    return (f"SELECT {', '.join(parts)} FROM {q(schema.keyspace)}.{q(schema.table)} "
-            f"WHERE token({pk}) > ? AND token({pk}) <= ?")
+    return parts
 
 
 def _value(c) -> str:
@@ -159,13 +170,100 @@ class SplitReader:
         self.host = None
 
     def __call__(self) -> Iterator[pa.Table]:
-        builder = _BlockBuilder(self.settings, self.split.index)
-        for row in self.iter_rows():
-            builder.add(row)
-            if builder.rows >= PART_ROWS:
-                yield builder.flush(final=False)
+        s = self.settings
+        layout = RowLayout.of(s.schema, s.write_times, s.ttls)
+        plan = (json_read.plan(s.schema, selectors(s.schema, s.write_times, s.ttls), layout.value_at)
+                if s.json_rows else None)
+        builder = _BlockBuilder(s, self.split.index, plan)
+        if plan is None:
+            for row in self.iter_rows():
+                builder.add(row)
+                if builder.rows >= PART_ROWS:
+                    yield builder.flush(final=False)
+        else:
+            for page in self._iter_pages(plan):
+                builder.add_page(page)
+                if builder.rows >= PART_ROWS:
+                    yield builder.flush(final=False)
         builder.retries = self.retries
         yield builder.flush(final=True)
+
+    def _iter_pages(self, plan: json_read.JsonPlan) -> Iterator[list[str]]:
+        """The split's rows as pages of JSON texts, in token order (``SELECT JSON``)."""
+        from cassandra.query import tuple_factory
+
+        from engine import cql
+
+        s = self.settings
+        cluster, session = cql.connect(s.cassandra, row_factory=tuple_factory, metadata=False)
+        try:
+            stmt = session.prepare(plan.statement)
+            stmt.consistency_level = cql.consistency_level(s.consistency)
+            stmt.fetch_size = s.page_size
+            self.host = _replica(cluster, self.split)
+            yield from self._pages(session, stmt, plan, self.split, depth=0)
+        finally:
+            cluster.shutdown()
+
+    def _pages(self, session, stmt, plan: json_read.JsonPlan, split: TokenSplit, depth: int) -> Iterator[list[str]]:
+        """Pages of ``split``, resuming after a timeout like :meth:`_rows`: the read starts
+        again at the partition it was in and drops that partition's rows already emitted
+        (known by key). Tokens are parsed only where a binary search over a page looks."""
+        from cassandra import OperationTimedOut, ReadFailure, ReadTimeout, Unavailable
+
+        last_token: int | None = None
+        tail: list[str] = []  # the texts emitted with last_token: its partition's rows so far
+        seen: set | None = None  # their keys, while a resumed read is still in that partition
+        failures = 0
+        hooked = faults.enabled()
+        while True:
+            try:
+                bound = (stmt.bind((split.start, split.end)) if last_token is None else
+                         _resume_stmt(session, stmt, self.settings).bind((last_token, split.end)))
+                result = session.execute(bound, host=self.host)
+                read = 0
+                while True:
+                    page = [r[0] for r in result.current_rows]
+                    cut = None
+                    if hooked:
+                        page, cut = _fault_cut(page, split.index, read)
+                    read += len(page)
+                    if seen is not None and last_token is not None and page:
+                        # The resumed read's first rows are the interrupted partition's again.
+                        j = plan.first_after(page, last_token)
+                        left = j < len(page)  # the partition ends within this page
+                        page = [t for t in page[:j] if plan.key(t) not in seen] + page[j:]
+                        if left:
+                            seen = None
+                    if page:
+                        token = plan.token(page[-1])
+                        i = plan.first_at(page, token)
+                        if i == 0 and token == last_token:
+                            tail.extend(page)
+                        else:
+                            tail = page[i:]
+                        last_token = token
+                        yield page
+                    if cut is not None:
+                        raise cut
+                    if not result.has_more_pages:
+                        return
+                    result.fetch_next_page()
+            except (ReadTimeout, ReadFailure, OperationTimedOut, Unavailable) as exc:
+                failures += 1
+                self.retries += 1
+                if failures > self.settings.max_retries:
+                    if depth < 3 and last_token is None and split.width > 1:
+                        log.warning("split %s keeps timing out (%s); reading it in halves", split, exc)
+                        for half in split.halves():
+                            yield from self._pages(session, stmt, plan, half, depth + 1)
+                        return
+                    raise
+                seen = {plan.key(t) for t in tail} if last_token is not None else None
+                delay = min(30.0, 0.5 * 2 ** failures) * (0.5 + random.random())  # nosec B311 - retry jitter
+                log.warning("read of split %s failed (%s: %s); retry %d/%d in %.1fs",
+                            split.index, type(exc).__name__, exc, failures, self.settings.max_retries, delay)
+                time.sleep(delay)
 
     def iter_rows(self) -> Iterator[tuple]:
         """The split's raw rows in token order; the session lives as long as the generator."""
@@ -219,7 +317,7 @@ class SplitReader:
                             yield from self._rows(session, stmt, half, depth + 1)
                         return
                     raise
-                delay = min(30.0, 0.5 * 2 ** failures) * (0.5 + random.random())
+                delay = min(30.0, 0.5 * 2 ** failures) * (0.5 + random.random())  # nosec B311 - retry jitter
                 log.warning("read of split %s failed (%s: %s); retry %d/%d in %.1fs",
                             split.index, type(exc).__name__, exc, failures, self.settings.max_retries, delay)
                 time.sleep(delay)
@@ -251,11 +349,12 @@ class _BlockBuilder:
     walked value by value, to find the rows to send to the dead letters.
     """
 
-    def __init__(self, settings: ReadSettings, split_index: int):
+    def __init__(self, settings: ReadSettings, split_index: int, plan: json_read.JsonPlan | None = None):
         self.schema = settings.schema
         self.read_started_us = settings.read_started_us
         codecs = self.schema.codecs()
-        self.converters = [_column_converter(c) for c in codecs]
+        self.plan = plan  # set: rows arrive as JSON texts (add_page), else as tuples (add)
+        self.converters = [_column_converter(c, json_form=plan is not None) for c in codecs]
         self.n_key = len(self.schema.primary_key)
         layout = RowLayout.of(self.schema, settings.write_times, settings.ttls)
         self.write_times = settings.write_times
@@ -265,7 +364,7 @@ class _BlockBuilder:
         self.part = 0
         self.retries = 0  # set by the read function before the final flush
         self.arrow_schema = arrow_schema(self.schema)
-        self.raw: list[tuple] = []
+        self.raw: list = []
 
     @property
     def rows(self) -> int:
@@ -273,6 +372,9 @@ class _BlockBuilder:
 
     def add(self, row: tuple) -> None:
         self.raw.append(row)
+
+    def add_page(self, texts: list[str]) -> None:
+        self.raw.extend(texts)
 
     def flush(self, final: bool) -> pa.Table:
         rows, self.raw = self.raw, []
@@ -283,7 +385,8 @@ class _BlockBuilder:
             return self._table(1, [pa.nulls(1, pa.string())] * len(self.converters), pa.nulls(1, pa.int64()),
                                pa.nulls(1, pa.list_(pa.int64())), pa.nulls(1, pa.list_(pa.int64())),
                                pa.nulls(1, pa.int64()), [None], [None], final, pa.nulls(1, pa.list_(pa.int64())))
-        cols = list(zip(*rows))
+        # Per RowLayout position: Arrow arrays (JSON texts) or tuples of driver values.
+        cols: list = self.plan.decode(rows) if self.plan else list(zip(*rows))
         values: list[pa.Array] = []
         dead: dict[int, tuple[str, Exception]] = {}
         static_row = np.zeros(n, dtype=bool)
@@ -320,16 +423,19 @@ class _BlockBuilder:
         dead_key: list[str | None] = [None] * n
         dead_error: list[str | None] = [None] * n
         for i, (bad_column, exc) in dead.items():
-            dead_key[i] = ", ".join(f"{c.name}={rows[i][1 + k]!r}" for k, c in enumerate(self.schema.primary_key))
+            dead_key[i] = ", ".join(f"{c.name}={_value_at(cols[1 + k], i)!r}"
+                                    for k, c in enumerate(self.schema.primary_key))
             dead_error[i] = f"{type(exc).__name__}: column {bad_column}: {exc}"
-        return self._table(n, values, pa.array(cols[0], pa.int64()), wts, exps, row_ts, dead_key, dead_error,
+        tokens = cols[0] if isinstance(cols[0], pa.Array) else pa.array(cols[0], pa.int64())
+        return self._table(n, values, tokens, wts, exps, row_ts, dead_key, dead_error,
                            final, self._rechecks(cols, n))
 
     def _expiries(self, cols: list[tuple], n: int) -> pa.Array:
         """Per row, the cells' expiry (µs) from their remaining TTL; NULL when none has one."""
-        ttl_cols = [cols[at] if at is not None else (None,) * n for at in self.ttl_at]  # dropped/multi-cell: none
-        if not any(any(c) for c in ttl_cols):
+        if not any(at is not None and _any_value(cols[at]) for at in self.ttl_at):
             return pa.nulls(n, pa.list_(pa.int64()))
+        # A dropped or multi-cell column has none.
+        ttl_cols = [_values(cols[at]) if at is not None else (None,) * n for at in self.ttl_at]
         now_us = int(time.time() * 1_000_000)
         out = []
         for ttls in zip(*ttl_cols):
@@ -340,9 +446,9 @@ class _BlockBuilder:
         """Per row, when each collection with element TTLs must be read again (µs): counted
         from the snapshot's start, so at or before the first element's expiry (a recheck
         that comes early finds the element and waits again). NULL when none has one."""
-        soonest = [cols[at] if at is not None else (None,) * n for at in self.soonest_at]
-        if not any(any(x is not None for x in c) for c in soonest):
+        if not any(at is not None and _any_value(cols[at]) for at in self.soonest_at):
             return pa.nulls(n, pa.list_(pa.int64()))
+        soonest = [_values(cols[at]) if at is not None else (None,) * n for at in self.soonest_at]
         started_s = self.read_started_us // 1_000_000
         return pa.array([[None if t is None else (started_s + max(t, 1)) * 1_000_000 for t in ttls]
                          if any(t is not None for t in ttls) else None for ttls in zip(*soonest)],
@@ -358,6 +464,33 @@ class _BlockBuilder:
                   pa.array(dead_key, pa.string()), pa.array(dead_error, pa.string()), rechecks]
         self.part += 1
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
+
+
+def _any_value(col) -> bool:
+    """Whether a column (Arrow array or tuple) holds a non-null value."""
+    if isinstance(col, pa.Array):
+        return col.null_count < len(col)
+    return any(x is not None for x in col)
+
+
+def _values(col) -> Sequence:
+    """A column's values as Python objects (the rarely taken paths that walk values)."""
+    return col.to_pylist() if isinstance(col, pa.Array) else col
+
+
+def _value_at(col, i: int):
+    return col[i].as_py() if isinstance(col, pa.Array) else col[i]
+
+
+def _fault_cut(page: list[str], split: int, read: int) -> tuple[list[str], Exception | None]:
+    """The fault hook ``snapshot.read`` per row of a page (``rows``: rows read by this
+    query so far): the rows before the one it fires at, and its exception."""
+    for k in range(len(page)):
+        try:
+            faults.hit("snapshot.read", split=split, rows=read + k)
+        except Exception as exc:  # an injected fault, raised after the rows before it
+            return page[:k], exc
+    return page, None
 
 
 def _list_column(columns: list, n: int) -> tuple[pa.Array, np.ndarray]:
@@ -379,12 +512,14 @@ _INT_KINDS = {"tinyint", "smallint", "int", "bigint", "counter"}
 _ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
 
 
-def _column_converter(codec):
+def _column_converter(codec, json_form: bool = False):
     """A function: a column's driver values → (Arrow string array of COPY text, {row: error}).
 
     Fast paths (Arrow casts) for integers, booleans, finite floats and text give the same
     values PostgreSQL parses from the codec's text; everything else, and any column where
     a fast path does not apply (non-finite floats, a NUL in text), goes through the codec.
+    ``json_form``: the values are the Arrow array :mod:`engine.json_read` parsed from the
+    column's JSON selector instead (see :func:`_json_converter`).
     """
     kind = codec.cql_type.kind
     from_driver = codec.from_driver
@@ -402,6 +537,8 @@ def _column_converter(codec):
                     errors[i] = exc
             return pa.array(out, pa.string()), errors
 
+    if json_form:
+        return _json_converter(codec, generic)
     if kind in _INT_KINDS:
         return lambda vals: (pa.array(vals, pa.int64()).cast(pa.string()), {})
     if kind == "boolean":
@@ -453,3 +590,103 @@ def _column_converter(codec):
     if kind in ("uuid", "timeuuid"):
         return lambda vals: (pa.array([None if v is None else str(v) for v in vals], pa.string()), {})
     return generic
+
+
+def _json_converter(codec, generic):
+    """The converter of a column read by :mod:`engine.json_read`: its input is the Arrow
+    array parsed from the column's JSON selector (:func:`engine.json_read.value_selector`),
+    its output the same COPY text the driver path gives for the same values. ``generic``
+    (the codec, value by value) gets driver-like values where a fast path does not apply."""
+    kind = codec.cql_type.kind
+    from_driver = codec.from_driver
+    if kind in _INT_KINDS or kind == "boolean":
+        return lambda arr: (arr.cast(pa.string()), {})
+    if kind in ("uuid", "timeuuid"):
+        return lambda arr: (arr, {})  # Cassandra's canonical lowercase form, as str(UUID)
+    if kind in ("double", "float"):
+        dtype = np.dtype(">f8" if kind == "double" else ">f4")
+
+        def floats(arr):
+            x = _from_blobs(arr, dtype)
+            if x is None:
+                return generic([None if v is None else _blob_float(v, dtype) for v in arr.to_pylist()])
+            if not pc.all(pc.or_kleene(pc.is_finite(x), pc.is_null(x))).as_py():
+                return generic(x.to_pylist())  # NaN/Infinity: the codec spells them PostgreSQL's way
+            return x.cast(pa.string()), {}
+        return floats
+    if kind in ("text", "ascii"):
+        def texts(arr):
+            if pc.any(pc.match_substring(arr, "\x00")).as_py():
+                return generic(arr.to_pylist())  # find the rows with a NUL: they become dead letters
+            for old, new in _ESCAPES:
+                arr = pc.replace_substring(arr, old, new)
+            return arr, {}
+        return texts
+    if kind == "timestamp":
+        lo, hi = -62135596800000, 253402300799999
+
+        def timestamps(arr):
+            bounds = pc.min_max(arr).as_py()
+            if bounds["min"] is not None and (bounds["min"] < lo or bounds["max"] > hi):
+                return generic(arr.to_pylist())
+            return arr.cast(pa.timestamp("ms", tz="UTC")).cast(pa.string()), {}
+        return timestamps
+    if kind in ("decimal", "varint"):
+        # The text Cassandra casts to is PostgreSQL numeric input as it stands, except an
+        # exponent, a negative zero or a length that numeric's limits may refuse: those few
+        # go through the codec (which writes plain notation or names the limit).
+        pattern = "[eE]|^-0" if kind == "decimal" else "^$"
+        exact = Decimal if kind == "varint" else str
+
+        def numbers(arr):
+            slow = pc.fill_null(pc.or_(pc.match_substring_regex(arr, pattern),
+                                       pc.greater(pc.utf8_length(arr), 1000)), False)
+            if not pc.any(slow).as_py():
+                return arr, {}
+            out, errors = arr.to_pylist(), {}
+            for i in np.flatnonzero(slow.to_numpy(zero_copy_only=False)):
+                try:
+                    out[i] = from_driver(exact(out[i]))
+                except ValueConversionError as exc:
+                    out[i] = None
+                    errors[int(i)] = exc
+            return pa.array(out, pa.string()), errors
+        return numbers
+    if kind == "map":
+        def json_maps(arr):
+            docs = pc.if_else(pc.equal(arr, "null"), pa.scalar(None, pa.string()), arr)  # toJson of no map
+            if pc.any(pc.match_substring(docs, "\\u0000")).as_py():
+                # jsonb cannot hold NUL: the codec makes dead letters of those rows.
+                return generic([None if d is None else json.loads(d) for d in docs.to_pylist()])
+            for old, new in _ESCAPES:
+                docs = pc.replace_substring(docs, old, new)
+            return docs, {}
+        return json_maps
+    raise ValueError(f"{codec.cql_type.cql()} has no JSON read form (engine.json_read.supported)")
+
+
+_HEX = np.zeros(256, dtype=np.uint8)
+_HEX[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10, dtype=np.uint8)
+_HEX[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+_HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+
+
+def _from_blobs(arr: pa.Array, dtype: np.dtype) -> pa.Array | None:
+    """``0x…`` hex texts of big-endian IEEE values (``doubleAsBlob``) → a float array, in
+    numpy over the string buffer; ``None`` if some text is not exactly one value's hex."""
+    width = 2 + 2 * dtype.itemsize
+    n = len(arr)
+    filled = pc.fill_null(arr, "0x" + "0" * (width - 2))
+    offsets = np.frombuffer(filled.buffers()[1], np.int32)[filled.offset:filled.offset + n + 1]
+    if n and not (np.all(np.diff(offsets) == width) and filled.buffers()[2] is not None):
+        return None
+    chars = np.frombuffer(filled.buffers()[2], np.uint8)[offsets[0]:offsets[0] + n * width] if n else \
+        np.zeros(0, np.uint8)
+    nibbles = _HEX[chars.reshape(n, width)[:, 2:]]
+    raw = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+    values = np.ascontiguousarray(raw).view(dtype).ravel().astype(dtype.newbyteorder("="))
+    return pa.array(values, mask=arr.is_null().to_numpy(zero_copy_only=False))
+
+
+def _blob_float(text: str, dtype: np.dtype) -> float:
+    return float(np.frombuffer(bytes.fromhex(text[2:]), dtype)[0])

@@ -48,6 +48,11 @@ def _parse(spec: str) -> dict[str, dict[str, str]]:
     return out
 
 
+def enabled() -> bool:
+    """Whether any fault is configured: a hot loop calls :func:`hit` per row only then."""
+    return bool(os.environ.get("C2PG_FAULTS"))
+
+
 def hit(point: str, **context: object) -> None:
     """Fire the fault configured for ``point`` if ``context`` matches its filters."""
     spec = os.environ.get("C2PG_FAULTS")
