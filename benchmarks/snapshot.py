@@ -15,7 +15,10 @@ On the local stack (``c2pg stack up``):
 5. c2pg: ``run_snapshot`` into an empty target (Ray already started, as on a cluster), as
    shipped (write times, TTL selectors only when the table may have TTLs), then the
    ``--variants``: ``no_writetime`` (``--no-writetime``, like for like with DSBulk) and
-   ``ttl_selectors`` (TTLs read although the table has none: the lever's "before").
+   ``ttl_selectors`` (TTLs read although the table has none: the lever's "before") and
+   ``row_tuples`` (the driver's row tuples instead of ``SELECT JSON``: that lever's "before").
+   Each c2pg run records the CPU seconds of every component (Cassandra, the Ray task
+   workers, PostgreSQL's backends that were still alive at the end, ...).
 Checks that every copy holds the same values (the cqlsh one except its map column), prints
 rows/s and ratios, and writes ``benchmarks/results/snapshot.json`` (earlier runs' summaries
 kept in ``history``).
@@ -52,7 +55,8 @@ BASELINE_PG = ("id bigint PRIMARY KEY, u uuid, name text, qty integer, price dou
 # DSBulk writes a map as JSON, so its copy keeps it as jsonb, like c2pg's.
 DSBULK_PG = BASELINE_PG.replace("attrs text", "attrs jsonb")
 # c2pg runs besides the default one: name -> run_snapshot arguments.
-VARIANTS = {"no_writetime": {"write_times": False}, "ttl_selectors": {"read_ttls": True}}
+VARIANTS = {"no_writetime": {"write_times": False}, "ttl_selectors": {"read_ttls": True},
+            "row_tuples": {"json_rows": False}}
 SUMMARY = ("when", "command", "rows", "c2pg_rows_per_s", "c2pg_no_writetime_rows_per_s", "dsbulk_rows_per_s",
            "baseline_rows_per_s", "ratio_vs_dsbulk", "ratio_no_writetime_vs_dsbulk", "ratio_vs_baseline",
            "ratio_vs_copy_ceiling", "levers", "end_states")
@@ -139,14 +143,17 @@ def run_dsbulk(cfg, table: str, rows: int, workdir: Path, conn) -> dict:
     """``dsbulk unload`` into CSV files, then one ``psql \\copy`` of them into an empty table."""
     dsbulk_unload.install()  # outside the timing: a first run resolves the jars
     login = (cfg.cassandra.username, cfg.cassandra.password.get()) if cfg.cassandra.username else None
+    before = cpu_snapshot()
     unload = dsbulk_unload.unload(cfg.cassandra.contact_points[0], cfg.cassandra.port, KS, table, list(NAMES),
                                   workdir / "dsbulk", login=login)
     fresh_pg_table(conn, f"{table}_dsbulk", DSBULK_PG)
     import_s = dsbulk_unload.copy_csv_dir(workdir / "dsbulk" / "csv", f"bench.{table}_dsbulk", psql_env(cfg))
+    cpu = cpu_between(before, cpu_snapshot(), rows)  # DSBulk's JVM and psql: the driver's children
     assert unload["rows"] == rows and count_rows(conn, f"{table}_dsbulk") == rows, "DSBulk copied a different count"
     return {"unload_s": round(unload["seconds"], 2), "unload_reported": unload["reported"],
             "import_s": round(import_s, 2), "rows_per_s": round(rows / (unload["seconds"] + import_s)),
-            "version": dsbulk_unload.DSBULK, "command": " ".join(unload["command"])}
+            "version": dsbulk_unload.DSBULK, "command": " ".join(unload["command"]),
+            "cpu_seconds": cpu["cpu_seconds"], "cpu_us_per_row": cpu["cpu_us_per_event"]}
 
 
 def run_c2pg(cfg, table: str, target: str, rows: int, conn, **kwargs) -> dict:
@@ -271,6 +278,8 @@ def main() -> None:
     levers = {}
     if "ttl_selectors" in runs and not runs["c2pg"]["ttls"]:
         levers["skip_ttl_selectors"] = {"on": round(mine), "off": round(runs["ttl_selectors"]["rows_per_s"])}
+    if "row_tuples" in runs:
+        levers["json_rows"] = {"on": round(mine), "off": round(runs["row_tuples"]["rows_per_s"])}
     if "no_writetime" in runs:
         levers["no_writetime"] = {"on": out["c2pg_no_writetime_rows_per_s"], "off": round(mine)}
     if dsbulk:

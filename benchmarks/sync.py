@@ -343,13 +343,16 @@ def cpu_snapshot() -> dict[int, tuple[str, float]]:
     for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
         t = proc.info["cpu_times"]
         if t is not None:
-            out[proc.pid] = (_component(proc), t.user + t.system)
+            # Children's times too: PostgreSQL's backends (one per connection of the
+            # snapshot's write tasks) end within a run and their CPU moves to the postmaster.
+            out[proc.pid] = (_component(proc), t.user + t.system + t.children_user + t.children_system)
     return out
 
 
 def cpu_between(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], events: int) -> dict:
     """CPU seconds per component between two snapshots (a process started in between counts
-    whole; one that ended in between is lost, which the workers never do: the second
+    whole; one that ended in between counts with its parent once reaped — PostgreSQL's
+    backends with the postmaster — else is lost, which the workers never do: the second
     snapshot is taken before they stop), and µs of CPU per event."""
     by: dict[str, float] = {}
     for pid, (comp, cpu) in after.items():

@@ -216,10 +216,9 @@ def copy_buffer(table: pa.Table, schema: TableSchema) -> bytes:
     fields.append(pg_int_arrays(table[META_EXP]))
     fields.append(pc.fill_null(pc.cast(table[META_ROW_TS], pa.string()), NULL))
     # ``_c2pg_row_exp``: CQL does not expose a row marker's TTL, so a snapshot row has none
-    # (docs/snapshot.md, "Row markers").
-    fields.append(pa.scalar(NULL))
-    lines = pc.binary_join_element_wise(*fields, "\t")
-    return _string_bytes(pc.binary_join_element_wise(lines, "", "\n"))  # each line + "\n"
+    # (docs/snapshot.md, "Row markers"); it is the last field, so it carries the line's end.
+    fields.append(pa.scalar(NULL + "\n"))
+    return _string_bytes(pc.binary_join_element_wise(*fields, "\t"))
 
 
 def _string_bytes(arr) -> bytes:

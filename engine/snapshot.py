@@ -98,7 +98,7 @@ class SnapshotFailed(C2pgError):
 def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | None = None,
                  consistency: str | None = None, resume: str | None = None, evolve: bool = False,
                  concurrency: int | None = None, run_id: str | None = None, write_times: bool = True,
-                 read_ttls: bool | None = None) -> SnapshotResult:
+                 read_ttls: bool | None = None, json_rows: bool = True) -> SnapshotResult:
     """Copy ``table_cfg``'s table; see the module docstring. Raises :class:`SnapshotFailed`
     (with the run id) when splits fail, after recording the run as failed.
 
@@ -107,7 +107,8 @@ def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | N
     ``write_times=False`` (``--no-writetime``) is for a first load only (the target must not
     exist yet): cells get the read's start as their write time (docs/snapshot.md).
     ``read_ttls``: ``None`` reads TTLs unless :func:`may_have_ttls` says the table never had
-    any; ``True``/``False`` force it.
+    any; ``True``/``False`` force it. ``json_rows=False`` reads row tuples even where
+    :mod:`engine.json_read` could read the table as JSON (the benchmark's "before").
     """
     import ray
 
@@ -159,7 +160,7 @@ def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | N
         sink = PostgresDatasink(SinkSettings(cfg.postgres, target.schema, target.target_schema,
                                              target.target_table, target.tomb_table, run_id, cfg.name, mode))
         read = ReadSettings(cfg.cassandra, target.schema, consistency, cfg.snapshot.page_size,
-                            cfg.snapshot.max_retries, read_started_us, write_times, ttls)
+                            cfg.snapshot.max_retries, read_started_us, write_times, ttls, json_rows)
         try:
             if plan:
                 _copy(cfg, read, plan, sink, concurrency)
@@ -235,11 +236,13 @@ def may_have_ttls(session, schema: TableSchema, plan: list[TokenSplit]) -> bool:
     stmt = session.prepare(f"SELECT {', '.join(ttls)} FROM {q(schema.keyspace)}.{q(schema.table)} "  # nosec B608 - quoted names
                            f"WHERE token({pk}) > ? AND token({pk}) <= ? LIMIT {TTL_SAMPLE_ROWS}")
     step = max(1, len(plan) // TTL_SAMPLE_SPLITS)
-    for split in plan[::step][:TTL_SAMPLE_SPLITS]:
-        for sample in session.execute(stmt, (split.start, split.end)):
-            if any(t is not None for t in sample):
-                return True
-    return False
+    # All samples in flight at once: read one after another they took half a second.
+    reads = [session.execute_async(stmt, (split.start, split.end)) for split in plan[::step][:TTL_SAMPLE_SPLITS]]
+    found = False
+    for read in reads:
+        rows = read.result()  # every read is awaited, so none is left running
+        found = found or any(any(t is not None for t in sample) for sample in rows)
+    return found
 
 
 TTL_SAMPLE_SPLITS = 16
