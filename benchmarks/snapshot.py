@@ -16,7 +16,8 @@ On the local stack (``c2pg stack up``):
    shipped (write times, TTL selectors only when the table may have TTLs), then the
    ``--variants``: ``no_writetime`` (``--no-writetime``, like for like with DSBulk) and
    ``ttl_selectors`` (TTLs read although the table has none: the lever's "before") and
-   ``row_tuples`` (the driver's row tuples instead of ``SELECT JSON``: that lever's "before").
+   ``row_tuples`` (the driver's row tuples instead of ``SELECT JSON``: that lever's "before")
+   and ``half_cpu_tasks`` (``snapshot.task_cpus`` 0.5: twice as many tasks at once).
    Each c2pg run records the CPU seconds of every component (Cassandra, the Ray task
    workers, PostgreSQL's backends that were still alive at the end, ...).
 Checks that every copy holds the same values (the cqlsh one except its map column), prints
@@ -56,7 +57,7 @@ BASELINE_PG = ("id bigint PRIMARY KEY, u uuid, name text, qty integer, price dou
 DSBULK_PG = BASELINE_PG.replace("attrs text", "attrs jsonb")
 # c2pg runs besides the default one: name -> run_snapshot arguments.
 VARIANTS = {"no_writetime": {"write_times": False}, "ttl_selectors": {"read_ttls": True},
-            "row_tuples": {"json_rows": False}}
+            "row_tuples": {"json_rows": False}, "half_cpu_tasks": {"task_cpus": 0.5}}
 SUMMARY = ("when", "command", "rows", "c2pg_rows_per_s", "c2pg_no_writetime_rows_per_s", "dsbulk_rows_per_s",
            "baseline_rows_per_s", "ratio_vs_dsbulk", "ratio_no_writetime_vs_dsbulk", "ratio_vs_baseline",
            "ratio_vs_copy_ceiling", "levers", "end_states")
@@ -156,10 +157,15 @@ def run_dsbulk(cfg, table: str, rows: int, workdir: Path, conn) -> dict:
             "cpu_seconds": cpu["cpu_seconds"], "cpu_us_per_row": cpu["cpu_us_per_event"]}
 
 
-def run_c2pg(cfg, table: str, target: str, rows: int, conn, **kwargs) -> dict:
+def run_c2pg(cfg, table: str, target: str, rows: int, conn, task_cpus: float | None = None, **kwargs) -> dict:
+    """One c2pg snapshot into an empty ``bench.<target>``; ``task_cpus`` overrides the
+    pipeline's ``snapshot.task_cpus``, the rest are ``run_snapshot``'s arguments."""
     import ray
 
     from engine.snapshot import run_snapshot
+
+    if task_cpus is not None:
+        cfg = cfg.model_copy(update={"snapshot": cfg.snapshot.model_copy(update={"task_cpus": task_cpus})})
 
     fresh_pg_table(conn, target, "")
     with conn, conn.cursor() as cur:
@@ -246,7 +252,7 @@ def main() -> None:
 
         if not ray.is_initialized():
             ray.init(logging_level="WARNING")
-        warm_up_ray(cfg.snapshot.task_cpus)
+        warm_up_ray(min([cfg.snapshot.task_cpus] + [VARIANTS[v].get("task_cpus", 1.0) for v in variants]))
         runs["c2pg"] = run_c2pg(cfg, table, table, args.rows, conn)
         for name in variants:
             runs[name] = run_c2pg(cfg, table, f"{table}_{name}", args.rows, conn, **VARIANTS[name])
@@ -280,6 +286,9 @@ def main() -> None:
         levers["skip_ttl_selectors"] = {"on": round(mine), "off": round(runs["ttl_selectors"]["rows_per_s"])}
     if "row_tuples" in runs:
         levers["json_rows"] = {"on": round(mine), "off": round(runs["row_tuples"]["rows_per_s"])}
+    if "half_cpu_tasks" in runs:
+        levers["task_cpus"] = {"on": round(mine), "off": round(runs["half_cpu_tasks"]["rows_per_s"]),
+                               "on_is": cfg.snapshot.task_cpus, "off_is": VARIANTS["half_cpu_tasks"]["task_cpus"]}
     if "no_writetime" in runs:
         levers["no_writetime"] = {"on": out["c2pg_no_writetime_rows_per_s"], "off": round(mine)}
     if dsbulk:
