@@ -20,6 +20,8 @@ On the local stack (``c2pg stack up``):
    and ``half_cpu_tasks`` (``snapshot.task_cpus`` 0.5: twice as many tasks at once).
    Each c2pg run records the CPU seconds of every component (Cassandra, the Ray task
    workers, PostgreSQL's backends that were still alive at the end, ...).
+After each copy (outside its timing) the table it wrote is vacuumed and analyzed, so no copy
+shares the cores with autovacuum working on the previous one's rows.
 Checks that every copy holds the same values (the cqlsh one except its map column), prints
 rows/s and ratios, and writes ``benchmarks/results/snapshot.json`` (earlier runs' summaries
 kept in ``history``).
@@ -106,6 +108,19 @@ def fresh_pg_table(conn, name: str, columns: str) -> None:
             cur.execute(f"CREATE TABLE bench.{name} ({columns})")
 
 
+def settle(conn, table: str) -> None:
+    """After a copy, outside every timing: vacuum and analyze what it wrote, so the next
+    system does not share the cores with autovacuum working on this one's rows (the
+    benchmark's user may not ``CHECKPOINT``; checkpoints come on PostgreSQL's own schedule)."""
+    old = conn.autocommit
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"VACUUM (ANALYZE) bench.{table}")  # nosec B608 - the benchmark's own table
+    finally:
+        conn.autocommit = old
+
+
 def count_rows(conn, target: str) -> int:
     with conn, conn.cursor() as cur:
         cur.execute(f"SELECT count(*) FROM bench.{target}")  # nosec B608 - the benchmark's own table
@@ -137,6 +152,7 @@ def run_baseline(cfg, table: str, rows: int, workdir: Path, conn) -> tuple[float
                    check=True, env=psql_env(cfg), capture_output=True)
     import_s = time.perf_counter() - t0
     assert count_rows(conn, f"{table}_cqlsh") == rows, "baseline copied a different row count"
+    settle(conn, f"{table}_cqlsh")
     return export_s, import_s
 
 
@@ -151,6 +167,7 @@ def run_dsbulk(cfg, table: str, rows: int, workdir: Path, conn) -> dict:
     import_s = dsbulk_unload.copy_csv_dir(workdir / "dsbulk" / "csv", f"bench.{table}_dsbulk", psql_env(cfg))
     cpu = cpu_between(before, cpu_snapshot(), rows)  # DSBulk's JVM and psql: the driver's children
     assert unload["rows"] == rows and count_rows(conn, f"{table}_dsbulk") == rows, "DSBulk copied a different count"
+    settle(conn, f"{table}_dsbulk")
     return {"unload_s": round(unload["seconds"], 2), "unload_reported": unload["reported"],
             "import_s": round(import_s, 2), "rows_per_s": round(rows / (unload["seconds"] + import_s)),
             "version": dsbulk_unload.DSBULK, "command": " ".join(unload["command"]),
@@ -177,6 +194,7 @@ def run_c2pg(cfg, table: str, target: str, rows: int, conn, task_cpus: float | N
                           **kwargs)
     cpu = cpu_between(before, cpu_snapshot(), rows)
     assert result.ok and result.rows == rows, result
+    settle(conn, target)
     # Where the CPU went, per component (Cassandra, PostgreSQL, the Ray workers, ...).
     return {**result.as_dict(), "cpu_seconds": cpu["cpu_seconds"], "cpu_us_per_row": cpu["cpu_us_per_event"]}
 
