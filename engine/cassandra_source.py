@@ -455,8 +455,25 @@ class _BlockBuilder:
                                     for k, c in enumerate(self.schema.primary_key))
             dead_error[i] = f"{type(exc).__name__}: column {bad_column}: {exc}"
         tokens = cols[0] if isinstance(cols[0], pa.Array) else pa.array(cols[0], pa.int64())
-        return self._table(n, values, tokens, wts, exps, row_ts, dead_key, dead_error,
-                           final, self._rechecks(cols, n))
+        table = self._table(n, values, tokens, wts, exps, row_ts, dead_key, dead_error,
+                            final, self._rechecks(cols, n))
+        return table.take(self._key_order(cols, values, n))
+
+    def _key_order(self, cols: list, values: list[pa.Array], n: int) -> pa.Array:
+        """The block's rows in primary-key order, for PostgreSQL: a token range holds its
+        keys in hash order, so COPYing them as read inserts into the primary-key index at
+        random leaves; in key order each leaf is visited once per block (PostgreSQL's CPU
+        for the 1M-row benchmark 8.0–9.0 → 6.4–6.7 s). Integer-like keys sort as numbers,
+        the others by their COPY text (uuid exactly as PostgreSQL orders it, text by bytes:
+        near enough for the index, and order never changes what is written)."""
+        keys = {}
+        for k, column in enumerate(self.schema.primary_key):
+            raw = cols[1 + k]
+            if column.cql_type.kind in _INT_KINDS or column.cql_type.kind == "timestamp":
+                keys[f"k{k}"] = raw if isinstance(raw, pa.Array) else pa.array(raw, pa.int64())
+            else:
+                keys[f"k{k}"] = values[k]
+        return pc.sort_indices(pa.table(keys), sort_keys=[(name, "ascending") for name in keys])
 
     def _expiries(self, cols: list[tuple], n: int) -> pa.Array:
         """Per row, the cells' expiry (µs) from their remaining TTL; NULL when none has one."""
