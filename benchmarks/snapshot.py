@@ -17,8 +17,8 @@ On the local stack (``c2pg stack up``):
    ``--variants``: ``no_writetime`` (``--no-writetime``, like for like with DSBulk) and
    ``ttl_selectors`` (TTLs read although the table has none: the lever's "before") and
    ``row_tuples`` (the driver's row tuples instead of ``SELECT JSON``: that lever's "before")
-   and ``one_task_per_cpu`` (``snapshot.task_cpus`` 1.0: half as many tasks at once as the
-   default 0.5).
+   and ``half_cpu_tasks`` (``snapshot.task_cpus`` 0.5, the default, where the local
+   pipeline has 1.0: twice as many tasks at once).
    Each c2pg run records the CPU seconds of every component (Cassandra, the Ray task
    workers, PostgreSQL's backends that were still alive at the end, ...).
 After each copy (outside its timing) the table it wrote is vacuumed and analyzed, so no copy
@@ -60,7 +60,7 @@ BASELINE_PG = ("id bigint PRIMARY KEY, u uuid, name text, qty integer, price dou
 DSBULK_PG = BASELINE_PG.replace("attrs text", "attrs jsonb")
 # c2pg runs besides the default one: name -> run_snapshot arguments.
 VARIANTS = {"no_writetime": {"write_times": False}, "ttl_selectors": {"read_ttls": True},
-            "row_tuples": {"json_rows": False}, "one_task_per_cpu": {"task_cpus": 1.0}}
+            "row_tuples": {"json_rows": False}, "half_cpu_tasks": {"task_cpus": 0.5}}
 SUMMARY = ("when", "command", "rows", "c2pg_rows_per_s", "c2pg_no_writetime_rows_per_s", "dsbulk_rows_per_s",
            "baseline_rows_per_s", "ratio_vs_dsbulk", "ratio_no_writetime_vs_dsbulk", "ratio_vs_baseline",
            "ratio_vs_copy_ceiling", "levers", "end_states")
@@ -305,9 +305,9 @@ def main() -> None:
         levers["skip_ttl_selectors"] = {"on": round(mine), "off": round(runs["ttl_selectors"]["rows_per_s"])}
     if "row_tuples" in runs:
         levers["json_rows"] = {"on": round(mine), "off": round(runs["row_tuples"]["rows_per_s"])}
-    if "one_task_per_cpu" in runs:
-        levers["task_cpus"] = {"on": round(runs["one_task_per_cpu"]["rows_per_s"]), "off": round(mine),
-                               "on_is": VARIANTS["one_task_per_cpu"]["task_cpus"], "off_is": cfg.snapshot.task_cpus}
+    if "half_cpu_tasks" in runs:
+        levers["task_cpus"] = {"on": round(mine), "off": round(runs["half_cpu_tasks"]["rows_per_s"]),
+                               "on_is": cfg.snapshot.task_cpus, "off_is": VARIANTS["half_cpu_tasks"]["task_cpus"]}
     if "no_writetime" in runs:
         levers["no_writetime"] = {"on": out["c2pg_no_writetime_rows_per_s"], "off": round(mine)}
     if dsbulk:

@@ -252,19 +252,11 @@ class SplitReader:
                     result.fetch_next_page()
             except (ReadTimeout, ReadFailure, OperationTimedOut, Unavailable) as exc:
                 failures += 1
-                self.retries += 1
-                if failures > self.settings.max_retries:
-                    if depth < 3 and last_token is None and split.width > 1:
-                        log.warning("split %s keeps timing out (%s); reading it in halves", split, exc)
-                        for half in split.halves():
-                            yield from self._pages(session, stmt, plan, half, depth + 1)
-                        return
-                    raise
+                if self._give_up(exc, split, failures, depth, started=last_token is not None):
+                    for half in split.halves():
+                        yield from self._pages(session, stmt, plan, half, depth + 1)
+                    return
                 seen = {plan.key(t) for t in tail} if last_token is not None else None
-                delay = min(30.0, 0.5 * 2 ** failures) * (0.5 + random.random())  # nosec B311 - retry jitter
-                log.warning("read of split %s failed (%s: %s); retry %d/%d in %.1fs",
-                            split.index, type(exc).__name__, exc, failures, self.settings.max_retries, delay)
-                time.sleep(delay)
 
     def iter_rows(self) -> Iterator[tuple]:
         """The split's raw rows in token order; the session lives as long as the generator."""
@@ -310,18 +302,26 @@ class SplitReader:
                 return
             except (ReadTimeout, ReadFailure, OperationTimedOut, Unavailable) as exc:
                 failures += 1
-                self.retries += 1
-                if failures > self.settings.max_retries:
-                    if depth < 3 and last_token is None and split.width > 1:
-                        log.warning("split %s keeps timing out (%s); reading it in halves", split, exc)
-                        for half in split.halves():
-                            yield from self._rows(session, stmt, half, depth + 1)
-                        return
-                    raise
-                delay = min(30.0, 0.5 * 2 ** failures) * (0.5 + random.random())  # nosec B311 - retry jitter
-                log.warning("read of split %s failed (%s: %s); retry %d/%d in %.1fs",
-                            split.index, type(exc).__name__, exc, failures, self.settings.max_retries, delay)
-                time.sleep(delay)
+                if self._give_up(exc, split, failures, depth, started=last_token is not None):
+                    for half in split.halves():
+                        yield from self._rows(session, stmt, half, depth + 1)
+                    return
+
+    def _give_up(self, exc: Exception, split: TokenSplit, failures: int, depth: int, started: bool) -> bool:
+        """After a read of ``split`` failed for the ``failures``-th time: sleep the backoff
+        and return False (read again), return True when the range is to be read in halves
+        (it ran out of retries before yielding a row), or raise ``exc`` (out of retries)."""
+        self.retries += 1
+        if failures > self.settings.max_retries:
+            if depth < 3 and not started and split.width > 1:
+                log.warning("split %s keeps timing out (%s); reading it in halves", split, exc)
+                return True
+            raise exc
+        delay = min(30.0, 0.5 * 2 ** failures) * (0.5 + random.random())  # nosec B311 - retry jitter
+        log.warning("read of split %s failed (%s: %s); retry %d/%d in %.1fs",
+                    split.index, type(exc).__name__, exc, failures, self.settings.max_retries, delay)
+        time.sleep(delay)
+        return False
 
 
 _MALLOC_TUNED = False
