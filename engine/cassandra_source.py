@@ -328,13 +328,14 @@ _MALLOC_TUNED = False
 
 
 def keep_freed_memory() -> None:
-    """Make glibc's malloc keep freed memory for reuse in this process (a read task's
-    worker): every block allocates and frees tens of MB (the page texts, the joined JSON,
-    Arrow's columns, the COPY payload), and by default glibc gives big blocks back to the
-    kernel, so the next block's pages fault in again, zeroed — a fifth of a read task's CPU
-    in ``perf`` (2026-12-06, docs/benchmarks.md). Allocations up to 32 MiB come from the
-    heap and up to 1 GiB of free heap is kept: the worker holds its largest block's memory
-    between blocks. Once per process; a no-op where the C library is not glibc."""
+    """Keep freed memory for reuse in this process (a read task's worker): every block
+    allocates and frees tens of MB (the page texts, the joined JSON, Arrow's columns, the
+    COPY payload). Arrow's default allocator (mimalloc) and glibc both give big blocks back
+    to the kernel, so the next block's pages fault in again, zeroed (huge pages): a fifth of
+    a read task's CPU in ``perf`` (2026-12-06, ADR 0017). Here Arrow allocates through glibc,
+    allocations up to 32 MiB come from the heap and up to 1 GiB of free heap is kept: the
+    worker holds its largest block's memory between blocks. Once per process (the Arrow
+    memory pool is process-wide); nothing changes where the C library is not glibc."""
     global _MALLOC_TUNED
     if _MALLOC_TUNED:
         return
