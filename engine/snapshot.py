@@ -147,9 +147,11 @@ def run_snapshot(cfg: PipelineConfig, table_cfg: TableConfig, *, splits: int | N
         else:
             run_id = run_id or str(uuid.uuid4())
             mode = "direct" if target.created else "merge"
-            # Enough splits that every concurrent task has work and stragglers are short.
+            # Two splits a concurrent task: each has work and stragglers are short, and no more
+            # tasks than that, each opening a session and a connection (four a task measured
+            # 4-5 % slower on 1M rows, docs/benchmarks.md).
             slots = int(ray.cluster_resources().get("CPU", 2) / cfg.snapshot.task_cpus)
-            min_splits = max(8, 4 * slots)
+            min_splits = max(8, 2 * slots)
             plan = plan_splits(cluster, schema.keyspace, schema.table, split_size_mb=cfg.snapshot.split_size_mb,
                                min_splits=min_splits, splits=splits)
             _record_run(conn, run_id, cfg, schema.qualified, target, plan, mode, splits, consistency)
