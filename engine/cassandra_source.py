@@ -596,38 +596,9 @@ def _column_converter(codec, json_form: bool = False):
 
     if json_form:
         return _json_converter(codec, generic)
-    if kind in _INT_KINDS:
-        return lambda vals: (pa.array(vals, pa.int64()).cast(pa.string()), {})
-    if kind == "boolean":
-        return lambda vals: (pa.array(vals, pa.bool_()).cast(pa.string()), {})
-    if kind in ("double", "float"):
-        arrow_type = pa.float64() if kind == "double" else pa.float32()
-
-        def floats(vals):
-            arr = pa.array(vals, arrow_type)
-            if not pc.all(pc.or_kleene(pc.is_finite(arr), pc.is_null(arr))).as_py():
-                return generic(vals)  # NaN/Infinity: the codec spells them PostgreSQL's way
-            return arr.cast(pa.string()), {}
-        return floats
-    if kind in ("text", "ascii"):
-        def texts(vals):
-            arr = pa.array(vals, pa.string())
-            if pc.any(pc.match_substring(arr, "\x00")).as_py():
-                return generic(vals)  # find the rows with a NUL: they become dead letters
-            arr = _copy_escaped(arr)
-            return arr, {}
-        return texts
-    if kind == "timestamp":
-        # Read as epoch ms (see _value). Years 1..9999 format in C++; others via the codec.
-        lo, hi = -62135596800000, 253402300799999
-
-        def timestamps(vals):
-            arr = pa.array(vals, pa.int64())
-            bounds = pc.min_max(arr).as_py()
-            if bounds["min"] is not None and (bounds["min"] < lo or bounds["max"] > hi):
-                return generic(vals)
-            return arr.cast(pa.timestamp("ms", tz="UTC")).cast(pa.string()), {}
-        return timestamps
+    if kind in _ARROW_TYPE:
+        arrow_type = _ARROW_TYPE[kind]
+        return lambda vals: _arrow_text(kind, pa.array(vals, arrow_type), lambda: generic(vals))
     if (kind == "map" and codec.cql_type.params[0].kind in ("text", "ascii")
             and codec.cql_type.params[1].kind in _INT_KINDS | {"boolean", "text", "ascii"}):
         dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -654,8 +625,6 @@ def _json_converter(codec, generic):
     (the codec, value by value) gets driver-like values where a fast path does not apply."""
     kind = codec.cql_type.kind
     from_driver = codec.from_driver
-    if kind in _INT_KINDS or kind == "boolean":
-        return lambda arr: (arr.cast(pa.string()), {})
     if kind in ("uuid", "timeuuid"):
         return lambda arr: (arr, {})  # Cassandra's canonical lowercase form, as str(UUID)
     if kind in ("double", "float"):
@@ -665,26 +634,10 @@ def _json_converter(codec, generic):
             x = _from_blobs(arr, dtype)
             if x is None:
                 return generic([None if v is None else _blob_float(v, dtype) for v in arr.to_pylist()])
-            if not pc.all(pc.or_kleene(pc.is_finite(x), pc.is_null(x))).as_py():
-                return generic(x.to_pylist())  # NaN/Infinity: the codec spells them PostgreSQL's way
-            return x.cast(pa.string()), {}
+            return _arrow_text(kind, x, lambda: generic(x.to_pylist()))
         return floats
-    if kind in ("text", "ascii"):
-        def texts(arr):
-            if pc.any(pc.match_substring(arr, "\x00")).as_py():
-                return generic(arr.to_pylist())  # find the rows with a NUL: they become dead letters
-            arr = _copy_escaped(arr)
-            return arr, {}
-        return texts
-    if kind == "timestamp":
-        lo, hi = -62135596800000, 253402300799999
-
-        def timestamps(arr):
-            bounds = pc.min_max(arr).as_py()
-            if bounds["min"] is not None and (bounds["min"] < lo or bounds["max"] > hi):
-                return generic(arr.to_pylist())
-            return arr.cast(pa.timestamp("ms", tz="UTC")).cast(pa.string()), {}
-        return timestamps
+    if kind in _ARROW_TYPE:  # integers, boolean, text, timestamps (epoch ms): as parsed
+        return lambda arr: _arrow_text(kind, arr, lambda: generic(arr.to_pylist()))
     if kind in ("decimal", "varint"):
         # The text Cassandra casts to is PostgreSQL numeric input as it stands, except an
         # exponent, a negative zero or a length that numeric's limits may refuse: those few
@@ -716,6 +669,31 @@ def _json_converter(codec, generic):
             return docs, {}
         return json_maps
     raise ValueError(f"{codec.cql_type.cql()} has no JSON read form (engine.json_read.supported)")
+
+
+# The kinds with an Arrow fast path (_arrow_text), and the Arrow type their values parse as.
+_ARROW_TYPE = {**dict.fromkeys(_INT_KINDS, pa.int64()), "boolean": pa.bool_(), "double": pa.float64(),
+               "float": pa.float32(), "text": pa.string(), "ascii": pa.string(), "timestamp": pa.int64()}
+_TIMESTAMP_MS = (-62135596800000, 253402300799999)  # years 1..9999, which Arrow formats
+
+
+def _arrow_text(kind: str, arr: pa.Array, slow) -> tuple[pa.Array, dict]:
+    """COPY text of a column of one of :data:`_ARROW_TYPE`'s kinds, by Arrow casts and string
+    kernels; both read forms (driver values, parsed JSON) end here. Where the fast path does
+    not give the codec's text — NaN/Infinity, a NUL in text (a dead letter), a timestamp
+    outside years 1..9999 — ``slow()`` converts the column with the codec value by value."""
+    if kind in ("double", "float") and not pc.all(pc.or_kleene(pc.is_finite(arr), pc.is_null(arr))).as_py():
+        return slow()  # NaN/Infinity: the codec spells them PostgreSQL's way
+    if kind in ("text", "ascii"):
+        if pc.any(pc.match_substring(arr, "\x00")).as_py():
+            return slow()  # find the rows with a NUL: they become dead letters
+        return _copy_escaped(arr), {}
+    if kind == "timestamp":
+        bounds = pc.min_max(arr).as_py()
+        if bounds["min"] is not None and (bounds["min"] < _TIMESTAMP_MS[0] or bounds["max"] > _TIMESTAMP_MS[1]):
+            return slow()
+        return arr.cast(pa.timestamp("ms", tz="UTC")).cast(pa.string()), {}
+    return arr.cast(pa.string()), {}
 
 
 _HEX = np.zeros(256, dtype=np.uint8)
